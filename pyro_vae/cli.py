@@ -1,0 +1,238 @@
+"""Command line: ``pyro-vae train | evaluate | sample | encode | list``.
+
+Every error the user can fix prints one line (``pyro-vae: error: ...``) and exits 2.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import PyroVAEError
+
+EPILOG_TRAIN = """\
+Overrides are dotted key=value pairs applied after the YAML file, e.g.
+  pyro-vae train examples/configs/fashion_vae.yaml train.epochs=5 latent_dim=16
+  pyro-vae train data.name=digits prior.name=normal likelihood.name=bernoulli
+  pyro-vae train encoder.hidden=[512,256] trainer.precision=bf16-mixed
+
+Top-level keys: name seed model latent_dim encoder decoder prior likelihood data
+train trainer ssvae evaluate plugins (see README "Config reference").
+`pyro-vae list` shows the registered priors and likelihoods with their parameters.
+"""
+
+
+def _data_overrides(spec):
+    """--data either names an array file or gives data.* overrides (name=... root=...)."""
+    if not spec:
+        return []
+    if len(spec) == 1 and "=" not in spec[0]:
+        return ["data.name=array", f"data.path={spec[0]}"]
+    return [s if s.startswith("data.") else f"data.{s}" for s in spec]
+
+
+def _load_run(run_dir, data_spec=None):
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+    from .data import load_data
+    from .rundir import load
+
+    model = load(run_dir)
+    cfg = model.config
+    if data_spec:
+        cfg = load_config(None, _data_overrides(data_spec), base=cfg)
+        if data_spec and "=" not in data_spec[0]:
+            cfg.data.test_fraction = 0.5  # an external file: score it whole (see _split)
+    return model, cfg, (lambda: load_data(cfg)), OmegaConf
+
+
+def _split(data, name, external: bool):
+    if external:  # a user file: use every row, in file order
+        from .data import load_array
+
+        return None
+    split = getattr(data, name)
+    if split is None:
+        raise PyroVAEError(f"this data has no {name} split (set data.validation=N for a val split)")
+    return split
+
+
+def _rows_of(cfg, data, split_name, data_spec):
+    """The rows a command works on: the whole --data file in order, else a split of the run's data."""
+    from .data import Split, load_array
+
+    if data_spec and len(data_spec) == 1 and "=" not in data_spec[0]:
+        x, y = load_array(cfg.data)
+        if cfg.data.normalize and data is not None and data.name in ("digits",):
+            x = x / 16.0
+        return Split(x, y)
+    return _split(data, split_name, False)
+
+
+def cmd_train(args):
+    from .config import load_config
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.config, overrides = None, [args.config] + overrides
+    cfg = load_config(args.config, overrides)  # fails fast, before Lightning is imported
+    from .train import fit
+
+    result = fit(cfg, out=args.out)
+    m = result.metrics
+    print(f"run directory: {result.run_dir}")
+    print(json.dumps({k: m[k] for k in sorted(m) if not isinstance(m[k], (list, dict))}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args):
+    from .evaluate import test_metrics
+
+    model, cfg, get_data, _ = _load_run(args.run_dir, args.data)
+    data = get_data()
+    split = _rows_of(cfg, data, args.split, args.data)
+    if args.iwae_samples is not None:
+        cfg.evaluate.iwae_samples = args.iwae_samples
+    model.check_data_split(split, args.split) if hasattr(model, "check_data_split") else None
+    metrics = test_metrics(model, split, cfg)
+    metrics["num_examples"] = len(split)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_sample(args):
+    import numpy as np
+    import torch
+
+    from .rundir import load
+    from .utils import atomic_path
+
+    model = load(args.run_dir)
+    if args.n < 1:
+        raise PyroVAEError("-n must be at least 1")
+    torch.manual_seed(args.seed)
+    x = model.sample(args.n, mean=not args.draw)
+    out = Path(args.out)
+    if out.suffix == ".npy":
+        with atomic_path(out) as tmp:
+            np.save(tmp, x.numpy())
+    elif out.suffix == ".png":
+        if model.image_shape is None:
+            raise PyroVAEError("this model's data are not images; write samples to a .npy file")
+        from .plots import image_grid
+
+        image_grid(x, model.image_shape, out, ncol=min(args.n, 8), title=f"{args.n} samples")
+    else:
+        raise PyroVAEError(f"--out must end in .png or .npy (got {out.name})")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_encode(args):
+    import numpy as np
+
+    from .utils import atomic_path
+
+    model, cfg, get_data, _ = _load_run(args.run_dir, args.data)
+    data = get_data()
+    split = _rows_of(cfg, data, args.split, args.data)
+    loc, scale = model.encode(split.x)
+    arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
+    out = Path(args.out)
+    with atomic_path(out) as tmp:
+        if out.suffix == ".npy":
+            np.save(tmp, arr)
+        elif out.suffix == ".csv":
+            d = loc.shape[1]
+            header = [f"z{i}" for i in range(d)] + ([f"scale{i}" for i in range(d)] if args.with_scale else [])
+            cols = arr
+            if split.y is not None:
+                header.append("label")
+                cols = np.concatenate([arr, split.y.numpy()[:, None]], 1)
+            np.savetxt(tmp, cols, delimiter=",", header=",".join(header), comments="", fmt="%.6g")
+        else:
+            raise PyroVAEError(f"--out must end in .npy or .csv (got {out.name})")
+    print(f"wrote {out} ({arr.shape[0]} rows x {arr.shape[1]} columns)")
+    return 0
+
+
+def cmd_list(args):
+    from . import likelihoods, priors
+
+    print("priors:")
+    for line in priors.PRIORS.describe():
+        print("  " + line)
+    print("likelihoods:")
+    for line in likelihoods.LIKELIHOODS.describe():
+        print("  " + line)
+    return 0
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="pyro-vae",
+        description="Train and use variational autoencoders written as Pyro programs.",
+        epilog="Run `pyro-vae COMMAND --help` for each command's options.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model from a YAML config and key=value overrides",
+                       description="Train a VAE; writes a run directory (config, metrics, checkpoint, plots).",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("config", nargs="?", help="YAML config file (optional: defaults + overrides are a complete run)")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    t.add_argument("--out", help="run directory to write (default runs/<name>-<time>)")
+    t.set_defaults(func=cmd_train)
+
+    data_help = ("data to use instead of the run's test split: an array file (.npy/.npz/.csv, every row "
+                 "scored in order) or data.* overrides such as name=fashion-mnist root=/path")
+    e = sub.add_parser("evaluate", help="print test metrics of a run as JSON")
+    e.add_argument("run_dir")
+    e.add_argument("--data", nargs="+", help=data_help)
+    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    e.add_argument("--iwae-samples", type=int, default=None,
+                   help="importance samples for test_log_likelihood (e.g. 1000)")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="generate new data from the prior")
+    s.add_argument("run_dir")
+    s.add_argument("-n", type=int, default=64, help="how many samples (default 64)")
+    s.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (array)")
+    s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("encode", help="write latent codes (posterior means): dimensionality reduction")
+    c.add_argument("run_dir")
+    c.add_argument("--out", required=True, help="FILE.npy or FILE.csv (csv adds a label column when known)")
+    c.add_argument("--data", nargs="+", help=data_help)
+    c.add_argument("--split", default="test", choices=["train", "val", "test"])
+    c.add_argument("--with-scale", action="store_true", help="also write the posterior scales")
+    c.set_defaults(func=cmd_encode)
+
+    ls = sub.add_parser("list", help="show registered priors and likelihoods with their parameters")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except PyroVAEError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

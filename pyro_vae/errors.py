@@ -1,0 +1,13 @@
+"""Errors the library raises on bad input. The CLI turns each into one line and exit 2."""
+
+
+class PyroVAEError(Exception):
+    """Base class: a problem the user can fix, with a message that says how."""
+
+
+class ConfigError(PyroVAEError, ValueError):
+    """An unknown key, a bad value, an unknown registry name or a wrong parameter."""
+
+
+class DataError(PyroVAEError, ValueError):
+    """Missing files, malformed arrays, or data that does not fit the chosen likelihood."""

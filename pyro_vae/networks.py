@@ -1,0 +1,122 @@
+"""Encoder and decoder bodies: plain ``torch.nn`` modules, no Pyro inside.
+
+* :class:`MLP` — fully connected layers with a chosen activation.
+* :class:`GaussianEncoder` — x -> (loc, scale) of q(z|x) = Normal(loc, scale).
+* :func:`make_body` / :func:`make_decoder` — MLP, or a small conv net for images whose
+  height and width are divisible by 4 (28x28 MNIST-like, 8x8 digits).
+"""
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError
+
+ACTIVATIONS = {
+    "softplus": nn.Softplus,
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Sequential):
+    """Linear -> activation for each hidden size, then a final Linear to ``out_dim`` (if given)."""
+
+    def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: Optional[int] = None, activation="softplus"):
+        layers, d = [], in_dim
+        for h in hidden:
+            layers += [nn.Linear(d, h), ACTIVATIONS[activation]()]
+            d = h
+        if out_dim is not None:
+            layers.append(nn.Linear(d, out_dim))
+            d = out_dim
+        super().__init__(*layers)
+        self.out_dim = d
+
+
+class ConvBody(nn.Module):
+    """Two stride-2 convolutions (32, 64 channels) then an MLP: (B, C*H*W) -> (B, hidden[-1])."""
+
+    def __init__(self, image_shape: Tuple[int, int, int], hidden: Sequence[int], activation="softplus"):
+        super().__init__()
+        c, h, w = _check_image(image_shape)
+        act = ACTIVATIONS[activation]
+        self.image_shape = (c, h, w)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, 32, 4, stride=2, padding=1), act(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1), act(),
+        )
+        self.mlp = MLP(64 * (h // 4) * (w // 4), hidden, None, activation)
+        self.out_dim = self.mlp.out_dim
+
+    def forward(self, x):
+        x = x.reshape((-1,) + self.image_shape)
+        return self.mlp(self.conv(x).flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    """MLP then two stride-2 transposed convolutions: (B, latent) -> (B, K*C*H*W) in K blocks."""
+
+    def __init__(self, in_dim, image_shape, hidden: Sequence[int], blocks: int, activation="softplus"):
+        super().__init__()
+        c, h, w = _check_image(image_shape)
+        act = ACTIVATIONS[activation]
+        self.blocks, self.h4, self.w4 = blocks, h // 4, w // 4
+        self.mlp = nn.Sequential(MLP(in_dim, hidden, 64 * self.h4 * self.w4, activation), act())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),
+            nn.ConvTranspose2d(32, blocks * c, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z):
+        lead = z.shape[:-1]
+        h = self.mlp(z.reshape(-1, z.shape[-1])).reshape(-1, 64, self.h4, self.w4)
+        out = self.deconv(h)  # (B, K*C, H, W): block k is channels [k*C, (k+1)*C)
+        return out.reshape(lead + (-1,))
+
+
+def _check_image(image_shape):
+    if image_shape is None:
+        raise ConfigError("a conv network needs image data; use encoder.type=mlp for tabular data")
+    c, h, w = image_shape
+    if h % 4 or w % 4:
+        raise ConfigError(f"conv networks need image sides divisible by 4, got {h}x{w}; use type=mlp")
+    return c, h, w
+
+
+class GaussianEncoder(nn.Module):
+    """q(z|x) = Normal(loc(x), scale(x)) with scale = softplus(.) + 1e-5 (no exp overflow)."""
+
+    def __init__(self, body: nn.Module, latent_dim: int, extra_in: int = 0):
+        super().__init__()
+        self.body = body
+        self.head = nn.Linear(body.out_dim + extra_in, 2 * latent_dim)
+        self.latent_dim = latent_dim
+
+    def forward(self, x, extra: Optional[torch.Tensor] = None):
+        h = self.body(x)
+        if extra is not None:
+            h = torch.cat([h, extra], -1)
+        loc, raw = self.head(h).split(self.latent_dim, -1)
+        return loc, F.softplus(raw) + 1e-5
+
+
+def make_body(net_cfg, in_dim: int, image_shape=None) -> nn.Module:
+    """Encoder body from ``encoder:`` config (MLP or conv); exposes ``out_dim``."""
+    if net_cfg.type == "conv":
+        return ConvBody(image_shape, list(net_cfg.hidden), net_cfg.activation)
+    return MLP(in_dim, list(net_cfg.hidden), None, net_cfg.activation)
+
+
+def make_decoder(net_cfg, latent_dim: int, output_size: int, data_dim: int, image_shape=None) -> nn.Module:
+    """Decoder from ``decoder:`` config: latent -> ``output_size`` raw outputs for the likelihood."""
+    if net_cfg.type == "conv":
+        if output_size % data_dim:
+            raise ConfigError("conv decoder needs output_size to be a multiple of data_dim")
+        return ConvDecoder(latent_dim, image_shape, list(net_cfg.hidden), output_size // data_dim, net_cfg.activation)
+    return MLP(latent_dim, list(net_cfg.hidden), output_size, net_cfg.activation)

@@ -1,0 +1,136 @@
+"""Pictures of a run: sample grids, reconstructions, latent maps, loss curves.
+
+Every figure is written atomically (temp file, then rename) with the Agg backend.
+"""
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from .utils import atomic_path
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    _plt().close(fig)
+    return path
+
+
+def tile(images: torch.Tensor, image_shape, ncol: int) -> np.ndarray:
+    """(N, C*H*W) in [0,1] -> one (rows*H, ncol*W[, C]) array with 1-pixel gaps."""
+    c, h, w = image_shape
+    imgs = images.detach().float().cpu().clamp(0, 1).reshape(-1, c, h, w).numpy()
+    n = imgs.shape[0]
+    nrow = math.ceil(n / ncol)
+    canvas = np.ones((c, nrow * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
+    for i in range(n):
+        r, col = divmod(i, ncol)
+        canvas[:, r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = imgs[i]
+    return canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
+
+
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    """Scale to [0,1] for display when data are not already there (e.g. raw counts)."""
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= 0 and hi <= 1:
+        return x
+    return (x - lo) / max(hi - lo, 1e-8)
+
+
+def image_grid(images, image_shape, path, ncol: int = 8, title: Optional[str] = None, row_labels=None):
+    plt = _plt()
+    grid = tile(_scaled(images), image_shape, ncol)
+    fig, ax = plt.subplots(figsize=(max(3, ncol * 0.7), max(3, grid.shape[0] / grid.shape[1] * ncol * 0.7)))
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xticks([])
+    if row_labels is not None:
+        h = image_shape[1]
+        ax.set_yticks([(h + 1) * i + h / 2 for i in range(len(row_labels))])
+        ax.set_yticklabels(row_labels)
+    else:
+        ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def reconstructions(x, xr, image_shape, path, n: int = 10):
+    """Inputs (top row) above their reconstructions (bottom row)."""
+    n = min(n, x.shape[0])
+    both = torch.cat([x[:n], xr[:n]])
+    return image_grid(both, image_shape, path, ncol=n, title="input (top) / reconstruction (bottom)")
+
+
+def latent_map(codes, labels, path, class_names: Optional[Sequence[str]] = None, title="latent map"):
+    """2-D scatter of latent means (PCA to 2-D when latent_dim > 2), coloured by label."""
+    plt = _plt()
+    z = codes.detach().float().cpu().numpy()
+    xlabel, ylabel = "z[0]", "z[1]"
+    if z.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        z = PCA(2, random_state=0).fit_transform(z)
+        xlabel, ylabel = "PC 1 of latent means", "PC 2"
+    elif z.shape[1] == 1:
+        z = np.concatenate([z, np.zeros_like(z)], 1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    if labels is not None and (labels >= 0).any():
+        lab = labels.cpu().numpy()
+        sc = ax.scatter(z[:, 0], z[:, 1], c=lab, cmap="tab10", s=4, alpha=0.7)
+        classes = np.unique(lab[lab >= 0])
+        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c)),
+                              label=class_names[c] if class_names and c < len(class_names) else str(c))
+                   for c in classes]
+        ax.legend(handles=handles, fontsize=7, markerscale=1.5, loc="best", ncol=2)
+    else:
+        ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.7)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def loss_curves(rows, path):
+    """Per-epoch train loss and held-out loss (nats per datum)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    epochs = [r["epoch"] for r in rows]
+    for key in rows[0] if rows else []:
+        if key.endswith("loss"):
+            ax.plot(epochs, [r.get(key, np.nan) for r in rows], marker="o", ms=3, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("-ELBO per datum (nats)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def run_report(model, data, run_dir, rows):
+    """Write the standard PNGs of a run into ``run_dir``; the model may add its own."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(0)
+    if rows:
+        loss_curves(rows, run_dir / "loss_curves.png")
+    test = data.test
+    if data.image_shape is not None:
+        image_grid(model.sample(64), data.image_shape, run_dir / "samples.png", ncol=8, title="samples from the prior")
+        reconstructions(test.x[:10], model.reconstruct(test.x[:10]), data.image_shape, run_dir / "reconstructions.png")
+    n = min(len(test), 5000)
+    latent_map(model.encode(test.x[:n])[0], None if test.y is None else test.y[:n],
+               run_dir / "latent_map.png", data.class_names)
+    if hasattr(model, "extra_plots"):
+        model.extra_plots(data, run_dir)

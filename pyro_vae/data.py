@@ -191,7 +191,7 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
 
 
 # ---------------------------------------------------------------- assembly
-def _stratified_split(n: int, fraction: float, y, generator) -> Tuple[torch.Tensor, torch.Tensor]:
+def _random_split(n: int, fraction: float, y, generator) -> Tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=generator)
     n_test = max(1, int(round(n * fraction)))
     return perm[n_test:], perm[:n_test]
@@ -210,7 +210,7 @@ def load_data(cfg) -> Dataset:
         y = torch.from_numpy(bunch.target.astype(np.int64))
         if d.normalize:
             x = x / 16.0
-        tr, te = _stratified_split(len(x), d.test_fraction, y, g)
+        tr, te = _random_split(len(x), d.test_fraction, y, g)
         train, test = Split(x[tr], y[tr]), Split(x[te], y[te])
         image_shape = (1, 8, 8)
     elif d.name in TORCHVISION:
@@ -222,7 +222,7 @@ def load_data(cfg) -> Dataset:
         x, y = load_array(d)
         if x.shape[0] < 2:
             raise DataError(f"{d.path} has {x.shape[0]} rows; need at least 2 to split train/test")
-        tr, te = _stratified_split(len(x), d.test_fraction, y, g)
+        tr, te = _random_split(len(x), d.test_fraction, y, g)
         train = Split(x[tr], None if y is None else y[tr])
         test = Split(x[te], None if y is None else y[te])
     if d.limit:

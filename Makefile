@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch/torchvision are pinned only here (where a pip constraint picks the local
+# build); pyproject.toml keeps ranges so users elsewhere bring their own build.
+TORCH_PINS ?= "torch==2.14.1" "torchvision==0.29.1"
+
+.PHONY: install demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+	$(PY) -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import torch, torchvision, pyro, lightning, pyro_vae" 
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/pyro-vae train examples/configs/digits_vae.yaml --out runs/demo trainer.progress_bar=false
+	@echo "outputs: runs/demo (samples.png, reconstructions.png, latent_map.png, metrics.json)"
+
+test: install
+	$(PY) -m pytest tests
+
+bench: install
+	$(PY) benchmarks/vae_speed.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -14,6 +14,7 @@ import pyro.distributions as dist
 from pyro.nn import PyroModule
 
 from .errors import DataError
+from .fastmath import BernoulliLogits
 from .registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
@@ -79,7 +80,8 @@ class Bernoulli(Likelihood):
 
     def forward(self, out):
         # validate_args=False: grey levels in [0,1] are scored with the usual cross-entropy
-        return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        # BernoulliLogits: the same log-density, computed with the fast softplus (fastmath.py)
+        return BernoulliLogits(logits=out, validate_args=False).to_event(1)
 
     def mean(self, out):
         return torch.sigmoid(out)

@@ -12,9 +12,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
+from .fastmath import Softplus, softplus as fast_softplus
 
 ACTIVATIONS = {
-    "softplus": nn.Softplus,
+    "softplus": Softplus,  # same function as nn.Softplus, ~3x faster on CPU (see fastmath.py)
     "relu": nn.ReLU,
     "elu": nn.ELU,
     "gelu": nn.GELU,
@@ -103,7 +104,7 @@ class GaussianEncoder(nn.Module):
         if extra is not None:
             h = torch.cat([h, extra], -1)
         loc, raw = self.head(h).split(self.latent_dim, -1)
-        return loc, F.softplus(raw) + 1e-5
+        return loc, fast_softplus(raw) + 1e-5
 
 
 def make_body(net_cfg, in_dim: int, image_shape=None) -> nn.Module:

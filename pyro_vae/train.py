@@ -10,6 +10,7 @@ import copy
 import csv
 import io
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Optional
 
 import torch
 import lightning as L
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 
 import pyro
 
@@ -51,14 +52,15 @@ class SVIModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         loss = self.loss_fn(batch)
-        if not torch.isfinite(loss):
+        value = float(loss.detach())
+        if not math.isfinite(value):
             raise FloatingPointError(
                 "the loss became NaN/inf; try a smaller train.lr, train.gradient_clip_val=10, "
                 "or a likelihood that fits the data"
             )
-        per_datum = loss.detach() / self.model.num_data
+        per_datum = value / self.model.num_data
         self.log("loss", per_datum, prog_bar=True, on_step=True, on_epoch=False)
-        self._epoch_loss += float(per_datum) * _batch_len(batch)
+        self._epoch_loss += per_datum * _batch_len(batch)
         self._epoch_count += _batch_len(batch)
         return loss
 
@@ -195,7 +197,8 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
             strategy=t.strategy, precision=t.precision, gradient_clip_val=cfg.train.gradient_clip_val,
             logger=False, enable_checkpointing=False, enable_model_summary=False,
             enable_progress_bar=bool(t.progress_bar), num_sanity_val_steps=0,
-            callbacks=[monitor], deterministic=False,
+            callbacks=[monitor, TQDMProgressBar(refresh_rate=10)] if t.progress_bar else [monitor],
+            deterministic=False,
         )
         batches = model.train_batches(data, cfg.train, seed=int(cfg.seed))
         trainer.fit(module, train_dataloaders=batches)

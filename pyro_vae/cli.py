@@ -30,43 +30,42 @@ def _data_overrides(spec):
     return [s if s.startswith("data.") else f"data.{s}" for s in spec]
 
 
-def _load_run(run_dir, data_spec=None):
-    from omegaconf import OmegaConf
+def _is_file_spec(data_spec) -> bool:
+    return bool(data_spec) and len(data_spec) == 1 and "=" not in data_spec[0]
 
+
+def _load_run(run_dir, data_spec=None):
+    """(model, config, data loader) of a run; ``--data`` overrides replace the run's data section."""
     from .config import load_config
     from .data import load_data
     from .rundir import load
 
     model = load(run_dir)
     cfg = model.config
-    if data_spec:
+    if data_spec and not _is_file_spec(data_spec):
         cfg = load_config(None, _data_overrides(data_spec), base=cfg)
-        if data_spec and "=" not in data_spec[0]:
-            cfg.data.test_fraction = 0.5  # an external file: score it whole (see _split)
-    return model, cfg, (lambda: load_data(cfg)), OmegaConf
+    return model, cfg, (lambda: load_data(cfg))
 
 
-def _split(data, name, external: bool):
-    if external:  # a user file: use every row, in file order
-        from .data import load_array
+def _rows_of(cfg, get_data, split_name, data_spec):
+    """The rows a command works on: a --data file whole and in order (used as given, so scale
+    it as the training data were), else one split of the run's data set."""
+    from .data import Split, load_array
 
-        return None
-    split = getattr(data, name)
+    if _is_file_spec(data_spec):
+        file_cfg = load_config_for_file(cfg, data_spec[0])
+        x, y = load_array(file_cfg.data)
+        return Split(x, y)
+    split = getattr(get_data(), split_name)
     if split is None:
-        raise PyroVAEError(f"this data has no {name} split (set data.validation=N for a val split)")
+        raise PyroVAEError(f"this data has no {split_name} split (set data.validation=N for a val split)")
     return split
 
 
-def _rows_of(cfg, data, split_name, data_spec):
-    """The rows a command works on: the whole --data file in order, else a split of the run's data."""
-    from .data import Split, load_array
+def load_config_for_file(cfg, path):
+    from .config import load_config
 
-    if data_spec and len(data_spec) == 1 and "=" not in data_spec[0]:
-        x, y = load_array(cfg.data)
-        if cfg.data.normalize and data is not None and data.name in ("digits",):
-            x = x / 16.0
-        return Split(x, y)
-    return _split(data, split_name, False)
+    return load_config(None, ["data.name=array", f"data.path={path}"], base=cfg)
 
 
 def cmd_train(args):
@@ -88,12 +87,11 @@ def cmd_train(args):
 def cmd_evaluate(args):
     from .evaluate import test_metrics
 
-    model, cfg, get_data, _ = _load_run(args.run_dir, args.data)
-    data = get_data()
-    split = _rows_of(cfg, data, args.split, args.data)
+    model, cfg, get_data = _load_run(args.run_dir, args.data)
+    split = _rows_of(cfg, get_data, args.split, args.data)
     if args.iwae_samples is not None:
         cfg.evaluate.iwae_samples = args.iwae_samples
-    model.check_data_split(split, args.split) if hasattr(model, "check_data_split") else None
+    model.likelihood.check_data(split.x, where=f"the {args.split} split")
     metrics = test_metrics(model, split, cfg)
     metrics["num_examples"] = len(split)
     print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -133,9 +131,8 @@ def cmd_encode(args):
 
     from .utils import atomic_path
 
-    model, cfg, get_data, _ = _load_run(args.run_dir, args.data)
-    data = get_data()
-    split = _rows_of(cfg, data, args.split, args.data)
+    model, cfg, get_data = _load_run(args.run_dir, args.data)
+    split = _rows_of(cfg, get_data, args.split, args.data)
     loc, scale = model.encode(split.x)
     arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
     out = Path(args.out)

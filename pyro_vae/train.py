@@ -98,7 +98,8 @@ class EpochMonitor(Callback):
         warm = self.cfg.train.kl_warmup_epochs
         if warm:
             progress = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
-            pl_module.model.beta = min(1.0, progress / warm)
+            # beta starts just above 0 (Pyro's scale must be positive) and reaches 1 after `warm` epochs
+            pl_module.model.beta = min(1.0, max(progress, 0.01) / warm)
 
     def on_train_epoch_end(self, trainer, pl_module):
         self.train_seconds += time.perf_counter() - self._t0

@@ -87,14 +87,16 @@ class VAE(PyroModule):
 
     def model(self, x: torch.Tensor):
         """p(x, z) = p(z) p(x|z), observed at ``x`` (shape (batch, data_dim))."""
-        with self._plate(x):
+        with self._pyro_context, self._plate(x):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x: torch.Tensor):
         """q(z|x) = Normal(loc(x), scale(x))."""
-        with self._plate(x):
+        # entering the module's Pyro context (as PyroModule.__call__ does) makes the networks'
+        # parameters visible as param sites, so a plain SVI + pyro.optim loop finds them too
+        with self._pyro_context, self._plate(x):
             loc, scale = self.encoder(x)
             with poutine.scale(scale=self.beta):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))

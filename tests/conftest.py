@@ -1,0 +1,25 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pyro_vae  # noqa: E402,F401  (sets module_local_params)
+
+FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
+needs_fashion = pytest.mark.skipif(
+    not (FASHION_ROOT / "train-images-idx3-ubyte.gz").exists(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+
+# small and fast: the digits, tiny nets, no progress bar
+QUICK = [
+    "trainer.progress_bar=false", "latent_dim=4", "encoder.hidden=[64]", "decoder.hidden=[64]",
+    "train.batch_size=64",
+]
+
+
+@pytest.fixture
+def quick():
+    return list(QUICK)

@@ -10,10 +10,10 @@ TORCH_PINS ?= "torch==2.14.1" "torchvision==0.29.1"
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-	$(PY) -m pip install -q $(TORCH_PINS) 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import torch, torchvision, pyro, lightning, pyro_vae" 
+	@echo "installing into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PY) -m pip install $(TORCH_PINS) >$(VENV)/install.log 2>&1 || (tail -20 $(VENV)/install.log; exit 1)
+	@$(PY) -m pip install -e ".[test]" >>$(VENV)/install.log 2>&1 || (tail -20 $(VENV)/install.log; exit 1)
+	$(PY) -c "import torch, torchvision, pyro, lightning, pyro_vae; print('torch', torch.__version__, 'pyro', pyro.__version__)"
 	touch $@
 
 install: $(VENV)/.installed

@@ -12,6 +12,7 @@ reaches a test loss of about 269 after 2 epochs.
 import argparse
 import json
 import platform
+import resource
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,8 @@ def main():
         m = r.metrics
         row = {"variant": name, "epochs": m["epochs"], "seconds_per_epoch": m["seconds_per_epoch"],
                "per_epoch_seconds": [row["seconds"] for row in r.history],
-               "test_loss": round(m["test_loss"], 2), "wall_seconds": round(time.perf_counter() - t0, 1)}
+               "test_loss": round(m["test_loss"], 2), "wall_seconds": round(time.perf_counter() - t0, 1),
+               "peak_rss_mib_so_far": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
         print(json.dumps(row), flush=True)
         results.append(row)
     write_json(args.out, {

@@ -126,3 +126,30 @@ def test_fast_softplus_and_bernoulli_match_torch():
 def test_nan_loss_stops_with_an_actionable_error(quick):
     with pytest.raises(FloatingPointError, match="train.lr"):
         fit(None, save=False, overrides=[*quick, "train.epochs=1", "train.lr=1e12"])
+
+
+def test_validation_keeps_the_best_epoch_and_early_stopping_stops():
+    from types import SimpleNamespace
+
+    from pyro_vae.train import EpochMonitor
+
+    vae, data = _model(["data.validation=100", "train.early_stopping_patience=2"])
+    cfg = load_config(None, ["data.validation=100", "train.early_stopping_patience=2"])
+    monitor = EpochMonitor(data, cfg, None)
+    trainer = SimpleNamespace(current_epoch=0, should_stop=False)
+    weights = []
+    for epoch, val_loss in enumerate([5.0, 4.0, 4.5, 4.2]):
+        trainer.current_epoch = epoch
+        with torch.no_grad():
+            vae.decoder[0].bias.fill_(float(epoch))
+        weights.append(epoch)
+        monitor._select(trainer, vae, {"loss": val_loss})
+        assert trainer.should_stop == (epoch == 3)
+    assert monitor.best_epoch == 2 and monitor.best_value == 4.0
+    assert float(monitor.best_state["decoder.0.bias"][0]) == 1.0
+
+
+def test_fit_with_validation_reports_the_selected_epoch(quick):
+    r = fit(None, save=False, overrides=[*quick, "train.epochs=3", "data.validation=200"])
+    assert 1 <= r.metrics["best_epoch"] <= 3 and "best_val_loss" in r.metrics
+    assert "val_loss" in r.history[0] and len(r.data.val) == 200

@@ -9,12 +9,11 @@ as ``outputs_per_feature`` consecutive blocks of ``data_dim`` values.
 import math
 
 import torch
-import torch.nn.functional as F
 import pyro.distributions as dist
 from pyro.nn import PyroModule
 
 from .errors import DataError
-from .fastmath import BernoulliLogits
+from .fastmath import BernoulliLogits, softplus
 from .registry import Registry
 
 LIKELIHOODS = Registry("likelihood")
@@ -91,9 +90,10 @@ class Bernoulli(Likelihood):
         self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]")
 
 
-@register("gaussian")
-class Gaussian(Likelihood):
-    """Gaussian N(decoder mean, scale); scale: a number | learned | per_feature | per_datum."""
+class LocScale(Likelihood):
+    """Base for location-scale families: the decoder gives the location; the scale is a
+    fixed number, one learned scalar (``learned``), one per feature (``per_feature``), or
+    predicted per datum by the decoder (``per_datum``)."""
 
     def __init__(self, data_dim: int, scale="learned"):
         super().__init__(data_dim)
@@ -114,14 +114,257 @@ class Gaussian(Likelihood):
     def _loc_scale(self, out):
         if self.scale_mode == "per_datum":
             loc, raw = self.split(out)
-            return loc, F.softplus(raw) + 1e-4
+            return loc, softplus(raw) + 1e-4
         if hasattr(self, "fixed_log_scale"):
             return out, self.fixed_log_scale.exp().expand_as(out)
         return out, (self.log_scale.exp() + 1e-4).expand_as(out)
+
+    def mean(self, out):
+        return self._loc_scale(out)[0]
+
+
+@register("gaussian")
+class Gaussian(LocScale):
+    """Gaussian N(decoder mean, scale); scale: a number | learned | per_feature | per_datum."""
 
     def forward(self, out):
         loc, scale = self._loc_scale(out)
         return dist.Normal(loc, scale).to_event(1)
 
+
+@register("laplace")
+class Laplace(LocScale):
+    """Laplace(decoder location, scale): an L1 reconstruction error; scale as for gaussian."""
+
+    def forward(self, out):
+        loc, scale = self._loc_scale(out)
+        return dist.Laplace(loc, scale).to_event(1)
+
+
+@register("student_t")
+class StudentT(LocScale):
+    """Student-t(df, decoder location, scale): robust to outliers; scale as for gaussian."""
+
+    def __init__(self, data_dim: int, df: float = 3.0, scale="learned"):
+        super().__init__(data_dim, scale)
+        if df <= 0:
+            raise ValueError(f"df must be positive, got {df}")
+        self.df = float(df)
+
+    def forward(self, out):
+        loc, scale = self._loc_scale(out)
+        return dist.StudentT(torch.full_like(loc, self.df), loc, scale).to_event(1)
+
+
+@register("continuous_bernoulli")
+class ContinuousBernoulli(Likelihood):
+    """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalised density on [0,1]."""
+
+    fix_hint = "scale the data to [0,1] (data.normalize=true)"
+
+    def forward(self, out):
+        return dist.ContinuousBernoulli(logits=out.float().clamp(-30, 30)).to_event(1)
+
+    def check_data(self, x, where="data"):
+        super().check_data(x, where)
+        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]")
+
+
+@register("beta")
+class Beta(Likelihood):
+    """Beta(a, b) per feature, a and b from the decoder (softplus); values strictly inside (0,1)."""
+
+    outputs_per_feature = 2
+    fix_hint = "values of exactly 0 or 1 have no Beta density: squeeze them, e.g. x*0.98+0.01, or use continuous_bernoulli"
+
+    def _ab(self, out):
+        a, b = self.split(out)
+        return softplus(a) + 1e-3, softplus(b) + 1e-3
+
+    def forward(self, out):
+        a, b = self._ab(out)
+        return dist.Beta(a, b).to_event(1)
+
     def mean(self, out):
-        return self._loc_scale(out)[0]
+        a, b = self._ab(out)
+        return a / (a + b)
+
+    def check_data(self, x, where="data"):
+        super().check_data(x, where)
+        self._require((x > 0) & (x < 1), x, where, "values strictly inside (0,1)")
+
+
+class _Counts(Likelihood):
+    """Shared check for count likelihoods: non-negative integers."""
+
+    fix_hint = ("count likelihoods need raw integer counts: set data.normalize=false, "
+                "or choose bernoulli/gaussian for scaled data")
+    max_value = None
+
+    def check_data(self, x, where="data"):
+        super().check_data(x, where)
+        self._require((x >= 0) & (x == x.round()), x, where, "non-negative integer counts")
+        if self.max_value is not None:
+            self._require(x <= self.max_value, x, where, f"counts of at most {self.max_value}")
+
+
+@register("categorical")
+class Categorical(_Counts):
+    """Categorical over `levels` integer values 0..levels-1 per feature (e.g. 256 grey levels)."""
+
+    def __init__(self, data_dim: int, levels: int = 256):
+        super().__init__(data_dim)
+        if levels < 2:
+            raise ValueError(f"levels must be at least 2, got {levels}")
+        self.levels = int(levels)
+        self.outputs_per_feature = self.levels
+        self.max_value = self.levels - 1
+
+    def _logits(self, out):  # (..., K*D) -> (..., D, K)
+        return out.reshape(out.shape[:-1] + (self.levels, self.data_dim)).transpose(-1, -2).float()
+
+    def forward(self, out):
+        return dist.Categorical(logits=self._logits(out)).to_event(1)
+
+    def mean(self, out):
+        probs = self._logits(out).softmax(-1)
+        return probs @ torch.arange(self.levels, dtype=probs.dtype, device=probs.device)
+
+
+@register("binomial")
+class Binomial(_Counts):
+    """Binomial(total_count, p) per feature: integer levels 0..total_count (digits: total_count=16)."""
+
+    def __init__(self, data_dim: int, total_count: int = 16):
+        super().__init__(data_dim)
+        if total_count < 1 or int(total_count) != total_count:
+            raise ValueError(f"total_count must be a positive integer, got {total_count}")
+        self.total_count = int(total_count)
+        self.max_value = self.total_count
+
+    def forward(self, out):
+        return dist.Binomial(total_count=self.total_count, logits=out.float(), validate_args=False).to_event(1)
+
+    def mean(self, out):
+        return self.total_count * torch.sigmoid(out)
+
+
+@register("poisson")
+class Poisson(_Counts):
+    """Poisson(rate) per feature with rate = softplus(decoder output)."""
+
+    def forward(self, out):
+        return dist.Poisson(softplus(out.float()) + 1e-6, validate_args=False).to_event(1)
+
+    def mean(self, out):
+        return softplus(out) + 1e-6
+
+
+@register("negative_binomial")
+class NegativeBinomial(_Counts):
+    """Negative binomial with a learned dispersion per feature (mean from the decoder): overdispersed counts."""
+
+    def __init__(self, data_dim: int):
+        super().__init__(data_dim)
+        self.log_total_count = torch.nn.Parameter(torch.zeros(data_dim))
+
+    def forward(self, out):
+        return dist.NegativeBinomial(total_count=self.log_total_count.exp(), logits=out.float(),
+                                     validate_args=False).to_event(1)
+
+    def mean(self, out):
+        return self.log_total_count.exp() * torch.exp(out)
+
+
+@register("zinb")
+class ZINB(_Counts):
+    """Zero-inflated negative binomial (as for single-cell counts): decoder gives logits and gate logits."""
+
+    outputs_per_feature = 2
+
+    def __init__(self, data_dim: int):
+        super().__init__(data_dim)
+        self.log_total_count = torch.nn.Parameter(torch.zeros(data_dim))
+
+    def forward(self, out):
+        logits, gate = self.split(out.float())
+        return dist.ZeroInflatedNegativeBinomial(total_count=self.log_total_count.exp(), logits=logits,
+                                                 gate_logits=gate, validate_args=False).to_event(1)
+
+    def mean(self, out):
+        logits, gate = self.split(out)
+        return torch.sigmoid(-gate) * self.log_total_count.exp() * torch.exp(logits)
+
+
+class _MixedColumns(dist.TorchDistribution):
+    """Independent groups of columns, each with its own distribution; event_shape (D,)."""
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector
+
+    def __init__(self, parts, columns, data_dim):
+        self.parts, self.columns, self.data_dim = parts, columns, data_dim
+        batch_shape = parts[0].batch_shape
+        super().__init__(batch_shape, torch.Size([data_dim]), validate_args=False)
+
+    def log_prob(self, value):
+        return sum(d.log_prob(value[..., c]) for d, c in zip(self.parts, self.columns))
+
+    def _scatter(self, pieces):
+        out = pieces[0].new_empty(pieces[0].shape[:-1] + (self.data_dim,))
+        for piece, c in zip(pieces, self.columns):
+            out[..., c] = piece.to(out.dtype)
+        return out
+
+    def sample(self, sample_shape=torch.Size()):
+        return self._scatter([d.sample(sample_shape) for d in self.parts])
+
+    def expand(self, batch_shape, _instance=None):
+        return _MixedColumns([d.expand(batch_shape) for d in self.parts], self.columns, self.data_dim)
+
+
+@register("mixed")
+class Mixed(Likelihood):
+    """Tabular data whose column groups each have their own likelihood.
+
+    groups: [{columns: [0,1,2,3], name: gaussian}, {columns: [4], name: categorical, levels: 3},
+             {columns: [5,6], name: bernoulli}]  -- every column in exactly one group.
+    """
+
+    def __init__(self, data_dim: int, groups=()):
+        super().__init__(data_dim)
+        groups = [dict(g) for g in groups]
+        if not groups:
+            raise ValueError("mixed needs groups: [{columns: [...], name: ...}, ...]")
+        seen = []
+        for g in groups:
+            if "columns" not in g or "name" not in g:
+                raise ValueError("each mixed group needs 'columns' and 'name'")
+            seen += list(g["columns"])
+        if sorted(seen) != list(range(data_dim)):
+            raise ValueError(f"mixed groups must cover columns 0..{data_dim - 1} exactly once (got {sorted(seen)})")
+        self.columns = [torch.tensor(list(g.pop("columns")), dtype=torch.long) for g in groups]
+        self.parts = torch.nn.ModuleList([LIKELIHOODS.build(g, data_dim=len(c)) for g, c in zip(groups, self.columns)])
+        self.sizes = [p.output_size for p in self.parts]
+
+    @property
+    def output_size(self) -> int:
+        return sum(self.sizes)
+
+    def forward(self, out):
+        chunks = out.split(self.sizes, -1)
+        parts = [p(o) for p, o in zip(self.parts, chunks)]
+        return _MixedColumns(parts, self.columns, self.data_dim)
+
+    def mean(self, out):
+        chunks = out.split(self.sizes, -1)
+        pieces = [p.mean(o) for p, o in zip(self.parts, chunks)]
+        res = pieces[0].new_empty(out.shape[:-1] + (self.data_dim,))
+        for piece, c in zip(pieces, self.columns):
+            res[..., c] = piece.to(res.dtype)
+        return res
+
+    def check_data(self, x, where="data"):
+        super().check_data(x, where)
+        for p, c in zip(self.parts, self.columns):
+            p.check_data(x[:, c], where=f"{where} (columns {c.tolist()})")

@@ -58,3 +58,136 @@ class StandardNormal(Prior):
     def forward(self):
         loc = self._zero.expand(self.latent_dim)
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+
+
+@register("learned_normal")
+class LearnedNormal(Prior):
+    """Diagonal Normal N(loc, diag(scale^2)) with learnable loc and scale."""
+
+    analytic_kl = True
+
+    def __init__(self, latent_dim: int):
+        super().__init__(latent_dim)
+        self.loc = torch.nn.Parameter(torch.zeros(self.latent_dim))
+        self.log_scale = torch.nn.Parameter(torch.zeros(self.latent_dim))
+
+    def forward(self):
+        return dist.Normal(self.loc, self.log_scale.exp()).to_event(1)
+
+
+def _gaussian_mixture(logits, locs, scales):
+    """sum_k softmax(logits)_k N(locs_k, diag(scales_k^2)); event_shape (D,)."""
+    return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(locs, scales).to_event(1))
+
+
+@register("mog")
+class MixtureOfGaussians(Prior):
+    """Mixture of K learnable diagonal Gaussians (weights, means and scales all learned)."""
+
+    def __init__(self, latent_dim: int, components: int = 10, init_spread: float = 1.0):
+        super().__init__(latent_dim)
+        if components < 1:
+            raise ValueError(f"components must be at least 1, got {components}")
+        g = torch.Generator().manual_seed(0)
+        self.locs = torch.nn.Parameter(init_spread * torch.randn(components, self.latent_dim, generator=g))
+        self.log_scales = torch.nn.Parameter(torch.zeros(components, self.latent_dim))
+        self.logits = torch.nn.Parameter(torch.zeros(components))
+
+    def forward(self):
+        return _gaussian_mixture(self.logits, self.locs, self.log_scales.exp())
+
+
+@register("vamp")
+class VampPrior(Prior):
+    """VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k), K learnable pseudo-inputs u_k.
+
+    The pseudo-inputs live in data space and go through the VAE's own encoder, so the
+    prior is a mixture of the encoder's posteriors. Initialised uniformly in
+    [init_low, init_high] (the data's range for images scaled to [0,1]).
+    """
+
+    def __init__(self, latent_dim: int, components: int = 500, init_low: float = 0.0, init_high: float = 1.0):
+        super().__init__(latent_dim)
+        if components < 1:
+            raise ValueError(f"components must be at least 1, got {components}")
+        self.components = int(components)
+        self.init_low, self.init_high = float(init_low), float(init_high)
+        self.pseudo_inputs = None
+
+    def attach(self, vae) -> None:
+        g = torch.Generator().manual_seed(0)
+        u = self.init_low + (self.init_high - self.init_low) * torch.rand(self.components, vae.data_dim, generator=g)
+        self.pseudo_inputs = torch.nn.Parameter(u)
+        # a plain reference (not a submodule): the encoder's weights belong to the VAE
+        self.__dict__["_encode"] = getattr(vae, "prior_encoder", None) or vae.encoder
+
+    def forward(self):
+        if self.pseudo_inputs is None:
+            raise RuntimeError("VampPrior needs attach(vae) before use")
+        loc, scale = self.__dict__["_encode"](self.pseudo_inputs)
+        return _gaussian_mixture(torch.zeros_like(loc[:, 0]), loc, scale)
+
+
+@register("flow")
+class FlowPrior(Prior):
+    """Normalizing flow on N(0, I) with Pyro's transforms: `transform` = affine | spline, `layers` deep.
+
+    affine: affine autoregressive (IAF/MAF-style) layers with `hidden` units and a permutation
+    between layers; spline: neural spline autoregressive layers. Density by change of variables.
+    """
+
+    def __init__(self, latent_dim: int, layers: int = 2, transform: str = "affine", hidden: int = 64):
+        super().__init__(latent_dim)
+        import pyro.distributions.transforms as T
+
+        if layers < 1:
+            raise ValueError(f"layers must be at least 1, got {layers}")
+        if transform not in ("affine", "spline"):
+            raise ValueError(f"transform must be affine or spline, got {transform!r}")
+        if self.latent_dim < 2:
+            raise ValueError("a flow prior needs latent_dim >= 2 (autoregressive layers)")
+        parts = []
+        for i in range(int(layers)):
+            if transform == "affine":
+                parts.append(T.affine_autoregressive(self.latent_dim, hidden_dims=[hidden, hidden]))
+            else:
+                parts.append(T.spline_autoregressive(self.latent_dim, hidden_dims=[hidden, hidden]))
+            if i < layers - 1:
+                parts.append(T.Permute(torch.arange(self.latent_dim - 1, -1, -1)))
+        self.transforms = torch.nn.ModuleList([p for p in parts if isinstance(p, torch.nn.Module)])
+        self._all = parts
+
+    def forward(self):
+        loc = self._zero.expand(self.latent_dim)
+        base = dist.Normal(loc, torch.ones_like(loc)).to_event(1)
+        return dist.TransformedDistribution(base, self._all)
+
+
+@register("laplace")
+class LaplacePrior(Prior):
+    """Factorised Laplace(0, scale): heavier tails and sparser codes than the Normal."""
+
+    def __init__(self, latent_dim: int, scale: float = 1.0):
+        super().__init__(latent_dim)
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = float(scale)
+
+    def forward(self):
+        loc = self._zero.expand(self.latent_dim)
+        return dist.Laplace(loc, torch.full_like(loc, self.scale)).to_event(1)
+
+
+@register("student_t")
+class StudentTPrior(Prior):
+    """Factorised Student-t(df, 0, scale): heavy tails; df -> infinity recovers the Normal."""
+
+    def __init__(self, latent_dim: int, df: float = 3.0, scale: float = 1.0):
+        super().__init__(latent_dim)
+        if df <= 0 or scale <= 0:
+            raise ValueError(f"df and scale must be positive, got df={df}, scale={scale}")
+        self.df, self.scale = float(df), float(scale)
+
+    def forward(self):
+        loc = self._zero.expand(self.latent_dim)
+        return dist.StudentT(torch.full_like(loc, self.df), loc, torch.full_like(loc, self.scale)).to_event(1)

@@ -73,7 +73,9 @@ class Registry:
 
     def build(self, spec: Mapping[str, Any], **context: Any):
         """Construct the class named by ``spec['name']`` with the spec's parameters plus ``context``."""
-        spec = dict(spec)
+        from omegaconf import OmegaConf
+
+        spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
         self.check(spec)
         cls = self.get(spec.pop("name"))
         wanted = set(getattr(cls, "context_args", ()))

@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vae train | evaluate | sample | encode | list``.
+"""Command line: ``pyro-vae train | evaluate | sample | encode | classify | score | list``.
 
 Every error the user can fix prints one line (``pyro-vae: error: ...``) and exits 2.
 """
@@ -153,6 +153,39 @@ def cmd_encode(args):
     return 0
 
 
+def cmd_classify(args):
+    import numpy as np
+
+    from .utils import atomic_path
+
+    model, cfg, get_data = _load_run(args.run_dir, args.data)
+    if not hasattr(model, "predict_proba"):
+        raise PyroVAEError(f"{args.run_dir} holds a model={cfg.model} run; classify needs model=ssvae")
+    split = _rows_of(cfg, get_data, args.split, args.data)
+    if split.x.shape[1] != model.data_dim:
+        raise PyroVAEError(f"the data have {split.x.shape[1]} columns but the model expects {model.data_dim}")
+    proba = model.predict_proba(split.x).numpy()
+    pred = proba.argmax(1)
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise PyroVAEError(f"--out must end in .csv (got {out.name})")
+    cols = [np.arange(len(pred))[:, None], pred[:, None], proba]
+    header = ["row", "predicted"] + [f"p{k}" for k in range(proba.shape[1])]
+    fmt = ["%d", "%d"] + ["%.6f"] * proba.shape[1]
+    if split.y is not None:
+        cols.append(split.y.numpy()[:, None])
+        header.append("label")
+        fmt.append("%d")
+    with atomic_path(out) as tmp:
+        np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="", fmt=fmt)
+    msg = f"wrote {out} ({len(pred)} rows)"
+    if split.y is not None and bool((split.y >= 0).any()):
+        known = split.y.numpy() >= 0
+        msg += f"; accuracy on the {int(known.sum())} labelled rows: {float((pred[known] == split.y.numpy()[known]).mean()):.4f}"
+    print(msg)
+    return 0
+
+
 def cmd_list(args):
     from . import likelihoods, priors
 
@@ -206,6 +239,13 @@ def build_parser():
     c.add_argument("--split", default="test", choices=["train", "val", "test"])
     c.add_argument("--with-scale", action="store_true", help="also write the posterior scales")
     c.set_defaults(func=cmd_encode)
+
+    k = sub.add_parser("classify", help="predict labels with a semi-supervised (model=ssvae) run")
+    k.add_argument("run_dir")
+    k.add_argument("--out", required=True, help="predictions.csv: row, predicted label, class probabilities[, label]")
+    k.add_argument("--data", nargs="+", help=data_help)
+    k.add_argument("--split", default="test", choices=["train", "val", "test"])
+    k.set_defaults(func=cmd_classify)
 
     ls = sub.add_parser("list", help="show registered priors and likelihoods with their parameters")
     ls.set_defaults(func=cmd_list)

@@ -75,8 +75,13 @@ class TrainerConfig:
 
 @dataclass
 class SSVAEConfig:
-    aux_loss_multiplier: float = 46.0
+    aux_loss_multiplier: float = 46.0  # alpha of Kingma et al. eq. 9
+    # labelled: alpha * sum over labelled examples of -log q(y|x) (Pyro's example);
+    # total: alpha * N * mean over labelled examples (Kingma et al.'s alpha = 0.1 N is total with 0.1)
+    aux_scaling: str = "labelled"
     classifier_hidden: List[int] = field(default_factory=lambda: [500])
+    labelled_batch_size: Optional[int] = None  # labelled examples per step (default: train.batch_size)
+    learn_class_prior: bool = False
 
 
 @dataclass

@@ -238,6 +238,8 @@ def load_data(cfg) -> Dataset:
             raise DataError(f"data.validation={d.validation} leaves no training data ({len(train)} examples)")
         perm = torch.randperm(len(train), generator=g)
         val, train = train.subset(perm[: d.validation]), train.subset(perm[d.validation:])
+    if cfg.model == "ssvae" or d.labels is not None:
+        train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g))
     num_classes = d.num_classes
     if num_classes is None:
         ys = [s.y for s in (train, val, test) if s is not None and s.y is not None]
@@ -289,3 +291,86 @@ class IndexBatches:
             if self.dynamic_binarize:
                 xb = torch.bernoulli(xb, generator=self.generator)
             yield xb
+
+
+# ---------------------------------------------------------------- semi-supervised
+def select_labels(y: Optional[torch.Tensor], n: Optional[int], num_classes: Optional[int], generator) -> torch.Tensor:
+    """Keep ``n`` known labels drawn class-balanced (seeded); the rest become -1 (unknown).
+
+    Each class gets floor(n/C) labels and the remainder goes to randomly chosen classes, so
+    any n >= C works. ``n=None`` keeps every known label.
+    """
+    if y is None or not bool((y >= 0).any()):
+        raise DataError("semi-supervised training needs labels, but the training data has none; "
+                        "give labels (e.g. data.labels_path or a label column) for some rows")
+    known = y >= 0
+    classes = torch.unique(y[known])
+    c = int(num_classes or int(y.max()) + 1)
+    if bool((y >= c).any()):
+        raise DataError(f"labels must be in 0..{c - 1} (found {int(y.max())}); fix them or set data.num_classes")
+    if n is None:
+        return y.clone()
+    if n < c:
+        raise DataError(f"data.labels={n} is fewer than the {c} classes; keep at least one label per class")
+    if n > int(known.sum()):
+        raise DataError(f"data.labels={n} but only {int(known.sum())} training labels are known")
+    per_class = {int(k): torch.nonzero(y == k).flatten() for k in classes}
+    if len(per_class) < c:
+        missing = sorted(set(range(c)) - set(per_class))
+        raise DataError(f"classes {missing} have no labelled training examples; every class needs one")
+    quota = {k: n // c for k in per_class}
+    for k in torch.randperm(c, generator=generator)[: n % c].tolist():
+        quota[k] += 1
+    keep = []
+    for k, idx in per_class.items():
+        if quota[k] > len(idx):
+            raise DataError(f"class {k} has only {len(idx)} labelled examples, fewer than the {quota[k]} asked")
+        keep.append(idx[torch.randperm(len(idx), generator=generator)[: quota[k]]])
+    out = torch.full_like(y, -1)
+    keep = torch.cat(keep)
+    out[keep] = y[keep]
+    return out
+
+
+class SemiSupervisedBatches:
+    """Batches of unlabelled rows plus a labelled minibatch cycled over the (small) labelled set.
+
+    Yields dicts ``{"xu", "xl", "yl", "size"}``; an epoch is one pass over the unlabelled rows
+    (or over the labelled rows when every row is labelled).
+    """
+
+    def __init__(self, x, y, batch_size: int, labelled_batch_size: int, dynamic_binarize=False, seed: int = 0):
+        labelled = y >= 0
+        self.xl, self.yl = x[labelled], y[labelled]
+        self.xu = x[~labelled]
+        self.batch_size, self.lbatch = int(batch_size), int(labelled_batch_size)
+        self.dynamic_binarize = dynamic_binarize
+        self.generator = torch.Generator().manual_seed(int(seed))
+        self._lperm, self._lpos = None, 0
+
+    def __len__(self):
+        n = self.xu.shape[0] if self.xu.shape[0] else self.xl.shape[0]
+        return -(-n // self.batch_size)
+
+    def _next_labelled(self):
+        idx = []
+        need = self.lbatch
+        while need:
+            if self._lperm is None or self._lpos >= len(self._lperm):
+                self._lperm, self._lpos = torch.randperm(len(self.yl), generator=self.generator), 0
+            take = self._lperm[self._lpos:self._lpos + need]
+            self._lpos += len(take)
+            need -= len(take)
+            idx.append(take)
+        idx = torch.cat(idx)
+        return self.xl[idx], self.yl[idx]
+
+    def __iter__(self):
+        nu = self.xu.shape[0]
+        order = torch.randperm(nu, generator=self.generator)
+        for i in range(len(self)):
+            xu = self.xu[order[i * self.batch_size:(i + 1) * self.batch_size]]
+            xl, yl = self._next_labelled()
+            if self.dynamic_binarize:
+                xu, xl = torch.bernoulli(xu, generator=self.generator), torch.bernoulli(xl, generator=self.generator)
+            yield {"xu": xu, "xl": xl, "yl": yl, "size": xu.shape[0] + xl.shape[0]}

@@ -134,3 +134,61 @@ def run_report(model, data, run_dir, rows):
                run_dir / "latent_map.png", data.class_names)
     if hasattr(model, "extra_plots"):
         model.extra_plots(data, run_dir)
+
+
+def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):
+    """Row-normalised confusion matrix with counts, from scikit-learn."""
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    labels = np.arange(max(y_true.max(), y_pred.max()) + 1)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = [class_names[i] if class_names and i < len(class_names) else str(i) for i in labels]
+    ax.set_xticks(labels)
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(labels)
+    ax.set_yticklabels(names, fontsize=8)
+    for i in labels:
+        for j in labels:
+            if cm[i, j]:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    acc = float(np.trace(cm) / max(cm.sum(), 1))
+    ax.set_title(f"{title}: accuracy {acc:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return save_figure(fig, path)
+
+
+@torch.no_grad()
+def ssvae_report(model, data, run_dir, n_styles: int = 10):
+    """Semi-supervised plots: confusion matrix, conditional generation, style transfer."""
+    run_dir = Path(run_dir)
+    test = data.test
+    if test.y is not None and bool((test.y >= 0).any()):
+        mask = test.y >= 0
+        confusion_matrix_plot(test.y[mask].numpy(), model.predict(test.x[mask]).numpy(),
+                              run_dir / "confusion_matrix.png", data.class_names)
+    if data.image_shape is None:
+        return
+    c = model.num_classes
+    names = [data.class_names[k] if data.class_names else str(k) for k in range(c)]
+    # conditional generation: rows = classes, columns = one shared style z each
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    z = model.prior().sample((n_styles,))
+    zz = z.repeat(c, 1)
+    yy = torch.arange(c).repeat_interleave(n_styles)
+    image_grid(model.likelihood.mean(model._decode(zz, yy)), data.image_shape, run_dir / "conditional_generation.png",
+               ncol=n_styles, title="rows: class; columns: one shared style z", row_labels=names)
+    # style transfer: each test image's style z = E[q(z|x, predicted y)], re-decoded under every label
+    x = test.x[:n_styles]
+    zs = model.encode(x)[0]
+    out = model.likelihood.mean(model._decode(zs.repeat(c, 1), torch.arange(c).repeat_interleave(len(x))))
+    image_grid(torch.cat([x, out]), data.image_shape, run_dir / "style_transfer.png", ncol=len(x),
+               title="top: test images; below: their style under each label", row_labels=["input"] + names)

@@ -1,0 +1,167 @@
+import numpy as np
+import pytest
+import torch
+import pyro
+import pyro.distributions as dist
+import torch.nn.functional as F
+from pyro.infer import TraceEnum_ELBO
+
+from pyro_vae.cli import main
+from pyro_vae.config import load_config
+from pyro_vae.data import SemiSupervisedBatches, load_data, select_labels
+from pyro_vae.errors import DataError
+from pyro_vae.models.vae import DataInfo
+from pyro_vae.train import build_model, fit
+
+SMALL = ["model=ssvae", "latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]",
+         "ssvae.classifier_hidden=[16]", "trainer.progress_bar=false"]
+
+
+def tiny(num_data=None, extra=()):
+    cfg = load_config(None, SMALL + list(extra))
+    m = build_model(cfg, DataInfo(64, (1, 8, 8), 4, num_data))
+    return m
+
+
+def _hand_terms(m, x, y, eps):
+    """log p(x, y, z) - log q(z | x, y) for given labels y and standard-normal noise eps."""
+    loc, scale = m._q_z(x, y)
+    z = loc + scale * eps
+    q = dist.Normal(loc, scale).to_event(1)
+    log_py = torch.log_softmax(m.class_logits, -1)[y]
+    return m.likelihood(m._decode(z, y)).log_prob(x) + m.prior().log_prob(z) + log_py - q.log_prob(z)
+
+
+def test_enumeration_equals_an_explicit_sum_over_classes():
+    torch.manual_seed(0)
+    m = tiny()
+    x = torch.rand(5, 64)
+    torch.manual_seed(1)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m.model, m.guide, x)
+    torch.manual_seed(1)
+    eps = torch.randn(4, 5, 3)
+    logq_y = torch.log_softmax(m.classifier(x), -1)  # (B, C)
+    by_hand = 0.0
+    for c in range(4):  # -sum_b sum_c q(c|x_b) [log p(x,c,z_c) - log q(z_c|x,c) - log q(c|x)]
+        y = torch.full((5,), c)
+        by_hand = by_hand - (logq_y[:, c].exp() * (_hand_terms(m, x, y, eps[c]) - logq_y[:, c])).sum()
+    assert float(loss.detach()) == pytest.approx(float(by_hand), rel=1e-5)
+
+
+def test_fully_labelled_objective_is_supervised_elbo_plus_aux_term():
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.aux_loss_multiplier=7"])
+    x, y = torch.rand(6, 64), torch.tensor([0, 1, 2, 3, 0, 1])
+    m.num_labelled, m.num_unlabelled, m.num_data = 60, 0, 60
+    loss_fn = m.make_loss(load_config(None, SMALL).train)
+    torch.manual_seed(3)
+    loss = loss_fn({"xu": x[:0], "xl": x, "yl": y})
+    torch.manual_seed(3)
+    eps = torch.randn(6, 3)
+    elbo = _hand_terms(m, x, y, eps).sum() * (60 / 6)  # scaled to the 60 labelled examples
+    aux = 7 * 60 * F.cross_entropy(m.classifier(x), y)
+    assert float(loss) == pytest.approx(float(-elbo + aux), rel=1e-5)
+
+
+def test_predict_proba_rows_sum_to_one_and_predict_is_its_argmax():
+    m = tiny()
+    x = torch.rand(9, 64)
+    p = m.predict_proba(x)
+    assert p.shape == (9, 4) and torch.allclose(p.sum(1), torch.ones(9))
+    assert torch.equal(m.predict(x), p.argmax(1))
+
+
+def test_label_summed_out_importance_weights_shape_and_elbo_bound():
+    from pyro_vae.evaluate import iwae_log_likelihood
+
+    torch.manual_seed(0)
+    m = tiny()
+    x = torch.rand(7, 64)
+    assert m.log_weights_per_class(x).shape == (7, 4)
+    ll = iwae_log_likelihood(m, x, 200)
+    elbo = torch.stack([m.elbo(x) for _ in range(20)]).mean(0)
+    assert bool((ll > elbo - 0.5).all())
+
+
+def test_class_balanced_label_selection():
+    y = torch.arange(100) % 4
+    g = torch.Generator().manual_seed(0)
+    kept = select_labels(y, 10, None, g)  # not a multiple of the 4 classes
+    counts = torch.bincount(kept[kept >= 0], minlength=4)
+    assert int((kept >= 0).sum()) == 10 and counts.min() >= 2 and counts.max() <= 3
+    assert bool((kept[kept >= 0] == y[kept >= 0]).all())
+    again = select_labels(y, 10, None, torch.Generator().manual_seed(0))
+    assert torch.equal(kept, again)
+
+
+@pytest.mark.parametrize("y, n, c, words", [
+    (torch.arange(20) % 4, 3, None, "fewer than the 4 classes"),
+    (torch.full((20,), -1), 5, None, "needs labels"),
+    (torch.tensor([0, 1, 5, -1]), None, 3, "0..2"),
+])
+def test_bad_labels_are_one_line_errors(y, n, c, words):
+    with pytest.raises(DataError, match=words):
+        select_labels(y, n, c, torch.Generator())
+
+
+def test_array_without_labels_cannot_train_ssvae(tmp_path, capsys):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((30, 4)))
+    assert main(["train", *SMALL, "data.name=array", f"data.path={tmp_path / 'x.npy'}"]) == 2
+    assert "needs labels" in capsys.readouterr().err
+
+
+def test_batches_cycle_the_small_labelled_set():
+    y = torch.full((50,), -1)
+    y[:3] = torch.tensor([0, 1, 2])
+    b = SemiSupervisedBatches(torch.rand(50, 2), y, batch_size=10, labelled_batch_size=5)
+    batches = list(b)
+    assert len(batches) == len(b) == 5
+    assert all(bt["xl"].shape == (5, 2) and bt["xu"].shape[0] <= 10 for bt in batches)
+    assert sum(bt["xu"].shape[0] for bt in batches) == 47
+
+
+def _supervised_only(data, seed, hidden):
+    """The classifier network of the SSVAE trained on the labelled examples alone."""
+    torch.manual_seed(seed)
+    from pyro_vae.networks import MLP
+
+    mask = data.train.y >= 0
+    x, y = data.train.x[mask], data.train.y[mask]
+    net = MLP(64, [hidden], 10, "softplus")
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    best = 0.0
+    for step in range(600):
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 50 == 49:  # the best test accuracy seen: an optimistic baseline
+            with torch.no_grad():
+                best = max(best, float((net(data.test.x).argmax(1) == data.test.y).float().mean()))
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ssvae_beats_the_same_classifier_trained_on_50_labels_alone(seed):
+    overrides = ["model=ssvae", "data.labels=50", "latent_dim=8", "encoder.hidden=[128]", "decoder.hidden=[128]",
+                 "ssvae.classifier_hidden=[128]", "train.epochs=20", "train.lr=3e-3", "train.batch_size=64",
+                 "trainer.progress_bar=false", f"seed={seed}"]
+    r = fit(None, save=False, overrides=overrides)
+    baseline = _supervised_only(r.data, seed, 128)
+    assert r.metrics["test_accuracy"] > baseline + 0.02, (r.metrics["test_accuracy"], baseline)
+
+
+def test_classify_cli_writes_predictions(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *SMALL, "data.labels=40", "data.validation=100", "train.epochs=2", "--out", str(out)]) == 0
+    for name in ("confusion_matrix.png", "conditional_generation.png", "style_transfer.png"):
+        assert (out / name).is_file()
+    import json
+
+    m = json.loads((out / "metrics.json").read_text())
+    assert "test_accuracy" in m and "best_val_accuracy" in m
+    assert main(["classify", str(out), "--out", str(tmp_path / "p.csv")]) == 0
+    rows = np.loadtxt(tmp_path / "p.csv", delimiter=",", skiprows=1)
+    assert rows.shape == (359, 2 + 10 + 1)
+    assert np.allclose(rows[:, 2:12].sum(1), 1, atol=1e-4) and (rows[:, 1] == rows[:, 2:12].argmax(1)).all()
+    assert "accuracy" in capsys.readouterr().out

@@ -109,8 +109,10 @@ def cmd_sample(args):
     if args.n < 1:
         raise PyroVAEError("-n must be at least 1")
     torch.manual_seed(args.seed)
-    x = model.sample(args.n, mean=not args.draw)
     out = Path(args.out)
+    if args.interpolate or args.traverse:
+        return _sample_paths(model, args, out)
+    x = model.sample(args.n, mean=not args.draw)
     if out.suffix == ".npy":
         with atomic_path(out) as tmp:
             np.save(tmp, x.numpy())
@@ -123,6 +125,78 @@ def cmd_sample(args):
     else:
         raise PyroVAEError(f"--out must end in .png or .npy (got {out.name})")
     print(f"wrote {out}")
+    return 0
+
+
+def _sample_paths(model, args, out):
+    """--interpolate I J / --traverse [I]: latent paths decoded to a PNG grid (or .npy)."""
+    import numpy as np
+    import torch
+
+    from .data import load_data
+    from .utils import atomic_path
+
+    test = load_data(model.config).test
+    idx = list(args.interpolate or []) + ([args.traverse_from] if args.traverse and args.traverse_from is not None else [])
+    for i in idx:
+        if not 0 <= i < len(test):
+            raise PyroVAEError(f"test index {i} is out of range 0..{len(test) - 1}")
+    if args.interpolate:
+        i, j = args.interpolate
+        x = model.interpolate(test.x[i], test.x[j], args.steps)
+        ncol, title, rows = args.steps, f"interpolation between test images {i} and {j}", None
+    else:
+        x0 = test.x[args.traverse_from] if args.traverse_from is not None else None
+        dims = list(range(min(model.latent_dim, args.max_dims)))
+        x = model.traverse(x0, dims, torch.linspace(-args.range, args.range, args.steps))
+        ncol, title, rows = args.steps, f"latent traversal: z_d from {-args.range:g} to {args.range:g}", [f"z{d}" for d in dims]
+    if out.suffix == ".npy":
+        with atomic_path(out) as tmp:
+            np.save(tmp, x.numpy())
+    elif out.suffix == ".png" and model.image_shape is not None:
+        from .plots import image_grid
+
+        image_grid(x, model.image_shape, out, ncol=ncol, title=title, row_labels=rows)
+    else:
+        raise PyroVAEError("--out must be .png (image data) or .npy")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_score(args):
+    """Anomaly scores: -ELBO (or -log p(x) with --iwae-samples) and reconstruction error per row."""
+    import numpy as np
+    import torch
+
+    from .evaluate import anomaly_scores, auroc
+    from .utils import atomic_path
+
+    model, cfg, get_data = _load_run(args.run_dir, args.data)
+    split = _rows_of(cfg, get_data, args.split, args.data)
+    model.likelihood.check_data(split.x, where="the scored data")
+    torch.manual_seed(0)
+    scores = anomaly_scores(model, split.x, args.iwae_samples or 0)
+    out = Path(args.out)
+    if out.suffix != ".csv":
+        raise PyroVAEError(f"--out must end in .csv (got {out.name})")
+    name = "neg_log_likelihood" if args.iwae_samples else "neg_elbo"
+    cols = [np.arange(len(split))[:, None], scores["score"].numpy()[:, None], scores["recon_error"].numpy()[:, None]]
+    header = ["row", name, "recon_error"]
+    if split.y is not None:
+        cols.append(split.y.numpy()[:, None])
+        header.append("label")
+    with atomic_path(out) as tmp:
+        np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="",
+                   fmt=["%d", "%.4f", "%.4f"] + (["%d"] if split.y is not None else []))
+    print(f"wrote {out} ({len(split)} rows; higher {name} = more anomalous)")
+    classes = args.anomaly_class if args.anomaly_class is not None else list(cfg.data.exclude_classes)
+    if classes and split.y is not None:
+        positive = torch.isin(split.y, torch.tensor(classes))
+        if positive.all() or not positive.any():
+            raise PyroVAEError(f"AUROC needs rows both in and outside classes {classes}")
+        result = {"anomaly_classes": classes, "auroc_" + name: auroc(scores["score"], positive),
+                  "auroc_recon_error": auroc(scores["recon_error"], positive)}
+        print(json.dumps(result))
     return 0
 
 
@@ -230,7 +304,26 @@ def build_parser():
     s.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (array)")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--interpolate", nargs=2, type=int, metavar=("I", "J"),
+                   help="decode the line between the codes of test images I and J")
+    s.add_argument("--traverse", action="store_true", help="vary each latent dimension in turn")
+    s.add_argument("--traverse-from", type=int, default=None, metavar="I",
+                   help="traverse around the code of test image I (default: z = 0)")
+    s.add_argument("--steps", type=int, default=10, help="images per path (default 10)")
+    s.add_argument("--range", type=float, default=3.0, help="traversal from -R to R (default 3)")
+    s.add_argument("--max-dims", type=int, default=10, help="traverse at most this many dimensions")
     s.set_defaults(func=cmd_sample)
+
+    sc = sub.add_parser("score", help="anomaly scores per example (-ELBO or -log p(x)) and AUROC")
+    sc.add_argument("run_dir")
+    sc.add_argument("--out", required=True, help="scores.csv: row, score, recon_error[, label]")
+    sc.add_argument("--data", nargs="+", help=data_help)
+    sc.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sc.add_argument("--iwae-samples", type=int, default=None,
+                    help="score with -log p(x) from K importance samples instead of -ELBO")
+    sc.add_argument("--anomaly-class", type=int, nargs="+", default=None,
+                    help="print the AUROC of these classes vs the rest (default: the run's data.exclude_classes)")
+    sc.set_defaults(func=cmd_score)
 
     c = sub.add_parser("encode", help="write latent codes (posterior means): dimensionality reduction")
     c.add_argument("run_dir")

@@ -21,16 +21,19 @@ def _device(model):
 
 
 @torch.no_grad()
-def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: int = 65536) -> torch.Tensor:
+def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Optional[int] = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) per row (nats), shape (batch,).
 
     Uses ``model.log_weights(x)`` (one z per row: log p(x, z) - log q(z|x)) or, for models
     with a discrete label, ``model.log_weights_per_class(x)`` of shape (batch, C), summing
     the label out: log p(x) = logsumexp_c logmeanexp_k w_{k,c}. At most ``max_rows``
-    rows (datum x sample) are in flight at once.
+    rows (datum x sample) are in flight at once (default: about 200 MB of decoder output).
     """
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
+    if max_rows is None:
+        per_row = model.likelihood.output_size * getattr(model, "num_classes", 1)
+        max_rows = int(max(1, min(65536, 5e7 // per_row)))
     x = x.to(_device(model))
     out = []
     rows_per_datum = max(1, max_rows // max(1, num_samples))
@@ -96,3 +99,20 @@ def auroc(scores, is_positive) -> float:
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(torch.as_tensor(is_positive).cpu().numpy(), torch.as_tensor(scores).cpu().numpy()))
+
+
+@torch.no_grad()
+def anomaly_scores(model, x: torch.Tensor, iwae_samples: int = 0, batch_size: int = 2000) -> dict:
+    """Per-row anomaly scores: ``score`` = -ELBO (or -log p(x) with ``iwae_samples`` > 0) in nats,
+    and ``recon_error`` = squared error of E[x | z = posterior mean]. Higher = more anomalous."""
+    model.eval()
+    device = _device(model)
+    scores, errors = [], []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        if iwae_samples:
+            scores.append(-iwae_log_likelihood(model, xb, iwae_samples))
+        else:
+            scores.append(-model.elbo(xb).float().cpu())
+        errors.append(((model.reconstruct(xb) - xb) ** 2).sum(-1).float().cpu())
+    return {"score": torch.cat(scores), "recon_error": torch.cat(errors)}

@@ -178,3 +178,22 @@ class VAE(PyroModule):
         return {"loss": total / max(1, len(split))}
 
     selection = ("loss", "min")  # which validation metric picks the kept checkpoint
+
+    # ---- generation helpers ---------------------------------------------------
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
+        """Decode the straight line between the posterior means of x_a and x_b: (steps, data_dim)."""
+        z_a, z_b = self.encode(x_a[None])[0], self.encode(x_b[None])[0]
+        t = torch.linspace(0, 1, steps, device=z_a.device)[:, None]
+        return self.decode((1 - t) * z_a + t * z_b)
+
+    @torch.no_grad()
+    def traverse(self, x: Optional[torch.Tensor] = None, dims=None, values=None) -> torch.Tensor:
+        """Vary one latent dimension at a time around the code of x (or 0): (len(dims)*len(values), data_dim)."""
+        z0 = self.encode(x[None])[0][0] if x is not None else torch.zeros(self.latent_dim)
+        dims = list(range(min(self.latent_dim, 10))) if dims is None else list(dims)
+        values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values, dtype=torch.float32)
+        z = z0.repeat(len(dims) * len(values), 1)
+        for i, d in enumerate(dims):
+            z[i * len(values):(i + 1) * len(values), d] = values
+        return self.decode(z)

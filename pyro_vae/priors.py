@@ -187,15 +187,17 @@ class FlowPrior(Prior):
             raise ValueError(f"transform must be affine or spline, got {transform!r}")
         if self.latent_dim < 2:
             raise ValueError("a flow prior needs latent_dim >= 2 (autoregressive layers)")
-        parts = []
+        modules, parts = [], []
         for i in range(int(layers)):
-            if transform == "affine":
-                parts.append(T.affine_autoregressive(self.latent_dim, hidden_dims=[hidden, hidden]))
-            else:
-                parts.append(T.spline_autoregressive(self.latent_dim, hidden_dims=[hidden, hidden]))
+            make = T.affine_autoregressive if transform == "affine" else T.spline_autoregressive
+            layer = make(self.latent_dim, hidden_dims=[hidden, hidden])
+            modules.append(layer)
+            # used inverted (MAF direction): scoring z ~ q(z|x), which every ELBO step does,
+            # is one network pass; only sampling from the prior runs the sequential direction
+            parts.append(layer.inv)
             if i < layers - 1:
                 parts.append(T.Permute(torch.arange(self.latent_dim - 1, -1, -1)))
-        self.transforms = torch.nn.ModuleList([p for p in parts if isinstance(p, torch.nn.Module)])
+        self.transforms = torch.nn.ModuleList(modules)
         self._all = parts
 
     def forward(self):

@@ -103,7 +103,7 @@ class GaussianEncoder(nn.Module):
         h = self.body(x)
         if extra is not None:
             h = torch.cat([h, extra], -1)
-        loc, raw = self.head(h).split(self.latent_dim, -1)
+        loc, raw = self.head(h).float().split(self.latent_dim, -1)  # float32 under bf16 autocast too
         return loc, fast_softplus(raw) + 1e-5
 
 

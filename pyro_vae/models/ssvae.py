@@ -102,10 +102,10 @@ class SSVAE(VAE):
 
     # ---- networks --------------------------------------------------------------
     def _q_z(self, x, y, x_part=None):
-        loc, raw = self.encoder(x, y, x_part).split(self.latent_dim, -1)
+        loc, raw = self.encoder(x, y, x_part).float().split(self.latent_dim, -1)
         from ..fastmath import softplus
 
-        return loc, softplus(raw) + 1e-5
+        return loc, softplus(raw) + 1e-5  # float32 also under bf16 autocast: densities stay exact
 
     def prior_encoder(self, x):
         """q(z|x) with the label marginalised to its most likely value (used by the VampPrior)."""
@@ -132,7 +132,7 @@ class SSVAE(VAE):
         with self._pyro_context, self._plate(x, size):
             x_part = self.encoder.first(x)
             if y is None:
-                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x)),
+                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x).float()),
                                 infer={"enumerate": "parallel"})
             loc, scale = self._q_z(x, y, x_part)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))

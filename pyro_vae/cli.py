@@ -136,29 +136,39 @@ def _sample_paths(model, args, out):
     from .data import load_data
     from .utils import atomic_path
 
+    if hasattr(model, "num_classes") or not (hasattr(model, "interpolate") and hasattr(model, "traverse")):
+        # an ssvae decodes (z, y): a path through z alone would draw a random label per image
+        raise PyroVAEError(f"latent paths need model=vae; {args.run_dir} holds model={model.config.model} "
+                           "(its run directory has conditional_generation.png and style_transfer.png)")
+    if args.steps < 2:
+        raise PyroVAEError("--steps must be at least 2")
     test = load_data(model.config).test
     idx = list(args.interpolate or []) + ([args.traverse_from] if args.traverse and args.traverse_from is not None else [])
     for i in idx:
         if not 0 <= i < len(test):
             raise PyroVAEError(f"test index {i} is out of range 0..{len(test) - 1}")
+    if out.suffix not in (".npy", ".png") or (out.suffix == ".png" and model.image_shape is None):
+        raise PyroVAEError("--out must be .png (image data) or .npy")
+    from .plots import interpolation_grid, traversal_grid
+
+    png = out.suffix == ".png"
     if args.interpolate:
         i, j = args.interpolate
-        x = model.interpolate(test.x[i], test.x[j], args.steps)
-        ncol, title, rows = args.steps, f"interpolation between test images {i} and {j}", None
+        if png:  # the two test images frame the decoded path
+            x = interpolation_grid(model, test.x[i], test.x[j], out, args.steps,
+                                   title=f"test image {i}, interpolation, test image {j}")
+        else:
+            x = model.interpolate(test.x[i], test.x[j], args.steps)
     else:
         x0 = test.x[args.traverse_from] if args.traverse_from is not None else None
-        dims = list(range(min(model.latent_dim, args.max_dims)))
-        x = model.traverse(x0, dims, torch.linspace(-args.range, args.range, args.steps))
-        ncol, title, rows = args.steps, f"latent traversal: z_d from {-args.range:g} to {args.range:g}", [f"z{d}" for d in dims]
-    if out.suffix == ".npy":
+        # the most active dimensions first: largest variance of E_q[z_d|x] over the test images
+        activity = model.encode(test.x[:2000])[0].var(0)
+        dims = activity.argsort(descending=True)[:max(1, args.max_dims)].tolist()
+        values = torch.linspace(-args.range, args.range, args.steps)
+        x = traversal_grid(model, out, x0, dims, values) if png else model.traverse(x0, dims, values)
+    if not png:
         with atomic_path(out) as tmp:
             np.save(tmp, x.numpy())
-    elif out.suffix == ".png" and model.image_shape is not None:
-        from .plots import image_grid
-
-        image_grid(x, model.image_shape, out, ncol=ncol, title=title, row_labels=rows)
-    else:
-        raise PyroVAEError("--out must be .png (image data) or .npy")
     print(f"wrote {out}")
     return 0
 
@@ -171,8 +181,12 @@ def cmd_score(args):
     from .evaluate import anomaly_scores, auroc
     from .utils import atomic_path
 
+    if args.iwae_samples is not None and args.iwae_samples < 0:
+        raise PyroVAEError("--iwae-samples must be 0 (score -ELBO) or a positive number of samples")
     model, cfg, get_data = _load_run(args.run_dir, args.data)
     split = _rows_of(cfg, get_data, args.split, args.data)
+    if split.x.shape[1] != model.data_dim:
+        raise PyroVAEError(f"the data have {split.x.shape[1]} columns but the model expects {model.data_dim}")
     model.likelihood.check_data(split.x, where="the scored data")
     torch.manual_seed(0)
     scores = anomaly_scores(model, split.x, args.iwae_samples or 0)
@@ -311,7 +325,7 @@ def build_parser():
                    help="traverse around the code of test image I (default: z = 0)")
     s.add_argument("--steps", type=int, default=10, help="images per path (default 10)")
     s.add_argument("--range", type=float, default=3.0, help="traversal from -R to R (default 3)")
-    s.add_argument("--max-dims", type=int, default=10, help="traverse at most this many dimensions")
+    s.add_argument("--max-dims", type=int, default=10, help="traverse this many dimensions, the most active first (default 10)")
     s.set_defaults(func=cmd_sample)
 
     sc = sub.add_parser("score", help="anomaly scores per example (-ELBO or -log p(x)) and AUROC")

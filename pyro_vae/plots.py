@@ -192,3 +192,70 @@ def ssvae_report(model, data, run_dir, n_styles: int = 10):
     out = model.likelihood.mean(model._decode(zs.repeat(c, 1), torch.arange(c).repeat_interleave(len(x))))
     image_grid(torch.cat([x, out]), data.image_shape, run_dir / "style_transfer.png", ncol=len(x),
                title="top: test images; below: their style under each label", row_labels=["input"] + names)
+
+
+# ---- evaluation uses: latent paths and anomaly scores ------------------------------------
+
+@torch.no_grad()
+def interpolation_grid(model, x_a, x_b, path, steps: int = 10, image_shape=None, title: Optional[str] = None,
+                       show_inputs: bool = True):
+    """One row of images along the straight latent line between two inputs.
+
+    z(t) = (1 - t) E_q[z|x_a] + t E_q[z|x_b] for t = 0, 1/(steps-1), ..., 1, each decoded to
+    E[x|z(t)] (``model.interpolate``); with ``show_inputs`` the inputs x_a and x_b frame the row.
+    Returns the decoded path, shape (steps, data_dim).
+    """
+    shape = image_shape or getattr(model, "image_shape", None)
+    if shape is None:
+        raise ValueError("interpolation_grid draws images; this model's data are not images")
+    x_a, x_b = torch.as_tensor(x_a, dtype=torch.float32), torch.as_tensor(x_b, dtype=torch.float32)
+    line = model.interpolate(x_a, x_b, steps).cpu()
+    row = torch.cat([x_a[None], line, x_b[None]]) if show_inputs else line
+    what = "input, then " if show_inputs else ""
+    image_grid(row, shape, path, ncol=row.shape[0],
+               title=title or f"latent interpolation ({what}{steps} decoded steps{', input' if show_inputs else ''})")
+    return line
+
+
+@torch.no_grad()
+def traversal_grid(model, path, x=None, dims=None, values=None, image_shape=None, title: Optional[str] = None):
+    """Rows: latent dimensions d; columns: z_d = v for each v in ``values`` (default -3..3),
+    the other coordinates held at E_q[z|x] (or 0 without ``x``), decoded to E[x|z]
+    (``model.traverse``). Returns the decoded images, shape (len(dims) * len(values), data_dim)."""
+    shape = image_shape or getattr(model, "image_shape", None)
+    if shape is None:
+        raise ValueError("traversal_grid draws images; this model's data are not images")
+    dims = list(range(min(model.latent_dim, 10))) if dims is None else list(dims)
+    values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values, dtype=torch.float32)
+    x = None if x is None else torch.as_tensor(x, dtype=torch.float32)
+    imgs = model.traverse(x, dims, values).cpu()
+    lo, hi = float(values.min()), float(values.max())
+    image_grid(imgs, shape, path, ncol=len(values), row_labels=[f"z{d}" for d in dims],
+               title=title or f"latent traversal: z_d from {lo:g} to {hi:g}, others at {'the code of x' if x is not None else '0'}")
+    return imgs
+
+
+def score_histogram(scores, labels, path, highlight=(), class_names: Optional[Sequence[str]] = None,
+                    xlabel: str = "anomaly score (nats)", title: Optional[str] = None, bins: int = 60):
+    """Density histogram of per-example scores, one outline per class; classes in ``highlight``
+    (e.g. the ones held out of training) drawn thick and black. The x range covers the
+    0.5-99.5 percentiles so a few extreme scores do not squash the rest (scores outside it
+    are counted in the end bins)."""
+    plt = _plt()
+    s = torch.as_tensor(scores).detach().float().cpu().numpy()
+    lab = torch.as_tensor(labels).cpu().numpy()
+    edges = np.linspace(float(np.percentile(s, 0.5)), float(np.percentile(s, 99.5)), bins)
+    highlight = set(int(c) for c in highlight)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for c in np.unique(lab[lab >= 0]):
+        name = class_names[c] if class_names and c < len(class_names) else str(c)
+        held = int(c) in highlight
+        style = dict(lw=2.5, color="black") if held else dict(lw=1, alpha=0.8)
+        ax.hist(np.clip(s[lab == c], edges[0], edges[-1]), bins=edges, histtype="step", density=True,
+                label=name + (" (held out)" if held else ""), **style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return save_figure(fig, path)

@@ -24,6 +24,7 @@ CHOICES = {
     "data.name": ("digits", "mnist", "fashion-mnist", "kmnist", "array"),
     "data.binarize": ("none", "static", "dynamic"),
     "train.elbo": ("trace", "meanfield"),
+    "ssvae.classifier_type": ("mlp", "conv"),
 }
 
 
@@ -80,6 +81,8 @@ class SSVAEConfig:
     # total: alpha * N * mean over labelled examples (Kingma et al.'s alpha = 0.1 N is total with 0.1)
     aux_scaling: str = "labelled"
     classifier_hidden: List[int] = field(default_factory=lambda: [500])
+    classifier_type: str = "mlp"  # mlp | conv (two stride-2 convolutions, images only)
+    classifier_dropout: float = 0.0  # dropout on the classifier's hidden layers (training only)
     labelled_batch_size: Optional[int] = None  # labelled examples per step (default: train.batch_size)
     learn_class_prior: bool = False
 
@@ -170,6 +173,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"data.test_fraction must be in (0, 1) (got {cfg.data.test_fraction})")
     if any(h < 1 for h in list(cfg.encoder.hidden) + list(cfg.decoder.hidden)):
         raise ConfigError("hidden layer sizes must be positive integers")
+    if not 0 <= cfg.ssvae.classifier_dropout < 1:
+        raise ConfigError(f"ssvae.classifier_dropout must be in [0, 1) (got {cfg.ssvae.classifier_dropout})")
     if cfg.data.name == "array" and not cfg.data.path:
         raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
     if cfg.train.early_stopping_patience is not None and cfg.data.validation == 0:

@@ -114,6 +114,23 @@ def make_body(net_cfg, in_dim: int, image_shape=None) -> nn.Module:
     return MLP(in_dim, list(net_cfg.hidden), None, net_cfg.activation)
 
 
+def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: str = "mlp",
+                    activation="softplus", dropout: float = 0.0, image_shape=None) -> nn.Module:
+    """x -> class logits: an MLP, or the conv body (images) with a linear head; optional dropout
+    before each hidden layer's successor (only active in training mode)."""
+    if type == "conv":
+        body = ConvBody(image_shape, list(hidden), activation)
+        layers = [body] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(body.out_dim, num_classes)]
+        return nn.Sequential(*layers)
+    if not dropout:
+        return MLP(in_dim, list(hidden), num_classes, activation)
+    layers, d = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), ACTIVATIONS[activation](), nn.Dropout(dropout)]
+        d = h
+    return nn.Sequential(*layers, nn.Linear(d, num_classes))
+
+
 def make_decoder(net_cfg, latent_dim: int, output_size: int, data_dim: int, image_shape=None) -> nn.Module:
     """Decoder from ``decoder:`` config: latent -> ``output_size`` raw outputs for the likelihood."""
     if net_cfg.type == "conv":

@@ -32,6 +32,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["prior.wrong_param=3"], "no parameter 'wrong_param'"),
     (["train.early_stopping_patience=2"], "data.validation"),
     (["data.name=array"], "data.path"),
+    (["ssvae.classifier_type=rnn"], "mlp, conv"),
+    (["ssvae.classifier_dropout=1.5"], "[0, 1)"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     with pytest.raises(ConfigError) as e:

@@ -32,9 +32,10 @@ def _hand_terms(m, x, y, eps):
     return m.likelihood(m._decode(z, y)).log_prob(x) + m.prior().log_prob(z) + log_py - q.log_prob(z)
 
 
-def test_enumeration_equals_an_explicit_sum_over_classes():
+@pytest.mark.parametrize("classifier", [[], ["ssvae.classifier_type=conv"]])
+def test_enumeration_equals_an_explicit_sum_over_classes(classifier):
     torch.manual_seed(0)
-    m = tiny()
+    m = tiny(extra=classifier)
     x = torch.rand(5, 64)
     torch.manual_seed(1)
     loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m.model, m.guide, x)
@@ -69,6 +70,19 @@ def test_predict_proba_rows_sum_to_one_and_predict_is_its_argmax():
     p = m.predict_proba(x)
     assert p.shape == (9, 4) and torch.allclose(p.sum(1), torch.ones(9))
     assert torch.equal(m.predict(x), p.argmax(1))
+
+
+def test_conv_classifier_with_dropout_is_stochastic_only_in_training():
+    m = tiny(extra=["ssvae.classifier_type=conv", "ssvae.classifier_dropout=0.5"])
+    assert any(isinstance(l, torch.nn.Conv2d) for l in m.classifier.modules())
+    x = torch.rand(9, 64)
+    m.train()
+    torch.manual_seed(0)
+    a = m.classifier(x)
+    assert not torch.allclose(a, m.classifier(x))  # dropout active while training
+    m.eval()
+    p = m.predict_proba(x)
+    assert torch.equal(p, m.predict_proba(x)) and torch.allclose(p.sum(1), torch.ones(9))
 
 
 def test_label_summed_out_importance_weights_shape_and_elbo_bound():

@@ -37,7 +37,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
 from ..errors import ConfigError, DataError
-from ..networks import ACTIVATIONS, MLP
+from ..networks import ACTIVATIONS, MLP, make_classifier
 from . import MODELS
 from .vae import VAE, DataInfo
 
@@ -92,7 +92,8 @@ class SSVAE(VAE):
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation
-        classifier = MLP(info.data_dim, list(s.classifier_hidden), c, act)
+        classifier = make_classifier(info.data_dim, c, list(s.classifier_hidden), s.classifier_type, act,
+                                     s.classifier_dropout, info.image_shape)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, cfg.decoder.activation)
         model = cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape,

@@ -40,6 +40,14 @@ class MLP(nn.Sequential):
         self.out_dim = d
 
 
+def _no_cpu_autocast():
+    """The conv networks run in float32 under CPU bf16 autocast: on 2 CPU cores, forward +
+    backward of the conv classifier (300 images) took 0.61 s in bf16 against 0.07 s in float32
+    (slow bf16 kernels for the 32->64 conv and for the 3136->500 layer's gradient). GPU
+    autocast is left alone."""
+    return torch.autocast("cpu", enabled=False)
+
+
 class ConvBody(nn.Module):
     """Two stride-2 convolutions (32, 64 channels) then an MLP: (B, C*H*W) -> (B, hidden[-1])."""
 
@@ -57,7 +65,8 @@ class ConvBody(nn.Module):
 
     def forward(self, x):
         x = x.reshape((-1,) + self.image_shape)
-        return self.mlp(self.conv(x).flatten(1))
+        with _no_cpu_autocast():
+            return self.mlp(self.conv(x.float()).flatten(1))
 
 
 class ConvDecoder(nn.Module):
@@ -76,8 +85,9 @@ class ConvDecoder(nn.Module):
 
     def forward(self, z):
         lead = z.shape[:-1]
-        h = self.mlp(z.reshape(-1, z.shape[-1])).reshape(-1, 64, self.h4, self.w4)
-        out = self.deconv(h)  # (B, K*C, H, W): block k is channels [k*C, (k+1)*C)
+        with _no_cpu_autocast():
+            h = self.mlp(z.reshape(-1, z.shape[-1]).float()).reshape(-1, 64, self.h4, self.w4)
+            out = self.deconv(h)  # (B, K*C, H, W): block k is channels [k*C, (k+1)*C)
         return out.reshape(lead + (-1,))
 
 

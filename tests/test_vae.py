@@ -112,6 +112,17 @@ def test_conv_networks_train_on_8x8_digits(quick):
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
 
 
+def test_conv_networks_compute_in_float32_under_cpu_bf16_autocast():
+    from pyro_vae.networks import ConvBody, ConvDecoder
+
+    body, dec = ConvBody((1, 8, 8), [16]), ConvDecoder(3, (1, 8, 8), [16], 1)
+    x, z = torch.rand(5, 64), torch.randn(5, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, out = body(x), dec(z)
+    assert h.dtype == torch.float32 and out.dtype == torch.float32
+    assert torch.allclose(h, body(x), atol=1e-6) and torch.allclose(out, dec(z), atol=1e-6)
+
+
 def test_fast_softplus_and_bernoulli_match_torch():
     x = torch.linspace(-40, 40, 2001, dtype=torch.float64).float().requires_grad_(True)
     y = softplus(x)

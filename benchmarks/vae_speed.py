@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyro_vae  # noqa: E402
 from pyro_vae.config import load_config  # noqa: E402
-from pyro_vae.train import fit  # noqa: E402
+from pyro_vae.train import cpu_has_native_bf16, fit  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402
 
 ROOT = "/usr/share/datasets/fashion-mnist"
@@ -31,6 +31,16 @@ VARIANTS = {
     "bf16-mixed": ["trainer.precision=bf16-mixed"],
     "fp32, meanfield (analytic KL)": ["trainer.precision=32-true", "train.elbo=meanfield"],
 }
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main():
@@ -58,6 +68,7 @@ def main():
         "benchmark": "vae_speed", "setup": "Fashion-MNIST 60k/10k, MLP 784-400-50 softplus, Bernoulli, batch 256, Adam 1e-3",
         "reference": {"pyro_examples_vae_py_seconds_per_epoch": 6.6, "pyro_examples_vae_py_test_loss_2_epochs": 269},
         "machine": {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+                    "cpu": cpu_model(), "cpu_native_bf16": cpu_has_native_bf16(),
                     "torch": torch.__version__, "pyro": __import__("pyro").__version__},
         "results": results,
     })

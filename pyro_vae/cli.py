@@ -5,6 +5,7 @@ Every error the user can fix prints one line (``pyro-vae: error: ...``) and exit
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from .errors import PyroVAEError
@@ -370,6 +371,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    saved_show = warnings.showwarning  # warnings as one line each, without the source line
+    warnings.showwarning = lambda msg, *a, **k: print(f"pyro-vae: warning: {msg}", file=sys.stderr)
     try:
         return args.func(args)
     except PyroVAEError as e:
@@ -381,6 +384,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = saved_show
 
 
 if __name__ == "__main__":

@@ -158,6 +158,28 @@ class FitResult:
     history: list = field(default_factory=list)
 
 
+class SlowPrecisionWarning(UserWarning):
+    """The chosen precision is supported but slow on this hardware."""
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def check_precision(cfg) -> None:
+    """Warn when bf16-mixed would run on a CPU without bf16 units (there it is slower, not faster)."""
+    t = cfg.trainer
+    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    if str(t.precision).startswith("bf16") and on_cpu and not cpu_has_native_bf16():
+        warnings.warn(f"trainer.precision={t.precision} on a CPU without native bf16 (no AVX512-BF16/AMX): "
+                      "bf16 matmuls are emulated and several times slower here; set trainer.precision=32-true",
+                      SlowPrecisionWarning, stacklevel=3)
+
+
 def default_run_dir(cfg) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -174,6 +196,7 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     elif overrides:
         cfg = config_mod.load_config(None, overrides, base=cfg)
     config_mod.load_plugins(cfg.plugins)
+    check_precision(cfg)
     pyro.set_rng_seed(int(cfg.seed))
     data = data if data is not None else load_data(cfg)
     model = build_model(cfg, data_info(cfg, data))

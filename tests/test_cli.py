@@ -72,3 +72,17 @@ def test_console_script_help_and_exit_code():
     assert out.returncode == 0 and "key=value" in out.stdout
     bad = subprocess.run(exe + ["train", "latent_dim=abc"], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_without_bf16_units_warns_in_one_line(native, monkeypatch, capsys, tmp_path):
+    import pyro_vae.train as train_mod
+
+    monkeypatch.setattr(train_mod, "cpu_has_native_bf16", lambda: native)
+    argv = ["train", *QUICK, "train.epochs=1", "trainer.precision=bf16-mixed", "--out", str(tmp_path / "r")]
+    assert main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("pyro-vae: warning:")]
+    if native:
+        assert warned == []
+    else:
+        assert len(warned) == 1 and "trainer.precision=32-true" in warned[0]

@@ -43,14 +43,25 @@ def priors_likelihoods():
     return "\n".join(out)
 
 
+def _ssvae_setup(overrides):
+    o = dict(x.split("=", 1) for x in overrides)
+    clf = "conv" if o.get("ssvae.classifier_type") == "conv" else "MLP 500"
+    if float(o.get("ssvae.classifier_dropout", 0)):
+        clf += f" + dropout {o['ssvae.classifier_dropout']}"
+    # rows without a precision override ran when the config's default was bf16-mixed
+    return f"{clf}, {o.get('trainer.precision', 'bf16-mixed')}"
+
+
 def ssvae():
     d = load("ssvae.json")
     if not d or not d.get("summary"):
         return ""
-    lines = ["| labels | epochs | seeds | M2 test accuracy (mean ± sd) | same classifier, labels only | s/epoch |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| labels | q(y\\|x), precision | epochs | seeds | M2 test accuracy (mean ± sd) | "
+             "same classifier, labels only | s/epoch |",
+             "|---|---|---|---|---|---|---|"]
     for s in d["summary"]:
-        lines.append(f"| {s['labels']} | {s['epochs']} | {s['seeds']} | {s['ssvae_mean']:.3f} ± {s['ssvae_sd']:.3f} | "
+        lines.append(f"| {s['labels']} | {_ssvae_setup(s['overrides'])} | {s['epochs']} | {s['seeds']} | "
+                     f"{s['ssvae_mean']:.3f} ± {s['ssvae_sd']:.3f} | "
                      f"{s['supervised_mean']:.3f} ± {s['supervised_sd']:.3f} | {s['seconds_per_epoch']} |")
     return "\n".join(lines)
 

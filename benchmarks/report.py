@@ -48,6 +48,10 @@ def _ssvae_setup(overrides):
     clf = "conv" if o.get("ssvae.classifier_type") == "conv" else "MLP 500"
     if float(o.get("ssvae.classifier_dropout", 0)):
         clf += f" + dropout {o['ssvae.classifier_dropout']}"
+    if int(o.get("ssvae.augment_shift", 0)):
+        clf += f" + shift {o['ssvae.augment_shift']} px"
+    if o.get("train.lr_schedule", "constant") != "constant":
+        clf += f", {o['train.lr_schedule']} lr"
     # rows without a precision override ran when the config's default was bf16-mixed
     return f"{clf}, {o.get('trainer.precision', 'bf16-mixed')}"
 

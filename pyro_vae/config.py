@@ -25,6 +25,7 @@ CHOICES = {
     "data.binarize": ("none", "static", "dynamic"),
     "train.elbo": ("trace", "meanfield"),
     "ssvae.classifier_type": ("mlp", "conv"),
+    "train.lr_schedule": ("constant", "cosine"),
 }
 
 
@@ -60,6 +61,7 @@ class TrainConfig:
     elbo: str = "trace"  # trace | meanfield (analytic KL where it exists)
     num_particles: int = 1
     kl_warmup_epochs: int = 0  # beta rises linearly from 0 to 1 over this many epochs
+    lr_schedule: str = "constant"  # constant | cosine (per step from lr down to 0 over train.epochs)
     gradient_clip_val: Optional[float] = None
     early_stopping_patience: Optional[int] = None  # needs data.validation > 0
     eval_batch_size: int = 2000
@@ -83,6 +85,7 @@ class SSVAEConfig:
     classifier_hidden: List[int] = field(default_factory=lambda: [500])
     classifier_type: str = "mlp"  # mlp | conv (two stride-2 convolutions, images only)
     classifier_dropout: float = 0.0  # dropout on the classifier's hidden layers (training only)
+    augment_shift: int = 0  # aux term: labelled images shifted by up to this many pixels (training only)
     labelled_batch_size: Optional[int] = None  # labelled examples per step (default: train.batch_size)
     learn_class_prior: bool = False
 
@@ -175,6 +178,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("hidden layer sizes must be positive integers")
     if not 0 <= cfg.ssvae.classifier_dropout < 1:
         raise ConfigError(f"ssvae.classifier_dropout must be in [0, 1) (got {cfg.ssvae.classifier_dropout})")
+    if cfg.ssvae.augment_shift < 0:
+        raise ConfigError(f"ssvae.augment_shift must be 0 (off) or a number of pixels (got {cfg.ssvae.augment_shift})")
     if cfg.data.name == "array" and not cfg.data.path:
         raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
     if cfg.train.early_stopping_patience is not None and cfg.data.validation == 0:

@@ -70,7 +70,12 @@ class SVIModule(L.LightningModule):
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-        return torch.optim.Adam(params, lr=self.train_cfg.lr, fused=fused or None)
+        opt = torch.optim.Adam(params, lr=self.train_cfg.lr, fused=fused or None)
+        if self.train_cfg.lr_schedule == "constant":
+            return opt
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
 
 def _batch_len(batch) -> int:
@@ -111,7 +116,8 @@ class EpochMonitor(Callback):
         model.train(was_training)
         row = {"epoch": trainer.current_epoch + 1,
                "train_loss": pl_module._epoch_loss / max(1, pl_module._epoch_count),
-               "beta": float(model.beta), "seconds": round(seconds, 3)}
+               "beta": float(model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
+               "seconds": round(seconds, 3)}
         row.update({f"{self.prefix}_{k}": v for k, v in metrics.items()})
         self.rows.append(row)
         for k, v in row.items():

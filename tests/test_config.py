@@ -34,6 +34,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["data.name=array"], "data.path"),
     (["ssvae.classifier_type=rnn"], "mlp, conv"),
     (["ssvae.classifier_dropout=1.5"], "[0, 1)"),
+    (["ssvae.augment_shift=-1"], "number of pixels"),
+    (["train.lr_schedule=step"], "constant, cosine"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     with pytest.raises(ConfigError) as e:

@@ -99,3 +99,25 @@ def test_fashion_mnist_from_the_debian_package():
     data = load_data(load_config(None, ["data.name=fashion-mnist", f"data.root={FASHION_ROOT}"]))
     assert data.train.x.shape == (60000, 784) and data.test.x.shape == (10000, 784)
     assert data.num_classes == 10 and float(data.train.x.max()) == 1.0
+
+
+@pytest.mark.parametrize("max_shift", [1, 2])
+def test_random_shift_moves_each_image_by_whole_pixels_within_the_limit(max_shift):
+    from pyro_vae.data import random_shift
+
+    x = torch.rand(40, 2 * 6 * 7) + 0.1  # no zeros: a zero in the output comes from the padding
+    out = random_shift(x, (2, 6, 7), max_shift, torch.Generator().manual_seed(0)).reshape(40, 2, 6, 7)
+    img = x.reshape(40, 2, 6, 7)
+    seen = set()
+    for b in range(40):
+        matches = []
+        for dy in range(-max_shift, max_shift + 1):
+            for dx in range(-max_shift, max_shift + 1):
+                moved = torch.zeros(2, 6 + 2 * max_shift, 7 + 2 * max_shift)
+                moved[:, max_shift + dy:max_shift + dy + 6, max_shift + dx:max_shift + dx + 7] = img[b]
+                if torch.equal(moved[:, max_shift:max_shift + 6, max_shift:max_shift + 7], out[b]):
+                    matches.append((dy, dx))
+        assert len(matches) == 1, b  # exactly one translation explains image b
+        seen.add(matches[0])
+    assert len(seen) > (2 * max_shift + 1) ** 2 // 2  # offsets differ between images
+    assert random_shift(x, (2, 6, 7), 0) is x

@@ -85,6 +85,33 @@ def test_conv_classifier_with_dropout_is_stochastic_only_in_training():
     assert torch.equal(p, m.predict_proba(x)) and torch.allclose(p.sum(1), torch.ones(9))
 
 
+def test_aux_term_sees_shifted_labelled_images_only_in_training():
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.augment_shift=1"])
+    m.num_labelled, m.num_unlabelled, m.num_data = 8, 10, 18
+    loss_fn = m.make_loss(load_config(None, SMALL).train)
+    xl = torch.rand(8, 64) + 0.1
+    seen = []
+    handle = m.classifier.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    batch = {"xu": torch.rand(10, 64), "xl": xl, "yl": torch.tensor([0, 1, 2, 3] * 2)}
+    for training in (True, False):
+        m.train(training)
+        seen.clear()
+        assert torch.isfinite(loss_fn(batch))
+        aux_input = seen[-1]  # the classifier's last call is the aux term's, on the labelled batch
+        assert aux_input.shape == xl.shape
+        assert torch.equal(aux_input, xl) != training
+    handle.remove()
+
+
+def test_augment_shift_needs_images():
+    from pyro_vae.errors import ConfigError
+
+    cfg = load_config(None, SMALL + ["ssvae.augment_shift=2"])
+    with pytest.raises(ConfigError, match="needs image data"):
+        build_model(cfg, DataInfo(64, None, 4, 100))
+
+
 def test_label_summed_out_importance_weights_shape_and_elbo_bound():
     from pyro_vae.evaluate import iwae_log_likelihood
 

@@ -1,3 +1,4 @@
+import math
 import json
 
 import pytest
@@ -84,6 +85,17 @@ def test_kl_warmup_scales_the_kl_from_zero(quick):
     betas = [row["beta"] for row in r.history]
     assert 0 < betas[0] < betas[1] < 1
     assert r.model.beta == 1.0  # evaluation uses the true ELBO
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_lr_schedule_is_followed_and_logged(quick, schedule):
+    r = fit(None, save=False, overrides=[*quick, "train.epochs=3", "train.lr=2e-3", f"train.lr_schedule={schedule}"])
+    lrs = [row["lr"] for row in r.history]
+    if schedule == "constant":
+        assert lrs == [2e-3] * 3
+    else:  # per step, from 2e-3 at the first step down to 0 after the last
+        assert 2e-3 > lrs[0] > lrs[1] > lrs[2] and lrs[2] == pytest.approx(0, abs=1e-9)
+        assert lrs[0] == pytest.approx(1e-3 * (1 + math.cos(math.pi / 3)), rel=1e-6)
 
 
 def test_meanfield_elbo_agrees_with_monte_carlo_elbo():

@@ -36,6 +36,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
+from ..data import random_shift
 from ..errors import ConfigError, DataError
 from ..networks import ACTIVATIONS, MLP, make_classifier
 from . import MODELS
@@ -70,13 +71,16 @@ class SSVAE(VAE):
 
     def __init__(self, classifier: nn.Module, encoder: SplitInput, decoder: SplitInput, prior, likelihood,
                  latent_dim: int, num_classes: int, image_shape=None, aux_loss_multiplier: float = 46.0,
-                 aux_scaling: str = "labelled", learn_class_prior: bool = False):
+                 aux_scaling: str = "labelled", learn_class_prior: bool = False, augment_shift: int = 0):
         super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, None)
         self.num_classes = int(num_classes)
         self.classifier = classifier
         self.class_logits = nn.Parameter(torch.zeros(self.num_classes), requires_grad=bool(learn_class_prior))
         self.aux_loss_multiplier = float(aux_loss_multiplier)
         self.aux_scaling = aux_scaling
+        self.augment_shift = int(augment_shift)
+        if self.augment_shift and image_shape is None:
+            raise ConfigError("ssvae.augment_shift needs image data; set it to 0 for tabular data")
         self.num_labelled = None
         self.num_unlabelled = None
 
@@ -97,7 +101,7 @@ class SSVAE(VAE):
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, cfg.decoder.activation)
         model = cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape,
-                    s.aux_loss_multiplier, s.aux_scaling, s.learn_class_prior)
+                    s.aux_loss_multiplier, s.aux_scaling, s.learn_class_prior, s.augment_shift)
         model.labelled_batch = s.labelled_batch_size
         return model
 
@@ -269,6 +273,8 @@ class SemiSupervisedLoss(nn.Module):
         if xu.shape[0] and m.num_unlabelled:
             loss = loss + self.unsup.differentiable_loss(m.model, m.guide, xu, None, m.num_unlabelled)
         loss = loss + self.sup.differentiable_loss(m.model, m.guide, xl, yl, m.num_labelled)
+        if m.augment_shift and m.training:  # the aux term sees shifted copies; the ELBO terms see the data
+            xl = random_shift(xl, m.image_shape, m.augment_shift)
         ce = F.cross_entropy(m.classifier(xl).float(), yl, reduction="mean")
         per_example = m.num_labelled if m.aux_scaling == "labelled" else m.num_data
         return loss + m.aux_loss_multiplier * per_example * ce

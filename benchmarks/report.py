@@ -52,8 +52,9 @@ def _ssvae_setup(overrides):
         clf += f" + shift {o['ssvae.augment_shift']} px"
     if o.get("train.lr_schedule", "constant") != "constant":
         clf += f", {o['train.lr_schedule']} lr"
-    # rows without a precision override ran when the config's default was bf16-mixed
-    return f"{clf}, {o.get('trainer.precision', 'bf16-mixed')}"
+    # the rows with no overrides at all ran when the config's default was bf16-mixed;
+    # every later row ran under the current default, 32-true, unless it says otherwise
+    return f"{clf}, {o.get('trainer.precision', '32-true' if o else 'bf16-mixed')}"
 
 
 def ssvae():

@@ -3,11 +3,13 @@
 For each label count (class balanced) and seed: train examples/configs/ssvae_fashion.yaml
 for a fixed epoch budget, keep the epoch with the best accuracy on 1000 held-out labelled
 validation examples, and report its test accuracy. The baseline is the same classifier
-network (MLP 784-500-10, softplus) trained on the labelled examples alone with Adam,
-selected on the same validation set. Results are appended to benchmarks/ssvae.json as each
-run finishes (re-running skips what is there).
+network (the config's q(y|x): type, sizes, dropout, input shifts) trained on the labelled
+examples alone with Adam, selected on the same validation set. Results are appended to
+benchmarks/ssvae.json as each run finishes (re-running skips what is there).
 
     .venv/bin/python benchmarks/ssvae.py --labels 100 600 1000 3000 --seeds 0 1 2 --epochs 5
+    .venv/bin/python benchmarks/ssvae.py --epochs 20 --set ssvae.classifier_type=conv \
+        ssvae.classifier_dropout=0.5 ssvae.augment_shift=1 train.lr_schedule=cosine
 """
 import argparse
 import json

@@ -50,6 +50,14 @@ def _ssvae_setup(overrides):
         clf += f" + dropout {o['ssvae.classifier_dropout']}"
     if int(o.get("ssvae.augment_shift", 0)):
         clf += f" + shift {o['ssvae.augment_shift']} px"
+    if o.get("ssvae.augment_flip", "false").lower() == "true":
+        clf += " + flips"
+    if o.get("ssvae.shift_unlabelled", "false").lower() == "true":
+        clf += " (also in q(y|x) of the unlabelled term)"
+    if float(o.get("ssvae.consistency_weight", 0)):
+        clf += f" + consistency {o['ssvae.consistency_weight']}"
+    if o.get("ssvae.decoder_label", "first") != "first":
+        clf += f", label in {o['ssvae.decoder_label']} decoder layer"
     if o.get("train.lr_schedule", "constant") != "constant":
         clf += f", {o['train.lr_schedule']} lr"
     # the rows with no overrides at all ran when the config's default was bf16-mixed;

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae.config import load_config  # noqa: E402
-from pyro_vae.data import load_data, random_shift  # noqa: E402
+from pyro_vae.data import augment_images, load_data  # noqa: E402
 from pyro_vae.networks import make_classifier  # noqa: E402
 from pyro_vae.train import fit  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402
@@ -32,7 +32,7 @@ from pyro_vae.utils import write_json  # noqa: E402
 def supervised_only(data, cfg, seed, steps=2000):
     """The SSVAE's classifier network (same type, sizes, activation, dropout) trained on the
     labelled rows alone with Adam at the same learning rate and the same input shifts
-    (ssvae.augment_shift), selected on validation accuracy."""
+    and flips (ssvae.augment_shift, augment_flip), selected on validation accuracy."""
     torch.manual_seed(seed)
     mask = data.train.y >= 0
     x, y = data.train.x[mask], data.train.y[mask]
@@ -44,7 +44,7 @@ def supervised_only(data, cfg, seed, steps=2000):
     for step in range(steps):
         net.train()
         idx = torch.randint(0, len(x), (min(200, len(x)),))
-        loss = F.cross_entropy(net(random_shift(x[idx], data.image_shape, s.augment_shift)), y[idx])
+        loss = F.cross_entropy(net(augment_images(x[idx], data.image_shape, s.augment_shift, s.augment_flip)), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

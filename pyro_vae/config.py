@@ -25,6 +25,7 @@ CHOICES = {
     "data.binarize": ("none", "static", "dynamic"),
     "train.elbo": ("trace", "meanfield"),
     "ssvae.classifier_type": ("mlp", "conv"),
+    "ssvae.decoder_label": ("first", "every"),
     "train.lr_schedule": ("constant", "cosine"),
 }
 
@@ -86,6 +87,17 @@ class SSVAEConfig:
     classifier_type: str = "mlp"  # mlp | conv (two stride-2 convolutions, images only)
     classifier_dropout: float = 0.0  # dropout on the classifier's hidden layers (training only)
     augment_shift: int = 0  # aux term: labelled images shifted by up to this many pixels (training only)
+    augment_flip: bool = False  # aux term: labelled images also mirrored left-right half the time (training only)
+    # true: q(y|x) in the unlabelled ELBO also sees images shifted by up to augment_shift pixels
+    # (training only; the decoder still reconstructs the unshifted image)
+    shift_unlabelled: bool = False
+    # beta of a consistency term on the unlabelled images, beta * sum_unlabelled
+    # KL(q(y|x) || q(y|shift(x))) with the first q held fixed (a Pi-model / UDA-style regulariser of
+    # the guide, not part of M2's objective); needs augment_shift >= 1; 0 = off
+    consistency_weight: float = 0.0
+    # where p(x|z,y) sees the label: first (a lookup added in its first layer) | every (also a
+    # per-class bias on every later layer, the output included: a class template in pixel space)
+    decoder_label: str = "first"
     labelled_batch_size: Optional[int] = None  # labelled examples per step (default: train.batch_size)
     learn_class_prior: bool = False
 
@@ -180,6 +192,13 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"ssvae.classifier_dropout must be in [0, 1) (got {cfg.ssvae.classifier_dropout})")
     if cfg.ssvae.augment_shift < 0:
         raise ConfigError(f"ssvae.augment_shift must be 0 (off) or a number of pixels (got {cfg.ssvae.augment_shift})")
+    augmented = cfg.ssvae.augment_shift or cfg.ssvae.augment_flip
+    if cfg.ssvae.shift_unlabelled and not augmented:
+        raise ConfigError("ssvae.shift_unlabelled=true needs an augmentation: ssvae.augment_shift >= 1 "
+                          "(pixels) or ssvae.augment_flip=true")
+    if cfg.ssvae.consistency_weight < 0 or (cfg.ssvae.consistency_weight and not augmented):
+        raise ConfigError(f"ssvae.consistency_weight must be >= 0 and, when > 0, needs an augmentation: "
+                          f"ssvae.augment_shift >= 1 or ssvae.augment_flip=true (got {cfg.ssvae.consistency_weight})")
     if cfg.data.name == "array" and not cfg.data.path:
         raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
     if cfg.train.early_stopping_patience is not None and cfg.data.validation == 0:

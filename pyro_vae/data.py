@@ -391,3 +391,20 @@ def random_shift(x: torch.Tensor, image_shape, max_shift: int, generator=None) -
     batch = torch.arange(b, device=x.device)[:, None, None, None]
     chan = torch.arange(c, device=x.device)[None, :, None, None]
     return padded[batch, chan, rows, cols].reshape(b, -1)
+
+
+def random_flip(x: torch.Tensor, image_shape, generator=None) -> torch.Tensor:
+    """Each flattened image of ``x`` (B, C*H*W) mirrored left-right with probability 1/2."""
+    c, h, w = image_shape
+    b = x.shape[0]
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    images = x.reshape(b, c, h, w)
+    return torch.where(flip[:, None, None, None], images.flip(-1), images).reshape(b, -1)
+
+
+def augment_images(x: torch.Tensor, image_shape, max_shift: int = 0, flip: bool = False,
+                   generator=None) -> torch.Tensor:
+    """The training-time augmentation of the SSVAE's classifier: a random whole-pixel shift of up
+    to ``max_shift`` pixels, then (``flip``) a left-right mirror with probability 1/2."""
+    x = random_shift(x, image_shape, max_shift, generator)
+    return random_flip(x, image_shape, generator) if flip else x

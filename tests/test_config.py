@@ -35,6 +35,9 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["ssvae.classifier_type=rnn"], "mlp, conv"),
     (["ssvae.classifier_dropout=1.5"], "[0, 1)"),
     (["ssvae.augment_shift=-1"], "number of pixels"),
+    (["ssvae.shift_unlabelled=true"], "needs an augmentation"),
+    (["ssvae.consistency_weight=1"], "needs an augmentation"),
+    (["ssvae.consistency_weight=-1", "ssvae.augment_shift=1"], "must be >= 0"),
     (["train.lr_schedule=step"], "constant, cosine"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):

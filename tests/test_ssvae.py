@@ -32,7 +32,7 @@ def _hand_terms(m, x, y, eps):
     return m.likelihood(m._decode(z, y)).log_prob(x) + m.prior().log_prob(z) + log_py - q.log_prob(z)
 
 
-@pytest.mark.parametrize("classifier", [[], ["ssvae.classifier_type=conv"]])
+@pytest.mark.parametrize("classifier", [[], ["ssvae.classifier_type=conv"], ["ssvae.decoder_label=every"]])
 def test_enumeration_equals_an_explicit_sum_over_classes(classifier):
     torch.manual_seed(0)
     m = tiny(extra=classifier)
@@ -85,9 +85,10 @@ def test_conv_classifier_with_dropout_is_stochastic_only_in_training():
     assert torch.equal(p, m.predict_proba(x)) and torch.allclose(p.sum(1), torch.ones(9))
 
 
-def test_aux_term_sees_shifted_labelled_images_only_in_training():
+@pytest.mark.parametrize("augment", [["ssvae.augment_shift=1"], ["ssvae.augment_flip=true"]])
+def test_aux_term_sees_augmented_labelled_images_only_in_training(augment):
     torch.manual_seed(0)
-    m = tiny(extra=["ssvae.augment_shift=1"])
+    m = tiny(extra=augment)
     m.num_labelled, m.num_unlabelled, m.num_data = 8, 10, 18
     loss_fn = m.make_loss(load_config(None, SMALL).train)
     xl = torch.rand(8, 64) + 0.1
@@ -104,11 +105,97 @@ def test_aux_term_sees_shifted_labelled_images_only_in_training():
     handle.remove()
 
 
-def test_augment_shift_needs_images():
+def test_shift_unlabelled_feeds_q_y_a_shifted_copy_in_training_only():
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.augment_shift=1", "ssvae.shift_unlabelled=true"])
+    m.num_labelled, m.num_unlabelled, m.num_data = 8, 10, 18
+    loss_fn = m.make_loss(load_config(None, SMALL).train)
+    xu = torch.rand(10, 64) + 0.1  # no zero pixels: a shift always changes the image
+    seen = []
+    handle = m.classifier.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach().clone()))
+    batch = {"xu": xu, "xl": torch.rand(8, 64), "yl": torch.tensor([0, 1, 2, 3] * 2)}
+    for training in (True, False):
+        m.train(training)
+        seen.clear()
+        assert torch.isfinite(loss_fn(batch))
+        unlabelled_input = seen[0]  # the first classifier call is q(y|x) of the unlabelled term
+        assert unlabelled_input.shape == xu.shape
+        assert torch.equal(unlabelled_input, xu) != training
+        # each shifted image is the original moved by at most one pixel: same pixels, some cut off
+        if training:
+            assert bool((unlabelled_input.sum(1) <= xu.sum(1) + 1e-4).all())
+    handle.remove()
+
+
+def test_guide_classifier_input_is_what_q_y_sees():
+    """With x_classify, the enumerated loss weights each class by q(y | x_classify), by hand."""
+    torch.manual_seed(0)
+    m = tiny()
+    x, x_cls = torch.rand(5, 64), torch.rand(5, 64)
+    torch.manual_seed(1)
+    loss = TraceEnum_ELBO(max_plate_nesting=1).differentiable_loss(m.model, m.guide, x, None, None, x_cls)
+    torch.manual_seed(1)
+    eps = torch.randn(4, 5, 3)
+    logq_y = torch.log_softmax(m.classifier(x_cls), -1)
+    assert not torch.allclose(logq_y, torch.log_softmax(m.classifier(x), -1))
+    by_hand = 0.0
+    for c in range(4):  # q(z|x,y) and p(x|z,y) still see x itself
+        y = torch.full((5,), c)
+        by_hand = by_hand - (logq_y[:, c].exp() * (_hand_terms(m, x, y, eps[c]) - logq_y[:, c])).sum()
+    assert float(loss.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-5)
+
+
+def test_consistency_term_is_kl_to_the_unshifted_prediction_held_fixed():
+    from pyro_vae.data import random_shift
+    from pyro_vae.models.ssvae import consistency
+
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.augment_shift=1", "ssvae.consistency_weight=3"])
+    x = torch.rand(6, 64) + 0.1
+    torch.manual_seed(5)
+    c = consistency(m, x)
+    torch.manual_seed(5)
+    p = torch.softmax(m.classifier(x), -1).detach()
+    log_q = torch.log_softmax(m.classifier(random_shift(x, m.image_shape, 1)), -1)
+    by_hand = (p * (p.log() - log_q)).sum(1).mean()
+    assert float(c.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-4) and float(c.detach()) > 0
+    c.backward()  # the shifted branch carries the gradient
+    assert all(q.grad is not None and torch.isfinite(q.grad).all() for q in m.classifier.parameters())
+    # in the loss: weight * N_unlabelled * that mean, in training only
+    m.num_labelled, m.num_unlabelled, m.num_data = 8, 100, 108
+    loss_fn = m.make_loss(load_config(None, SMALL).train)
+    batch = {"xu": x, "xl": torch.rand(8, 64), "yl": torch.tensor([0, 1, 2, 3] * 2)}
+    m.eval()
+    pyro.set_rng_seed(7)
+    off = loss_fn(batch)
+    m.consistency_weight = 0.0
+    pyro.set_rng_seed(7)
+    assert torch.allclose(off, loss_fn(batch))  # eval: the term is off
+
+
+def test_decoder_label_every_layer_adds_a_per_class_bias_to_later_layers():
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.decoder_label=every", "decoder.hidden=[16, 12]"])
+    later = m.decoder.labels_later
+    assert [e.weight.shape for e in later] == [(4, 12), (4, 64)]  # the second hidden layer and the output
+    z, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])
+    plain = m.decoder(z, y)  # zero-initialised: the same function as the first-layer-only network
+    with torch.no_grad():
+        later[1].weight[2] += 1.5
+    out = m.decoder(z, y)
+    assert torch.allclose(out[y != 2], plain[y != 2]) and torch.allclose(out[y == 2], plain[y == 2] + 1.5)
+    # enumeration over classes (y of shape (C, 1)) broadcasts against a batch of z
+    ys = torch.arange(4).reshape(4, 1)
+    assert m.decoder(z, ys).shape == (4, 5, 64)
+    assert torch.allclose(m.decoder(z, ys)[2], m.decoder(z, torch.full((5,), 2)), atol=1e-6)
+
+
+@pytest.mark.parametrize("augment", ["ssvae.augment_shift=2", "ssvae.augment_flip=true"])
+def test_augmentation_needs_images(augment):
     from pyro_vae.errors import ConfigError
 
-    cfg = load_config(None, SMALL + ["ssvae.augment_shift=2"])
-    with pytest.raises(ConfigError, match="needs image data"):
+    cfg = load_config(None, SMALL + [augment])
+    with pytest.raises(ConfigError, match="need image data"):
         build_model(cfg, DataInfo(64, None, 4, 100))
 
 

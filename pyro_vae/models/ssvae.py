@@ -36,7 +36,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
-from ..data import random_shift
+from ..data import augment_images
 from ..errors import ConfigError, DataError
 from ..networks import ACTIVATIONS, MLP, make_classifier
 from . import MODELS
@@ -47,10 +47,13 @@ class SplitInput(nn.Module):
     """h = act(W_a a + W_y[y] + b) -> MLP: a first layer split into a dense part and a label lookup.
 
     ``a`` has shape (..., B, A); ``y`` is an integer tensor broadcastable to (..., B).
-    The dense part is computed once even when y is enumerated over classes.
+    The dense part is computed once even when y is enumerated over classes. With
+    ``label_every_layer`` every later linear layer (the output one included) also adds a
+    per-class bias W_y'[y].
     """
 
-    def __init__(self, in_dim: int, num_classes: int, hidden, out_dim: int, activation="softplus"):
+    def __init__(self, in_dim: int, num_classes: int, hidden, out_dim: int, activation="softplus",
+                 label_every_layer: bool = False):
         super().__init__()
         hidden = list(hidden) or [out_dim]
         self.first = nn.Linear(in_dim, hidden[0])
@@ -58,11 +61,25 @@ class SplitInput(nn.Module):
         nn.init.normal_(self.label.weight, std=1.0 / math.sqrt(num_classes))
         self.act = ACTIVATIONS[activation]()
         self.rest = MLP(hidden[0], hidden[1:], out_dim, activation)
+        self.labels_later = None
+        if label_every_layer:
+            sizes = [m.out_features for m in self.rest if isinstance(m, nn.Linear)]
+            self.labels_later = nn.ModuleList(nn.Embedding(num_classes, d) for d in sizes)
+            for e in self.labels_later:
+                nn.init.zeros_(e.weight)  # starts as the first-layer-only network
         self.out_dim = out_dim
 
     def forward(self, a: torch.Tensor, y: torch.Tensor, a_part: Optional[torch.Tensor] = None):
         h = self.first(a) if a_part is None else a_part
-        return self.rest(self.act(h + self.label(y)))
+        h = self.act(h + self.label(y))
+        if self.labels_later is None:
+            return self.rest(h)
+        later = iter(self.labels_later)
+        for layer in self.rest:
+            h = layer(h)
+            if isinstance(layer, nn.Linear):
+                h = h + next(later)(y)
+        return h
 
 
 @MODELS.register("ssvae")
@@ -71,7 +88,8 @@ class SSVAE(VAE):
 
     def __init__(self, classifier: nn.Module, encoder: SplitInput, decoder: SplitInput, prior, likelihood,
                  latent_dim: int, num_classes: int, image_shape=None, aux_loss_multiplier: float = 46.0,
-                 aux_scaling: str = "labelled", learn_class_prior: bool = False, augment_shift: int = 0):
+                 aux_scaling: str = "labelled", learn_class_prior: bool = False, augment_shift: int = 0,
+                 shift_unlabelled: bool = False, consistency_weight: float = 0.0, augment_flip: bool = False):
         super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, None)
         self.num_classes = int(num_classes)
         self.classifier = classifier
@@ -79,8 +97,12 @@ class SSVAE(VAE):
         self.aux_loss_multiplier = float(aux_loss_multiplier)
         self.aux_scaling = aux_scaling
         self.augment_shift = int(augment_shift)
-        if self.augment_shift and image_shape is None:
-            raise ConfigError("ssvae.augment_shift needs image data; set it to 0 for tabular data")
+        self.augment_flip = bool(augment_flip)
+        self.shift_unlabelled = bool(shift_unlabelled)
+        self.consistency_weight = float(consistency_weight)
+        if (self.augment_shift or self.augment_flip) and image_shape is None:
+            raise ConfigError("ssvae.augment_shift / ssvae.augment_flip need image data; "
+                              "set them to 0 / false for tabular data")
         self.num_labelled = None
         self.num_unlabelled = None
 
@@ -99,9 +121,11 @@ class SSVAE(VAE):
         classifier = make_classifier(info.data_dim, c, list(s.classifier_hidden), s.classifier_type, act,
                                      s.classifier_dropout, info.image_shape)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
-        decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, cfg.decoder.activation)
+        decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size,
+                             cfg.decoder.activation, label_every_layer=s.decoder_label == "every")
         model = cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape,
-                    s.aux_loss_multiplier, s.aux_scaling, s.learn_class_prior, s.augment_shift)
+                    s.aux_loss_multiplier, s.aux_scaling, s.learn_class_prior, s.augment_shift,
+                    s.shift_unlabelled, s.consistency_weight, s.augment_flip)
         model.labelled_batch = s.labelled_batch_size
         return model
 
@@ -120,24 +144,36 @@ class SSVAE(VAE):
     def _decode(self, z, y):
         return self.decoder(z, y)
 
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's training-time augmentation (ssvae.augment_shift / augment_flip)."""
+        return augment_images(x, self.image_shape, self.augment_shift, self.augment_flip)
+
     # ---- the Pyro program ------------------------------------------------------
     def _plate(self, x, size=None):
         n = x.shape[0]
         return pyro.plate("data", size or n, subsample=torch.arange(n, device=x.device))
 
-    def model(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None):
-        """p(x, y, z) = p(y) p(z) p(x | z, y); y observed when given, else enumerated by the ELBO."""
+    def model(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None,
+              x_classify: Optional[torch.Tensor] = None):
+        """p(x, y, z) = p(y) p(z) p(x | z, y); y observed when given, else enumerated by the ELBO.
+        ``x_classify`` is the guide's argument (the model ignores it)."""
         with self._pyro_context, self._plate(x, size):
             z = pyro.sample("z", self.prior())
             y = pyro.sample("y", dist.Categorical(logits=self.class_logits), obs=y)
             pyro.sample("x", self.likelihood(self._decode(z, y)), obs=x)
 
-    def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None):
-        """q(y|x) (when y is unobserved) then q(z|x,y); the x part of q(z|x,y) is computed once."""
+    def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None,
+              x_classify: Optional[torch.Tensor] = None):
+        """q(y|x) (when y is unobserved) then q(z|x,y); the x part of q(z|x,y) is computed once.
+
+        ``x_classify``: what q(y|x) looks at instead of x (a randomly shifted copy in training
+        with ssvae.shift_unlabelled). Any such q is still a variational distribution, so the
+        loss stays an upper bound on -log p(x) for every draw of the shift."""
         with self._pyro_context, self._plate(x, size):
             x_part = self.encoder.first(x)
             if y is None:
-                y = pyro.sample("y", dist.Categorical(logits=self.classifier(x).float()),
+                logits = self.classifier(x if x_classify is None else x_classify).float()
+                y = pyro.sample("y", dist.Categorical(logits=logits),
                                 infer={"enumerate": "parallel"})
             loc, scale = self._q_z(x, y, x_part)
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
@@ -271,10 +307,23 @@ class SemiSupervisedLoss(nn.Module):
         loss = torch.zeros((), device=batch["xl"].device)
         xu, xl, yl = batch["xu"], batch["xl"], batch["yl"]
         if xu.shape[0] and m.num_unlabelled:
-            loss = loss + self.unsup.differentiable_loss(m.model, m.guide, xu, None, m.num_unlabelled)
+            xu_classify = None
+            if m.shift_unlabelled and m.training:  # q(y|x) of the unlabelled term sees a shifted copy
+                xu_classify = m.augment(xu)
+            loss = loss + self.unsup.differentiable_loss(m.model, m.guide, xu, None, m.num_unlabelled, xu_classify)
         loss = loss + self.sup.differentiable_loss(m.model, m.guide, xl, yl, m.num_labelled)
-        if m.augment_shift and m.training:  # the aux term sees shifted copies; the ELBO terms see the data
-            xl = random_shift(xl, m.image_shape, m.augment_shift)
+        if m.consistency_weight and m.training and xu.shape[0] and m.num_unlabelled:
+            loss = loss + m.consistency_weight * m.num_unlabelled * consistency(m, xu)
+        if m.training:  # the aux term sees augmented copies (if any); the ELBO terms see the data
+            xl = m.augment(xl)
         ce = F.cross_entropy(m.classifier(xl).float(), yl, reduction="mean")
         per_example = m.num_labelled if m.aux_scaling == "labelled" else m.num_data
         return loss + m.aux_loss_multiplier * per_example * ce
+
+
+def consistency(m: SSVAE, x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of KL(q(y|x) || q(y|x shifted)), the first q a fixed target (no gradient)."""
+    with torch.no_grad():
+        target = torch.log_softmax(m.classifier(x).float(), -1)
+    pred = torch.log_softmax(m.classifier(m.augment(x)).float(), -1)
+    return F.kl_div(pred, target, log_target=True, reduction="batchmean")

@@ -3,13 +3,17 @@
 For each label count (class balanced) and seed: train examples/configs/ssvae_fashion.yaml
 for a fixed epoch budget, keep the epoch with the best accuracy on 1000 held-out labelled
 validation examples, and report its test accuracy. The baseline is the same classifier
-network (the config's q(y|x): type, sizes, dropout, input shifts) trained on the labelled
+network (the config's q(y|x): type, sizes, dropout, input shifts and flips) trained on the labelled
 examples alone with Adam, selected on the same validation set. Results are appended to
 benchmarks/ssvae.json as each run finishes (re-running skips what is there).
 
     .venv/bin/python benchmarks/ssvae.py --labels 100 600 1000 3000 --seeds 0 1 2 --epochs 5
     .venv/bin/python benchmarks/ssvae.py --epochs 20 --set ssvae.classifier_type=conv \
         ssvae.classifier_dropout=0.5 ssvae.augment_shift=1 train.lr_schedule=cosine
+    # few labels (100): add flips and the consistency term on the unlabelled images
+    .venv/bin/python benchmarks/ssvae.py --labels 100 --epochs 20 --set ssvae.classifier_type=conv \
+        ssvae.classifier_dropout=0.5 ssvae.augment_shift=1 train.lr_schedule=cosine \
+        ssvae.augment_flip=true ssvae.consistency_weight=10
 """
 import argparse
 import json

@@ -56,6 +56,12 @@ def _ssvae_setup(overrides):
         clf += " (also in q(y|x) of the unlabelled term)"
     if float(o.get("ssvae.consistency_weight", 0)):
         clf += f" + consistency {o['ssvae.consistency_weight']}"
+    if float(o.get("ssvae.vat_weight", 0)):
+        clf += f" + VAT {o['ssvae.vat_weight']} (eps {o.get('ssvae.vat_eps', 0.3)})"
+    if float(o.get("ssvae.entropy_weight", 0)):
+        clf += f" + entropy {o['ssvae.entropy_weight']}"
+    if "ssvae.aux_loss_multiplier" in o:
+        clf += f", alpha {o['ssvae.aux_loss_multiplier']}"
     if o.get("ssvae.decoder_label", "first") != "first":
         clf += f", label in {o['ssvae.decoder_label']} decoder layer"
     if o.get("train.lr_schedule", "constant") != "constant":

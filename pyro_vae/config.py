@@ -95,6 +95,14 @@ class SSVAEConfig:
     # KL(q(y|x) || q(y|shift(x))) with the first q held fixed (a Pi-model / UDA-style regulariser of
     # the guide, not part of M2's objective); needs augment_shift >= 1; 0 = off
     consistency_weight: float = 0.0
+    # virtual adversarial training (Miyato et al. 2018) on the unlabelled inputs: vat_weight *
+    # N_unlabelled * mean KL(q(y|x) || q(y|x + r_adv)), ||r_adv|| = vat_eps (L2, input units), the
+    # direction that most changes q(y|x) (one power iteration), the first q held fixed; 0 = off
+    vat_weight: float = 0.0
+    vat_eps: float = 0.3
+    # entropy_weight * N_unlabelled * mean H(q(y|x)) on the unlabelled inputs (entropy minimisation;
+    # 1 cancels the +H(q(y|x)) of M2's unlabelled ELBO); 0 = off
+    entropy_weight: float = 0.0
     # where p(x|z,y) sees the label: first (a lookup added in its first layer) | every (also a
     # per-class bias on every later layer, the output included: a class template in pixel space)
     decoder_label: str = "first"
@@ -199,6 +207,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.ssvae.consistency_weight < 0 or (cfg.ssvae.consistency_weight and not augmented):
         raise ConfigError(f"ssvae.consistency_weight must be >= 0 and, when > 0, needs an augmentation: "
                           f"ssvae.augment_shift >= 1 or ssvae.augment_flip=true (got {cfg.ssvae.consistency_weight})")
+    for key in ("vat_weight", "vat_eps", "entropy_weight"):
+        if cfg.ssvae[key] < 0:
+            raise ConfigError(f"ssvae.{key} must be >= 0 (got {cfg.ssvae[key]})")
+    if cfg.ssvae.vat_weight and not cfg.ssvae.vat_eps:
+        raise ConfigError("ssvae.vat_weight > 0 needs ssvae.vat_eps > 0 (the perturbation's L2 norm)")
     if cfg.data.name == "array" and not cfg.data.path:
         raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
     if cfg.train.early_stopping_patience is not None and cfg.data.validation == 0:

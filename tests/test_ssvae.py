@@ -173,6 +173,81 @@ def test_consistency_term_is_kl_to_the_unshifted_prediction_held_fixed():
     assert torch.allclose(off, loss_fn(batch))  # eval: the term is off
 
 
+def test_virtual_adversarial_direction_changes_q_y_more_than_random_ones():
+    from pyro_vae.models.ssvae import _unit, virtual_adversarial
+
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.vat_weight=2", "ssvae.vat_eps=0.5"])
+    with torch.no_grad():  # a classifier whose output moves visibly under perturbations of norm 0.5
+        for p in m.classifier.parameters():
+            p.mul_(4)
+    x = torch.rand(6, 64)
+    v = virtual_adversarial(m, x, 0.5)
+    assert torch.isfinite(v) and float(v.detach()) > 0
+    v.backward()  # the perturbed branch carries the gradient
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in m.classifier.parameters())
+    with torch.no_grad():
+        target = torch.log_softmax(m.classifier(x), -1)
+
+        def kl(r):
+            return F.kl_div(torch.log_softmax(m.classifier(x + r), -1), target, log_target=True,
+                            reduction="batchmean")
+
+        random = torch.stack([kl(0.5 * _unit(torch.randn_like(x))) for _ in range(50)])
+    v = float(v.detach())
+    assert v > 3 * float(random.mean()) and v > float(random.max())
+
+
+def test_vat_and_entropy_terms_are_added_in_training_only_with_their_scaling():
+    torch.manual_seed(0)
+    m = tiny()
+    m.num_labelled, m.num_unlabelled, m.num_data = 8, 100, 108
+    loss_fn = m.make_loss(load_config(None, SMALL).train)
+    xu = torch.rand(10, 64)
+    batch = {"xu": xu, "xl": torch.rand(8, 64), "yl": torch.tensor([0, 1, 2, 3] * 2)}
+
+    def loss(training, vat=0.0, entropy=0.0):
+        m.train(training)
+        m.vat_weight, m.entropy_weight = vat, entropy
+        pyro.set_rng_seed(7)  # the ELBO terms come first: same noise with and without the extras
+        return float(loss_fn(batch).detach())
+
+    plain = loss(True)
+    q = torch.softmax(m.classifier(xu), -1).detach()
+    entropy = float(-(q * q.log()).sum(1).mean())
+    assert loss(True, entropy=3.0) - plain == pytest.approx(3.0 * 100 * entropy, rel=1e-4)
+    assert loss(True, vat=5.0) > plain
+    assert loss(False, vat=5.0, entropy=3.0) == loss(False)
+
+
+def test_entropy_weight_one_cancels_the_entropy_of_the_unlabelled_elbo():
+    """-ELBO_u + N_u mean H(q) = -sum_b sum_c q(c|x_b) [log p(x,c,z_c) - log q(z_c|x,c)] * scale."""
+    torch.manual_seed(0)
+    m = tiny(extra=["ssvae.entropy_weight=1"])
+    m.num_labelled, m.num_unlabelled, m.num_data = 4, 5, 9
+    loss_fn = m.make_loss(load_config(None, SMALL).train)
+    x, xl, yl = torch.rand(5, 64), torch.rand(4, 64), torch.tensor([0, 1, 2, 3])
+    torch.manual_seed(1)
+    total = loss_fn({"xu": x, "xl": xl, "yl": yl})
+    torch.manual_seed(1)
+    eps = torch.randn(4, 5, 3)
+    labelled = _hand_terms(m, xl, yl, torch.randn(4, 3)).sum()  # scale 4/4
+    q = torch.softmax(m.classifier(x), -1)
+    unlabelled = sum((q[:, c] * _hand_terms(m, x, torch.full((5,), c), eps[c])).sum() for c in range(4))
+    aux = m.aux_loss_multiplier * 4 * F.cross_entropy(m.classifier(xl), yl)
+    assert float(total) == pytest.approx(float(-unlabelled - labelled + aux), rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", ["ssvae.vat_weight=-1", "ssvae.entropy_weight=-0.5",
+                                 "ssvae.vat_eps=-1", "ssvae.vat_eps=0"])
+def test_bad_regulariser_settings_are_config_errors(bad):
+    from pyro_vae.errors import ConfigError
+
+    extra = [bad] if "weight" in bad else [bad, "ssvae.vat_weight=1"]
+    with pytest.raises(ConfigError, match="ssvae.vat|ssvae.entropy"):
+        load_config(None, SMALL + extra)
+
+
 def test_decoder_label_every_layer_adds_a_per_class_bias_to_later_layers():
     torch.manual_seed(0)
     m = tiny(extra=["ssvae.decoder_label=every", "decoder.hidden=[16, 12]"])

@@ -89,7 +89,8 @@ class SSVAE(VAE):
     def __init__(self, classifier: nn.Module, encoder: SplitInput, decoder: SplitInput, prior, likelihood,
                  latent_dim: int, num_classes: int, image_shape=None, aux_loss_multiplier: float = 46.0,
                  aux_scaling: str = "labelled", learn_class_prior: bool = False, augment_shift: int = 0,
-                 shift_unlabelled: bool = False, consistency_weight: float = 0.0, augment_flip: bool = False):
+                 shift_unlabelled: bool = False, consistency_weight: float = 0.0, augment_flip: bool = False,
+                 vat_weight: float = 0.0, vat_eps: float = 0.3, entropy_weight: float = 0.0):
         super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, None)
         self.num_classes = int(num_classes)
         self.classifier = classifier
@@ -100,6 +101,8 @@ class SSVAE(VAE):
         self.augment_flip = bool(augment_flip)
         self.shift_unlabelled = bool(shift_unlabelled)
         self.consistency_weight = float(consistency_weight)
+        self.vat_weight, self.vat_eps = float(vat_weight), float(vat_eps)
+        self.entropy_weight = float(entropy_weight)
         if (self.augment_shift or self.augment_flip) and image_shape is None:
             raise ConfigError("ssvae.augment_shift / ssvae.augment_flip need image data; "
                               "set them to 0 / false for tabular data")
@@ -125,7 +128,8 @@ class SSVAE(VAE):
                              cfg.decoder.activation, label_every_layer=s.decoder_label == "every")
         model = cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape,
                     s.aux_loss_multiplier, s.aux_scaling, s.learn_class_prior, s.augment_shift,
-                    s.shift_unlabelled, s.consistency_weight, s.augment_flip)
+                    s.shift_unlabelled, s.consistency_weight, s.augment_flip, s.vat_weight, s.vat_eps,
+                    s.entropy_weight)
         model.labelled_batch = s.labelled_batch_size
         return model
 
@@ -312,8 +316,14 @@ class SemiSupervisedLoss(nn.Module):
                 xu_classify = m.augment(xu)
             loss = loss + self.unsup.differentiable_loss(m.model, m.guide, xu, None, m.num_unlabelled, xu_classify)
         loss = loss + self.sup.differentiable_loss(m.model, m.guide, xl, yl, m.num_labelled)
-        if m.consistency_weight and m.training and xu.shape[0] and m.num_unlabelled:
-            loss = loss + m.consistency_weight * m.num_unlabelled * consistency(m, xu)
+        if m.training and xu.shape[0] and m.num_unlabelled:  # regularisers of q(y|x), training only
+            if m.consistency_weight:
+                loss = loss + m.consistency_weight * m.num_unlabelled * consistency(m, xu)
+            if m.vat_weight:
+                loss = loss + m.vat_weight * m.num_unlabelled * virtual_adversarial(m, xu, m.vat_eps)
+            if m.entropy_weight:
+                logq = torch.log_softmax(m.classifier(xu).float(), -1)
+                loss = loss - m.entropy_weight * m.num_unlabelled * (logq.exp() * logq).sum(-1).mean()
         if m.training:  # the aux term sees augmented copies (if any); the ELBO terms see the data
             xl = m.augment(xl)
         ce = F.cross_entropy(m.classifier(xl).float(), yl, reduction="mean")
@@ -326,4 +336,26 @@ def consistency(m: SSVAE, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         target = torch.log_softmax(m.classifier(x).float(), -1)
     pred = torch.log_softmax(m.classifier(m.augment(x)).float(), -1)
+    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
+
+
+def _unit(d: torch.Tensor) -> torch.Tensor:
+    return d / d.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+VAT_XI = 1e-1  # finite-difference step of the power iteration (L2, input units)
+
+
+def virtual_adversarial(m: SSVAE, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Mean over the batch of KL(q(y|x) || q(y|x + r_adv)), the first q a fixed target, where
+    r_adv (L2 norm ``eps``) is the direction that most increases that KL, from one power
+    iteration started at a random direction (Miyato et al. 2018, eq. 12-14)."""
+    with torch.no_grad():
+        target = torch.log_softmax(m.classifier(x).float(), -1)
+    d = (VAT_XI * _unit(torch.randn_like(x))).requires_grad_()
+    kl = F.kl_div(torch.log_softmax(m.classifier(x + d).float(), -1), target, log_target=True,
+                  reduction="batchmean")
+    (grad,) = torch.autograd.grad(kl, d)
+    r_adv = eps * _unit(grad.detach())
+    pred = torch.log_softmax(m.classifier(x + r_adv).float(), -1)
     return F.kl_div(pred, target, log_target=True, reduction="batchmean")

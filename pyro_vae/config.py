@@ -63,6 +63,9 @@ class TrainConfig:
     num_particles: int = 1
     kl_warmup_epochs: int = 0  # beta rises linearly from 0 to 1 over this many epochs
     lr_schedule: str = "constant"  # constant | cosine (per step from lr down to 0 over train.epochs)
+    # > 0: keep an exponential moving average of the weights (updated after every step with this
+    # decay); validation, checkpoint selection and the saved model use the averaged weights
+    ema_decay: float = 0.0
     gradient_clip_val: Optional[float] = None
     early_stopping_patience: Optional[int] = None  # needs data.validation > 0
     eval_batch_size: int = 2000
@@ -190,6 +193,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} must be at least 1 (got {_lookup(cfg, key)})")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr must be positive (got {cfg.train.lr})")
+    if not 0 <= cfg.train.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), e.g. 0.998; 0 = off (got {cfg.train.ema_decay})")
     if cfg.data.validation < 0 or cfg.train.kl_warmup_epochs < 0:
         raise ConfigError("data.validation and train.kl_warmup_epochs cannot be negative")
     if not 0 < cfg.data.test_fraction < 1:

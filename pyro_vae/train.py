@@ -20,6 +20,7 @@ from typing import Optional
 import torch
 import lightning as L
 from lightning.pytorch.callbacks import Callback, TQDMProgressBar
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 import pyro
 
@@ -95,6 +96,23 @@ class EpochMonitor(Callback):
         self.best_state, self.best_value, self.best_epoch, self.bad_epochs = None, None, None, 0
         self.held_out = data.val if data.val is not None else data.test
         self.prefix = "val" if data.val is not None else "test"
+        self.average = None  # AveragedModel of the weights when train.ema_decay > 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        decay = self.cfg.train.ema_decay
+        if decay and self.average is None:  # created here: the model is on its device by now
+            self.average = AveragedModel(pl_module.model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+                                         use_buffers=True)
+        if self.average is not None:  # the first update copies the weights, later ones average
+            self.average.update_parameters(pl_module.model)
+
+    def evaluated_model(self, pl_module):
+        """The weights that are validated and kept: the running average, or the current ones."""
+        if self.average is None:
+            return pl_module.model
+        averaged = self.average.module
+        averaged.beta = pl_module.model.beta
+        return averaged
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
@@ -109,7 +127,7 @@ class EpochMonitor(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self.train_seconds += time.perf_counter() - self._t0
         seconds = time.perf_counter() - self._t0
-        model = pl_module.model
+        model = self.evaluated_model(pl_module)
         was_training = model.training
         model.eval()
         metrics = model.validation_metrics(self.held_out, self.cfg.train.eval_batch_size)
@@ -232,7 +250,10 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
         )
         batches = model.train_batches(data, cfg.train, seed=int(cfg.seed))
         trainer.fit(module, train_dataloaders=batches)
-    model = module.model.cpu().eval()
+    model = module.model
+    if monitor.average is not None:  # the averaged weights, also when there is no validation split
+        model.load_state_dict(monitor.average.module.state_dict())
+    model = model.cpu().eval()
     model.beta = 1.0
     if monitor.best_state is not None:
         model.load_state_dict(monitor.best_state)

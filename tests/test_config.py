@@ -39,6 +39,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["ssvae.consistency_weight=1"], "needs an augmentation"),
     (["ssvae.consistency_weight=-1", "ssvae.augment_shift=1"], "must be >= 0"),
     (["train.lr_schedule=step"], "constant, cosine"),
+    (["train.ema_decay=1"], "[0, 1)"),
+    (["ssvae.vat_weight=1", "ssvae.vat_eps=0"], "vat_eps > 0"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     with pytest.raises(ConfigError) as e:

@@ -98,6 +98,29 @@ def test_lr_schedule_is_followed_and_logged(quick, schedule):
         assert lrs[0] == pytest.approx(1e-3 * (1 + math.cos(math.pi / 3)), rel=1e-6)
 
 
+@pytest.mark.parametrize("validation", [0, 200])
+def test_ema_weights_are_the_ones_validated_selected_and_returned(quick, validation):
+    over = [*quick, "train.epochs=2", f"data.validation={validation}"]
+    plain = fit(None, save=False, overrides=over)
+    # decay ~1: the average hardly moves from the weights after the first step
+    slow = fit(None, save=False, overrides=[*over, "train.ema_decay=0.99999"])
+    cfg = load_config(None, over)
+    pyro.set_rng_seed(cfg.seed)
+    data = load_data(cfg)
+    init = build_model(cfg, DataInfo(data.data_dim, data.image_shape, None, len(data.train)))
+
+    def moved(r):
+        return sum(float((a - b).detach().norm()) for a, b in zip(r.model.parameters(), init.parameters()))
+
+    assert moved(slow) < 0.1 * moved(plain)
+    held_out = "val_loss" if validation else "test_loss"
+    # the validated weights are the averaged ones: their held-out loss stays near the untrained model's
+    assert slow.history[-1][held_out] > plain.history[-1][held_out] + 5
+    if validation:  # and the model returned is the one that was validated
+        again = slow.model.validation_metrics(slow.data.val)["loss"]
+        assert again == pytest.approx(slow.metrics["best_val_loss"], rel=0.01)
+
+
 def test_meanfield_elbo_agrees_with_monte_carlo_elbo():
     from pyro.infer import TraceMeanField_ELBO
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae.config import load_config  # noqa: E402
@@ -36,7 +37,8 @@ from pyro_vae.utils import write_json  # noqa: E402
 def supervised_only(data, cfg, seed, steps=2000):
     """The SSVAE's classifier network (same type, sizes, activation, dropout) trained on the
     labelled rows alone with Adam at the same learning rate and the same input shifts
-    and flips (ssvae.augment_shift, augment_flip), selected on validation accuracy."""
+    and flips (ssvae.augment_shift, augment_flip), selected on validation accuracy; with
+    train.ema_decay > 0 the moving average of its weights is what is validated, as in the SSVAE."""
     torch.manual_seed(seed)
     mask = data.train.y >= 0
     x, y = data.train.x[mask], data.train.y[mask]
@@ -44,6 +46,9 @@ def supervised_only(data, cfg, seed, steps=2000):
     net = make_classifier(x.shape[1], data.num_classes, list(s.classifier_hidden), s.classifier_type,
                           cfg.encoder.activation, s.classifier_dropout, data.image_shape)
     opt = torch.optim.Adam(net.parameters(), cfg.train.lr)
+    decay = cfg.train.ema_decay
+    average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
+    evaluated = average.module if average is not None else net
     best_val, best_test = -1.0, 0.0
     for step in range(steps):
         net.train()
@@ -52,13 +57,15 @@ def supervised_only(data, cfg, seed, steps=2000):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update_parameters(net)
         if step % 50 == 49:
-            net.eval()
+            evaluated.eval()
             with torch.no_grad():
-                val = float((net(data.val.x).argmax(1) == data.val.y).float().mean())
+                val = float((evaluated(data.val.x).argmax(1) == data.val.y).float().mean())
                 if val > best_val:
                     best_val = val
-                    best_test = float((net(data.test.x).argmax(1) == data.test.y).float().mean())
+                    best_test = float((evaluated(data.test.x).argmax(1) == data.test.y).float().mean())
     return best_test
 
 

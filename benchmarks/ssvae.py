@@ -13,7 +13,7 @@ benchmarks/ssvae.json as each run finishes (re-running skips what is there).
     # few labels (100): add flips and the consistency term on the unlabelled images
     .venv/bin/python benchmarks/ssvae.py --labels 100 --epochs 20 --set ssvae.classifier_type=conv \
         ssvae.classifier_dropout=0.5 ssvae.augment_shift=1 train.lr_schedule=cosine \
-        ssvae.augment_flip=true ssvae.consistency_weight=10
+        ssvae.augment_flip=true ssvae.consistency_weight=10 ssvae.aux_loss_multiplier=30
 """
 import argparse
 import json

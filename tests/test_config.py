@@ -34,6 +34,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["data.name=array"], "data.path"),
     (["ssvae.classifier_type=rnn"], "mlp, conv"),
     (["ssvae.classifier_dropout=1.5"], "[0, 1)"),
+    (["ssvae.classifier_activation=sigmoid"], "softplus, relu"),
     (["ssvae.augment_shift=-1"], "number of pixels"),
     (["ssvae.shift_unlabelled=true"], "needs an augmentation"),
     (["ssvae.consistency_weight=1"], "needs an augmentation"),

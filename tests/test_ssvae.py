@@ -72,6 +72,21 @@ def test_predict_proba_rows_sum_to_one_and_predict_is_its_argmax():
     assert torch.equal(m.predict(x), p.argmax(1))
 
 
+@pytest.mark.parametrize("extra", [[], ["ssvae.classifier_type=conv"]])
+def test_classifier_activation_defaults_to_the_encoders_and_can_be_set(extra):
+    from pyro_vae.fastmath import Softplus
+
+    def kinds(m):
+        return {type(l) for l in m.classifier.modules()}
+
+    default = tiny(extra=extra)
+    assert Softplus in kinds(default) and torch.nn.ReLU not in kinds(default)
+    relu = tiny(extra=extra + ["ssvae.classifier_activation=relu"])
+    assert torch.nn.ReLU in kinds(relu) and Softplus not in kinds(relu)
+    # only q(y|x) changes: q(z|x,y) and p(x|z,y) keep encoder/decoder.activation
+    assert torch.nn.ReLU not in {type(l) for l in relu.encoder.modules()} | {type(l) for l in relu.decoder.modules()}
+
+
 def test_conv_classifier_with_dropout_is_stochastic_only_in_training():
     m = tiny(extra=["ssvae.classifier_type=conv", "ssvae.classifier_dropout=0.5"])
     assert any(isinstance(l, torch.nn.Conv2d) for l in m.classifier.modules())

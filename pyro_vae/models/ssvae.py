@@ -121,8 +121,8 @@ class SSVAE(VAE):
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation
-        classifier = make_classifier(info.data_dim, c, list(s.classifier_hidden), s.classifier_type, act,
-                                     s.classifier_dropout, info.image_shape)
+        classifier = make_classifier(info.data_dim, c, list(s.classifier_hidden), s.classifier_type,
+                                     s.classifier_activation or act, s.classifier_dropout, info.image_shape)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size,
                              cfg.decoder.activation, label_every_layer=s.decoder_label == "every")

@@ -3,8 +3,8 @@
 Public API::
 
     import pyro_vae
-    result = pyro_vae.fit("examples/configs/digits_vae.yaml", overrides=["train.epochs=5"])
-    model = pyro_vae.load(result.run_dir)
+    result = pyro_vae.fit("examples/configs/digits_vae.yaml", out="runs/d", overrides=["train.epochs=5"])
+    model = pyro_vae.load("runs/d")
     z, _ = model.encode(x)
 
 Models keep their parameters local to the module
@@ -17,25 +17,23 @@ pyro.settings.set(module_local_params=True)
 
 from . import likelihoods, priors  # noqa: E402
 from .config import Config, load_config  # noqa: E402
-from .errors import ConfigError, DataError, PyroVAEError  # noqa: E402
+from .data import DATASETS  # noqa: E402
+from .errors import ConfigError, DataError, Interrupted, PyroVAEError  # noqa: E402
 from .likelihoods import LIKELIHOODS  # noqa: E402
-from .models import MODELS, VAE  # noqa: E402
+from .models import MODELS, SSVAE, VAE, Classifier, LatentVariableModel  # noqa: E402
 from .priors import PRIORS  # noqa: E402
 from .rundir import load  # noqa: E402
 
-try:
-    from .models import SSVAE  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
-
 
 def fit(*args, **kwargs):
-    """Train from a config; see :func:`pyro_vae.train.fit` (imported lazily: Lightning is slow to import)."""
+    """Train from a config and write a run directory; see :func:`pyro_vae.train.fit`
+    (imported on first use: Lightning is slow to import)."""
     from .train import fit as _fit
 
     return _fit(*args, **kwargs)
 
 
-__all__ = ["VAE", "fit", "load", "load_config", "Config", "PRIORS", "LIKELIHOODS", "MODELS",
-           "priors", "likelihoods", "ConfigError", "DataError", "PyroVAEError"]
-__version__ = "0.1.0"
+__all__ = ["VAE", "SSVAE", "LatentVariableModel", "Classifier", "fit", "load", "load_config", "Config",
+           "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "priors", "likelihoods",
+           "ConfigError", "DataError", "Interrupted", "PyroVAEError"]
+__version__ = "0.2.0"

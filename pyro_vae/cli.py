@@ -1,6 +1,8 @@
-"""Command line: ``pyro-vae train | evaluate | sample | encode | classify | score | list``.
+"""Command line: ``pyro-vae train | config | evaluate | sample | encode | classify | score | list``.
 
-Every error the user can fix prints one line (``pyro-vae: error: ...``) and exits 2.
+Every error the user can fix prints one line (``pyro-vae: error: ...``) and exits 2;
+an interrupted training run saves a checkpoint, says how to resume, and exits 130 / 143.
+Commands that do not train never import Lightning.
 """
 import argparse
 import json
@@ -8,17 +10,18 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import PyroVAEError
+from .errors import Interrupted, PyroVAEError
 
 EPILOG_TRAIN = """\
 Overrides are dotted key=value pairs applied after the YAML file, e.g.
   pyro-vae train examples/configs/fashion_vae.yaml train.epochs=5 latent_dim=16
-  pyro-vae train data.name=digits prior.name=normal likelihood.name=bernoulli
-  pyro-vae train encoder.hidden=[512,256] trainer.precision=bf16-mixed
+  pyro-vae train data=digits prior=mog prior.components=10 likelihood=bernoulli
+  pyro-vae train model=ssvae data.labels=100 data.validation=300
+  pyro-vae train encoder.hidden=[512,256] trainer.devices=2 trainer.strategy=ddp
 
-Top-level keys: name seed model latent_dim encoder decoder prior likelihood data
-train trainer ssvae evaluate plugins (see README "Config reference").
-`pyro-vae list` shows the registered priors and likelihoods with their parameters.
+`model=X`, `data=X`, `prior=X`, `likelihood=X` name a registry entry (`pyro-vae list`);
+`pyro-vae config [CONFIG] [key=value ...]` prints every key with its default and what it does.
+Continue a run after a crash or Ctrl-C:  pyro-vae train --resume RUN_DIR
 """
 
 
@@ -35,38 +38,41 @@ def _is_file_spec(data_spec) -> bool:
     return bool(data_spec) and len(data_spec) == 1 and "=" not in data_spec[0]
 
 
-def _load_run(run_dir, data_spec=None):
+def _load_run(args):
     """(model, config, data loader) of a run; ``--data`` overrides replace the run's data section."""
     from .config import load_config
     from .data import load_data
     from .rundir import load
 
-    model = load(run_dir)
+    model = load(args.run_dir, plugins=args.plugin, device=getattr(args, "device", "cpu"))
     cfg = model.config
+    data_spec = getattr(args, "data", None)
     if data_spec and not _is_file_spec(data_spec):
-        cfg = load_config(None, _data_overrides(data_spec), base=cfg)
+        cfg = load_config(None, _data_overrides(data_spec), base=cfg, import_plugins=False)
     return model, cfg, (lambda: load_data(cfg))
 
 
-def _rows_of(cfg, get_data, split_name, data_spec):
+def _rows_of(model, cfg, get_data, args):
     """The rows a command works on: a --data file whole and in order (used as given, so scale
-    it as the training data were), else one split of the run's data set."""
+    it as the training data were), else one split of the run's data set. Checked once for
+    every command: the model's number of columns, and what its likelihood accepts."""
+    from .config import load_config
     from .data import Split, load_array
 
-    if _is_file_spec(data_spec):
-        file_cfg = load_config_for_file(cfg, data_spec[0])
-        x, y = load_array(file_cfg.data)
-        return Split(x, y)
-    split = getattr(get_data(), split_name)
-    if split is None:
-        raise PyroVAEError(f"this data has no {split_name} split (set data.validation=N for a val split)")
+    if _is_file_spec(args.data):
+        file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg,
+                               import_plugins=False)
+        x, y, rows = load_array(file_cfg.data)
+        split, where = Split(x, y, rows), args.data[0]
+    else:
+        split = getattr(get_data(), args.split)
+        if split is None:
+            raise PyroVAEError(f"this data has no {args.split} split (set data.validation=N for a val split)")
+        where = f"the {args.split} split"
+    if split.x.shape[1] != model.data_dim:
+        raise PyroVAEError(f"{where} has {split.x.shape[1]} columns but the model expects {model.data_dim}")
+    model.likelihood.check_data(split.x, where=where, rows=split.rows)
     return split
-
-
-def load_config_for_file(cfg, path):
-    from .config import load_config
-
-    return load_config(None, ["data.name=array", f"data.path={path}"], base=cfg)
 
 
 def cmd_train(args):
@@ -75,25 +81,45 @@ def cmd_train(args):
     overrides = list(args.overrides)
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
         args.config, overrides = None, [args.config] + overrides
-    cfg = load_config(args.config, overrides)  # fails fast, before Lightning is imported
+    if args.resume:
+        if args.config:
+            raise PyroVAEError("--resume continues a run with its own config; drop the config file")
+        if args.overwrite:
+            raise PyroVAEError("--resume and --overwrite exclude each other")
+        cfg = None
+    else:
+        cfg = load_config(args.config, overrides)  # fails fast, before Lightning is imported
     from .train import fit
 
-    result = fit(cfg, out=args.out)
+    result = fit(cfg, out=args.out, overrides=overrides if args.resume else (), resume=args.resume,
+                 overwrite=args.overwrite)
+    if result is None:  # an extra process of a multi-process run: rank zero reports
+        return 0
     m = result.metrics
     print(f"run directory: {result.run_dir}")
     print(json.dumps({k: m[k] for k in sorted(m) if not isinstance(m[k], (list, dict))}, indent=2))
     return 0
 
 
+def cmd_config(args):
+    from .config import commented_yaml, load_config
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.config, overrides = None, [args.config] + overrides
+    print(commented_yaml(load_config(args.config, overrides)), end="")
+    return 0
+
+
 def cmd_evaluate(args):
     from .evaluate import test_metrics
+    from .training import plan_for
 
-    model, cfg, get_data = _load_run(args.run_dir, args.data)
-    split = _rows_of(cfg, get_data, args.split, args.data)
-    if args.iwae_samples is not None:
-        cfg.evaluate.iwae_samples = args.iwae_samples
-    model.likelihood.check_data(split.x, where=f"the {args.split} split")
-    metrics = test_metrics(model, split, cfg)
+    if args.iwae_samples is not None and args.iwae_samples < 0:
+        raise PyroVAEError("--iwae-samples must be 0 (off) or a positive number of samples")
+    model, cfg, get_data = _load_run(args)
+    split = _rows_of(model, cfg, get_data, args)
+    metrics = test_metrics(plan_for(model, cfg), split, cfg, iwae_samples=args.iwae_samples, seed=args.seed)
     metrics["num_examples"] = len(split)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -106,14 +132,14 @@ def cmd_sample(args):
     from .rundir import load
     from .utils import atomic_path
 
-    model = load(args.run_dir)
+    model = load(args.run_dir, plugins=args.plugin, device=args.device)
     if args.n < 1:
         raise PyroVAEError("-n must be at least 1")
     torch.manual_seed(args.seed)
     out = Path(args.out)
     if args.interpolate or args.traverse:
         return _sample_paths(model, args, out)
-    x = model.sample(args.n, mean=not args.draw)
+    x = model.sample(args.n, mean=not args.draw).cpu()
     if out.suffix == ".npy":
         with atomic_path(out) as tmp:
             np.save(tmp, x.numpy())
@@ -135,15 +161,17 @@ def _sample_paths(model, args, out):
     import torch
 
     from .data import load_data
+    from .models import LatentPaths
     from .utils import atomic_path
 
-    if hasattr(model, "num_classes") or not (hasattr(model, "interpolate") and hasattr(model, "traverse")):
+    if not isinstance(model, LatentPaths):
         # an ssvae decodes (z, y): a path through z alone would draw a random label per image
-        raise PyroVAEError(f"latent paths need model=vae; {args.run_dir} holds model={model.config.model} "
-                           "(its run directory has conditional_generation.png and style_transfer.png)")
+        raise PyroVAEError(f"latent paths need a model with a continuous code alone (model=vae); {args.run_dir} "
+                           f"holds model={model.config.model.name}")
     if args.steps < 2:
         raise PyroVAEError("--steps must be at least 2")
     test = load_data(model.config).test
+    model = model.cpu()
     idx = list(args.interpolate or []) + ([args.traverse_from] if args.traverse and args.traverse_from is not None else [])
     for i in idx:
         if not 0 <= i < len(test):
@@ -184,16 +212,13 @@ def cmd_score(args):
 
     if args.iwae_samples is not None and args.iwae_samples < 0:
         raise PyroVAEError("--iwae-samples must be 0 (score -ELBO) or a positive number of samples")
-    model, cfg, get_data = _load_run(args.run_dir, args.data)
-    split = _rows_of(cfg, get_data, args.split, args.data)
-    if split.x.shape[1] != model.data_dim:
-        raise PyroVAEError(f"the data have {split.x.shape[1]} columns but the model expects {model.data_dim}")
-    model.likelihood.check_data(split.x, where="the scored data")
-    torch.manual_seed(0)
-    scores = anomaly_scores(model, split.x, args.iwae_samples or 0)
     out = Path(args.out)
     if out.suffix != ".csv":
         raise PyroVAEError(f"--out must end in .csv (got {out.name})")
+    model, cfg, get_data = _load_run(args)
+    split = _rows_of(model, cfg, get_data, args)
+    torch.manual_seed(args.seed)
+    scores = anomaly_scores(model, split.x, args.iwae_samples or 0)
     name = "neg_log_likelihood" if args.iwae_samples else "neg_elbo"
     cols = [np.arange(len(split))[:, None], scores["score"].numpy()[:, None], scores["recon_error"].numpy()[:, None]]
     header = ["row", name, "recon_error"]
@@ -220,11 +245,13 @@ def cmd_encode(args):
 
     from .utils import atomic_path
 
-    model, cfg, get_data = _load_run(args.run_dir, args.data)
-    split = _rows_of(cfg, get_data, args.split, args.data)
-    loc, scale = model.encode(split.x)
-    arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
     out = Path(args.out)
+    if out.suffix not in (".npy", ".csv"):
+        raise PyroVAEError(f"--out must end in .npy or .csv (got {out.name})")
+    model, cfg, get_data = _load_run(args)
+    split = _rows_of(model, cfg, get_data, args)
+    loc, scale = (t.cpu() for t in model.encode(split.x.to(model.device)))
+    arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
     with atomic_path(out) as tmp:
         if out.suffix == ".npy":
             np.save(tmp, arr)
@@ -247,17 +274,18 @@ def cmd_classify(args):
 
     from .utils import atomic_path
 
-    model, cfg, get_data = _load_run(args.run_dir, args.data)
-    if not hasattr(model, "predict_proba"):
-        raise PyroVAEError(f"{args.run_dir} holds a model={cfg.model} run; classify needs model=ssvae")
-    split = _rows_of(cfg, get_data, args.split, args.data)
-    if split.x.shape[1] != model.data_dim:
-        raise PyroVAEError(f"the data have {split.x.shape[1]} columns but the model expects {model.data_dim}")
-    proba = model.predict_proba(split.x).numpy()
-    pred = proba.argmax(1)
+    from .models import Classifier
+
     out = Path(args.out)
     if out.suffix != ".csv":
         raise PyroVAEError(f"--out must end in .csv (got {out.name})")
+    model, cfg, get_data = _load_run(args)
+    if not isinstance(model, Classifier):
+        raise PyroVAEError(f"{args.run_dir} holds a model={cfg.model.name} run, which does not classify; "
+                           "classify needs a classifier such as model=ssvae")
+    split = _rows_of(model, cfg, get_data, args)
+    proba = model.predict_proba(split.x.to(model.device)).cpu().numpy()
+    pred = proba.argmax(1)
     cols = [np.arange(len(pred))[:, None], pred[:, None], proba]
     header = ["row", "predicted"] + [f"p{k}" for k in range(proba.shape[1])]
     fmt = ["%d", "%d"] + ["%.6f"] * proba.shape[1]
@@ -276,15 +304,34 @@ def cmd_classify(args):
 
 
 def cmd_list(args):
-    from . import likelihoods, priors
+    from .config import registries
+    from .networks import ACTIVATIONS, NETWORKS
+    from .training import LOSS_TERMS
 
-    print("priors:")
-    for line in priors.PRIORS.describe():
-        print("  " + line)
-    print("likelihoods:")
-    for line in likelihoods.LIKELIHOODS.describe():
-        print("  " + line)
+    groups = dict(registries())
+    order = [("model kinds", groups["model"]), ("data sets", groups["data"]), ("priors", groups["prior"]),
+             ("likelihoods", groups["likelihood"]), ("network types", NETWORKS), ("activations", ACTIVATIONS),
+             ("semi-supervised loss terms", LOSS_TERMS)]
+    if args.plugin:
+        print(f"(with plugins: {', '.join(args.plugin)})")
+    for title, reg in order:
+        print(f"{title}:")
+        for line in reg.describe():
+            print("  " + line)
     return 0
+
+
+def _run_args(p, data=True, device=True):
+    p.add_argument("run_dir", help="a run directory written by `pyro-vae train` (or its model.pt)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="import this plugin file/module first (a run never imports its plugins by itself)")
+    if device:
+        p.add_argument("--device", default="cpu", help="where to compute: cpu (default), cuda, cuda:1, mps")
+    if data:
+        p.add_argument("--data", nargs="+", help=("data to use instead of the run's test split: an array file "
+                                                  "(.npy/.npz/.csv, every row in order) or data.* overrides such "
+                                                  "as name=fashion-mnist root=/path"))
+        p.add_argument("--split", default="test", choices=["train", "val", "test"])
 
 
 def build_parser():
@@ -296,25 +343,30 @@ def build_parser():
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     t = sub.add_parser("train", help="train a model from a YAML config and key=value overrides",
-                       description="Train a VAE; writes a run directory (config, metrics, checkpoint, plots).",
+                       description="Train a model; writes a run directory (config, metrics, checkpoints, model, plots).",
                        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("config", nargs="?", help="YAML config file (optional: defaults + overrides are a complete run)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
-    t.add_argument("--out", help="run directory to write (default runs/<name>-<time>)")
+    t.add_argument("--out", help="run directory to write, new or empty (default runs/<name>-<time>)")
+    t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its checkpoints/last.ckpt")
     t.set_defaults(func=cmd_train)
 
-    data_help = ("data to use instead of the run's test split: an array file (.npy/.npz/.csv, every row "
-                 "scored in order) or data.* overrides such as name=fashion-mnist root=/path")
-    e = sub.add_parser("evaluate", help="print test metrics of a run as JSON")
-    e.add_argument("run_dir")
-    e.add_argument("--data", nargs="+", help=data_help)
-    e.add_argument("--split", default="test", choices=["train", "val", "test"])
+    cf = sub.add_parser("config", help="print the full resolved config, one comment per key",
+                        description="Print the config a `pyro-vae train` with the same arguments would run.")
+    cf.add_argument("config", nargs="?", help="YAML config file (optional)")
+    cf.add_argument("overrides", nargs="*", help="dotted key=value overrides")
+    cf.set_defaults(func=cmd_config)
+
+    e = sub.add_parser("evaluate", help="print test metrics of a run as JSON (seeded: repeatable)")
+    _run_args(e)
     e.add_argument("--iwae-samples", type=int, default=None,
                    help="importance samples for test_log_likelihood (e.g. 1000)")
+    e.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo estimates (default 0, as training)")
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="generate new data from the prior")
-    s.add_argument("run_dir")
+    _run_args(s, data=False)
     s.add_argument("-n", type=int, default=64, help="how many samples (default 64)")
     s.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (array)")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
@@ -329,33 +381,29 @@ def build_parser():
     s.add_argument("--max-dims", type=int, default=10, help="traverse this many dimensions, the most active first (default 10)")
     s.set_defaults(func=cmd_sample)
 
-    sc = sub.add_parser("score", help="anomaly scores per example (-ELBO or -log p(x)) and AUROC")
-    sc.add_argument("run_dir")
+    sc = sub.add_parser("score", help="anomaly scores per example and AUROC")
+    _run_args(sc)
     sc.add_argument("--out", required=True, help="scores.csv: row, score, recon_error[, label]")
-    sc.add_argument("--data", nargs="+", help=data_help)
-    sc.add_argument("--split", default="test", choices=["train", "val", "test"])
     sc.add_argument("--iwae-samples", type=int, default=None,
                     help="score with -log p(x) from K importance samples instead of -ELBO")
     sc.add_argument("--anomaly-class", type=int, nargs="+", default=None,
                     help="print the AUROC of these classes vs the rest (default: the run's data.exclude_classes)")
+    sc.add_argument("--seed", type=int, default=0)
     sc.set_defaults(func=cmd_score)
 
     c = sub.add_parser("encode", help="write latent codes (posterior means): dimensionality reduction")
-    c.add_argument("run_dir")
+    _run_args(c)
     c.add_argument("--out", required=True, help="FILE.npy or FILE.csv (csv adds a label column when known)")
-    c.add_argument("--data", nargs="+", help=data_help)
-    c.add_argument("--split", default="test", choices=["train", "val", "test"])
     c.add_argument("--with-scale", action="store_true", help="also write the posterior scales")
     c.set_defaults(func=cmd_encode)
 
-    k = sub.add_parser("classify", help="predict labels with a semi-supervised (model=ssvae) run")
-    k.add_argument("run_dir")
+    k = sub.add_parser("classify", help="predict labels with a classifier run (model=ssvae)")
+    _run_args(k)
     k.add_argument("--out", required=True, help="predictions.csv: row, predicted label, class probabilities[, label]")
-    k.add_argument("--data", nargs="+", help=data_help)
-    k.add_argument("--split", default="test", choices=["train", "val", "test"])
     k.set_defaults(func=cmd_classify)
 
-    ls = sub.add_parser("list", help="show registered priors and likelihoods with their parameters")
+    ls = sub.add_parser("list", help="show every registry: model kinds, data sets, priors, likelihoods, networks, ...")
+    ls.add_argument("--plugin", action="append", default=[], metavar="FILE", help="import this plugin first")
     ls.set_defaults(func=cmd_list)
     return p
 
@@ -364,7 +412,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come after options: `train cfg.yaml --out d a.b=1`
-        if getattr(args, "command", None) == "train" and all("=" in e and not e.startswith("-") for e in extra):
+        if getattr(args, "command", None) in ("train", "config") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -374,12 +422,20 @@ def main(argv=None) -> int:
     saved_show = warnings.showwarning  # warnings as one line each, without the source line
     warnings.showwarning = lambda msg, *a, **k: print(f"pyro-vae: warning: {msg}", file=sys.stderr)
     try:
+        if getattr(args, "plugin", None):
+            from .config import load_plugins
+
+            load_plugins(args.plugin)
         return args.func(args)
+    except Interrupted as e:
+        print(f"pyro-vae: {e}", file=sys.stderr)
+        return e.exit_code
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:
-        print(f"pyro-vae: error: {e}", file=sys.stderr)
+    except OSError as e:  # a path the user gave: unreadable, read-only, a folder where a file goes
+        where = f" {e.filename}" if e.filename else ""
+        print(f"pyro-vae: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("pyro-vae: interrupted", file=sys.stderr)

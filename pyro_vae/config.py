@@ -1,11 +1,19 @@
 """Typed configuration: one schema, YAML files, dotted ``key=value`` overrides.
 
-The schema is a tree of dataclasses checked by OmegaConf: an unknown key or a
-value of the wrong type is a :class:`ConfigError` with a one-line message.
-``prior`` and ``likelihood`` are free-form (``name`` + parameters) because their
-parameters depend on the registry entry; :func:`validate` checks them against
-the registries before any training starts.
+The fixed part of the schema is a tree of dataclasses checked by OmegaConf. The
+sections a user fills by naming a registry entry (``model``, ``data``, ``prior``,
+``likelihood``) hold ``name`` plus that entry's own parameters, checked against the
+entry's config dataclass (or signature) once ``plugins:`` are imported, so a plugin's
+model kind or data set is configured exactly like a built-in one. ``model=ssvae`` is
+short for ``model.name=ssvae``; naming another entry starts that section afresh.
+An unknown key, a value of the wrong type or out of range is a :class:`ConfigError`
+with a one-line message, before anything is written or trained.
 """
+import dataclasses
+import importlib
+import importlib.util
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -14,129 +22,113 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .networks import ACTIVATIONS, NETWORKS, NetConfig
+from .registry import field_help, option
 
-CHOICES = {
-    "model": ("vae", "ssvae"),
-    "encoder.type": ("mlp", "conv"),
-    "decoder.type": ("mlp", "conv"),
-    "encoder.activation": ("softplus", "relu", "elu", "gelu", "tanh", "leaky_relu", "silu"),
-    "decoder.activation": ("softplus", "relu", "elu", "gelu", "tanh", "leaky_relu", "silu"),
-    "data.name": ("digits", "mnist", "fashion-mnist", "kmnist", "array"),
-    "data.binarize": ("none", "static", "dynamic"),
-    "train.elbo": ("trace", "meanfield"),
-    "ssvae.classifier_type": ("mlp", "conv"),
-    "ssvae.decoder_label": ("first", "every"),
-    "train.lr_schedule": ("constant", "cosine"),
-}
+#: config sections that name a registry entry: section -> (registry, default entry)
+NAMED_SECTIONS = ("model", "data", "prior", "likelihood")
 
-
-@dataclass
-class NetConfig:
-    type: str = "mlp"  # mlp | conv (conv needs image data with sides divisible by 4)
-    hidden: List[int] = field(default_factory=lambda: [400])
-    activation: str = "softplus"
-
-
-@dataclass
-class DataConfig:
-    name: str = "digits"
-    root: Optional[str] = None  # folder with the four IDX files (mnist-like sets)
-    path: Optional[str] = None  # array: X.npy | X.npz (keys x[, y]) | X.csv
-    labels_path: Optional[str] = None  # array: optional separate label file (.npy/.csv)
-    label_column: Optional[int] = None  # array csv: which column holds labels (-1 = last)
-    normalize: bool = True  # images scaled to [0,1]; false keeps raw integer levels
-    binarize: str = "none"
-    validation: int = 0  # examples held out of train for selection / early stopping
-    test_fraction: float = 0.2  # digits / array: share held out as the test split
-    labels: Optional[int] = None  # ssvae: how many training labels to keep
-    num_classes: Optional[int] = None  # inferred from labels when null
-    exclude_classes: List[int] = field(default_factory=list)  # dropped from train/val
-    limit: Optional[int] = None  # keep only the first N training examples (quick runs)
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
+PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1.0e-3
-    elbo: str = "trace"  # trace | meanfield (analytic KL where it exists)
-    num_particles: int = 1
-    kl_warmup_epochs: int = 0  # beta rises linearly from 0 to 1 over this many epochs
-    lr_schedule: str = "constant"  # constant | cosine (per step from lr down to 0 over train.epochs)
-    # > 0: keep an exponential moving average of the weights (updated after every step with this
-    # decay); validation, checkpoint selection and the saved model use the averaged weights
-    ema_decay: float = 0.0
-    gradient_clip_val: Optional[float] = None
-    early_stopping_patience: Optional[int] = None  # needs data.validation > 0
-    eval_batch_size: int = 2000
+    """``train:``: the optimisation."""
+
+    epochs: int = option(20, "passes over the training data")
+    batch_size: int = option(128, "rows per step (per process under DDP)")
+    lr: float = option(1.0e-3, "Adam learning rate")
+    elbo: str = option("meanfield", "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, "
+                                    "else Monte Carlo) | trace (Trace_ELBO: Monte-Carlo KL)")
+    num_particles: int = option(1, "samples of z per row and step")
+    kl_warmup_epochs: int = option(0, "KL weight rises linearly from 0 to 1 over this many epochs")
+    lr_schedule: str = option("constant", "constant | cosine (per step from lr down to 0 over train.epochs)")
+    gradient_clip_val: Optional[float] = option(None, "clip the gradient norm (null = off)")
+    early_stopping_patience: Optional[int] = option(None, "stop after this many epochs without validation "
+                                                          "improvement (needs data.validation)")
+    eval_batch_size: int = option(2000, "rows per batch when evaluating")
+
+    @staticmethod
+    def check(t) -> None:
+        _choice("train.elbo", t.elbo, ("trace", "meanfield"))
+        _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine"))
+        for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
+            if t[key] < 1:
+                raise ConfigError(f"train.{key} must be at least 1 (got {t[key]})")
+        if not t.lr > 0:
+            raise ConfigError(f"train.lr must be positive (got {t.lr})")
+        if t.kl_warmup_epochs < 0:
+            raise ConfigError(f"train.kl_warmup_epochs cannot be negative (got {t.kl_warmup_epochs})")
+        if t.gradient_clip_val is not None and not t.gradient_clip_val > 0:
+            raise ConfigError(f"train.gradient_clip_val must be positive or null (got {t.gradient_clip_val})")
+        if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
+            raise ConfigError(f"train.early_stopping_patience must be at least 1 or null "
+                              f"(got {t.early_stopping_patience})")
 
 
 @dataclass
 class TrainerConfig:
-    accelerator: str = "cpu"
-    devices: Any = 1
-    strategy: str = "auto"
-    precision: str = "32-true"  # e.g. bf16-mixed for faster matmuls on CPUs with bf16
-    progress_bar: bool = True
+    """``trainer:``: passed to ``lightning.Trainer``."""
 
+    accelerator: str = option("auto", "auto (a GPU when there is one) | cpu | gpu | mps")
+    devices: Any = option(1, "devices per node (a number, a list, or auto); > 1 trains with DDP")
+    num_nodes: int = option(1, "machines (multi-node DDP)")
+    strategy: str = option("auto", "auto | ddp | ddp_spawn | ... (Lightning's strategies)")
+    precision: str = option("32-true", "32-true | bf16-mixed (GPUs, or CPUs with bf16 units) | 16-mixed")
+    progress_bar: Optional[bool] = option(None, "null: a bar on a terminal, one line per epoch otherwise")
+    logger: str = option("csv", "csv (metrics.csv) | tensorboard (also TensorBoard logs in the run) | none")
+    extra: Dict[str, Any] = option(help="any other lightning.Trainer argument, e.g. {accumulate_grad_batches: 2, "
+                                        "max_time: '00:01:00:00'}", factory=dict)
 
-@dataclass
-class SSVAEConfig:
-    aux_loss_multiplier: float = 46.0  # alpha of Kingma et al. eq. 9
-    # labelled: alpha * sum over labelled examples of -log q(y|x) (Pyro's example);
-    # total: alpha * N * mean over labelled examples (Kingma et al.'s alpha = 0.1 N is total with 0.1)
-    aux_scaling: str = "labelled"
-    classifier_hidden: List[int] = field(default_factory=lambda: [500])
-    classifier_type: str = "mlp"  # mlp | conv (two stride-2 convolutions, images only)
-    classifier_dropout: float = 0.0  # dropout on the classifier's hidden layers (training only)
-    # activation of q(y|x)'s hidden layers; null = encoder.activation. relu lifts the conv q(y|x)
-    # trained on 3000 Fashion-MNIST labels alone from 0.840 to 0.865 test accuracy (softplus)
-    classifier_activation: Optional[str] = None
-    augment_shift: int = 0  # aux term: labelled images shifted by up to this many pixels (training only)
-    augment_flip: bool = False  # aux term: labelled images also mirrored left-right half the time (training only)
-    # true: q(y|x) in the unlabelled ELBO also sees images shifted by up to augment_shift pixels
-    # (training only; the decoder still reconstructs the unshifted image)
-    shift_unlabelled: bool = False
-    # beta of a consistency term on the unlabelled images, beta * sum_unlabelled
-    # KL(q(y|x) || q(y|shift(x))) with the first q held fixed (a Pi-model / UDA-style regulariser of
-    # the guide, not part of M2's objective); needs augment_shift >= 1; 0 = off
-    consistency_weight: float = 0.0
-    # virtual adversarial training (Miyato et al. 2018) on the unlabelled inputs: vat_weight *
-    # N_unlabelled * mean KL(q(y|x) || q(y|x + r_adv)), ||r_adv|| = vat_eps (L2, input units), the
-    # direction that most changes q(y|x) (one power iteration), the first q held fixed; 0 = off
-    vat_weight: float = 0.0
-    vat_eps: float = 0.3
-    # entropy_weight * N_unlabelled * mean H(q(y|x)) on the unlabelled inputs (entropy minimisation;
-    # 1 cancels the +H(q(y|x)) of M2's unlabelled ELBO); 0 = off
-    entropy_weight: float = 0.0
-    # where p(x|z,y) sees the label: first (a lookup added in its first layer) | every (also a
-    # per-class bias on every later layer, the output included: a class template in pixel space)
-    decoder_label: str = "first"
-    labelled_batch_size: Optional[int] = None  # labelled examples per step (default: train.batch_size)
-    learn_class_prior: bool = False
+    @staticmethod
+    def check(t) -> None:
+        _choice("trainer.accelerator", t.accelerator, ACCELERATORS)
+        _choice("trainer.precision", str(t.precision), PRECISIONS)
+        _choice("trainer.logger", t.logger, ("csv", "tensorboard", "none"))
+        if t.num_nodes < 1:
+            raise ConfigError(f"trainer.num_nodes must be at least 1 (got {t.num_nodes})")
+        d = t.devices
+        if not (d == "auto" or (isinstance(d, int) and (d >= 1 or d == -1)) or OmegaConf.is_list(d)):
+            raise ConfigError(f"trainer.devices must be a positive number, a list of device indices or auto (got {d!r})")
 
 
 @dataclass
 class EvaluateConfig:
-    iwae_samples: int = 0  # >0: add test_log_likelihood (importance weighted) to metrics
+    """``evaluate:``: final test metrics."""
+
+    iwae_samples: int = option(0, "> 0: add test_log_likelihood (importance weighted, K samples) to metrics.json")
+
+    @staticmethod
+    def check(e) -> None:
+        if e.iwae_samples < 0:
+            raise ConfigError(f"evaluate.iwae_samples must be >= 0 (got {e.iwae_samples})")
 
 
 @dataclass
 class Config:
-    name: str = "vae"
-    seed: int = 0
-    model: str = "vae"
-    latent_dim: int = 16
-    encoder: NetConfig = field(default_factory=NetConfig)
-    decoder: NetConfig = field(default_factory=NetConfig)
-    prior: Dict[str, Any] = field(default_factory=lambda: {"name": "normal"})
-    likelihood: Dict[str, Any] = field(default_factory=lambda: {"name": "bernoulli"})
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    ssvae: SSVAEConfig = field(default_factory=SSVAEConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    plugins: List[str] = field(default_factory=list)  # modules imported first (custom registry entries)
+    """A whole run."""
+
+    name: str = option("vae", "run name (default run directory runs/<name>-<time>)")
+    seed: int = option(0, "seeds data splits, label selection, initialisation, batches and sampling")
+    model: Dict[str, Any] = option(help="model kind (`pyro-vae list`) and its keys", factory=lambda: {"name": "vae"})
+    latent_dim: int = option(16, "size of z")
+    encoder: NetConfig = field(default_factory=NetConfig, metadata={"help": "q(z|x)'s network"})
+    decoder: NetConfig = field(default_factory=NetConfig, metadata={"help": "p(x|z)'s network"})
+    prior: Dict[str, Any] = option(help="p(z): registry name + its parameters", factory=lambda: {"name": "normal"})
+    likelihood: Dict[str, Any] = option(help="p(x|z): registry name + its parameters",
+                                        factory=lambda: {"name": "bernoulli"})
+    data: Dict[str, Any] = option(help="data set (`pyro-vae list`) and its keys", factory=lambda: {"name": "digits"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
+    trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "lightning.Trainer"})
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "final metrics"})
+    plugins: List[str] = option(help="your .py files (or modules) imported first: your own registered entries",
+                                factory=list)
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
 
 
 def _one_line(e: Exception) -> str:
@@ -144,127 +136,194 @@ def _one_line(e: Exception) -> str:
     return msg[0] if msg else type(e).__name__
 
 
-def _lookup(cfg, dotted: str):
-    node = cfg
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
+def registries():
+    """section -> registry, for the sections that name an entry (imported late: they import the math)."""
+    from .data import DATASETS
+    from .likelihoods import LIKELIHOODS
+    from .models import MODELS
+    from .priors import PRIORS
+
+    return {"model": MODELS, "data": DATASETS, "prior": PRIORS, "likelihood": LIKELIHOODS}
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base=None) -> DictConfig:
-    """Defaults (or ``base``) <- YAML file <- ``key=value`` overrides, checked against the schema."""
+def _normalise(layer: Dict[str, Any]) -> Dict[str, Any]:
+    """``model: ssvae`` -> ``model: {name: ssvae}`` (the same for data, prior, likelihood)."""
+    for key in NAMED_SECTIONS:
+        if isinstance(layer.get(key), str):
+            layer[key] = {"name": layer[key]}
+    return layer
+
+
+def _overrides_layer(overrides: Sequence[str]) -> Dict[str, Any]:
+    bad = [o for o in overrides if "=" not in o or o.startswith("=")]
+    if bad:
+        raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. train.epochs=5)")
+    rewritten = [f"{o.split('=', 1)[0]}.name={o.split('=', 1)[1]}" if o.split("=", 1)[0] in NAMED_SECTIONS else o
+                 for o in overrides]
+    return OmegaConf.to_container(OmegaConf.from_dotlist(rewritten))
+
+
+def _yaml_layer(path) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
     try:
-        cfg = OmegaConf.structured(Config)
-        if base is not None:
-            cfg = OmegaConf.merge(cfg, base)
-        if path is not None:
-            p = Path(path)
-            if not p.is_file():
-                raise ConfigError(f"config file not found: {p}")
-            loaded = OmegaConf.load(p)
-            if not isinstance(loaded, DictConfig):
-                raise ConfigError(f"{p} must hold a YAML mapping (key: value lines)")
-            cfg = OmegaConf.merge(cfg, loaded)
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. train.epochs=5)")
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
-    except ConfigError:
-        raise
+        loaded = OmegaConf.load(p)
+    except Exception as e:  # YAML syntax errors carry the line
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}, line {mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"could not read {where}: {getattr(e, 'problem', None) or _one_line(e)}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"{p} must hold a YAML mapping (key: value lines)")
+    return OmegaConf.to_container(loaded)
+
+
+def _merge(cfg: Dict[str, Any], layer: Dict[str, Any], where: str) -> Dict[str, Any]:
+    layer = _normalise(dict(layer))
+    for key in NAMED_SECTIONS:
+        new = layer.get(key)
+        if isinstance(new, dict) and "name" in new and new["name"] != (cfg.get(key) or {}).get("name"):
+            cfg[key] = {}  # another entry: its own parameters, not the previous one's
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), cfg, layer)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = _one_line(e)
-        if "Key '" in msg and "not in" in msg or "ConfigKeyError" in type(e).__name__:
-            raise ConfigError(f"unknown config key {key or msg!s}; see `pyro-vae train --help` for the keys") from None
-        raise ConfigError(f"bad config value for {key}: {msg}" if key else f"bad config: {msg}") from None
-    except Exception as e:  # YAML syntax errors and the like
-        raise ConfigError(f"could not read config: {_one_line(e)}") from None
-    validate(cfg)
-    return cfg
+        if "ConfigKeyError" in type(e).__name__ or "not in" in msg:
+            raise ConfigError(f"unknown config key {key or msg} ({where}); `pyro-vae config` prints every key") from None
+        raise ConfigError(f"bad config value for {key} ({where}): {msg}" if key else f"bad config ({where}): {msg}") from None
+    return OmegaConf.to_container(merged)
 
 
-def validate(cfg: DictConfig) -> None:
-    """Check choices, ranges and registry entries; raise ConfigError naming what is valid."""
-    for key, choices in CHOICES.items():
-        value = _lookup(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(choices)}")
-    positive = ["latent_dim", "train.epochs", "train.batch_size", "train.num_particles", "train.eval_batch_size"]
-    for key in positive:
-        if _lookup(cfg, key) < 1:
-            raise ConfigError(f"{key} must be at least 1 (got {_lookup(cfg, key)})")
-    if cfg.train.lr <= 0:
-        raise ConfigError(f"train.lr must be positive (got {cfg.train.lr})")
-    if not 0 <= cfg.train.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), e.g. 0.998; 0 = off (got {cfg.train.ema_decay})")
-    if cfg.data.validation < 0 or cfg.train.kl_warmup_epochs < 0:
-        raise ConfigError("data.validation and train.kl_warmup_epochs cannot be negative")
-    if not 0 < cfg.data.test_fraction < 1:
-        raise ConfigError(f"data.test_fraction must be in (0, 1) (got {cfg.data.test_fraction})")
-    if any(h < 1 for h in list(cfg.encoder.hidden) + list(cfg.decoder.hidden)):
-        raise ConfigError("hidden layer sizes must be positive integers")
-    if not 0 <= cfg.ssvae.classifier_dropout < 1:
-        raise ConfigError(f"ssvae.classifier_dropout must be in [0, 1) (got {cfg.ssvae.classifier_dropout})")
-    act = cfg.ssvae.classifier_activation
-    if act is not None and act not in CHOICES["encoder.activation"]:
-        raise ConfigError(f"ssvae.classifier_activation={act!r} is not valid; choose one of: "
-                          f"{', '.join(CHOICES['encoder.activation'])} (or null: encoder.activation)")
-    if cfg.ssvae.augment_shift < 0:
-        raise ConfigError(f"ssvae.augment_shift must be 0 (off) or a number of pixels (got {cfg.ssvae.augment_shift})")
-    augmented = cfg.ssvae.augment_shift or cfg.ssvae.augment_flip
-    if cfg.ssvae.shift_unlabelled and not augmented:
-        raise ConfigError("ssvae.shift_unlabelled=true needs an augmentation: ssvae.augment_shift >= 1 "
-                          "(pixels) or ssvae.augment_flip=true")
-    if cfg.ssvae.consistency_weight < 0 or (cfg.ssvae.consistency_weight and not augmented):
-        raise ConfigError(f"ssvae.consistency_weight must be >= 0 and, when > 0, needs an augmentation: "
-                          f"ssvae.augment_shift >= 1 or ssvae.augment_flip=true (got {cfg.ssvae.consistency_weight})")
-    for key in ("vat_weight", "vat_eps", "entropy_weight"):
-        if cfg.ssvae[key] < 0:
-            raise ConfigError(f"ssvae.{key} must be >= 0 (got {cfg.ssvae[key]})")
-    if cfg.ssvae.vat_weight and not cfg.ssvae.vat_eps:
-        raise ConfigError("ssvae.vat_weight > 0 needs ssvae.vat_eps > 0 (the perturbation's L2 norm)")
-    if cfg.data.name == "array" and not cfg.data.path:
-        raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
-    if cfg.train.early_stopping_patience is not None and cfg.data.validation == 0:
+def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base=None,
+                import_plugins: bool = True) -> DictConfig:
+    """Defaults <- ``base`` <- YAML file <- ``key=value`` overrides, checked and resolved.
+
+    ``import_plugins=False`` (loading a saved run) imports nothing: an entry that only a
+    plugin registers is then an error naming the plugin."""
+    cfg = OmegaConf.to_container(OmegaConf.structured(Config))
+    if base is not None:
+        cfg = _merge(cfg, OmegaConf.to_container(base) if OmegaConf.is_config(base) else dict(base), "saved config")
+    if path is not None:
+        cfg = _merge(cfg, _yaml_layer(path), str(path))
+    if overrides:
+        cfg = _merge(cfg, _overrides_layer(overrides), "command line")
+    cfg["plugins"] = [_plugin_path(p) for p in cfg["plugins"]]
+    if import_plugins:
+        load_plugins(cfg["plugins"])
+    return resolve(cfg)
+
+
+def resolve(cfg: Dict[str, Any]) -> DictConfig:
+    """Fill every named section with its entry's parameters and check all values."""
+    regs = registries()
+    for key in NAMED_SECTIONS:
+        try:
+            cfg[key] = regs[key].resolve(cfg[key])
+        except ConfigError as e:
+            missing = [p for p in cfg["plugins"] if p not in _LOADED]
+            if missing and "unknown" in str(e):
+                raise ConfigError(f"{e}; it may come from plugin {', '.join(missing)}, which was not imported: "
+                                  "pass it explicitly (pyro_vae.load(run, plugins=[...]) or --plugin FILE)") from None
+            raise
+    out = OmegaConf.create(cfg)
+    for key, net in (("encoder", out.encoder), ("decoder", out.decoder)):
+        NETWORKS.get(net.type)
+        if net.activation not in ACTIVATIONS:
+            raise ConfigError(f"{key}.activation={net.activation!r} is not valid; choose one of: "
+                              f"{', '.join(ACTIVATIONS.names())}")
+        if any(h < 1 for h in net.hidden):
+            raise ConfigError(f"{key}.hidden sizes must be positive integers (got {list(net.hidden)})")
+    if out.latent_dim < 1:
+        raise ConfigError(f"latent_dim must be at least 1 (got {out.latent_dim})")
+    TrainConfig.check(out.train)
+    TrainerConfig.check(out.trainer)
+    EvaluateConfig.check(out.evaluate)
+    if out.train.early_stopping_patience is not None and not out.data.validation:
         raise ConfigError("train.early_stopping_patience needs a validation split: set data.validation=N")
-    load_plugins(cfg.plugins)
-    from . import likelihoods, priors  # late: registries are filled on import
+    return out
 
-    priors.PRIORS.check(OmegaConf.to_container(cfg.prior))
-    likelihoods.LIKELIHOODS.check(OmegaConf.to_container(cfg.likelihood))
+
+# ---------------------------------------------------------------- plugins
+_LOADED: set = set()
+
+
+def _plugin_path(mod: str) -> str:
+    """.py files are stored as absolute paths, so a run loads from any folder."""
+    return str(Path(mod).expanduser().resolve()) if str(mod).endswith(".py") else str(mod)
 
 
 def load_plugins(modules: Sequence[str]) -> None:
     """Import user modules (by dotted name or .py path) so their registry entries exist."""
-    import importlib
-    import importlib.util
-    import sys
-
     for mod in modules:
+        mod = _plugin_path(mod)
+        if mod in _LOADED:
+            continue
         try:
             if mod.endswith(".py"):
-                p = Path(mod).resolve()
+                p = Path(mod)
                 if not p.is_file():
                     raise ConfigError(f"plugin file not found: {mod}")
-                name = f"pyro_vae_plugin_{p.stem}"
-                if name in sys.modules:
-                    continue
+                name = f"pyro_vae_plugin_{p.stem}_{abs(hash(mod)) % 10 ** 8}"
                 spec = importlib.util.spec_from_file_location(name, p)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module
-                spec.loader.exec_module(module)
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    sys.modules.pop(name, None)
+                    raise
             else:
                 importlib.import_module(mod)
         except ConfigError:
             raise
-        except ImportError as e:
-            raise ConfigError(f"could not import plugin {mod!r}: {e}") from None
+        except Exception as e:
+            tb = e.__traceback__
+            line = None
+            while tb is not None:  # the deepest frame inside the plugin file
+                if tb.tb_frame.f_code.co_filename == mod:
+                    line = tb.tb_lineno
+                tb = tb.tb_next
+            where = f"{mod}, line {line}" if line else mod
+            raise ConfigError(f"plugin {where} failed to import: {type(e).__name__}: {_one_line(e)}") from None
+        _LOADED.add(mod)
 
 
+# ---------------------------------------------------------------- printing
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
 def to_dict(cfg: DictConfig) -> Dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def commented_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML with one comment per key (``pyro-vae config``)."""
+    regs = registries()
+    types = {f.name: f.type for f in dataclasses.fields(Config)}
+    lines: List[str] = []
+
+    def line(pad, key, value, text):
+        if isinstance(value, (list, dict, bool)) or value is None:
+            shown = json.dumps(value)  # flow style: valid YAML on one line
+        else:
+            shown = OmegaConf.to_yaml({"v": value}).strip()[3:].strip()
+        lines.append(f"{pad}{key}: {shown}" + (f"  # {text}" if text else ""))
+
+    top = field_help(Config)
+    for key, value in OmegaConf.to_container(cfg).items():
+        if key in NAMED_SECTIONS or dataclasses.is_dataclass(types.get(key)):
+            lines.append(f"{key}:  # {top.get(key, '')}")
+            if key in NAMED_SECTIONS:
+                reg = regs[key]
+                conf = reg.config_class(value["name"])
+                helps = field_help(conf) if conf else {}
+                helps["name"] = f"one of: {', '.join(reg.names())}"
+            else:
+                helps = field_help(types[key])
+            for k, v in value.items():
+                line("  ", k, v, helps.get(k, ""))
+        else:
+            line("", key, value, top.get(key, ""))
+    return "\n".join(lines) + "\n"

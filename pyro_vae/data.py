@@ -1,51 +1,65 @@
-"""Data sets as tensors, loaded once and batched by index.
+"""Data sets as tensors, loaded once; a registry of sources (``data.name``).
 
-Sources (``data.name``):
+Built-in sources:
 
 * ``digits`` — scikit-learn's bundled 8x8 handwritten digits (1797 images, levels 0..16);
   the offline default. ``normalize=true`` scales to [0,1].
 * ``mnist``, ``fashion-mnist``, ``kmnist`` — the four standard IDX files (gzipped or not)
-  in ``data.root``; with no root, torchvision downloads them when online.
+  in ``data.root`` (image size from the IDX header); with no root, torchvision downloads them.
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``) |
   ``X.csv`` (numbers; ``label_column`` picks a label column), ``labels_path`` optional.
+
+Add your own in a plugin file::
+
+    from pyro_vae.data import DATASETS, DataConfig, DataSource, Split
+
+    @DATASETS.register("my_data", config=DataConfig)
+    class MyData(DataSource):
+        "One line shown by `pyro-vae list`."
+        def load(self, cfg, generator):
+            ...
+            return Loaded(train=Split(x_train, y_train), test=Split(x_test, y_test))
 
 Every split is a :class:`Split` of float32 ``x`` (N, D) and int64 ``y`` (N,) where
 ``-1`` means "label unknown" (``y`` is None when a source has no labels at all).
 """
+import abc
+import csv
 import gzip
 import os
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .errors import DataError
+from .errors import ConfigError, DataError
+from .models.base import DataInfo
+from .registry import Registry, option
+
+DATASETS = Registry("data set")
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
-TORCHVISION = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "kmnist": "KMNIST"}
-CLASS_NAMES = {
-    "fashion-mnist": ["T-shirt", "Trouser", "Pullover", "Dress", "Coat",
-                      "Sandal", "Shirt", "Sneaker", "Bag", "Boot"],
-}
+SPARSE_NPZ_KEYS = {"format", "shape", "data"}
 
 
 @dataclass
 class Split:
     x: torch.Tensor
     y: Optional[torch.Tensor] = None
+    rows: Optional[torch.Tensor] = None  # each row's number in the user's file, when it has one
 
     def __len__(self):
         return self.x.shape[0]
 
     def subset(self, idx) -> "Split":
-        return Split(self.x[idx], None if self.y is None else self.y[idx])
+        return Split(self.x[idx], None if self.y is None else self.y[idx],
+                     None if self.rows is None else self.rows[idx])
 
 
 @dataclass
@@ -64,10 +78,87 @@ class Dataset:
     def data_dim(self) -> int:
         return self.train.x.shape[1]
 
+    def info(self) -> DataInfo:
+        """What a model needs to know about these data to be built."""
+        return DataInfo(self.data_dim, self.image_shape, self.num_classes, len(self.train))
+
+    def splits(self):
+        """(name, split) for every split present."""
+        return [(n, s) for n, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None]
+
+
+@dataclass
+class Loaded:
+    """What a source returns: the two splits and what they look like."""
+
+    train: Split
+    test: Split
+    image_shape: Optional[Tuple[int, int, int]] = None
+    class_names: Optional[list] = None
+
+
+# ---------------------------------------------------------------- configs
+@dataclass
+class DataConfig:
+    """Keys every data set has."""
+
+    normalize: bool = option(True, "images scaled to [0,1]; false keeps raw integer levels")
+    binarize: str = option("none", "none | static (once, seeded) | dynamic (every batch)")
+    validation: int = option(0, "examples held out of train: per-epoch selection, checkpoints, early stopping")
+    labels: Optional[int] = option(None, "keep only this many training labels (class balanced; semi-supervised)")
+    num_classes: Optional[int] = option(None, "number of classes; inferred from the labels when null")
+    exclude_classes: List[int] = option(help="classes dropped from train/validation (anomaly detection)",
+                                        factory=list)
+    limit: Optional[int] = option(None, "keep only the first N training examples (quick runs)")
+
+    @staticmethod
+    def check(c) -> None:
+        if c.binarize not in ("none", "static", "dynamic"):
+            raise ConfigError(f"data.binarize={c.binarize!r} is not valid; choose one of: none, static, dynamic")
+        if c.validation < 0:
+            raise ConfigError(f"data.validation must be >= 0 (got {c.validation})")
+        for key in ("limit", "labels", "num_classes"):
+            if c[key] is not None and c[key] < 1:
+                raise ConfigError(f"data.{key} must be at least 1, or null for all (got {c[key]})")
+        test_fraction = c.get("test_fraction")
+        if test_fraction is not None and not 0 < test_fraction < 1:
+            raise ConfigError(f"data.test_fraction must be in (0, 1) (got {test_fraction})")
+
+
+@dataclass
+class SplitConfig(DataConfig):
+    test_fraction: float = option(0.2, "share held out as the test split")
+
+
+@dataclass
+class IdxConfig(DataConfig):
+    root: Optional[str] = option(None, "folder with the four IDX files (gzipped or not); null = torchvision download")
+
+
+@dataclass
+class ArrayConfig(SplitConfig):
+    path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
+    labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
+    label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+
+    @staticmethod
+    def check(c) -> None:
+        SplitConfig.check(c)
+        if not c.path:
+            raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
+
+
+class DataSource(abc.ABC):
+    """A data set by name: ``load`` returns the train and test splits."""
+
+    @abc.abstractmethod
+    def load(self, cfg, generator: torch.Generator) -> Loaded:
+        """Read the data described by ``cfg`` (this source's config); seeded by ``generator``."""
+
 
 # ---------------------------------------------------------------- readers
 def read_idx(path: Path) -> np.ndarray:
-    """Read one IDX file (MNIST format), gzipped or not."""
+    """Read one IDX file (MNIST format), gzipped or not; the shape comes from its header."""
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -89,13 +180,20 @@ def _find_idx(root: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def load_idx_folder(root) -> Tuple[Split, Split]:
-    """Train and test splits from a folder holding the four standard IDX files."""
+def _images_split(x: np.ndarray, y: np.ndarray, where) -> Tuple[Split, Tuple[int, int, int]]:
+    if x.ndim != 3:
+        raise DataError(f"{where} holds arrays of shape {x.shape}; expected images (N, height, width)")
+    return (Split(torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), torch.from_numpy(y.astype(np.int64))),
+            (1, int(x.shape[1]), int(x.shape[2])))
+
+
+def load_idx_folder(root) -> Tuple[Split, Split, Tuple[int, int, int]]:
+    """Train and test splits (and the image shape) from a folder holding the four IDX files."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"data.root {root} is not a folder; it should hold the four IDX files "
                         f"({', '.join(s + '[.gz]' for pair in IDX_FILES.values() for s in pair)})")
-    splits = {}
+    splits, shapes = {}, set()
     for split, (img, lab) in IDX_FILES.items():
         paths = [_find_idx(root, img), _find_idx(root, lab)]
         missing = [s for s, p in zip((img, lab), paths) if p is None]
@@ -105,57 +203,61 @@ def load_idx_folder(root) -> Tuple[Split, Split]:
         x, y = read_idx(paths[0]), read_idx(paths[1])
         if x.shape[0] != y.shape[0]:
             raise DataError(f"{paths[0]} has {x.shape[0]} images but {paths[1]} {y.shape[0]} labels")
-        splits[split] = Split(torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)),
-                              torch.from_numpy(y.astype(np.int64)))
-    return splits["train"], splits["test"]
+        splits[split], shape = _images_split(x, y, paths[0])
+        shapes.add(shape)
+    if len(shapes) > 1:
+        raise DataError(f"the train and test images in {root} differ in size: {sorted(shapes)}")
+    return splits["train"], splits["test"], shapes.pop()
 
 
-def _torchvision(name: str, root) -> Tuple[Split, Split]:
-    cache = Path(root or os.environ.get("PYRO_VAE_DATA", "~/.cache/pyro_vae")).expanduser()
+def _load_npz(path: Path):
+    with np.load(path, allow_pickle=False) as z:
+        keys = sorted(z.keys())
+        if SPARSE_NPZ_KEYS <= set(keys) and ("indices" in keys or "row" in keys):
+            raise DataError(f"{path} holds a scipy sparse matrix (keys {', '.join(keys)}); sparse input is not "
+                            "supported yet: save a dense array (matrix.toarray()) as x")
+        xkey = "x" if "x" in keys else "X" if "X" in keys else None
+        if xkey is None:
+            raise DataError(f"{path} has no array named x (found: {', '.join(keys) or 'nothing'}); "
+                            "save it as np.savez(file, x=data, y=labels)")
+        unknown = set(keys) - {xkey, "y", "Y"}
+        if unknown:
+            raise DataError(f"{path} holds arrays {', '.join(sorted(unknown))} besides x/y; "
+                            "save only x (data) and optionally y (labels)")
+        ykey = "y" if "y" in keys else "Y" if "Y" in keys else None
+        return z[xkey], (z[ykey] if ykey else None)
+
+
+def _read_csv(path: Path) -> Tuple[np.ndarray, Optional[List[str]], int]:
+    """Numbers from a CSV file: (array, header or None, file line of the first data row).
+    Empty cells are NaN; a cell that is not a number is an error naming its column and line."""
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f)]
+    if not rows:
+        raise DataError(f"{path} is empty")
+
+    def number(cell):
+        cell = cell.strip()
+        return float("nan") if cell == "" else float(cell)
+
+    header, first = None, 1
     try:
-        import torchvision.datasets as tvd
-
-        cls = getattr(tvd, TORCHVISION[name])
-        out = []
-        for train in (True, False):
-            ds = cls(str(cache), train=train, download=True)
-            x = ds.data.reshape(len(ds.data), -1).float()
-            out.append(Split(x, ds.targets.long()))
-        return out[0], out[1]
-    except Exception as e:  # offline, or a broken cache
-        raise DataError(
-            f"could not load {name} with torchvision ({type(e).__name__}); set data.root to a folder "
-            f"holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
-            f"t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
-        ) from None
-
-
-def _load_array_file(path: Path, label_column=None):
-    if not path.is_file():
-        raise DataError(f"data.path {path} does not exist; give a .npy, .npz or .csv file")
-    try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                keys = list(z.keys())
-                xkey = "x" if "x" in z else "X" if "X" in z else keys[0]
-                ykey = "y" if "y" in z else "Y" if "Y" in z else None
-                return z[xkey], (z[ykey] if ykey else None)
-        if path.suffix == ".csv":
-            arr = np.genfromtxt(path, delimiter=",", dtype=np.float64)
-            if arr.ndim == 1:
-                arr = arr[:, None]
-            if np.isnan(arr[0]).all():  # a header row
-                arr = arr[1:]
-            if label_column is not None:
-                y = arr[:, label_column]
-                x = np.delete(arr, label_column % arr.shape[1], axis=1)
-                return x, y
-            return arr, None
-    except (OSError, ValueError) as e:
-        raise DataError(f"could not read {path}: {e}") from None
-    raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv")
+        [number(c) for c in rows[0]]
+    except ValueError:
+        header, rows, first = [c.strip() for c in rows[0]], rows[1:], 2
+    width = len(header) if header else len(rows[0]) if rows else 0
+    out = np.empty((len(rows), width), dtype=np.float64)
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            raise DataError(f"{path} line {i + first} has {len(r)} columns, expected {width}")
+        for j, cell in enumerate(r):
+            try:
+                out[i, j] = number(cell)
+            except ValueError:
+                name = f"{header[j]!r} (column {j})" if header else f"column {j}"
+                raise DataError(f"{path} line {i + first}: {name} holds {cell.strip()[:20]!r}, not a number; "
+                                "drop text columns (labels must be numbers 0..C-1)") from None
+    return out, header, first
 
 
 def labels_from_array(y, n: int, where: str) -> torch.Tensor:
@@ -171,67 +273,163 @@ def labels_from_array(y, n: int, where: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+    """(x, y or None, file row of each x row) from ``data.path`` (and ``labels_path``)."""
     path = Path(cfg.path).expanduser()
-    x, y = _load_array_file(path, cfg.label_column)
+    if not path.is_file():
+        raise DataError(f"data.path {path} does not exist; give a .npy, .npz or .csv file")
+    first = 0
+    try:
+        if path.suffix == ".npy":
+            x, y = np.load(path, allow_pickle=False), None
+        elif path.suffix == ".npz":
+            x, y = _load_npz(path)
+        elif path.suffix == ".csv":
+            x, _, first = _read_csv(path)
+            y = None
+            if cfg.label_column is not None:
+                if not -x.shape[1] <= cfg.label_column < x.shape[1]:
+                    raise DataError(f"data.label_column={cfg.label_column} but {path} has {x.shape[1]} columns")
+                y = x[:, cfg.label_column]
+                x = np.delete(x, cfg.label_column % x.shape[1], axis=1)
+        else:
+            raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv")
+    except (OSError, ValueError) as e:
+        raise DataError(f"could not read {path}: {str(e).splitlines()[0]}") from None
     x = np.asarray(x)
     if x.ndim == 1:
         x = x[:, None]
     if x.ndim > 2:
         x = x.reshape(x.shape[0], -1)
-    if not np.issubdtype(x.dtype, np.number):
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{path} must hold numbers, found dtype {x.dtype}")
+    xt = torch.from_numpy(x.astype(np.float32))
+    rows = torch.arange(xt.shape[0]) + first  # csv: the file's line numbers; arrays: row indices
+    bad = ~torch.isfinite(xt)
+    if bool(bad.any()):
+        r = int(bad.any(1).nonzero()[0, 0])
+        what = f"line {int(rows[r])}" if path.suffix == ".csv" else f"row {r}"
+        raise DataError(f"{path} has {int(bad.any(1).sum())} rows with NaN/inf or empty values (first: {what}); "
+                        "remove or impute them")
     if cfg.labels_path:
         lp = Path(cfg.labels_path).expanduser()
         if not lp.is_file():
             raise DataError(f"data.labels_path {lp} does not exist")
-        y = np.load(lp, allow_pickle=False) if lp.suffix == ".npy" else np.genfromtxt(lp, delimiter=",")
-    xt = torch.from_numpy(x.astype(np.float32))
+        try:
+            y = np.load(lp, allow_pickle=False) if lp.suffix == ".npy" else _read_csv(lp)[0]
+        except (OSError, ValueError) as e:
+            raise DataError(f"could not read {lp}: {str(e).splitlines()[0]}") from None
     yt = None if y is None else labels_from_array(y, xt.shape[0], str(cfg.labels_path or path))
-    return xt, yt
+    return xt, yt, rows
 
 
-# ---------------------------------------------------------------- assembly
-def _random_split(n: int, fraction: float, y, generator) -> Tuple[torch.Tensor, torch.Tensor]:
+# ---------------------------------------------------------------- sources
+def _random_split(n: int, fraction: float, generator) -> Tuple[torch.Tensor, torch.Tensor]:
     perm = torch.randperm(n, generator=generator)
     n_test = max(1, int(round(n * fraction)))
     return perm[n_test:], perm[:n_test]
 
 
-def load_data(cfg) -> Dataset:
-    """Build the :class:`Dataset` described by the ``data:`` config section (seeded by ``cfg.seed``)."""
-    d = cfg.data
-    g = torch.Generator().manual_seed(int(cfg.seed))
-    image_shape, class_names = None, CLASS_NAMES.get(d.name)
-    if d.name == "digits":
+@DATASETS.register("digits", config=SplitConfig)
+class Digits(DataSource):
+    """scikit-learn's bundled 8x8 handwritten digits (1797 images, levels 0..16; offline)."""
+
+    def load(self, cfg, generator):
         from sklearn.datasets import load_digits
 
         bunch = load_digits()
         x = torch.from_numpy(bunch.data.astype(np.float32))
         y = torch.from_numpy(bunch.target.astype(np.int64))
-        if d.normalize:
+        if cfg.normalize:
             x = x / 16.0
-        tr, te = _random_split(len(x), d.test_fraction, y, g)
-        train, test = Split(x[tr], y[tr]), Split(x[te], y[te])
-        image_shape = (1, 8, 8)
-    elif d.name in TORCHVISION:
-        train, test = load_idx_folder(d.root) if d.root else _torchvision(d.name, None)
-        if d.normalize:
+        tr, te = _random_split(len(x), cfg.test_fraction, generator)
+        return Loaded(Split(x[tr], y[tr]), Split(x[te], y[te]), (1, 8, 8))
+
+
+class IdxImages(DataSource):
+    """A 28x28 grey-level image set in the four-IDX-file layout of MNIST."""
+
+    torchvision_name = ""
+    class_names = None
+
+    def load(self, cfg, generator):
+        if cfg.root:
+            train, test, shape = load_idx_folder(cfg.root)
+        else:
+            train, test, shape = self._download()
+        if cfg.normalize:
             train.x, test.x = train.x / 255.0, test.x / 255.0
-        image_shape = (1, 28, 28)
-    else:  # array
-        x, y = load_array(d)
+        return Loaded(train, test, shape, self.class_names)
+
+    def _download(self):
+        cache = Path(os.environ.get("PYRO_VAE_DATA", "~/.cache/pyro_vae")).expanduser()
+        try:
+            import torchvision.datasets as tvd
+
+            cls = getattr(tvd, self.torchvision_name)
+            out = []
+            for train in (True, False):
+                ds = cls(str(cache), train=train, download=True)
+                out.append(_images_split(ds.data.numpy(), ds.targets.numpy(), self.registry_name)[0])
+            return out[0], out[1], (1,) + tuple(ds.data.shape[1:])
+        except Exception as e:  # offline, or a broken cache
+            raise DataError(
+                f"could not load {self.registry_name} with torchvision ({type(e).__name__}); set data.root to a "
+                f"folder holding train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz], "
+                f"t10k-images-idx3-ubyte[.gz], t10k-labels-idx1-ubyte[.gz]"
+            ) from None
+
+
+@DATASETS.register("mnist", config=IdxConfig)
+class MNIST(IdxImages):
+    """MNIST handwritten digits (IDX files in data.root)."""
+
+    torchvision_name = "MNIST"
+
+
+@DATASETS.register("fashion-mnist", config=IdxConfig)
+class FashionMNIST(IdxImages):
+    """Fashion-MNIST clothing images (IDX files in data.root)."""
+
+    torchvision_name = "FashionMNIST"
+    class_names = ["T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot"]
+
+
+@DATASETS.register("kmnist", config=IdxConfig)
+class KMNIST(IdxImages):
+    """Kuzushiji-MNIST (IDX files in data.root)."""
+
+    torchvision_name = "KMNIST"
+
+
+@DATASETS.register("array", config=ArrayConfig)
+class ArrayFile(DataSource):
+    """Your own array: data.path = .npy | .npz (x[, y]) | .csv; a random test split."""
+
+    def load(self, cfg, generator):
+        x, y, rows = load_array(cfg)
         if x.shape[0] < 2:
-            raise DataError(f"{d.path} has {x.shape[0]} rows; need at least 2 to split train/test")
-        tr, te = _random_split(len(x), d.test_fraction, y, g)
-        train = Split(x[tr], None if y is None else y[tr])
-        test = Split(x[te], None if y is None else y[te])
+            raise DataError(f"{cfg.path} has {x.shape[0]} rows; need at least 2 to split train/test")
+        tr, te = _random_split(len(x), cfg.test_fraction, generator)
+        full = Split(x, y, rows)
+        return Loaded(full.subset(tr), full.subset(te))
+
+
+# ---------------------------------------------------------------- assembly
+def load_data(cfg) -> Dataset:
+    """Build the :class:`Dataset` described by the ``data:`` config section (seeded by ``cfg.seed``)."""
+    d = cfg.data
+    g = torch.Generator().manual_seed(int(cfg.seed))
+    loaded = DATASETS.get(d.name)().load(d, g)
+    train, test = loaded.train, loaded.test
     if d.limit:
         train = train.subset(slice(0, int(d.limit)))
     if d.exclude_classes:
         if train.y is None:
             raise DataError("data.exclude_classes needs labelled data")
         keep = ~torch.isin(train.y, torch.tensor(list(d.exclude_classes)))
+        if not bool(keep.any()):
+            raise DataError(f"data.exclude_classes={list(d.exclude_classes)} leaves no training data")
         train = train.subset(keep)
     val = None
     if d.validation:
@@ -239,8 +437,8 @@ def load_data(cfg) -> Dataset:
             raise DataError(f"data.validation={d.validation} leaves no training data ({len(train)} examples)")
         perm = torch.randperm(len(train), generator=g)
         val, train = train.subset(perm[: d.validation]), train.subset(perm[d.validation:])
-    if cfg.model == "ssvae" or d.labels is not None:
-        train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g))
+    if d.labels is not None:
+        train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g), train.rows)
     num_classes = d.num_classes
     if num_classes is None:
         ys = [s.y for s in (train, val, test) if s is not None and s.y is not None]
@@ -254,44 +452,12 @@ def load_data(cfg) -> Dataset:
                 s.x = torch.bernoulli(s.x, generator=g)
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
-    return Dataset(d.name, train, test, val, image_shape, num_classes, class_names, d.binarize)
+    return Dataset(d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize)
 
 
 def _check_unit(x, what):
     if bool(((x < 0) | (x > 1)).any()):
-        raise DataError(f"{what} needs values in [0,1]; set data.normalize=true")
-
-
-# ---------------------------------------------------------------- batching
-class IndexBatches:
-    """An iterable of minibatches drawn by index from in-memory tensors.
-
-    Each epoch permutes the indices once (no per-item Python, no collate). Yields
-    ``x`` tensors, binarized afresh per batch when ``dynamic_binarize``.
-    """
-
-    def __init__(self, x: torch.Tensor, batch_size: int, shuffle: bool = True,
-                 dynamic_binarize: bool = False, seed: int = 0, drop_last: bool = False):
-        self.x = x
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.dynamic_binarize = dynamic_binarize
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(int(seed))
-
-    def __len__(self) -> int:
-        n = self.x.shape[0]
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        n = self.x.shape[0]
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-            xb = self.x[idx]
-            if self.dynamic_binarize:
-                xb = torch.bernoulli(xb, generator=self.generator)
-            yield xb
+        raise DataError(f"{what} needs values in [0,1]; for the built-in image sets keep data.normalize=true")
 
 
 # ---------------------------------------------------------------- semi-supervised
@@ -331,80 +497,3 @@ def select_labels(y: Optional[torch.Tensor], n: Optional[int], num_classes: Opti
     keep = torch.cat(keep)
     out[keep] = y[keep]
     return out
-
-
-class SemiSupervisedBatches:
-    """Batches of unlabelled rows plus a labelled minibatch cycled over the (small) labelled set.
-
-    Yields dicts ``{"xu", "xl", "yl", "size"}``; an epoch is one pass over the unlabelled rows
-    (or over the labelled rows when every row is labelled).
-    """
-
-    def __init__(self, x, y, batch_size: int, labelled_batch_size: int, dynamic_binarize=False, seed: int = 0):
-        labelled = y >= 0
-        self.xl, self.yl = x[labelled], y[labelled]
-        self.xu = x[~labelled]
-        self.batch_size, self.lbatch = int(batch_size), int(labelled_batch_size)
-        self.dynamic_binarize = dynamic_binarize
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self._lperm, self._lpos = None, 0
-
-    def __len__(self):
-        n = self.xu.shape[0] if self.xu.shape[0] else self.xl.shape[0]
-        return -(-n // self.batch_size)
-
-    def _next_labelled(self):
-        idx = []
-        need = self.lbatch
-        while need:
-            if self._lperm is None or self._lpos >= len(self._lperm):
-                self._lperm, self._lpos = torch.randperm(len(self.yl), generator=self.generator), 0
-            take = self._lperm[self._lpos:self._lpos + need]
-            self._lpos += len(take)
-            need -= len(take)
-            idx.append(take)
-        idx = torch.cat(idx)
-        return self.xl[idx], self.yl[idx]
-
-    def __iter__(self):
-        nu = self.xu.shape[0]
-        order = torch.randperm(nu, generator=self.generator)
-        for i in range(len(self)):
-            xu = self.xu[order[i * self.batch_size:(i + 1) * self.batch_size]]
-            xl, yl = self._next_labelled()
-            if self.dynamic_binarize:
-                xu, xl = torch.bernoulli(xu, generator=self.generator), torch.bernoulli(xl, generator=self.generator)
-            yield {"xu": xu, "xl": xl, "yl": yl, "size": xu.shape[0] + xl.shape[0]}
-
-
-def random_shift(x: torch.Tensor, image_shape, max_shift: int, generator=None) -> torch.Tensor:
-    """Each flattened image of ``x`` (B, C*H*W) moved by its own random whole-pixel offset
-    (dy, dx) in [-max_shift, max_shift]; pixels moved in from outside are 0."""
-    if not max_shift:
-        return x
-    c, h, w = image_shape
-    b, s = x.shape[0], int(max_shift)
-    padded = F.pad(x.reshape(b, c, h, w), (s, s, s, s))
-    offsets = torch.randint(0, 2 * s + 1, (b, 2), generator=generator).to(x.device)
-    rows = (torch.arange(h, device=x.device) + offsets[:, :1])[:, None, :, None]  # (B, 1, H, 1)
-    cols = (torch.arange(w, device=x.device) + offsets[:, 1:])[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols].reshape(b, -1)
-
-
-def random_flip(x: torch.Tensor, image_shape, generator=None) -> torch.Tensor:
-    """Each flattened image of ``x`` (B, C*H*W) mirrored left-right with probability 1/2."""
-    c, h, w = image_shape
-    b = x.shape[0]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    images = x.reshape(b, c, h, w)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images).reshape(b, -1)
-
-
-def augment_images(x: torch.Tensor, image_shape, max_shift: int = 0, flip: bool = False,
-                   generator=None) -> torch.Tensor:
-    """The training-time augmentation of the SSVAE's classifier: a random whole-pixel shift of up
-    to ``max_shift`` pixels, then (``flip``) a left-right mirror with probability 1/2."""
-    x = random_shift(x, image_shape, max_shift, generator)
-    return random_flip(x, image_shape, generator) if flip else x

@@ -11,3 +11,15 @@ class ConfigError(PyroVAEError, ValueError):
 
 class DataError(PyroVAEError, ValueError):
     """Missing files, malformed arrays, or data that does not fit the chosen likelihood."""
+
+
+class TrainingDiverged(PyroVAEError, FloatingPointError):
+    """The loss became NaN/inf or diverged; the message names settings that help."""
+
+
+class Interrupted(PyroVAEError):
+    """Training stopped by SIGINT / SIGTERM after saving a checkpoint; exit code 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signum)

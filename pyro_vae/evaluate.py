@@ -15,6 +15,8 @@ from typing import Optional
 import torch
 import pyro.distributions as dist
 
+from .models.base import Classifier
+
 
 def _device(model):
     return next(model.parameters()).device
@@ -24,15 +26,15 @@ def _device(model):
 def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Optional[int] = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) per row (nats), shape (batch,).
 
-    Uses ``model.log_weights(x)`` (one z per row: log p(x, z) - log q(z|x)) or, for models
-    with a discrete label, ``model.log_weights_per_class(x)`` of shape (batch, C), summing
-    the label out: log p(x) = logsumexp_c logmeanexp_k w_{k,c}. At most ``max_rows``
-    rows (datum x sample) are in flight at once (default: about 200 MB of decoder output).
+    Uses ``model.log_weights(x)`` of shape (batch, C): one z per row and exactly-summed
+    component c (C = 1 without discrete latents; the classes of a semi-supervised model),
+    so log p(x) = logsumexp_c logmeanexp_k w_{k,c}. At most ``max_rows`` rows
+    (datum x sample) are in flight at once (default: about 200 MB of decoder output).
     """
     if num_samples < 1:
         raise ValueError("num_samples must be at least 1")
     if max_rows is None:
-        per_row = model.likelihood.output_size * getattr(model, "num_classes", 1)
+        per_row = model.likelihood.output_size * (model.num_classes if isinstance(model, Classifier) else 1)
         max_rows = int(max(1, min(65536, 5e7 // per_row)))
     x = x.to(_device(model))
     out = []
@@ -46,16 +48,11 @@ def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Opti
         while done < num_samples:
             k = min(k_chunk, num_samples - done)
             rep = xb.repeat(k, *([1] * (xb.dim() - 1)))
-            if hasattr(model, "log_weights_per_class"):
-                w = model.log_weights_per_class(rep).reshape(k, b, -1)
-            else:
-                w = model.log_weights(rep).reshape(k, b)
+            w = model.log_weights(rep).reshape(k, b, -1)
             lse = torch.logsumexp(w, 0)
             acc = lse if acc is None else torch.logaddexp(acc, lse)
             done += k
-        ll = acc - math.log(num_samples)
-        if ll.dim() == 2:  # sum the label out
-            ll = torch.logsumexp(ll, -1)
+        ll = torch.logsumexp(acc - math.log(num_samples), -1)  # the discrete component summed out
         out.append(ll.float().cpu())
     return torch.cat(out)
 
@@ -80,11 +77,14 @@ def latent_diagnostics(model, x: torch.Tensor, threshold: float = 0.01) -> dict:
 
 
 @torch.no_grad()
-def test_metrics(model, split, cfg, iwae_samples: Optional[int] = None) -> dict:
-    """Final metrics on ``split``: ``test_loss`` (-ELBO per datum, nats) and the model's extras;
-    with ``iwae_samples`` (or cfg.evaluate.iwae_samples) > 0 also ``test_log_likelihood``."""
+def test_metrics(plan, split, cfg, iwae_samples: Optional[int] = None, seed: int = 0) -> dict:
+    """Final metrics on ``split``: ``test_loss`` (-ELBO per datum, nats) and the model kind's
+    extras (from its training plan); with ``iwae_samples`` (or cfg.evaluate.iwae_samples) > 0
+    also ``test_log_likelihood``. Seeded: the same model and data give the same numbers."""
+    model = plan.model
     model.eval()
-    metrics = {"test_" + k: v for k, v in model.validation_metrics(split, cfg.train.eval_batch_size).items()}
+    torch.manual_seed(seed)
+    metrics = {"test_" + k: v for k, v in plan.evaluate(split, cfg.train.eval_batch_size).items()}
     k = cfg.evaluate.iwae_samples if iwae_samples is None else iwae_samples
     if k and k > 0:
         metrics["test_log_likelihood"] = float(iwae_log_likelihood(model, split.x, k).mean())

@@ -47,19 +47,20 @@ class Likelihood(PyroModule):
         """E[x | decoder output]: what reconstructions and sample grids show."""
         return self(out).mean
 
-    def check_data(self, x: torch.Tensor, where: str = "data") -> None:
-        """Raise DataError when ``x`` cannot be scored by this likelihood."""
+    def check_data(self, x: torch.Tensor, where: str = "data", rows=None) -> None:
+        """Raise DataError when ``x`` cannot be scored by this likelihood. ``rows``: the row
+        number in the user's file of each row of ``x`` (for the message), if known."""
         bad = ~torch.isfinite(x)
         if bad.any():
             raise DataError(
-                f"{where} has {int(bad.sum())} NaN/inf values (first at row {_first_row(bad)}); "
+                f"{where} has {int(bad.sum())} NaN/inf values (first at row {_first_row(bad, rows)}); "
                 "remove or impute them before training"
             )
 
-    def _require(self, ok: torch.Tensor, x: torch.Tensor, where: str, what: str) -> None:
+    def _require(self, ok: torch.Tensor, x: torch.Tensor, where: str, what: str, rows=None) -> None:
         if not bool(ok.all()):
             bad = ~ok
-            rows = _first_row(bad)
+            rows = _first_row(bad, rows)
             example = x[bad][0].item()
             raise DataError(
                 f"likelihood {self.registry_name!r} needs {what}, but {where} has {int(bad.sum())} "
@@ -67,15 +68,17 @@ class Likelihood(PyroModule):
             )
 
 
-def _first_row(mask: torch.Tensor) -> int:
-    return int(mask.reshape(mask.shape[0], -1).any(-1).nonzero()[0, 0]) if mask.dim() > 0 else 0
+def _first_row(mask: torch.Tensor, rows=None) -> int:
+    i = int(mask.reshape(mask.shape[0], -1).any(-1).nonzero()[0, 0]) if mask.dim() > 0 else 0
+    return int(rows[i]) if rows is not None else i
 
 
 @register("bernoulli")
 class Bernoulli(Likelihood):
     """Bernoulli on values in [0,1] (binary cross-entropy; grey levels allowed, as in Pyro's example)."""
 
-    fix_hint = "scale the data to [0,1] (data.normalize=true) or binarize it (data.binarize=static)"
+    fix_hint = ("for real-valued data use likelihood.name=gaussian; for image levels (0..255) keep "
+                "data.normalize=true (images are scaled to [0,1])")
 
     def forward(self, out):
         # validate_args=False: grey levels in [0,1] are scored with the usual cross-entropy
@@ -85,9 +88,9 @@ class Bernoulli(Likelihood):
     def mean(self, out):
         return torch.sigmoid(out)
 
-    def check_data(self, x, where="data"):
-        super().check_data(x, where)
-        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]")
+    def check_data(self, x, where="data", rows=None):
+        super().check_data(x, where, rows)
+        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
 
 
 class LocScale(Likelihood):
@@ -160,14 +163,14 @@ class StudentT(LocScale):
 class ContinuousBernoulli(Likelihood):
     """Continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): a normalised density on [0,1]."""
 
-    fix_hint = "scale the data to [0,1] (data.normalize=true)"
+    fix_hint = "for real-valued data use likelihood.name=gaussian"
 
     def forward(self, out):
         return dist.ContinuousBernoulli(logits=out.float().clamp(-30, 30)).to_event(1)
 
-    def check_data(self, x, where="data"):
-        super().check_data(x, where)
-        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]")
+    def check_data(self, x, where="data", rows=None):
+        super().check_data(x, where, rows)
+        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
 
 
 @register("beta")
@@ -189,23 +192,23 @@ class Beta(Likelihood):
         a, b = self._ab(out)
         return a / (a + b)
 
-    def check_data(self, x, where="data"):
-        super().check_data(x, where)
-        self._require((x > 0) & (x < 1), x, where, "values strictly inside (0,1)")
+    def check_data(self, x, where="data", rows=None):
+        super().check_data(x, where, rows)
+        self._require((x > 0) & (x < 1), x, where, "values strictly inside (0,1)", rows)
 
 
 class _Counts(Likelihood):
     """Shared check for count likelihoods: non-negative integers."""
 
-    fix_hint = ("count likelihoods need raw integer counts: set data.normalize=false, "
-                "or choose bernoulli/gaussian for scaled data")
+    fix_hint = ("count likelihoods need raw integer counts: give the counts themselves (for the "
+                "built-in image sets also data.normalize=false), or use likelihood.name=gaussian for real values")
     max_value = None
 
-    def check_data(self, x, where="data"):
-        super().check_data(x, where)
-        self._require((x >= 0) & (x == x.round()), x, where, "non-negative integer counts")
+    def check_data(self, x, where="data", rows=None):
+        super().check_data(x, where, rows)
+        self._require((x >= 0) & (x == x.round()), x, where, "non-negative integer counts", rows)
         if self.max_value is not None:
-            self._require(x <= self.max_value, x, where, f"counts of at most {self.max_value}")
+            self._require(x <= self.max_value, x, where, f"counts of at most {self.max_value}", rows)
 
 
 @register("categorical")
@@ -364,7 +367,7 @@ class Mixed(Likelihood):
             res[..., c] = piece.to(res.dtype)
         return res
 
-    def check_data(self, x, where="data"):
-        super().check_data(x, where)
+    def check_data(self, x, where="data", rows=None):
+        super().check_data(x, where, rows)
         for p, c in zip(self.parts, self.columns):
-            p.check_data(x[:, c], where=f"{where} (columns {c.tolist()})")
+            p.check_data(x[:, c], where=f"{where} (columns {c.tolist()})", rows=rows)

@@ -1,11 +1,15 @@
 """Encoder and decoder bodies: plain ``torch.nn`` modules, no Pyro inside.
 
+Two registries: :data:`ACTIVATIONS` (``encoder.activation`` ...) and :data:`NETWORKS`
+(``encoder.type`` / ``decoder.type``: ``mlp``, or ``conv`` for images whose height and
+width are divisible by 4, e.g. 28x28 MNIST-like or 8x8 digits). A network type turns a
+:class:`NetConfig` into an encoder body (``body``) and a decoder (``decoder``).
+
 * :class:`MLP` — fully connected layers with a chosen activation.
 * :class:`GaussianEncoder` — x -> (loc, scale) of q(z|x) = Normal(loc, scale).
-* :func:`make_body` / :func:`make_decoder` — MLP, or a small conv net for images whose
-  height and width are divisible by 4 (28x28 MNIST-like, 8x8 digits).
 """
-from typing import Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -13,16 +17,29 @@ import torch.nn.functional as F
 
 from .errors import ConfigError
 from .fastmath import Softplus, softplus as fast_softplus
+from .registry import Registry, option
 
-ACTIVATIONS = {
-    "softplus": Softplus,  # same function as nn.Softplus, ~3x faster on CPU (see fastmath.py)
-    "relu": nn.ReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "tanh": nn.Tanh,
-    "leaky_relu": nn.LeakyReLU,
-    "silu": nn.SiLU,
-}
+ACTIVATIONS = Registry("activation")
+for _name, _cls in (("softplus", Softplus), ("relu", nn.ReLU), ("elu", nn.ELU), ("gelu", nn.GELU),
+                    ("tanh", nn.Tanh), ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)):
+    ACTIVATIONS.register(_name)(_cls)  # softplus: same function as nn.Softplus, vectorised (fastmath.py)
+
+
+def make_activation(name: str) -> nn.Module:
+    """A new activation module by registry name."""
+    return ACTIVATIONS.get(name)()
+
+
+NETWORKS = Registry("network type", key="type")
+
+
+@dataclass
+class NetConfig:
+    """``encoder:`` / ``decoder:``: which network type, its hidden sizes and activation."""
+
+    type: str = option("mlp", "network type: `pyro-vae list` shows them (mlp, conv: images with sides % 4 == 0)")
+    hidden: List[int] = option(help="hidden layer sizes", factory=lambda: [400])
+    activation: str = option("softplus", "activation of the hidden layers (softplus relu elu gelu tanh ...)")
 
 
 class MLP(nn.Sequential):
@@ -31,7 +48,7 @@ class MLP(nn.Sequential):
     def __init__(self, in_dim: int, hidden: Sequence[int], out_dim: Optional[int] = None, activation="softplus"):
         layers, d = [], in_dim
         for h in hidden:
-            layers += [nn.Linear(d, h), ACTIVATIONS[activation]()]
+            layers += [nn.Linear(d, h), make_activation(activation)]
             d = h
         if out_dim is not None:
             layers.append(nn.Linear(d, out_dim))
@@ -41,10 +58,8 @@ class MLP(nn.Sequential):
 
 
 def _no_cpu_autocast():
-    """The conv networks run in float32 under CPU bf16 autocast: on 2 cores of an AMD EPYC
-    without bf16 units, forward + backward of the conv classifier (300 images) took 0.61 s in
-    bf16 against 0.07 s in float32 (the 32->64 conv and the 3136->500 layer's gradient were
-    the slow kernels). GPU autocast is left alone."""
+    """Convolutions run in float32 under CPU bf16 autocast (bf16 convolution kernels are slow on
+    CPUs; see benchmarks/RESULTS.md). GPU autocast is left alone."""
     return torch.autocast("cpu", enabled=False)
 
 
@@ -54,7 +69,7 @@ class ConvBody(nn.Module):
     def __init__(self, image_shape: Tuple[int, int, int], hidden: Sequence[int], activation="softplus"):
         super().__init__()
         c, h, w = _check_image(image_shape)
-        act = ACTIVATIONS[activation]
+        act = ACTIVATIONS.get(activation)
         self.image_shape = (c, h, w)
         self.conv = nn.Sequential(
             nn.Conv2d(c, 32, 4, stride=2, padding=1), act(),
@@ -75,7 +90,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, in_dim, image_shape, hidden: Sequence[int], blocks: int, activation="softplus"):
         super().__init__()
         c, h, w = _check_image(image_shape)
-        act = ACTIVATIONS[activation]
+        act = ACTIVATIONS.get(activation)
         self.blocks, self.h4, self.w4 = blocks, h // 4, w // 4
         self.mlp = nn.Sequential(MLP(in_dim, hidden, 64 * self.h4 * self.w4, activation), act())
         self.deconv = nn.Sequential(
@@ -117,34 +132,69 @@ class GaussianEncoder(nn.Module):
         return loc, fast_softplus(raw) + 1e-5
 
 
-def make_body(net_cfg, in_dim: int, image_shape=None) -> nn.Module:
-    """Encoder body from ``encoder:`` config (MLP or conv); exposes ``out_dim``."""
-    if net_cfg.type == "conv":
+class NetworkType:
+    """A network type: builds an encoder body and a decoder from a :class:`NetConfig`."""
+
+    @staticmethod
+    def body(net_cfg, in_dim: int, image_shape=None) -> nn.Module:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def decoder(net_cfg, latent_dim: int, output_size: int, data_dim: int, image_shape=None) -> nn.Module:
+        raise NotImplementedError  # pragma: no cover - abstract
+
+
+@NETWORKS.register("mlp")
+class MLPNetwork(NetworkType):
+    """Fully connected layers (any data)."""
+
+    @staticmethod
+    def body(net_cfg, in_dim, image_shape=None):
+        return MLP(in_dim, list(net_cfg.hidden), None, net_cfg.activation)
+
+    @staticmethod
+    def decoder(net_cfg, latent_dim, output_size, data_dim, image_shape=None):
+        return MLP(latent_dim, list(net_cfg.hidden), output_size, net_cfg.activation)
+
+
+@NETWORKS.register("conv")
+class ConvNetwork(NetworkType):
+    """Two stride-2 (transposed) convolutions, then the hidden layers (images, sides % 4 == 0)."""
+
+    @staticmethod
+    def body(net_cfg, in_dim, image_shape=None):
         return ConvBody(image_shape, list(net_cfg.hidden), net_cfg.activation)
-    return MLP(in_dim, list(net_cfg.hidden), None, net_cfg.activation)
+
+    @staticmethod
+    def decoder(net_cfg, latent_dim, output_size, data_dim, image_shape=None):
+        if output_size % data_dim:
+            raise ConfigError("conv decoder needs output_size to be a multiple of data_dim")
+        return ConvDecoder(latent_dim, image_shape, list(net_cfg.hidden), output_size // data_dim, net_cfg.activation)
 
 
-def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: str = "mlp",
-                    activation="softplus", dropout: float = 0.0, image_shape=None) -> nn.Module:
-    """x -> class logits: an MLP, or the conv body (images) with a linear head; optional dropout
-    before each hidden layer's successor (only active in training mode)."""
-    if type == "conv":
-        body = ConvBody(image_shape, list(hidden), activation)
-        layers = [body] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(body.out_dim, num_classes)]
-        return nn.Sequential(*layers)
-    if not dropout:
-        return MLP(in_dim, list(hidden), num_classes, activation)
-    layers, d = [], in_dim
-    for h in hidden:
-        layers += [nn.Linear(d, h), ACTIVATIONS[activation](), nn.Dropout(dropout)]
-        d = h
-    return nn.Sequential(*layers, nn.Linear(d, num_classes))
+def make_body(net_cfg, in_dim: int, image_shape=None) -> nn.Module:
+    """Encoder body from ``encoder:`` config; exposes ``out_dim``."""
+    return NETWORKS.get(net_cfg.type).body(net_cfg, in_dim, image_shape)
 
 
 def make_decoder(net_cfg, latent_dim: int, output_size: int, data_dim: int, image_shape=None) -> nn.Module:
     """Decoder from ``decoder:`` config: latent -> ``output_size`` raw outputs for the likelihood."""
-    if net_cfg.type == "conv":
-        if output_size % data_dim:
-            raise ConfigError("conv decoder needs output_size to be a multiple of data_dim")
-        return ConvDecoder(latent_dim, image_shape, list(net_cfg.hidden), output_size // data_dim, net_cfg.activation)
-    return MLP(latent_dim, list(net_cfg.hidden), output_size, net_cfg.activation)
+    return NETWORKS.get(net_cfg.type).decoder(net_cfg, latent_dim, output_size, data_dim, image_shape)
+
+
+def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: str = "mlp",
+                    activation="softplus", dropout: float = 0.0, image_shape=None) -> nn.Module:
+    """x -> class logits: the network type's body with a linear head; optional dropout after
+    each hidden layer (only active in training mode)."""
+    if type == "conv":
+        body = ConvBody(image_shape, list(hidden), activation)
+        layers = [body] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(body.out_dim, num_classes)]
+        return nn.Sequential(*layers)
+    NETWORKS.get(type)
+    if not dropout:
+        return MLP(in_dim, list(hidden), num_classes, activation)
+    layers, d = [], in_dim
+    for h in hidden:
+        layers += [nn.Linear(d, h), make_activation(activation), nn.Dropout(dropout)]
+        d = h
+    return nn.Sequential(*layers, nn.Linear(d, num_classes))

@@ -119,21 +119,25 @@ def loss_curves(rows, path):
 
 
 @torch.no_grad()
-def run_report(model, data, run_dir, rows):
-    """Write the standard PNGs of a run into ``run_dir``; the model may add its own."""
+def run_report(model, data, run_dir, rows, plan=None):
+    """Write the standard PNGs of a run into ``run_dir``; the model kind's plan adds its own.
+    The model computes on its own device; images come back to the CPU to be drawn."""
     run_dir = Path(run_dir)
+    device = next(model.parameters()).device
     torch.manual_seed(0)
     if rows:
         loss_curves(rows, run_dir / "loss_curves.png")
     test = data.test
     if data.image_shape is not None:
-        image_grid(model.sample(64), data.image_shape, run_dir / "samples.png", ncol=8, title="samples from the prior")
-        reconstructions(test.x[:10], model.reconstruct(test.x[:10]), data.image_shape, run_dir / "reconstructions.png")
+        image_grid(model.sample(64).cpu(), data.image_shape, run_dir / "samples.png", ncol=8,
+                   title="samples from the prior")
+        x = test.x[:10]
+        reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape, run_dir / "reconstructions.png")
     n = min(len(test), 5000)
-    latent_map(model.encode(test.x[:n])[0], None if test.y is None else test.y[:n],
+    latent_map(model.encode(test.x[:n].to(device))[0].cpu(), None if test.y is None else test.y[:n],
                run_dir / "latent_map.png", data.class_names)
-    if hasattr(model, "extra_plots"):
-        model.extra_plots(data, run_dir)
+    if plan is not None:
+        plan.extra_plots(data, run_dir)
 
 
 def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):
@@ -169,10 +173,11 @@ def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusi
 def ssvae_report(model, data, run_dir, n_styles: int = 10):
     """Semi-supervised plots: confusion matrix, conditional generation, style transfer."""
     run_dir = Path(run_dir)
+    device = next(model.parameters()).device
     test = data.test
     if test.y is not None and bool((test.y >= 0).any()):
         mask = test.y >= 0
-        confusion_matrix_plot(test.y[mask].numpy(), model.predict(test.x[mask]).numpy(),
+        confusion_matrix_plot(test.y[mask].numpy(), model.predict(test.x[mask].to(device)).cpu().numpy(),
                               run_dir / "confusion_matrix.png", data.class_names)
     if data.image_shape is None:
         return
@@ -183,13 +188,13 @@ def ssvae_report(model, data, run_dir, n_styles: int = 10):
     torch.manual_seed(0)
     z = model.prior().sample((n_styles,))
     zz = z.repeat(c, 1)
-    yy = torch.arange(c).repeat_interleave(n_styles)
-    image_grid(model.likelihood.mean(model._decode(zz, yy)), data.image_shape, run_dir / "conditional_generation.png",
+    yy = torch.arange(c, device=device).repeat_interleave(n_styles)
+    image_grid(model.decode(zz, yy).cpu(), data.image_shape, run_dir / "conditional_generation.png",
                ncol=n_styles, title="rows: class; columns: one shared style z", row_labels=names)
     # style transfer: each test image's style z = E[q(z|x, predicted y)], re-decoded under every label
     x = test.x[:n_styles]
-    zs = model.encode(x)[0]
-    out = model.likelihood.mean(model._decode(zs.repeat(c, 1), torch.arange(c).repeat_interleave(len(x))))
+    zs = model.encode(x.to(device))[0]
+    out = model.decode(zs.repeat(c, 1), torch.arange(c, device=device).repeat_interleave(len(x))).cpu()
     image_grid(torch.cat([x, out]), data.image_shape, run_dir / "style_transfer.png", ncol=len(x),
                title="top: test images; below: their style under each label", row_labels=["input"] + names)
 

@@ -16,7 +16,8 @@ Register your own from your own module::
             super().__init__(latent_dim)
             self.width = width
         def forward(self):
-            return dist.Normal(torch.zeros(self.latent_dim), self.width).to_event(1)
+            loc = self.zeros()  # on the model's device
+            return dist.Normal(loc, self.width * torch.ones_like(loc)).to_event(1)
 """
 import math
 
@@ -44,8 +45,12 @@ class Prior(PyroModule):
         # a buffer that moves with .to(device), so priors build their tensors on the right device
         self.register_buffer("_zero", torch.zeros(()), persistent=False)
 
+    def zeros(self) -> torch.Tensor:
+        """A zero vector of size latent_dim on the prior's device (to build distributions from)."""
+        return self._zero.expand(self.latent_dim)
+
     def attach(self, vae) -> None:
-        """Hook called once the VAE is built (e.g. VampPrior needs the encoder)."""
+        """Hook called once the model is built (e.g. VampPrior needs the model's q_z)."""
 
     def forward(self) -> dist.TorchDistribution:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -58,7 +63,7 @@ class StandardNormal(Prior):
     analytic_kl = True
 
     def forward(self):
-        loc = self._zero.expand(self.latent_dim)
+        loc = self.zeros()
         return dist.Normal(loc, torch.ones_like(loc)).to_event(1)
 
 
@@ -159,13 +164,13 @@ class VampPrior(Prior):
         g = torch.Generator().manual_seed(0)
         u = self.init_low + (self.init_high - self.init_low) * torch.rand(self.components, vae.data_dim, generator=g)
         self.pseudo_inputs = torch.nn.Parameter(u)
-        # a plain reference (not a submodule): the encoder's weights belong to the VAE
-        self.__dict__["_encode"] = getattr(vae, "prior_encoder", None) or vae.encoder
+        # a bound method, not a submodule: the encoder's weights belong to the model
+        self._encode = vae.q_z
 
     def forward(self):
         if self.pseudo_inputs is None:
             raise RuntimeError("VampPrior needs attach(vae) before use")
-        loc, scale = self.__dict__["_encode"](self.pseudo_inputs)
+        loc, scale = self._encode(self.pseudo_inputs)
         return _gaussian_mixture(torch.zeros_like(loc[:, 0]), loc, scale)
 
 
@@ -201,7 +206,7 @@ class FlowPrior(Prior):
         self._all = parts
 
     def forward(self):
-        loc = self._zero.expand(self.latent_dim)
+        loc = self.zeros()
         base = dist.Normal(loc, torch.ones_like(loc)).to_event(1)
         return dist.TransformedDistribution(base, self._all)
 
@@ -217,7 +222,7 @@ class LaplacePrior(Prior):
         self.scale = float(scale)
 
     def forward(self):
-        loc = self._zero.expand(self.latent_dim)
+        loc = self.zeros()
         return dist.Laplace(loc, torch.full_like(loc, self.scale)).to_event(1)
 
 
@@ -232,5 +237,5 @@ class StudentTPrior(Prior):
         self.df, self.scale = float(df), float(scale)
 
     def forward(self):
-        loc = self._zero.expand(self.latent_dim)
+        loc = self.zeros()
         return dist.StudentT(torch.full_like(loc, self.df), loc, torch.full_like(loc, self.scale)).to_event(1)

@@ -1,10 +1,12 @@
-"""Name -> class registries for priors, likelihoods and models.
+"""Name -> class registries: every kind of thing a user names in a config.
 
 A registry maps a short name (used in YAML and on the command line) to a class.
-``Registry.build({"name": "vamp", "components": 10}, latent_dim=8)`` checks the
-parameters against the class's ``__init__`` signature before constructing it, so
-a typo is an error naming the valid parameters instead of a silent default.
-Users add their own entries from their own module with the decorator::
+An entry's parameters are either a small config dataclass given at registration
+(``register("ssvae", config=SSVAEConfig)``: typed, commented, printed by
+``pyro-vae config``) or, without one, the class's ``__init__`` signature minus the
+context arguments the library passes itself. Either way a typo is an error naming
+the valid parameters, never a silent default. Users add their own entries from their
+own file with the decorator::
 
     from pyro_vae import priors
 
@@ -12,21 +14,38 @@ Users add their own entries from their own module with the decorator::
     class MyPrior(priors.Prior):
         ...
 """
+import dataclasses
 import inspect
-from typing import Any, Callable, Dict, Iterable, Mapping
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from .errors import ConfigError
 
 
-class Registry:
-    def __init__(self, kind: str):
-        self.kind = kind
-        self._classes: Dict[str, type] = {}
+def option(default=dataclasses.MISSING, help: str = "", factory=None):
+    """A config dataclass field with a one-line description (shown by `pyro-vae config`)."""
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
 
-    def register(self, name: str) -> Callable[[type], type]:
-        def decorator(cls: type) -> type:
+
+def field_help(config_cls) -> Dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(config_cls)}
+
+
+class Registry:
+    def __init__(self, kind: str, key: str = "name"):
+        self.kind = kind
+        self.key = key  # the config key that names an entry ("name", or "type" for networks)
+        self._classes: Dict[str, Any] = {}
+
+    def register(self, name: str, config: Optional[type] = None) -> Callable[[Any], Any]:
+        """Class decorator: ``@REGISTRY.register("name", config=ItsConfig)``."""
+
+        def decorator(cls):
             self._classes[name] = cls
             cls.registry_name = name
+            if config is not None:
+                cls.config_class = config
             return cls
 
         return decorator
@@ -37,16 +56,24 @@ class Registry:
     def __contains__(self, name: str) -> bool:
         return name in self._classes
 
-    def get(self, name: str) -> type:
+    def get(self, name: str):
         if name not in self._classes:
             raise ConfigError(
-                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())}"
+                f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(self.names())} "
+                f"(your own: register it in a file and list it under plugins:)"
             )
         return self._classes[name]
+
+    def config_class(self, name: str) -> Optional[type]:
+        return getattr(self.get(name), "config_class", None)
 
     def user_params(self, name: str) -> Dict[str, inspect.Parameter]:
         """The parameters a config may set for ``name`` (the signature minus context args)."""
         cls = self.get(name)
+        conf = self.config_class(name)
+        if conf is not None:
+            return {f.name: inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
+                                              default=_default_of(f)) for f in dataclasses.fields(conf)}
         sig = inspect.signature(cls.__init__)
         context = set(getattr(cls, "context_args", ()))
         return {
@@ -56,28 +83,47 @@ class Registry:
         }
 
     def check(self, spec: Mapping[str, Any]) -> None:
-        """Raise ConfigError unless ``spec`` names a registered class with valid parameters."""
-        if "name" not in spec:
-            raise ConfigError(f"{self.kind} needs a 'name'; valid {self.kind}s: {', '.join(self.names())}")
-        name = spec["name"]
-        allowed = self.user_params(name)
-        for key in spec:
-            if key != "name" and key not in allowed:
-                valid = ", ".join(allowed) or "none"
-                raise ConfigError(
-                    f"{self.kind} {name!r} has no parameter {key!r}; its parameters: {valid}"
-                )
-        for key, p in allowed.items():
-            if p.default is inspect.Parameter.empty and key not in spec:
-                raise ConfigError(f"{self.kind} {name!r} needs parameter {key!r}")
+        """Raise ConfigError unless ``spec`` names a registered entry with valid parameters."""
+        self.resolve(spec)
 
-    def build(self, spec: Mapping[str, Any], **context: Any):
-        """Construct the class named by ``spec['name']`` with the spec's parameters plus ``context``."""
+    def resolve(self, spec: Mapping[str, Any]) -> Dict[str, Any]:
+        """``spec`` with every parameter present (defaults filled in), checked and typed."""
         from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
 
         spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
-        self.check(spec)
-        cls = self.get(spec.pop("name"))
+        if self.key not in spec:
+            raise ConfigError(f"{self.kind} needs a '{self.key}'; valid {self.kind}s: {', '.join(self.names())}")
+        name = spec[self.key]
+        allowed = self.user_params(name)
+        for key in spec:
+            if key != self.key and key not in allowed:
+                valid = ", ".join(allowed) or "none"
+                raise ConfigError(f"{self.kind} {name!r} has no parameter {key!r}; its parameters: {valid}")
+        conf = self.config_class(name)
+        if conf is None:
+            for key, p in allowed.items():
+                if p.default is inspect.Parameter.empty and key not in spec:
+                    raise ConfigError(f"{self.kind} {name!r} needs parameter {key!r}")
+            return spec
+        params = {k: v for k, v in spec.items() if k != self.key}
+        try:
+            typed = OmegaConf.merge(OmegaConf.structured(conf), params)
+            values = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
+        except OmegaConfBaseException as e:
+            key = getattr(e, "key", None) or getattr(e, "full_key", "")
+            msg = str(e).strip().splitlines()[0]
+            raise ConfigError(f"{self.kind} {name!r}: bad value for {key}: {msg}") from None
+        check = getattr(conf, "check", None)
+        if check is not None:  # the dataclass's own cross-field checks
+            check(typed)
+        return {self.key: name, **values}
+
+    def build(self, spec: Mapping[str, Any], **context: Any):
+        """Construct the entry named by ``spec`` with its parameters plus ``context``
+        (entries without a config dataclass)."""
+        spec = self.resolve(spec)
+        cls = self.get(spec.pop(self.key))
         wanted = set(getattr(cls, "context_args", ()))
         kwargs = {k: v for k, v in context.items() if k in wanted}
         try:
@@ -88,10 +134,18 @@ class Registry:
             raise ConfigError(f"{self.kind} {cls.registry_name!r}: {e}") from e
 
     def describe(self) -> Iterable[str]:
-        """One line per entry: name and parameters with defaults (for --help and the README)."""
+        """One line per entry: name, parameters with defaults, first docstring line."""
         for name in self.names():
             params = []
             for k, p in self.user_params(name).items():
                 params.append(k if p.default is inspect.Parameter.empty else f"{k}={p.default!r}")
             doc = (inspect.getdoc(self._classes[name]) or "").split("\n")[0]
             yield f"{name}({', '.join(params)}): {doc}"
+
+
+def _default_of(f):
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return inspect.Parameter.empty

@@ -1,61 +1,193 @@
-"""Run directories: save a trained model as plain tensors + its config, and load it back.
+"""Run directories: what training writes, and loading a trained model back.
 
-The checkpoint ``model.pt`` holds only tensors, strings and numbers, so it is read
-with ``torch.load(..., weights_only=True)``: loading never unpickles code.
+A run directory holds ``config.yaml`` (the resolved config, for people), ``metrics.csv``
+(one row per epoch), ``metrics.json`` (final), ``checkpoints/last.ckpt`` and
+``checkpoints/best.ckpt`` (Lightning checkpoints, every epoch: ``--resume``),
+``model.pt`` (the export :func:`load` reads) and PNGs. Every file is written atomically.
+
+``model.pt`` holds only tensors, strings and numbers and is read with
+``torch.load(..., weights_only=True)``; its embedded config is the one source of truth
+for rebuilding the model. Loading never imports anything the caller did not name:
+a run that needs a plugin is an error naming it until ``plugins=[...]`` is given.
 """
+import contextlib
+import os
+import shutil
+import warnings
 from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 from omegaconf import OmegaConf
 
-from .errors import PyroVAEError
+from .errors import ConfigError, PyroVAEError
 from .utils import atomic_path
 
 CHECKPOINT = "model.pt"
-FORMAT = "pyro_vae/1"
+FORMAT = "pyro_vae/2"
+LOCK = ".lock"
+#: what a run writes (removed first by --overwrite, so an old run's files never mix with a new one's)
+RUN_FILES = ("config.yaml", "metrics.csv", "metrics.json", CHECKPOINT, "checkpoints", "tensorboard")
 
 
-def save_checkpoint(run_dir, model, cfg, info) -> Path:
-    path = Path(run_dir) / CHECKPOINT
-    payload = {
+def export_payload(model, cfg, info) -> dict:
+    return {
         "format": FORMAT,
         "config": OmegaConf.to_yaml(cfg),
         "info": info.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+
+
+def save_model(run_dir, model, cfg, info) -> Path:
+    """Write ``model.pt`` (plain tensors + the config) atomically."""
+    path = Path(run_dir) / CHECKPOINT
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        torch.save(export_payload(model, cfg, info), tmp)
     return path
 
 
-def load(run_dir, map_location="cpu"):
-    """The trained model of a run directory (in eval mode), rebuilt from its config."""
-    from .config import load_config
-    from .models.vae import DataInfo
-    from .train import build_model
+def read_payload(path: Path) -> dict:
+    """A checkpoint's contents, read without unpickling code; one-line errors."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PyroVAEError(f"no checkpoint at {path}") from None
+    except Exception as e:
+        raise PyroVAEError(f"could not read checkpoint {path} (damaged or not a checkpoint): "
+                           f"{str(e).strip().splitlines()[0][:200]}") from None
+    if not isinstance(payload, dict):
+        raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
+    return payload
 
+
+def build_from_payload(payload: dict, where, plugins: Optional[Sequence[str]] = None, overrides=()):
+    """(model, cfg) from a checkpoint's config, info and weights; imports only ``plugins``."""
+    from .config import load_config, load_plugins
+    from .models import MODELS, DataInfo
+
+    if "config" not in payload or "info" not in payload or "state_dict" not in payload:
+        raise PyroVAEError(f"{where} is not a pyro_vae checkpoint (no config/weights inside)")
+    if plugins:
+        load_plugins(list(plugins))
+    try:
+        cfg = load_config(None, overrides, base=OmegaConf.create(payload["config"]), import_plugins=False)
+    except ConfigError as e:
+        raise PyroVAEError(f"{where}: {e}") from None
+    try:
+        model = MODELS.get(cfg.model.name).from_config(cfg, DataInfo.from_dict(payload["info"]))
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise PyroVAEError(f"{where}: its weights do not fit its config ({str(e).strip().splitlines()[0][:160]})") from None
+    return model, cfg
+
+
+def load(run_dir, plugins: Optional[Sequence[str]] = None, device="cpu"):
+    """The trained model of a run directory (or a ``model.pt``), in eval mode, on ``device``.
+
+    Reads ``model.pt`` with ``weights_only=True`` and rebuilds the model from the config
+    inside it. Imports nothing but ``plugins`` (files or modules that register the run's
+    own priors, likelihoods, models...)."""
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
     if not path.is_file():
-        raise PyroVAEError(f"no checkpoint at {path}; pass a run directory written by `pyro-vae train`")
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise PyroVAEError(f"could not read checkpoint {path}: {str(e).splitlines()[0]}") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
-    cfg = load_config(None, base=OmegaConf.create(payload["config"]))
-    model = build_model(cfg, DataInfo.from_dict(payload["info"]))
-    model.load_state_dict(payload["state_dict"])
+        raise PyroVAEError(f"no {CHECKPOINT} at {path.parent if path.name == CHECKPOINT else path}; "
+                           "pass a run directory written by `pyro-vae train`")
+    payload = read_payload(path)
+    if payload.get("format") != FORMAT:
+        raise PyroVAEError(f"{path} is not a pyro_vae checkpoint of this version ({payload.get('format')!r})")
+    model, cfg = build_from_payload(payload, path, plugins)
+    _warn_if_config_edited(path.parent, cfg)
     model.eval()
     model.config = cfg
-    return model
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise PyroVAEError(f"cannot move the model to device {device!r}: {str(e).splitlines()[0]}") from None
 
 
-def load_config_of(run_dir):
-    from .config import load_config
-
-    p = Path(run_dir) / "config.yaml"
+def _warn_if_config_edited(run_dir: Path, cfg) -> None:
+    p = run_dir / "config.yaml"
     if not p.is_file():
-        raise PyroVAEError(f"{run_dir} has no config.yaml; pass a run directory written by `pyro-vae train`")
-    return load_config(p)
+        return
+    try:
+        on_disk = OmegaConf.to_container(OmegaConf.load(p))
+    except Exception:
+        on_disk = None
+    if on_disk != OmegaConf.to_container(cfg):
+        warnings.warn(f"{p} differs from the config saved inside {CHECKPOINT}; the model is rebuilt from the "
+                      f"checkpoint's own config (config.yaml is a copy for reading, edits to it have no effect)")
+
+
+# ---------------------------------------------------------------- writing a run
+def prepare(run_dir: Path, overwrite: bool = False, resume: bool = False) -> None:
+    """Create ``run_dir`` for a new run (or a resumed one) and take its lock.
+
+    A folder that already holds files is refused unless ``overwrite`` (then the files a run
+    writes are removed first) or ``resume``; a folder locked by a live process is refused."""
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise PyroVAEError(f"--out {run_dir} is a file, not a folder")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _take_lock(run_dir)
+        try:
+            leftovers = [p.name for p in run_dir.iterdir() if p.name != LOCK]
+            if leftovers and not (overwrite or resume):
+                raise PyroVAEError(f"--out {run_dir} already holds files ({', '.join(sorted(leftovers)[:4])}"
+                                   f"{', ...' if len(leftovers) > 4 else ''}); choose a new folder, "
+                                   "add --overwrite to replace that run, or --resume it")
+            if overwrite and not resume:
+                for name in RUN_FILES:
+                    p = run_dir / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+                for p in run_dir.glob("*.png"):
+                    p.unlink()
+        except BaseException:
+            release(run_dir)
+            raise
+    except OSError as e:
+        raise PyroVAEError(f"cannot write the run directory {run_dir}: {e.strerror or e}") from None
+
+
+def _take_lock(run_dir: Path) -> None:
+    lock = run_dir / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and _alive(pid):
+                raise PyroVAEError(f"{run_dir} is being written by another process (pid {pid}); "
+                                   "wait for it or choose another --out") from None
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # left by a process that died
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return
+    raise PyroVAEError(f"could not lock {run_dir}")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def release(run_dir: Path) -> None:
+    with contextlib.suppress(OSError):
+        lock = Path(run_dir) / LOCK
+        if lock.read_text().strip() == str(os.getpid()):
+            lock.unlink()

@@ -1,16 +1,17 @@
-"""The SVI engine: the ELBO as a torch module, optimised on a Lightning Trainer.
+"""The engine: config -> data -> model -> Lightning Trainer -> run directory.
 
-``fit(cfg)`` runs the whole pipeline: data -> model -> training -> evaluation ->
-run directory. The Lightning module is thin: each step calls the model's loss
-module (``Trace_ELBO()(model, guide)`` for the VAE) on a minibatch and lets
-Lightning do devices, precision, gradient clipping and the progress bar. The same
-model and guide also train with a plain ``pyro.infer.SVI`` loop (see the tests).
+``fit(cfg)`` builds the model kind's :class:`~pyro_vae.training.TrainingPlan` and
+minimises its loss with Adam on a Lightning Trainer: Lightning does devices, DDP,
+precision, gradient clipping, checkpoints (``ModelCheckpoint``: ``last.ckpt`` and
+``best.ckpt`` every epoch), early stopping, loggers and the progress bar. The same model
+and guide also train with a plain ``pyro.infer.SVI`` loop (see the tests). Only this
+module imports Lightning.
 """
-import copy
-import csv
-import io
 import logging
 import math
+import os
+import signal
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -19,100 +20,143 @@ from typing import Optional
 
 import torch
 import lightning as L
-from lightning.pytorch.callbacks import Callback, TQDMProgressBar
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from omegaconf import OmegaConf
 
 import pyro
 
 from . import config as config_mod
+from . import rundir
 from .data import Dataset, load_data
+from .errors import ConfigError, Interrupted, PyroVAEError, TrainingDiverged
 from .models import MODELS
-from .models.vae import DataInfo
+from .training import TrainingPlan, plan_for
 from .utils import write_json, write_text
 
 log = logging.getLogger(__name__)
 
+#: a per-datum loss above this many nats per feature means the optimisation has diverged
+DIVERGED_NATS_PER_FEATURE = 1e4
+CHECK_EVERY_STEPS_ON_GPU = 50  # the finiteness check syncs the host: every step on CPU, sparser on GPUs
 
-def build_model(cfg, info: DataInfo):
-    """Construct the model named by ``cfg.model`` for data described by ``info``."""
-    return MODELS.get(cfg.model).from_config(cfg, info)
 
-
-def data_info(cfg, data: Dataset) -> DataInfo:
-    return DataInfo(data.data_dim, data.image_shape, data.num_classes, len(data.train))
+def build_model(cfg, info):
+    """Construct the model named by ``cfg.model.name`` for data described by ``info``."""
+    return MODELS.get(cfg.model.name).from_config(cfg, info)
 
 
 class SVIModule(L.LightningModule):
-    """Minimises the model's loss module (a negative ELBO, scaled to the full data) with Adam."""
+    """Minimises the plan's loss (a negative ELBO, scaled to the full data) with Adam; held-out
+    metrics in ``validation_step`` (sums reduced across processes)."""
 
-    def __init__(self, model, train_cfg):
+    def __init__(self, plan: TrainingPlan, cfg, info):
         super().__init__()
-        self.model = model
-        self.train_cfg = train_cfg
-        self.loss_fn = model.make_loss(train_cfg)
+        self.plan = plan
+        self.model = plan.model
+        self.cfg, self.info = cfg, info
+        self.val_metrics = {}
+        self._loss_sum = self._count = None
+
+    # ---- training ----------------------------------------------------------------
+    def on_train_epoch_start(self):
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._count = 0
 
     def training_step(self, batch, batch_idx):
-        loss = self.loss_fn(batch)
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise FloatingPointError(
-                "the loss became NaN/inf; try a smaller train.lr, train.gradient_clip_val=10, "
-                "or a likelihood that fits the data"
-            )
-        per_datum = value / self.model.num_data
-        self.log("loss", per_datum, prog_bar=True, on_step=True, on_epoch=False)
-        self._epoch_loss += per_datum * _batch_len(batch)
-        self._epoch_count += _batch_len(batch)
+        loss = self.plan.loss(batch)
+        n = self.plan.batch_size_of(batch)
+        per_datum = loss.detach() / self.model.num_data
+        if self._loss_sum is None:  # a run resumed inside an epoch skips on_train_epoch_start
+            self.on_train_epoch_start()
+        self._loss_sum += per_datum * n  # stays on the device: no host sync per step
+        self._count += n
+        if self.device.type == "cpu" or batch_idx % CHECK_EVERY_STEPS_ON_GPU == 0:
+            value = float(per_datum)
+            if not math.isfinite(value) or value > DIVERGED_NATS_PER_FEATURE * self.model.data_dim:
+                raise TrainingDiverged(
+                    f"the loss {'became NaN/inf' if not math.isfinite(value) else f'diverged ({value:.3g} nats per datum)'}"
+                    f" in epoch {self.current_epoch + 1}; try a smaller train.lr, train.gradient_clip_val=10, "
+                    "or a likelihood that fits the data")
         return loss
 
-    def on_train_epoch_start(self):
-        self._epoch_loss, self._epoch_count = 0.0, 0
+    def epoch_train_loss(self) -> float:
+        return float(self._loss_sum) / max(1, self._count) if self._loss_sum is not None else float("nan")
 
+    # ---- validation ----------------------------------------------------------------
+    def on_validation_epoch_start(self):
+        self._val_sums = {}
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        for k, v in self.plan.validation_sums(x, y).items():
+            self._val_sums[k] = self._val_sums.get(k, 0.0) + v.detach().double()
+
+    def on_validation_epoch_end(self):
+        sums = {}
+        for k in sorted(self._val_sums):
+            v = self._val_sums[k]
+            sums[k] = self.trainer.strategy.reduce(v, reduce_op="sum") if self.trainer.world_size > 1 else v
+        self.val_metrics = {f"val_{k}": v for k, v in self.plan.metrics(sums).items()}
+        if self.trainer.state.fn == "validate":  # trainer.validate(); in fit, EpochRow reports once per epoch
+            self.log_dict(self.val_metrics)
+
+    # ---- optimiser and checkpoints -------------------------------------------------
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         fused = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
-        opt = torch.optim.Adam(params, lr=self.train_cfg.lr, fused=fused or None)
-        if self.train_cfg.lr_schedule == "constant":
+        opt = torch.optim.Adam(params, lr=self.cfg.train.lr, fused=fused or None)
+        if self.cfg.train.lr_schedule == "constant":
             return opt
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": cosine, "interval": "step"}}
 
+    def on_save_checkpoint(self, checkpoint):
+        # the config (resume needs nothing else) and the random state, so a resumed run draws the
+        # same z noise as an uninterrupted one (the batch order is a function of seed and epoch)
+        checkpoint["pyro_vae"] = {"format": rundir.FORMAT, "config": OmegaConf.to_yaml(self.cfg),
+                                  "info": self.info.to_dict(), "torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["pyro_vae"]["cuda_rng"] = torch.cuda.get_rng_state_all()
 
-def _batch_len(batch) -> int:
-    if torch.is_tensor(batch):
-        return batch.shape[0]
-    if isinstance(batch, dict):
-        return int(batch.get("size", next(iter(batch.values())).shape[0]))
-    return batch[0].shape[0]
+    def on_load_checkpoint(self, checkpoint):
+        meta = checkpoint.get("pyro_vae", {})
+        if "torch_rng" in meta:
+            torch.set_rng_state(meta["torch_rng"])
+        if "cuda_rng" in meta and torch.cuda.is_available() and len(meta["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(meta["cuda_rng"])
 
 
-class EpochMonitor(Callback):
-    """Per epoch: timing, KL warm-up, held-out metrics, early stopping, best state, metrics.csv."""
+class EpochRow(Callback):
+    """One row per epoch (epoch, losses, held-out metrics, beta, lr, seconds): to the progress bar,
+    ModelCheckpoint / EarlyStopping (callback metrics), the loggers, and, without a progress
+    bar, one printed line. Also the KL warm-up and the stop flag of SIGINT / SIGTERM."""
 
-    def __init__(self, data: Dataset, cfg, run_dir: Optional[Path]):
-        self.data, self.cfg, self.run_dir = data, cfg, run_dir
-        self.rows, self.train_seconds = [], 0.0
-        self.best_state, self.best_value, self.best_epoch, self.bad_epochs = None, None, None, 0
-        self.held_out = data.val if data.val is not None else data.test
-        self.prefix = "val" if data.val is not None else "test"
-        self.average = None  # AveragedModel of the weights when train.ema_decay > 0
+    def __init__(self, cfg, print_lines: bool, run_dir: Optional[Path] = None):
+        self.cfg, self.print_lines, self.run_dir = cfg, print_lines, run_dir
+        self.rows = []
+        self.stop_signal = None
+        self.train_seconds = 0.0
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        decay = self.cfg.train.ema_decay
-        if decay and self.average is None:  # created here: the model is on its device by now
-            self.average = AveragedModel(pl_module.model, multi_avg_fn=get_ema_multi_avg_fn(decay),
-                                         use_buffers=True)
-        if self.average is not None:  # the first update copies the weights, later ones average
-            self.average.update_parameters(pl_module.model)
+    def state_dict(self):
+        return {"train_seconds": self.train_seconds}
 
-    def evaluated_model(self, pl_module):
-        """The weights that are validated and kept: the running average, or the current ones."""
-        if self.average is None:
-            return pl_module.model
-        averaged = self.average.module
-        averaged.beta = pl_module.model.beta
-        return averaged
+    def load_state_dict(self, state):
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+
+    def on_train_start(self, trainer, pl_module):
+        self._t0 = time.perf_counter()  # also for a run resumed inside an epoch (no epoch start)
+        # after Lightning's own signal handlers: stop at the end of the step, save, say how to resume
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                signal.signal(sig, self._request_stop)
+            except ValueError:  # not the main thread
+                pass
+
+    def _request_stop(self, signum, frame):
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.stop_signal = signum
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
@@ -124,56 +168,53 @@ class EpochMonitor(Callback):
             # beta starts just above 0 (Pyro's scale must be positive) and reaches 1 after `warm` epochs
             pl_module.model.beta = min(1.0, max(progress, 0.01) / warm)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.stop_signal is not None:
+            self.interrupt(trainer, f"in epoch {trainer.current_epoch + 1} after step {batch_idx + 1}/"
+                                    f"{trainer.num_training_batches}", mid_epoch=True)
+
+    def interrupt(self, trainer, where: str, mid_epoch: bool):
+        """Save what can be saved and stop with a one-line message (exit 128 + signal)."""
+        name = signal.Signals(self.stop_signal).name
+        if self.run_dir is None:
+            raise Interrupted(f"interrupted by {name} {where}", self.stop_signal)
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        if mid_epoch and trainer.world_size == 1:  # a checkpoint inside the epoch; resume continues it
+            trainer.save_checkpoint(str(last))
+        if not last.is_file():
+            raise Interrupted(f"interrupted by {name} {where}, before a checkpoint was saved: nothing to "
+                              "resume", self.stop_signal)
+        raise Interrupted(f"interrupted by {name} {where}; saved {last}; continue with: pyro-vae train "
+                          f"--resume {self.run_dir}", self.stop_signal)
+
     def on_train_epoch_end(self, trainer, pl_module):
-        self.train_seconds += time.perf_counter() - self._t0
         seconds = time.perf_counter() - self._t0
-        model = self.evaluated_model(pl_module)
-        was_training = model.training
-        model.eval()
-        metrics = model.validation_metrics(self.held_out, self.cfg.train.eval_batch_size)
-        model.train(was_training)
-        row = {"epoch": trainer.current_epoch + 1,
-               "train_loss": pl_module._epoch_loss / max(1, pl_module._epoch_count),
-               "beta": float(model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
-               "seconds": round(seconds, 3)}
-        row.update({f"{self.prefix}_{k}": v for k, v in metrics.items()})
+        self.train_seconds += seconds
+        row = {"epoch": trainer.current_epoch + 1, "train_loss": pl_module.epoch_train_loss()}
+        row.update({k: float(v) for k, v in pl_module.val_metrics.items()})
+        row.update({"beta": float(pl_module.model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                    "seconds": round(seconds, 3)})
+        pl_module.val_metrics = {}
+        pl_module._loss_sum = None
         self.rows.append(row)
-        for k, v in row.items():
-            if k not in ("epoch",):
-                pl_module.log(k, float(v), prog_bar=k.endswith("loss") or k.endswith("accuracy"))
-        if self.run_dir is not None:
-            write_text(self.run_dir / "metrics.csv", rows_to_csv(self.rows))
-        if self.prefix == "val":
-            self._select(trainer, model, metrics)
-
-    def _select(self, trainer, model, metrics):
-        key, mode = model.selection
-        value = metrics[key]
-        warm = self.cfg.train.kl_warmup_epochs
-        better = self.best_value is None or (value < self.best_value if mode == "min" else value > self.best_value)
-        if better or trainer.current_epoch < warm:  # the bound is not comparable during warm-up
-            self.best_value, self.best_epoch, self.bad_epochs = value, trainer.current_epoch + 1, 0
-            self.best_state = copy.deepcopy(model.state_dict())
-        else:
-            self.bad_epochs += 1
-            patience = self.cfg.train.early_stopping_patience
-            if patience is not None and self.bad_epochs >= patience:
-                trainer.should_stop = True
-
-
-def rows_to_csv(rows) -> str:
-    keys = []
-    for r in rows:
-        keys += [k for k in r if k not in keys]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
+        shown = {k: v for k, v in row.items() if k != "epoch"}
+        pl_module.log_dict(shown, logger=False, prog_bar=False)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(row, step=row["epoch"])
+                logger.save()
+            if self.print_lines:
+                parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}"]
+                parts += [f"{k} {v:.4g}" for k, v in row.items() if k.endswith(("loss", "accuracy"))]
+                parts.append(f"{seconds:.1f} s")
+                print("  ".join(parts), file=sys.stderr, flush=True)
 
 
 @dataclass
 class FitResult:
+    """What :func:`fit` returns: the trained model (best validated weights), its data,
+    config, run directory, final metrics and the per-epoch history."""
+
     model: torch.nn.Module
     data: Dataset
     config: object
@@ -208,79 +249,230 @@ def default_run_dir(cfg) -> Path:
     return Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def launched_rank() -> int:
+    """This process's global rank as set by a DDP launcher (0 for the process a user started)."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _resume_config(resume, overrides):
+    ckpt = Path(resume) / "checkpoints" / "last.ckpt"
+    if not Path(resume).is_dir():
+        raise PyroVAEError(f"--resume {resume}: no such run directory")
+    if not ckpt.is_file():
+        raise PyroVAEError(f"--resume {resume}: no checkpoints/last.ckpt there (the run saved no epoch yet); "
+                           "start it again instead")
+    payload = rundir.read_payload(ckpt)
+    meta = payload.get("pyro_vae")
+    if not isinstance(meta, dict) or "config" not in meta:
+        raise PyroVAEError(f"{ckpt} is not a pyro_vae training checkpoint")
+    cfg = config_mod.load_config(None, overrides, base=OmegaConf.create(meta["config"]))
+    try:  # epochs whose batches were all processed (a checkpoint taken mid-epoch excludes that epoch)
+        loops = payload["loops"]["fit_loop"]
+        done = int(loops["epoch_progress"]["current"]["processed"])
+        batches = loops["epoch_loop.batch_progress"]
+        mid = (int(payload["epoch"]), int(batches["current"]["processed"])) if not batches["is_last_batch"] else None
+    except (KeyError, TypeError, ValueError):
+        raise PyroVAEError(f"{ckpt} is not a pyro_vae training checkpoint (no loop state)") from None
+    return cfg, ckpt, done, (mid if mid and mid[1] > 0 else None)
+
+
+def _rows_before(path: Path, last_epoch: int) -> list:
+    """The metrics.csv rows of epochs 1..last_epoch (later rows were written before a crash and
+    are about to be redone)."""
+    import csv
+    import io
+
+    if not path.is_file():
+        return []
+    rows = []
+    for r in csv.DictReader(io.StringIO(path.read_text())):
+        row = {k: float(v) for k, v in r.items() if k != "step" and v not in ("", None)}
+        if "epoch" in row and row["epoch"] <= last_epoch:
+            row["epoch"] = int(row["epoch"])
+            rows.append(row)
+    return rows
+
+
+def _loggers(cfg, run_dir):
+    kind = cfg.trainer.logger
+    if run_dir is None or kind == "none":
+        return []
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if kind == "tensorboard":
+        try:
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+        except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
+            raise ConfigError(f"trainer.logger=tensorboard needs the tensorboard package ({e}); "
+                              "pip install tensorboard") from None
+    return loggers
+
+
+def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool):
+    t = cfg.trainer
+    callbacks = [rows]
+    if run_dir is not None:
+        key, mode = selection
+        if has_val:
+            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
+                                             monitor=f"val_{key}", mode=mode, save_top_k=1, save_last=True,
+                                             enable_version_counter=False, save_on_train_epoch_end=True,
+                                             auto_insert_metric_name=False))
+        else:
+            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=0, save_last=True,
+                                             save_on_train_epoch_end=True))
+    if cfg.train.early_stopping_patience is not None and has_val:
+        key, mode = selection
+        callbacks.append(EarlyStopping(monitor=f"val_{key}", mode=mode, patience=cfg.train.early_stopping_patience,
+                                       check_on_train_epoch_end=True))
+    if t.logger == "tensorboard":  # the CSV rows already carry lr; TensorBoard gets Lightning's monitor
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    bar = t.progress_bar if t.progress_bar is not None else sys.stderr.isatty()
+    if bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    rows.print_lines = not bar
+    kwargs = dict(max_epochs=cfg.train.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+                  strategy=t.strategy, precision=t.precision, gradient_clip_val=cfg.train.gradient_clip_val,
+                  logger=_loggers(cfg, run_dir) or False, enable_checkpointing=run_dir is not None,
+                  enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
+                  callbacks=callbacks, use_distributed_sampler=False, deterministic=False,
+                  limit_val_batches=1.0 if has_val else 0)
+    extra = OmegaConf.to_container(t.extra)
+    clash = sorted(set(extra) & set(kwargs))
+    if clash:
+        raise ConfigError(f"trainer.extra.{clash[0]} is set by pyro_vae; use its own key instead "
+                          "(`pyro-vae config` lists them)")
+    try:
+        return L.Trainer(**kwargs, **extra)
+    except (ValueError, TypeError, RuntimeError, ImportError) as e:
+        raise ConfigError(f"bad trainer setting: {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # Lightning's MisconfigurationException and the like
+        raise ConfigError(f"bad trainer setting: {str(e).strip().splitlines()[0]}") from None
+
+
 def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots: bool = True,
-        save: bool = True) -> FitResult:
+        save: bool = True, resume=None, overwrite: bool = False) -> Optional[FitResult]:
     """Train the model the config describes and write its run directory.
 
     ``cfg`` is a config (from :func:`pyro_vae.config.load_config`), a YAML path, or None
-    for the defaults; ``overrides`` are ``key=value`` strings. Returns a :class:`FitResult`.
+    for the defaults; ``overrides`` are ``key=value`` strings. ``resume`` continues the run
+    directory's last checkpoint with its own config (same optimizer and schedule state,
+    epoch counter and data order). ``out`` must be new or empty unless ``overwrite``.
+    Returns a :class:`FitResult` (None in the extra processes of a multi-process run).
     """
-    if cfg is None or isinstance(cfg, (str, Path)):
+    ckpt_path, done_epochs, mid_epoch = None, 0, None
+    if resume is not None:
+        cfg, ckpt_path, done_epochs, mid_epoch = _resume_config(resume, overrides)
+        out = resume
+    elif cfg is None or isinstance(cfg, (str, Path)):
         cfg = config_mod.load_config(cfg, overrides)
     elif overrides:
         cfg = config_mod.load_config(None, overrides, base=cfg)
-    config_mod.load_plugins(cfg.plugins)
+    else:
+        cfg = config_mod.load_config(None, (), base=cfg)
     check_precision(cfg)
+    rank_zero = launched_rank() == 0
     pyro.set_rng_seed(int(cfg.seed))
     data = data if data is not None else load_data(cfg)
-    model = build_model(cfg, data_info(cfg, data))
-    model.check_data(data)
+    info = data.info()
+    model = build_model(cfg, info)
+    plan = plan_for(model, cfg)
+    plan.check_data(data)
+    plan.setup(data)
+    has_val = data.val is not None and len(data.val) > 0
+    selection = plan.selection
+    if has_val and selection[0] not in plan.evaluate(data.val.subset(slice(0, 2)), 2):
+        selection = ("loss", "min")  # e.g. accuracy without labels in the validation split
+
     run_dir = None
     if save:
-        run_dir = Path(out) if out else default_run_dir(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(run_dir / "config.yaml", config_mod.to_yaml(cfg))
-
-    module = SVIModule(model, cfg.train)
-    monitor = EpochMonitor(data, cfg, run_dir)
-    t = cfg.trainer
+        run_dir = Path(os.environ.get("PYRO_VAE_RUN_DIR") or out or default_run_dir(cfg))
+    rows = EpochRow(cfg, print_lines=False, run_dir=run_dir)
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", ".*does not have many workers.*")
-        warnings.filterwarnings("ignore", ".*GPU available but not used.*")
-        warnings.filterwarnings("ignore", ".*TPU available but not used.*")
-        warnings.filterwarnings("ignore", ".*LeafSpec.*")
+        for pattern in (".*does not have many workers.*", ".*TPU available but not used.*", ".*LeafSpec.*",
+                        ".*Experiment logs directory.*", ".*Checkpoint directory.*exists and is not empty.*",
+                        ".*that ended before the epoch ended.*", ".*`training_step` returned `None`.*",
+                        ".*no `val_dataloader`.*", ".*smaller than the logging interval.*",
+                        "Encountered NaN.*"):  # the divergence check reports it in one line
+            warnings.filterwarnings("ignore", pattern)
         _quiet_lightning()
-        trainer = L.Trainer(
-            max_epochs=cfg.train.epochs, accelerator=t.accelerator, devices=t.devices,
-            strategy=t.strategy, precision=t.precision, gradient_clip_val=cfg.train.gradient_clip_val,
-            logger=False, enable_checkpointing=False, enable_model_summary=False,
-            enable_progress_bar=bool(t.progress_bar), num_sanity_val_steps=0,
-            callbacks=[monitor, TQDMProgressBar(refresh_rate=10)] if t.progress_bar else [monitor],
-            deterministic=False,
-        )
-        batches = model.train_batches(data, cfg.train, seed=int(cfg.seed))
-        trainer.fit(module, train_dataloaders=batches)
+        trainer = _trainer(cfg, run_dir, rows, selection, has_val)  # validates trainer.* before writing
+        if run_dir is not None and rank_zero:
+            rundir.prepare(run_dir, overwrite=overwrite, resume=resume is not None)
+            os.environ["PYRO_VAE_RUN_DIR"] = str(run_dir)  # the same folder in DDP's extra processes
+        try:
+            if run_dir is not None and rank_zero:
+                write_text(run_dir / "config.yaml", config_mod.to_yaml(cfg))
+                if resume is not None:  # Lightning's CSVLogger starts a fresh file: carry the earlier rows over
+                    rows.rows = _rows_before(run_dir / "metrics.csv", done_epochs)
+                    for logger in trainer.loggers:
+                        for row in rows.rows:
+                            logger.log_metrics(row, step=row["epoch"])
+                        logger.save()
+            module = SVIModule(plan, cfg, info)
+            rank, world = trainer.global_rank, trainer.world_size
+            loader = plan.train_dataloader(data, int(cfg.seed), rank, world)
+            if mid_epoch is not None:
+                loader.sampler.resume_at(*mid_epoch)
+            val_loader = plan.eval_dataloader(data.val, cfg.train.eval_batch_size, rank, world) if has_val else None
+            try:
+                trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
+                            ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
+            except TrainingDiverged:
+                raise
+            except (RuntimeError, KeyError, ValueError) as e:
+                if ckpt_path is not None:
+                    raise PyroVAEError(f"could not resume from {ckpt_path}: {str(e).strip().splitlines()[0][:200]}") from None
+                raise
+            if rows.stop_signal is not None:  # the signal came after the last step: that epoch is saved
+                rows.interrupt(trainer, f"after epoch {trainer.current_epoch}", mid_epoch=False)
+            if not trainer.is_global_zero:
+                return None
+            return _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots)
+        finally:
+            if run_dir is not None and rank_zero:
+                rundir.release(run_dir)
+                os.environ.pop("PYRO_VAE_RUN_DIR", None)
+
+
+def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
     model = module.model
-    if monitor.average is not None:  # the averaged weights, also when there is no validation split
-        model.load_state_dict(monitor.average.module.state_dict())
-    model = model.cpu().eval()
+    device = trainer.strategy.root_device
+    best = run_dir / "checkpoints" / "best.ckpt" if run_dir is not None else None
+    metrics = {
+        "epochs": trainer.current_epoch,
+        "train_loss": rows.rows[-1]["train_loss"] if rows.rows else float("nan"),
+        "train_seconds": round(rows.train_seconds, 3),
+        "seconds_per_epoch": round(rows.train_seconds / max(1, len(rows.rows)), 3),
+        "num_train": len(data.train),
+        "world_size": trainer.world_size,
+        "steps_per_epoch": trainer.num_training_batches,
+    }
+    if best is not None and best.is_file():
+        state = rundir.read_payload(best)["state_dict"]
+        module.load_state_dict(state)
+        cb = trainer.checkpoint_callback
+        metrics["best_epoch"] = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
+        metrics[f"best_{cb.monitor}"] = float(cb.best_model_score)
+    model = model.to(device).eval()
     model.beta = 1.0
-    if monitor.best_state is not None:
-        model.load_state_dict(monitor.best_state)
 
     from .evaluate import test_metrics
 
-    metrics = {
-        "epochs": len(monitor.rows),
-        "train_loss": monitor.rows[-1]["train_loss"] if monitor.rows else float("nan"),
-        "train_seconds": round(monitor.train_seconds, 3),
-        "seconds_per_epoch": round(monitor.train_seconds / max(1, len(monitor.rows)), 3),
-        "num_train": len(data.train),
-    }
-    if monitor.best_epoch is not None:
-        metrics["best_epoch"] = monitor.best_epoch
-        metrics[f"best_val_{model.selection[0]}"] = monitor.best_value
-    metrics.update(test_metrics(model, data.test, cfg))
-    if save:
-        from .rundir import save_checkpoint
-
-        save_checkpoint(run_dir, model, cfg, data_info(cfg, data))
+    metrics.update(test_metrics(plan, data.test, cfg, seed=int(cfg.seed)))
+    if run_dir is not None:
+        rundir.save_model(run_dir, model, cfg, info)
         write_json(run_dir / "metrics.json", metrics)
         if plots:
             from .plots import run_report
 
-            run_report(model, data, run_dir, monitor.rows)
-    return FitResult(model, data, cfg, run_dir, metrics, monitor.rows)
+            run_report(model, data, run_dir, rows.rows, plan)
+    return FitResult(model.cpu(), data, cfg, run_dir, metrics, rows.rows)
 
 
 def _quiet_lightning():

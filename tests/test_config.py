@@ -6,8 +6,18 @@ from pyro_vae.errors import ConfigError
 
 def test_defaults_are_a_complete_valid_config():
     cfg = load_config()
-    assert cfg.model == "vae" and cfg.data.name == "digits"
+    assert cfg.model.name == "vae" and cfg.data.name == "digits"
     assert cfg.prior["name"] == "normal" and cfg.likelihood["name"] == "bernoulli"
+    assert cfg.data.test_fraction == 0.2  # the data set's own keys are filled in
+
+
+def test_naming_an_entry_is_shorthand_and_starts_its_section_afresh(tmp_path):
+    cfg = load_config(None, ["model=ssvae", "model.aux_loss_multiplier=30", "data=array", "data.path=x.npy"])
+    assert cfg.model.name == "ssvae" and cfg.model.aux_loss_multiplier == 30 and cfg.model.augment_shift == 0
+    p = tmp_path / "c.yaml"
+    p.write_text("model: ssvae\ndata: {name: fashion-mnist, root: /data}\n")
+    cfg = load_config(p, ["data=digits"])  # another data set: root belongs to the old one, not kept
+    assert cfg.model.name == "ssvae" and cfg.data.name == "digits" and "root" not in cfg.data
 
 
 def test_yaml_then_dotted_overrides(tmp_path):
@@ -23,7 +33,17 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["nonsense=1"], "unknown config key"),
     (["train.epochs=many"], "train.epochs"),
     (["data.binarize=sometimes"], "none, static, dynamic"),
-    (["model=gan"], "vae, ssvae"),
+    (["model=gan"], "ssvae, vae"),
+    (["data.root=/x"], "no parameter 'root'"),
+    (["data.limit=0"], "at least 1"),
+    (["data.limit=-3"], "at least 1"),
+    (["data.test_fraction=1.5"], "(0, 1)"),
+    (["evaluate.iwae_samples=-1"], ">= 0"),
+    (["trainer.accelerator=tpux"], "auto, cpu"),
+    (["trainer.precision=8-bit"], "32-true"),
+    (["trainer.logger=wandb"], "csv, tensorboard, none"),
+    (["encoder.type=rnn"], "valid network types: conv, mlp"),
+    (["encoder.activation=sigmoid"], "softplus"),
     (["latent_dim=0"], "at least 1"),
     (["train.lr=-1"], "positive"),
     (["train.epochs"], "key=value"),
@@ -32,16 +52,15 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["prior.wrong_param=3"], "no parameter 'wrong_param'"),
     (["train.early_stopping_patience=2"], "data.validation"),
     (["data.name=array"], "data.path"),
-    (["ssvae.classifier_type=rnn"], "mlp, conv"),
-    (["ssvae.classifier_dropout=1.5"], "[0, 1)"),
-    (["ssvae.classifier_activation=sigmoid"], "softplus, relu"),
-    (["ssvae.augment_shift=-1"], "number of pixels"),
-    (["ssvae.shift_unlabelled=true"], "needs an augmentation"),
-    (["ssvae.consistency_weight=1"], "needs an augmentation"),
-    (["ssvae.consistency_weight=-1", "ssvae.augment_shift=1"], "must be >= 0"),
+    (["model=ssvae", "model.classifier_type=rnn"], "conv, mlp"),
+    (["model=ssvae", "model.classifier_dropout=1.5"], "[0, 1)"),
+    (["model=ssvae", "model.classifier_activation=sigmoid"], "softplus"),
+    (["model=ssvae", "model.augment_shift=-1"], "number of pixels"),
+    (["model=ssvae", "model.consistency_weight=1"], "needs an augmentation"),
+    (["model=ssvae", "model.consistency_weight=-1", "model.augment_shift=1"], "must be >= 0"),
+    (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),
+    (["model.aux_loss_multiplier=3"], "model 'vae' has no parameter"),
     (["train.lr_schedule=step"], "constant, cosine"),
-    (["train.ema_decay=1"], "[0, 1)"),
-    (["ssvae.vat_weight=1", "ssvae.vat_eps=0"], "vat_eps > 0"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     with pytest.raises(ConfigError) as e:
@@ -50,9 +69,25 @@ def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     assert words in msg and "\n" not in msg
 
 
-def test_missing_config_file(tmp_path):
+def test_missing_config_file_and_yaml_errors_name_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
+    p = tmp_path / "bad.yaml"
+    p.write_text("train:\n  epochs: 3\n lr: [1\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml, line \d"):
+        load_config(p)
+
+
+def test_printed_config_has_every_key_with_a_comment_and_loads_back(tmp_path):
+    from pyro_vae.config import commented_yaml
+
+    text = commented_yaml(load_config(None, ["model=ssvae"]))
+    keys = [line.split(":")[0].strip() for line in text.splitlines()]
+    assert {"aux_loss_multiplier", "epochs", "accelerator", "test_fraction", "iwae_samples"} <= set(keys)
+    assert all("#" in line for line in text.splitlines())
+    p = tmp_path / "printed.yaml"
+    p.write_text(text)
+    assert load_config(p) == load_config(None, ["model=ssvae"])
 
 
 def test_every_example_config_loads():

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from pyro_vae.config import load_config
-from pyro_vae.data import IndexBatches, load_data, load_idx_folder
+from pyro_vae.data import load_data, load_idx_folder
+from pyro_vae.training.batches import IndexBatchSampler, RowBatches, SemiSupervisedBatchSampler
 from pyro_vae.errors import DataError
 
 from conftest import FASHION_ROOT, needs_fashion
@@ -27,8 +28,8 @@ def test_idx_folder_round_trip(tmp_path, gz):
         sfx = ".gz" if gz else ""
         _write_idx(tmp_path / f"{split}-images-idx3-ubyte{sfx}", imgs[split], gz)
         _write_idx(tmp_path / f"{split}-labels-idx1-ubyte{sfx}", labs[split], gz)
-    train, test = load_idx_folder(tmp_path)
-    assert train.x.shape == (6, 784) and test.x.shape == (4, 784)
+    train, test, shape = load_idx_folder(tmp_path)
+    assert train.x.shape == (6, 784) and test.x.shape == (4, 784) and shape == (1, 28, 28)
     assert torch.equal(train.x[2], torch.tensor(imgs["train"][2].reshape(-1), dtype=torch.float32))
     assert train.y.tolist() == labs["train"].tolist()
 
@@ -84,14 +85,40 @@ def test_array_errors(tmp_path):
                                      f"data.labels_path={tmp_path}/y.npy"]))
 
 
-def test_index_batches_cover_each_row_once_per_epoch():
-    x = torch.arange(10.0)[:, None]
-    batches = IndexBatches(x, 3, seed=1)
-    seen = torch.cat(list(batches))
-    assert len(batches) == 4 and sorted(seen[:, 0].tolist()) == list(range(10))
-    dyn = IndexBatches(torch.full((100, 5), 0.5), 100, dynamic_binarize=True)
-    b1, b2 = next(iter(dyn)), next(iter(dyn))
+def test_index_batches_cover_each_row_once_per_epoch_and_reshuffle_per_epoch():
+    sampler = IndexBatchSampler(10, 3, seed=1)
+    seen = torch.cat([b["rows"] for b in sampler])
+    assert len(sampler) == 4 and sorted(seen.tolist()) == list(range(10))
+    again = torch.cat([b["rows"] for b in sampler])
+    assert torch.equal(seen, again)  # the order is a function of (seed, epoch): a resumed run sees the same
+    sampler.set_epoch(1)
+    assert not torch.equal(seen, torch.cat([b["rows"] for b in sampler]))
+    rows = RowBatches(torch.full((100, 5), 0.5), dynamic_binarize=True)
+    b1, b2 = rows[{"rows": torch.arange(100), "seed": 1}], rows[{"rows": torch.arange(100), "seed": 2}]
     assert set(b1.unique().tolist()) == {0.0, 1.0} and not torch.equal(b1, b2)
+
+
+@pytest.mark.parametrize("n,batch,world", [(10, 3, 2), (1437, 64, 2), (101, 10, 4), (7, 3, 3), (1000, 128, 3)])
+def test_ranks_see_disjoint_shards_that_cover_the_epoch_once_in_equal_steps(n, batch, world):
+    shards = [list(IndexBatchSampler(n, batch, seed=3, rank=r, world_size=world)) for r in range(world)]
+    assert len({len(s) for s in shards}) == 1  # the same number of steps on every rank (DDP needs it)
+    rows = [torch.cat([b["rows"] for b in s]).tolist() for s in shards]
+    flat = [i for r in rows for i in r]
+    assert sorted(flat) == list(range(n))  # disjoint, and together every row once
+    assert all(len(b["rows"]) >= 1 for s in shards for b in s)
+
+
+def test_semi_supervised_batches_shard_both_parts_and_cycle_the_labelled_set():
+    unl, lab = torch.arange(128, 428), torch.arange(128)  # 2 steps of 2 x 32 labelled rows per pass
+    shards = [list(SemiSupervisedBatchSampler(unl, lab, 64, 32, seed=0, rank=r, world_size=2)) for r in range(2)]
+    assert len(shards[0]) == len(shards[1])
+    u = [torch.cat([b["u"] for b in s]) for s in shards]
+    assert sorted(torch.cat(u).tolist()) == list(range(128, 428))
+    for b0, b1 in zip(*shards):  # in each step the two ranks take different labelled rows
+        assert not set(b0["l"].tolist()) & set(b1["l"].tolist())
+        assert set(b0["l"].tolist()) <= set(range(128)) and len(b0["l"]) == 32
+    first_pass = torch.cat([shards[r][s]["l"] for s in (0, 1) for r in (0, 1)])
+    assert sorted(first_pass.tolist()) == list(range(128))  # the labelled set is cycled whole
 
 
 @needs_fashion
@@ -103,7 +130,7 @@ def test_fashion_mnist_from_the_debian_package():
 
 @pytest.mark.parametrize("max_shift", [1, 2])
 def test_random_shift_moves_each_image_by_whole_pixels_within_the_limit(max_shift):
-    from pyro_vae.data import random_shift
+    from pyro_vae.training.augment import random_shift
 
     x = torch.rand(40, 2 * 6 * 7) + 0.1  # no zeros: a zero in the output comes from the padding
     out = random_shift(x, (2, 6, 7), max_shift, torch.Generator().manual_seed(0)).reshape(40, 2, 6, 7)
@@ -124,7 +151,7 @@ def test_random_shift_moves_each_image_by_whole_pixels_within_the_limit(max_shif
 
 
 def test_augment_images_mirrors_about_half_the_images_left_right():
-    from pyro_vae.data import augment_images
+    from pyro_vae.training.augment import augment_images
 
     x = torch.rand(200, 2 * 6 * 7)
     out = augment_images(x, (2, 6, 7), 0, flip=True, generator=torch.Generator().manual_seed(0))

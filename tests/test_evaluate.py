@@ -129,7 +129,7 @@ def test_scores_and_log_likelihood_of_the_semi_supervised_model(tmp_path, capsys
     pytest.importorskip("pyro_vae.models.ssvae")
     run = tmp_path / "m2"
     assert main(["train", "model=ssvae", "latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]",
-                 "ssvae.classifier_hidden=[16]", "trainer.progress_bar=false", "data.labels=50",
+                 "model.classifier_hidden=[16]", "trainer.progress_bar=false", "data.labels=50",
                  "train.epochs=2", "--out", str(run)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run), "--iwae-samples", "20"]) == 0

@@ -20,7 +20,7 @@ class WideNormal(Prior):
         self.width = width
 
     def forward(self):
-        loc = self._zero.expand(self.latent_dim)
+        loc = self.zeros()
         return dist.Normal(loc, torch.full_like(loc, self.width)).to_event(1)
 '''
 

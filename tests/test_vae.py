@@ -11,7 +11,7 @@ import pyro_vae
 from pyro_vae.config import load_config
 from pyro_vae.data import load_data
 from pyro_vae.fastmath import BernoulliLogits, softplus
-from pyro_vae.models.vae import DataInfo
+from pyro_vae.models import DataInfo
 from pyro_vae.train import build_model, fit
 
 
@@ -71,7 +71,8 @@ def test_fit_on_digits_writes_a_complete_run_directory(tmp_path, quick):
     assert m["epochs"] == 6 and m["test_loss"] == pytest.approx(r.metrics["test_loss"])
     losses = [row["train_loss"] for row in r.history]
     assert losses[-1] < losses[0] - 3  # it learns
-    assert not list(run.glob(".*"))  # no temp files left behind
+    assert not list(run.glob(".*"))  # no temp files or lock left behind
+    assert (run / "checkpoints" / "last.ckpt").is_file()
     # the checkpoint is plain tensors: loads with weights_only=True and rebuilds the same model
     payload = torch.load(run / "model.pt", weights_only=True)
     assert "state_dict" in payload
@@ -96,29 +97,6 @@ def test_lr_schedule_is_followed_and_logged(quick, schedule):
     else:  # per step, from 2e-3 at the first step down to 0 after the last
         assert 2e-3 > lrs[0] > lrs[1] > lrs[2] and lrs[2] == pytest.approx(0, abs=1e-9)
         assert lrs[0] == pytest.approx(1e-3 * (1 + math.cos(math.pi / 3)), rel=1e-6)
-
-
-@pytest.mark.parametrize("validation", [0, 200])
-def test_ema_weights_are_the_ones_validated_selected_and_returned(quick, validation):
-    over = [*quick, "train.epochs=2", f"data.validation={validation}"]
-    plain = fit(None, save=False, overrides=over)
-    # decay ~1: the average hardly moves from the weights after the first step
-    slow = fit(None, save=False, overrides=[*over, "train.ema_decay=0.99999"])
-    cfg = load_config(None, over)
-    pyro.set_rng_seed(cfg.seed)
-    data = load_data(cfg)
-    init = build_model(cfg, DataInfo(data.data_dim, data.image_shape, None, len(data.train)))
-
-    def moved(r):
-        return sum(float((a - b).detach().norm()) for a, b in zip(r.model.parameters(), init.parameters()))
-
-    assert moved(slow) < 0.1 * moved(plain)
-    held_out = "val_loss" if validation else "test_loss"
-    # the validated weights are the averaged ones: their held-out loss stays near the untrained model's
-    assert slow.history[-1][held_out] > plain.history[-1][held_out] + 5
-    if validation:  # and the model returned is the one that was validated
-        again = slow.model.validation_metrics(slow.data.val)["loss"]
-        assert again == pytest.approx(slow.metrics["best_val_loss"], rel=0.01)
 
 
 def test_meanfield_elbo_agrees_with_monte_carlo_elbo():
@@ -174,28 +152,28 @@ def test_nan_loss_stops_with_an_actionable_error(quick):
         fit(None, save=False, overrides=[*quick, "train.epochs=1", "train.lr=1e12"])
 
 
-def test_validation_keeps_the_best_epoch_and_early_stopping_stops():
-    from types import SimpleNamespace
+def test_early_stopping_and_checkpoint_selection_are_lightnings_own_callbacks(tmp_path):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from pyro_vae.train import EpochMonitor
+    from pyro_vae.train import EpochRow, _trainer
 
-    vae, data = _model(["data.validation=100", "train.early_stopping_patience=2"])
     cfg = load_config(None, ["data.validation=100", "train.early_stopping_patience=2"])
-    monitor = EpochMonitor(data, cfg, None)
-    trainer = SimpleNamespace(current_epoch=0, should_stop=False)
-    weights = []
-    for epoch, val_loss in enumerate([5.0, 4.0, 4.5, 4.2]):
-        trainer.current_epoch = epoch
-        with torch.no_grad():
-            vae.decoder[0].bias.fill_(float(epoch))
-        weights.append(epoch)
-        monitor._select(trainer, vae, {"loss": val_loss})
-        assert trainer.should_stop == (epoch == 3)
-    assert monitor.best_epoch == 2 and monitor.best_value == 4.0
-    assert float(monitor.best_state["decoder.0.bias"][0]) == 1.0
+    trainer = _trainer(cfg, tmp_path, EpochRow(cfg, False), ("loss", "min"), has_val=True)
+    stop = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
+    ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert stop and stop[0].monitor == "val_loss" and stop[0].patience == 2
+    assert ckpt and ckpt[0].monitor == "val_loss" and ckpt[0].save_last
 
 
-def test_fit_with_validation_reports_the_selected_epoch(quick):
-    r = fit(None, save=False, overrides=[*quick, "train.epochs=3", "data.validation=200"])
-    assert 1 <= r.metrics["best_epoch"] <= 3 and "best_val_loss" in r.metrics
-    assert "val_loss" in r.history[0] and len(r.data.val) == 200
+def test_fit_with_validation_keeps_and_reports_the_best_epoch(tmp_path, quick):
+    from pyro_vae.training import plan_for
+
+    r = fit(None, out=tmp_path / "run", overrides=[*quick, "train.epochs=4", "data.validation=200", "train.lr=3e-2"])
+    val = [row["val_loss"] for row in r.history]
+    best = min(range(len(val)), key=val.__getitem__)
+    assert r.metrics["best_epoch"] == best + 1 and r.metrics["best_val_loss"] == pytest.approx(val[best])
+    assert (tmp_path / "run" / "checkpoints" / "best.ckpt").is_file()
+    # the model returned (and saved) is the selected one, not the last epoch's
+    torch.manual_seed(0)
+    again = plan_for(r.model, r.config).evaluate(r.data.val)["loss"]
+    assert again == pytest.approx(val[best], abs=0.3)

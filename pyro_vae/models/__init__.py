@@ -1,11 +1,4 @@
-"""Model types by name (``model:`` in the config)."""
-from ..registry import Registry
-
-MODELS = Registry("model")
-
-from .vae import VAE  # noqa: E402,F401  (registers "vae")
-
-try:  # the semi-supervised model registers "ssvae" when present
-    from .ssvae import SSVAE  # noqa: F401
-except ImportError:  # pragma: no cover
-    pass
+"""Model kinds by name (``model:`` in the config): the math, no training code."""
+from .base import MODELS, Classifier, DataInfo, LatentPaths, LatentVariableModel  # noqa: F401
+from .ssvae import SSVAE  # noqa: F401  (registers "ssvae")
+from .vae import VAE  # noqa: F401  (registers "vae")

@@ -1,0 +1,153 @@
+"""What every model kind is: a Pyro program (``model`` / ``guide``) plus the user API.
+
+A model kind subclasses :class:`LatentVariableModel` and registers itself in
+:data:`MODELS` with a small config dataclass (its ``model.*`` keys)::
+
+    @MODELS.register("vae", config=VAEConfig)
+    class VAE(LatentVariableModel):
+        ...
+
+The abstract methods are the whole interface the rest of the library relies on;
+classifiers add :class:`Classifier`, models with a continuous code to walk along add
+:class:`LatentPaths`. Nothing here trains: the training side of each kind lives in
+:mod:`pyro_vae.training`.
+"""
+import abc
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+from pyro.nn import PyroModule
+
+from ..registry import Registry
+
+MODELS = Registry("model")
+
+
+@dataclass
+class DataInfo:
+    """What a model needs to know about its data to be rebuilt from a config."""
+
+    data_dim: int
+    image_shape: Optional[Tuple[int, int, int]] = None
+    num_classes: Optional[int] = None
+    num_data: Optional[int] = None
+
+    def to_dict(self):
+        return {
+            "data_dim": self.data_dim,
+            "image_shape": list(self.image_shape) if self.image_shape else None,
+            "num_classes": self.num_classes,
+            "num_data": self.num_data,
+        }
+
+    @classmethod
+    def from_dict(cls, d):
+        shape = d.get("image_shape")
+        return cls(d["data_dim"], tuple(shape) if shape else None, d.get("num_classes"), d.get("num_data"))
+
+
+class _ModelMeta(type(PyroModule), abc.ABCMeta):
+    """PyroModule's metaclass with abstract-method checks."""
+
+
+class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
+    """Base class of every model kind.
+
+    ``model(x, ...)`` is the generative program p(x, z, ...) and ``guide(x, ...)`` the
+    variational posterior q(z, ... | x); both run inside ``pyro.plate("data", num_data,
+    subsample=...)`` so a minibatch loss estimates the full-data objective. ``beta``
+    scales the continuous latent sites in both (KL warm-up).
+    """
+
+    #: plate size (training-set size); None = the minibatch is the whole data set
+    num_data: Optional[int] = None
+    #: KL weight: scales the z sites of model and guide (1 = the ELBO)
+    beta: float = 1.0
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg, info: DataInfo) -> "LatentVariableModel":
+        """Build from a resolved config (``cfg.model`` holds this kind's keys) and the data's shape."""
+
+    @abc.abstractmethod
+    def model(self, x: torch.Tensor, *args, **kwargs):
+        """The generative model, observed at ``x``."""
+
+    @abc.abstractmethod
+    def guide(self, x: torch.Tensor, *args, **kwargs):
+        """The variational posterior given ``x``."""
+
+    @abc.abstractmethod
+    def q_z(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """loc and scale of q(z|x), with gradients (priors built from the encoder, e.g. VampPrior)."""
+
+    @abc.abstractmethod
+    def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean and scale of the continuous code: shapes (batch, latent_dim)."""
+
+    @abc.abstractmethod
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z] under the likelihood."""
+
+    @abc.abstractmethod
+    def sample(self, n: int, mean: bool = True) -> torch.Tensor:
+        """``n`` new data points from the prior: E[x|z] (``mean=True``) or draws of x."""
+
+    @abc.abstractmethod
+    def log_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Importance weights log p(x, c, z_c) - log q(z_c | x, c) for one z_c ~ q per row and
+        component c, shape (batch, K); discrete latents are summed out exactly over the K
+        columns, so log p(x) = logsumexp_c log E_q[exp w_c] (K = 1 without discrete latents)."""
+
+    @abc.abstractmethod
+    def elbo(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+        """Per-row ELBO estimate (nats), shape (batch,)."""
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decode the posterior mean of each input."""
+        return self.decode(self.encode(x)[0])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+class Classifier(abc.ABC):
+    """A model that also predicts a class label."""
+
+    num_classes: int
+
+    @abc.abstractmethod
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """Class probabilities, shape (batch, num_classes); rows sum to 1."""
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The most probable class of each row."""
+        return self.predict_proba(x).argmax(-1)
+
+
+class LatentPaths:
+    """Walks through a continuous code decoded to data: interpolation and traversals."""
+
+    latent_dim: int
+
+    @torch.no_grad()
+    def interpolate(self, x_a: torch.Tensor, x_b: torch.Tensor, steps: int = 10) -> torch.Tensor:
+        """Decode the straight line between the posterior means of x_a and x_b: (steps, data_dim)."""
+        z_a, z_b = self.encode(x_a[None])[0], self.encode(x_b[None])[0]
+        t = torch.linspace(0, 1, steps, device=z_a.device)[:, None]
+        return self.decode((1 - t) * z_a + t * z_b)
+
+    @torch.no_grad()
+    def traverse(self, x: Optional[torch.Tensor] = None, dims=None, values=None) -> torch.Tensor:
+        """Vary one latent dimension at a time around the code of x (or 0): (len(dims)*len(values), data_dim)."""
+        z0 = self.encode(x[None])[0][0] if x is not None else torch.zeros(self.latent_dim)
+        dims = list(range(min(self.latent_dim, 10))) if dims is None else list(dims)
+        values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values, dtype=torch.float32)
+        z = z0.repeat(len(dims) * len(values), 1)
+        for i, d in enumerate(dims):
+            z[i * len(values):(i + 1) * len(values), d] = values
+        return self.decode(z)

@@ -1,0 +1,99 @@
+"""The training plan: what the engine needs to train one model kind."""
+import abc
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..errors import ConfigError, DataError
+from ..models.base import LatentVariableModel
+from .batches import IndexBatchSampler, RowBatches
+
+_PLANS: Dict[type, type] = {}
+
+
+def register_plan(model_cls: type):
+    """Class decorator: the plan that trains ``model_cls`` (and its subclasses without a plan of their own)."""
+
+    def decorator(plan_cls):
+        _PLANS[model_cls] = plan_cls
+        return plan_cls
+
+    return decorator
+
+
+def plan_for(model: LatentVariableModel, cfg) -> "TrainingPlan":
+    """The training plan of ``model``'s kind (the nearest class in its MRO with one)."""
+    for cls in type(model).__mro__:
+        if cls in _PLANS:
+            return _PLANS[cls](model, cfg)
+    raise ConfigError(f"model kind {type(model).__name__} has no training plan; register one with "
+                      "@pyro_vae.training.register_plan(YourModel)")
+
+
+class TrainingPlan(abc.ABC):
+    """Loss, batches, validation metrics, selection, data checks and extra plots of a model kind.
+
+    ``loss(batch)`` is the minibatch estimate of the full-data objective (a negative ELBO,
+    plus any extra terms) that the engine minimises; ``validation_sums`` returns sums over
+    a batch that add up across batches and processes, and ``metrics(sums)`` turns them into
+    the metrics (``selection`` names the one that picks the kept checkpoint).
+    """
+
+    selection: Tuple[str, str] = ("loss", "min")
+
+    def __init__(self, model: LatentVariableModel, cfg):
+        self.model, self.cfg = model, cfg
+
+    # ---- data ----------------------------------------------------------------
+    def check_data(self, data) -> None:
+        """Raise DataError (naming rows and a fix) if any split does not fit the likelihood."""
+        for name, split in data.splits():
+            if split.x.shape[1] != self.model.data_dim:
+                raise DataError(f"the {name} split has {split.x.shape[1]} columns; the model expects "
+                                f"{self.model.data_dim}")
+            self.model.likelihood.check_data(split.x, where=f"the {name} split", rows=split.rows)
+
+    def setup(self, data) -> None:
+        """Called once before training: counts the loss needs (plate sizes)."""
+        self.model.num_data = len(data.train)
+
+    @abc.abstractmethod
+    def train_dataloader(self, data, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """This process's shard of each epoch's minibatches."""
+
+    def eval_dataloader(self, split, batch_size: int, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Batches of ``(x, y)`` (y = -1 where unknown) over ``split`` in order, sharded."""
+        y = split.y if split.y is not None else torch.full((len(split),), -1, dtype=torch.long)
+        sampler = IndexBatchSampler(len(split), batch_size, rank=rank, world_size=world_size, shuffle=False)
+        return DataLoader(RowBatches(split.x, y), batch_size=None, sampler=sampler)
+
+    # ---- objective -------------------------------------------------------------
+    @abc.abstractmethod
+    def loss(self, batch) -> torch.Tensor:
+        """Minibatch estimate of the full-data loss (nats)."""
+
+    def batch_size_of(self, batch) -> int:
+        return batch.shape[0]
+
+    # ---- validation ------------------------------------------------------------
+    @torch.no_grad()
+    def validation_sums(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Additive sums over a batch: here the negative ELBO and the row count."""
+        return {"loss": -self.model.elbo(x).sum(), "count": torch.tensor(float(x.shape[0]), device=x.device)}
+
+    def metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
+        return {"loss": float(sums["loss"]) / max(1.0, float(sums["count"]))}
+
+    @torch.no_grad()
+    def evaluate(self, split, batch_size: int = 2000, device: Optional[torch.device] = None) -> Dict[str, float]:
+        """The validation metrics of ``split`` in one process (test metrics, ``pyro-vae evaluate``)."""
+        device = device or self.model.device
+        totals: Dict[str, float] = {}
+        for x, y in self.eval_dataloader(split, batch_size):
+            for k, v in self.validation_sums(x.to(device), y.to(device)).items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+        return self.metrics(totals)
+
+    def extra_plots(self, data, run_dir) -> None:
+        """Plots of this model kind beyond the common ones (run directory PNGs)."""

@@ -1,0 +1,177 @@
+"""Training M2: the semi-supervised objective as a sum of named loss terms.
+
+    J = sum_unlabelled U(x) + sum_labelled L(x, y) + alpha * sum_labelled -log q(y|x) [+ consistency]
+
+``unlabelled_elbo`` (TraceEnum_ELBO, the label enumerated in parallel, Monte-Carlo KL),
+``labelled_elbo`` (y observed; the KL in closed form with train.elbo=meanfield) and ``aux`` (Kingma et al. 2014, eq. 9) are M2's objective;
+``consistency`` is an optional regulariser of q(y|x). Each term is scaled to its full
+count, so a minibatch loss estimates the full-data objective.
+"""
+import abc
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from torch.utils.data import DataLoader
+
+from ..errors import DataError
+from ..models.ssvae import SSVAE
+from ..registry import Registry
+from .augment import augment_images
+from .base import TrainingPlan, register_plan
+from .batches import RowBatches, SemiSupervisedBatchSampler
+
+LOSS_TERMS = Registry("loss term")
+
+
+class LossTerm(abc.ABC):
+    """One term of the semi-supervised loss; ``active`` says whether the config turns it on."""
+
+    def __init__(self, plan: "SemiSupervisedPlan"):
+        self.plan = plan
+
+    def active(self) -> bool:
+        return True
+
+    @abc.abstractmethod
+    def __call__(self, batch: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """This term's contribution to the minibatch loss (scaled to the full data)."""
+
+
+@LOSS_TERMS.register("unlabelled_elbo")
+class UnlabelledELBO(LossTerm):
+    """-sum_unlabelled U(x): the label summed out exactly (TraceEnum_ELBO, parallel enumeration)."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.elbo = TraceEnum_ELBO(max_plate_nesting=1, num_particles=plan.cfg.train.num_particles)
+
+    def active(self):
+        return self.plan.num_unlabelled > 0
+
+    def __call__(self, batch):
+        xu, m = batch["xu"], self.plan.model
+        if not xu.shape[0]:
+            return xu.new_zeros(())
+        return self.elbo.differentiable_loss(m.model, m.guide, xu, None, self.plan.num_unlabelled)
+
+
+@LOSS_TERMS.register("labelled_elbo")
+class LabelledELBO(LossTerm):
+    """-sum_labelled L(x, y): y observed (Trace_ELBO, or TraceMeanField_ELBO with train.elbo=meanfield)."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        t = plan.cfg.train
+        self.elbo = (TraceMeanField_ELBO(num_particles=t.num_particles, vectorize_particles=False)
+                     if t.elbo == "meanfield" else Trace_ELBO(num_particles=t.num_particles))
+
+    def __call__(self, batch):
+        m = self.plan.model
+        return self.elbo.differentiable_loss(m.model, m.guide, batch["xl"], batch["yl"], self.plan.num_labelled)
+
+
+@LOSS_TERMS.register("aux")
+class AuxClassification(LossTerm):
+    """alpha * -log q(y|x) on the labelled pairs (augmented copies in training), scaled per labelled
+    example (``aux_scaling: labelled``, Pyro's example) or to the data size (``total``)."""
+
+    def __call__(self, batch):
+        plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
+        xl = plan.augment(batch["xl"]) if m.training else batch["xl"]
+        ce = F.cross_entropy(m.classifier(xl).float(), batch["yl"], reduction="mean")
+        per_example = plan.num_labelled if c.aux_scaling == "labelled" else m.num_data
+        return c.aux_loss_multiplier * per_example * ce
+
+
+@LOSS_TERMS.register("consistency")
+class Consistency(LossTerm):
+    """beta * N_unlabelled * mean KL(q(y|x) || q(y|augment(x))) on the unlabelled rows, the first
+    q held fixed (a Pi-model / UDA-style regulariser of the guide, not part of M2; training only)."""
+
+    def active(self):
+        return bool(self.plan.cfg.model.consistency_weight) and self.plan.num_unlabelled > 0
+
+    def __call__(self, batch):
+        m, xu = self.plan.model, batch["xu"]
+        if not (m.training and xu.shape[0]):
+            return xu.new_zeros(())
+        return self.plan.cfg.model.consistency_weight * self.plan.num_unlabelled * consistency(m, xu, self.plan.augment)
+
+
+def consistency(m: SSVAE, x: torch.Tensor, augment) -> torch.Tensor:
+    """Mean over the batch of KL(q(y|x) || q(y|augment(x))), the first q a fixed target (no gradient)."""
+    with torch.no_grad():
+        target = torch.log_softmax(m.classifier(x).float(), -1)
+    pred = torch.log_softmax(m.classifier(augment(x)).float(), -1)
+    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
+
+
+@register_plan(SSVAE)
+class SemiSupervisedPlan(TrainingPlan):
+    """M2's objective: the sum of the active :data:`LOSS_TERMS`; selects on validation accuracy."""
+
+    selection = ("accuracy", "max")
+
+    def __init__(self, model, cfg):
+        super().__init__(model, cfg)
+        self.num_labelled = self.num_unlabelled = 0
+        self.terms = []
+
+    def augment(self, x):
+        c = self.cfg.model
+        return augment_images(x, self.model.image_shape, c.augment_shift, c.augment_flip)
+
+    def check_data(self, data):
+        super().check_data(data)
+        y = data.train.y
+        if y is None or not bool((y >= 0).any()):
+            raise DataError("model=ssvae needs some training labels (none are known); give labels "
+                            "(data.labels_path or a label column) for some rows")
+        for name, split in data.splits():
+            if split.y is not None and bool((split.y >= self.model.num_classes).any()):
+                raise DataError(f"the {name} split has label {int(split.y.max())}, outside "
+                                f"0..{self.model.num_classes - 1}; fix the labels or set data.num_classes")
+
+    def setup(self, data):
+        super().setup(data)
+        labelled = data.train.y >= 0
+        self.num_labelled = int(labelled.sum())
+        self.num_unlabelled = int((~labelled).sum())
+        self.terms = [t for t in (cls(self) for cls in (LOSS_TERMS.get(n) for n in LOSS_TERMS.names())) if t.active()]
+
+    def labelled_batch_size(self) -> int:
+        return max(1, min(self.num_labelled, self.cfg.model.labelled_batch_size or self.cfg.train.batch_size))
+
+    def train_dataloader(self, data, seed, rank=0, world_size=1):
+        y = data.train.y
+        rows = torch.arange(len(y))
+        sampler = SemiSupervisedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
+                                             self.labelled_batch_size(), seed, rank, world_size)
+        return DataLoader(RowBatches(data.train.x, y, data.binarize == "dynamic"), batch_size=None, sampler=sampler)
+
+    def loss(self, batch):
+        return sum(term(batch) for term in self.terms)
+
+    def batch_size_of(self, batch):
+        return batch["xu"].shape[0] + batch["xl"].shape[0]
+
+    @torch.no_grad()
+    def validation_sums(self, x, y):
+        sums = super().validation_sums(x, y)
+        known = y >= 0
+        sums["correct"] = (self.model.predict(x)[known] == y[known]).sum().float()
+        sums["known"] = known.sum().float()
+        return sums
+
+    def metrics(self, sums):
+        out = super().metrics(sums)
+        if float(sums.get("known", 0)):
+            out["accuracy"] = float(sums["correct"]) / float(sums["known"])
+        return out
+
+    def extra_plots(self, data, run_dir):
+        from ..plots import ssvae_report
+
+        ssvae_report(self.model, data, run_dir)

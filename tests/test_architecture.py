@@ -1,0 +1,233 @@
+"""The house: layers import only downwards, no cycles, Lightning only in the engine, and a user
+file can add a model kind and a data set as easily as a prior."""
+import ast
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pyro_vae.cli import main
+
+PKG = Path(__file__).resolve().parents[1] / "pyro_vae"
+
+# the README's architecture section: lower layers never import higher ones
+LAYERS = [
+    ("foundation", {"errors", "utils", "registry", "fastmath"}),
+    ("math", {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae"}),
+    ("data", {"data"}),
+    ("training", {"training", "training.base", "training.batches", "training.vae", "training.ssvae",
+                  "training.augment", "evaluate", "plots"}),
+    ("engine", {"config", "rundir", "train", "cli", "__init__"}),
+]
+LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path):
+    """Every pyro_vae module that ``path`` imports, at module level or inside functions."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" and name != "__init__" else name.rpartition(".")[0]
+    if name == "__init__":
+        package = ""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith("pyro_vae"):
+                target = node.module[len("pyro_vae"):].lstrip(".")
+            else:
+                continue
+            for alias in node.names:  # `from . import config` imports the module config
+                candidate = f"{target}.{alias.name}" if target else alias.name
+                out.add(candidate if candidate in LAYER_OF else (target or "__init__"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pyro_vae."):
+                    out.add(alias.name[len("pyro_vae."):])
+    return {m for m in out if m != name}
+
+
+def _graph():
+    return {_module_name(p): _imports(p) for p in PKG.rglob("*.py")}
+
+
+def test_every_module_has_a_layer():
+    assert set(_graph()) <= set(LAYER_OF), set(_graph()) - set(LAYER_OF)
+
+
+def test_no_module_imports_a_higher_layer():
+    bad = [(m, t) for m, targets in _graph().items() for t in targets if LAYER_OF[t] > LAYER_OF[m]]
+    assert not bad, bad
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state = {}
+
+    def visit(m, stack):
+        state[m] = "open"
+        for t in graph.get(m, ()):
+            if state.get(t) == "open":
+                raise AssertionError(f"import cycle: {' -> '.join(stack + [m, t])}")
+            if t not in state:
+                visit(t, stack + [m])
+        state[m] = "done"
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_only_the_engine_imports_lightning():
+    users = [p.name for p in PKG.rglob("*.py") if "lightning" in p.read_text() and "import lightning" in p.read_text()
+             or "from lightning" in p.read_text()]
+    assert users == ["train.py"], users
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["config", "model=ssvae"]])
+def test_commands_that_do_not_train_do_not_import_lightning(argv):
+    code = (f"import sys; from pyro_vae.cli import main\n"
+            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            f"assert 'lightning' not in sys.modules, 'lightning imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
+
+
+PLUGIN = '''
+"""A user's own model kind and data set, in their own file."""
+from dataclasses import dataclass
+
+import torch
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+from pyro.nn.module import pyro_method
+
+from pyro_vae.data import DATASETS, DataConfig, DataSource, Loaded, Split
+from pyro_vae.models import MODELS, VAE
+from pyro_vae.registry import option
+
+
+@dataclass
+class RingsConfig(DataConfig):
+    n: int = option(400, "how many points")
+
+
+@DATASETS.register("rings", config=RingsConfig)
+class Rings(DataSource):
+    """Two noisy rings in 8 dimensions, values in [0, 1]."""
+
+    def load(self, cfg, generator):
+        t = torch.rand(cfg.n, generator=generator) * 6.283
+        y = (torch.arange(cfg.n) % 2)
+        r = 0.2 + 0.2 * y
+        x = torch.stack([0.5 + r * t.cos(), 0.5 + r * t.sin()], 1).repeat(1, 4)
+        x = (x + 0.02 * torch.randn(x.shape, generator=generator)).clamp(0, 1)
+        k = int(cfg.n * 0.75)
+        return Loaded(Split(x[:k], y[:k]), Split(x[k:], y[k:]))
+
+
+@dataclass
+class BetaConfig:
+    kl_weight: float = option(4.0, "weight of the KL term (beta of Higgins et al. 2017)")
+
+
+@MODELS.register("beta_vae", config=BetaConfig)
+class BetaVAE(VAE):
+    """beta-VAE: the KL term weighted by kl_weight."""
+
+    @classmethod
+    def from_config(cls, cfg, info):
+        model = super().from_config(cfg, info)
+        model.kl_weight = float(cfg.model.kl_weight)
+        return model
+
+    @pyro_method
+    def model(self, x):
+        with self._plate(x):
+            with poutine.scale(scale=self.beta * self.kl_weight):
+                z = pyro.sample("z", self.prior())
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+
+    @pyro_method
+    def guide(self, x):
+        with self._plate(x):
+            loc, scale = self.encoder(x)
+            with poutine.scale(scale=self.beta * self.kl_weight):
+                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+'''
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory):
+    p = tmp_path_factory.mktemp("plugin") / "my_models.py"
+    p.write_text(textwrap.dedent(PLUGIN))
+    return p
+
+
+def test_a_plugin_adds_a_model_kind_and_a_data_set_trained_from_the_cli(plugin, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", f"plugins=[{plugin}]", "model=beta_vae", "model.kl_weight=2.5", "data=rings", "data.n=300",
+            "latent_dim=2", "encoder.hidden=[16]", "decoder.hidden=[16]", "train.epochs=3", "--out", str(out)]
+    assert main(argv) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["num_train"] == 225 and m["epochs"] == 3
+    import pyro_vae
+
+    model = pyro_vae.load(out, plugins=[str(plugin)])
+    assert type(model).__name__ == "BetaVAE" and model.kl_weight == 2.5
+    capsys.readouterr()
+    assert main(["list", "--plugin", str(plugin)]) == 0
+    listed = capsys.readouterr().out
+    assert "beta_vae(kl_weight=4.0)" in listed and "rings(" in listed and "n=400" in listed
+
+
+def test_bad_plugin_parameters_are_one_line_errors(plugin, capsys):
+    assert main(["train", f"plugins=[{plugin}]", "model=beta_vae", "model.kl_weight=lots"]) == 2
+    assert "kl_weight" in capsys.readouterr().err
+    assert main(["train", f"plugins=[{plugin}]", "data=rings", "data.root=/x"]) == 2
+    assert "no parameter 'root'" in capsys.readouterr().err
+
+
+def test_a_plugin_that_fails_to_import_names_the_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "broken.py"
+    bad.write_text("import torch\n\nx = dist.Normal(0, 1)\n")
+    assert main(["train", f"plugins=[{bad}]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "broken.py, line 3" in err and "NameError" in err and "\n" not in err
+
+
+def test_kl_warmup_works_for_the_semi_supervised_model_too():
+    """beta scales the z sites of both model kinds (it used to do nothing for ssvae)."""
+    import pyro
+    import torch
+
+    from pyro_vae.config import load_config
+    from pyro_vae.models import DataInfo
+    from pyro_vae.train import build_model
+
+    cfg = load_config(None, ["model=ssvae", "latent_dim=3", "encoder.hidden=[8]", "decoder.hidden=[8]",
+                             "model.classifier_hidden=[8]"])
+    m = build_model(cfg, DataInfo(64, (1, 8, 8), 4, None))
+    x, y = torch.rand(5, 64), torch.tensor([0, 1, 2, 3, 0])
+    for beta in (1.0, 0.25):
+        m.beta = beta
+        tr = pyro.poutine.trace(m.guide).get_trace(x, y)
+        mt = pyro.poutine.trace(pyro.poutine.replay(m.model, trace=tr)).get_trace(x, y)
+        mt.compute_log_prob()
+        tr.compute_log_prob()
+        assert mt.nodes["z"]["scale"] == pytest.approx(beta) and tr.nodes["z"]["scale"] == pytest.approx(beta)
+        assert mt.nodes["x"]["scale"] == 1.0

@@ -1,0 +1,142 @@
+"""The engine keeps a user's work and scales out: checkpoints, resume, signals, DDP."""
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import QUICK
+
+CLI = [sys.executable, "-m", "pyro_vae.cli"]
+
+
+def _train(args, **kw):
+    return subprocess.run(CLI + ["train", *QUICK, *args], capture_output=True, text=True, **kw)
+
+
+def _epochs_in_csv(run):
+    with open(run / "metrics.csv") as f:
+        return [int(float(r["epoch"])) for r in csv.DictReader(f)]
+
+
+def _done_epochs(ckpt):
+    try:
+        p = torch.load(ckpt, weights_only=True)
+    except Exception:
+        return -1
+    return p["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+
+
+def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path):
+    args = ["train.epochs=10", "train.batch_size=32", "data.validation=100"]
+    whole = _train(args + ["--out", str(tmp_path / "whole")])
+    assert whole.returncode == 0, whole.stderr[-800:]
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + ["train", *QUICK, *args, "--out", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.is_file() and _done_epochs(ckpt) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = _done_epochs(ckpt)
+    assert 2 <= killed_at < 10 and not (run / "model.pt").exists()
+    resumed = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    assert _epochs_in_csv(run) == list(range(1, 11))  # every epoch once, in order
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((run / "metrics.json").read_text())
+    # single process on a CPU: the resumed run repeats the uninterrupted one (same data order,
+    # optimizer state and random state)
+    assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-4)
+    assert b["best_epoch"] == a["best_epoch"] and b["epochs"] == 10
+    assert (run / "model.pt").is_file() and not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_mid_epoch_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
+    run = tmp_path / "run"
+    # many small steps: the signal lands inside an epoch
+    proc = subprocess.Popen(CLI + ["train", *QUICK, "train.epochs=50", "train.batch_size=4", "--out", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.csv").is_file():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-800:]
+    last = err.strip().splitlines()[-1]
+    assert f"interrupted by {signal.Signals(sig).name}" in last and f"--resume {run}" in last
+    ckpt = run / "checkpoints" / "last.ckpt"
+    payload = torch.load(ckpt, weights_only=True)  # loadable, without pickled code
+    assert "state_dict" in payload and "pyro_vae" in payload
+    resumed = subprocess.run(CLI + ["train", "--resume", str(run), "train.epochs=3"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-800:]
+    assert _epochs_in_csv(run) == [1, 2, 3] and (run / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "random"])
+def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, damage):
+    run = tmp_path / "run"
+    assert _train(["train.epochs=2", "--out", str(run)]).returncode == 0
+    ckpt = run / "checkpoints" / "last.ckpt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 3] if damage == "truncate" else os.urandom(5000))
+    r = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True)
+    assert r.returncode == 2
+    err = r.stderr.strip()
+    assert err.startswith("pyro-vae: error:") and "last.ckpt" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_resume_of_a_folder_without_checkpoints_says_what_to_do(tmp_path):
+    r = subprocess.run(CLI + ["train", "--resume", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 2 and "no checkpoints/last.ckpt" in r.stderr
+
+
+def test_tensorboard_logger_writes_event_files_when_installed(tmp_path):
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    assert _train(["train.epochs=2", "trainer.logger=tensorboard", "--out", str(run)]).returncode == 0
+    assert list((run / "tensorboard").rglob("events.out.tfevents*"))
+    assert _epochs_in_csv(run) == [1, 2]
+
+
+def test_one_line_per_epoch_without_a_terminal(tmp_path):
+    r = subprocess.run(CLI + ["train", *[q for q in QUICK if "progress_bar" not in q], "train.epochs=3",
+                              "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"] and "train_loss" in lines[0]
+    assert "\r" not in r.stderr
+
+
+@pytest.mark.parametrize("model", ["vae", "ssvae"])
+def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
+    extra = ["model=ssvae", "data.labels=100", "model.classifier_hidden=[32]", "data.validation=100"] \
+        if model == "ssvae" else []
+    ddp = tmp_path / "ddp"
+    r = _train(["train.epochs=4", "train.batch_size=32", *extra, "trainer.accelerator=cpu", "trainer.devices=2",
+                "trainer.strategy=ddp", "--out", str(ddp)], timeout=600)
+    assert r.returncode == 0, r.stderr[-1500:]
+    m = json.loads((ddp / "metrics.json").read_text())
+    assert m["world_size"] == 2
+    one = tmp_path / "one"  # one process with twice the batch size: the same global batch
+    r1 = _train(["train.epochs=4", "train.batch_size=64", *extra, "--out", str(one)])
+    assert r1.returncode == 0, r1.stderr[-800:]
+    m1 = json.loads((one / "metrics.json").read_text())
+    assert m["steps_per_epoch"] == m1["steps_per_epoch"]  # each process takes half of every step
+    assert _epochs_in_csv(ddp) == [1, 2, 3, 4]  # one writer: every epoch once
+    # the same objective in expectation: final test losses agree within a few nats on the digits
+    assert abs(m["test_loss"] - m1["test_loss"]) < 1.5, (m["test_loss"], m1["test_loss"])
+    if model == "ssvae":
+        assert m["test_accuracy"] > 0.5

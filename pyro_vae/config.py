@@ -37,8 +37,8 @@ class TrainConfig:
     """``train:``: the optimisation."""
 
     epochs: int = option(20, "passes over the training data")
-    batch_size: int = option(128, "rows per step (per process under DDP)")
-    lr: float = option(1.0e-3, "Adam learning rate")
+    batch_size: int = option(64, "rows per step (per process under DDP)")
+    lr: float = option(3.0e-3, "Adam learning rate")
     elbo: str = option("meanfield", "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, "
                                     "else Monte Carlo) | trace (Trace_ELBO: Monte-Carlo KL)")
     num_particles: int = option(1, "samples of z per row and step")
@@ -112,7 +112,7 @@ class Config:
     name: str = option("vae", "run name (default run directory runs/<name>-<time>)")
     seed: int = option(0, "seeds data splits, label selection, initialisation, batches and sampling")
     model: Dict[str, Any] = option(help="model kind (`pyro-vae list`) and its keys", factory=lambda: {"name": "vae"})
-    latent_dim: int = option(16, "size of z")
+    latent_dim: int = option(8, "size of z")
     encoder: NetConfig = field(default_factory=NetConfig, metadata={"help": "q(z|x)'s network"})
     decoder: NetConfig = field(default_factory=NetConfig, metadata={"help": "p(x|z)'s network"})
     prior: Dict[str, Any] = option(help="p(z): registry name + its parameters", factory=lambda: {"name": "normal"})

@@ -114,7 +114,19 @@ def winner(summary, slack=1.0, max_slowdown=2.0):
         return True
 
     fine = [s for s in summary if ok(s)] or summary
-    return min(fine, key=lambda s: s["digits_test_loss_mean"])["overrides"]
+    best = min(fine, key=lambda s: s["digits_test_loss_mean"])
+    # a KL warm-up must earn its place: a run shorter than the warm-up never weighs the KL
+    # term fully, so the twin without it wins unless the warm-up is better by more than the
+    # seed spread (the larger of the two standard deviations)
+    if "train.kl_warmup_epochs=0" not in best["overrides"]:
+        twin = [o if not o.startswith("train.kl_warmup_epochs=") else "train.kl_warmup_epochs=0"
+                for o in best["overrides"]]
+        t = next((s for s in fine if s["overrides"] == twin), None)
+        if t is not None:
+            spread = max(t["digits_test_loss_sd"], best["digits_test_loss_sd"])
+            if t["digits_test_loss_mean"] - best["digits_test_loss_mean"] <= spread:
+                best = t
+    return best["overrides"]
 
 
 def key(row):

@@ -109,8 +109,8 @@ def vae_defaults():
         return ""
     lines = ["| data | epochs | seeds | test loss (-ELBO, nats per image) | s/epoch (2 CPU cores) |",
              "|---|---|---|---|---|",
-             f"| digits (8x8) | 20 | {w['digits_seeds']} | {w['digits_test_loss_mean']:.1f} ± "
-             f"{w['digits_test_loss_sd']:.1f} | {w['digits_seconds_per_epoch']:.2f} |"]
+             f"| digits (8x8) | 20 | {w['digits_seeds']} | {w['digits_test_loss_mean']:.2f} ± "
+             f"{w['digits_test_loss_sd']:.2f} | {w['digits_seconds_per_epoch']:.2f} |"]
     if w.get("fashion_plain_test_loss") is not None:
         sec = w.get("fashion_seconds_per_epoch_back_to_back") or w["fashion_plain_seconds_per_epoch"]
         lines.append(f"| Fashion-MNIST (28x28) | {d.get('fashion_epochs', 3)} | 1 | "

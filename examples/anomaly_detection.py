@@ -89,7 +89,7 @@ def main():
     p.add_argument("--data", default="digits", help="data set name: digits (bundled), mnist, fashion-mnist, kmnist")
     p.add_argument("--root", default=None, help="folder with the four IDX files (mnist-like data sets)")
     p.add_argument("--config", default=None, help="YAML config (default: the library defaults)")
-    p.add_argument("--exclude", type=int, nargs="+", default=[8],
+    p.add_argument("--exclude", type=int, nargs="+", default=[0],
                    help="classes held out of training, one run each (Fashion-MNIST: 1 = Trouser, 8 = Bag)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out", default="runs/anomaly")

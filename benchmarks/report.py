@@ -107,7 +107,7 @@ def vae_defaults():
     w = _winner(d)
     if w is None:
         return ""
-    lines = ["| data | epochs | seeds | test loss (-ELBO, nats per image) | s/epoch (2 CPU cores) |",
+    lines = ["| data | epochs | seeds | test loss (-ELBO, nats per image) | s/epoch (a 2-core CPU VM) |",
              "|---|---|---|---|---|",
              f"| digits (8x8) | 20 | {w['digits_seeds']} | {w['digits_test_loss_mean']:.2f} ± "
              f"{w['digits_test_loss_sd']:.2f} | {w['digits_seconds_per_epoch']:.2f} |"]

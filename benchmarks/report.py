@@ -153,27 +153,7 @@ def priors_likelihoods():
     return "\n".join(out).rstrip("\n")
 
 
-def priors_short():
-    """README: each prior with its default parameters on Fashion-MNIST."""
-    d = load("priors_likelihoods.json")
-    if not d:
-        return ""
-    rows = [r for r in d["rows"] if r["section"] == "priors"]
-    if not rows:
-        return ""
-    lines = [f"| prior | test log-likelihood (IWAE, nats; higher is better) | test loss (-ELBO) |", "|---|---|---|"]
-    for r in rows:
-        ll = f"{r['test_log_likelihood']:.1f}" if "test_log_likelihood" in r else "-"
-        lines.append(f"| {r['name']} | {ll} | {r['test_loss']:.1f} |")
-    return "\n".join(lines)
-
-
 # ---------------------------------------------------------------- M2
-
-SSVAE_KEYS = {"model.classifier_type": "conv", "model.classifier_activation": None, "model.classifier_dropout": None,
-              "model.augment_shift": None, "model.augment_flip": None, "model.consistency_weight": None,
-              "model.aux_loss_multiplier": None, "train.lr_schedule": None}
-
 
 def _ssvae_setup(overrides):
     o = dict(x.split("=", 1) for x in overrides)
@@ -270,7 +250,7 @@ def anomaly():
     return "\n".join(lines)
 
 
-README_TABLES = {"vae_defaults": vae_defaults, "priors": priors_short, "ssvae_defaults": ssvae_defaults,
+README_TABLES = {"vae_defaults": vae_defaults, "ssvae_defaults": ssvae_defaults,
                  "dimred": dimred, "anomaly": anomaly}
 
 

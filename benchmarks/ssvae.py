@@ -5,18 +5,18 @@ for a fixed epoch budget, keep the epoch with the best accuracy on 1000 held-out
 validation examples, and report its test accuracy. The baseline is the same classifier
 network (the config's q(y|x): type, sizes, dropout, input shifts and flips) trained on the labelled
 examples alone with Adam, selected on the same validation set. Results are appended to
-benchmarks/ssvae.json as each run finishes (re-running skips what is there).
+benchmarks/model.json as each run finishes (re-running skips what is there).
 
-    .venv/bin/python benchmarks/ssvae.py --labels 100 600 1000 3000 --seeds 0 1 2 --epochs 5
+    .venv/bin/python benchmarks/model.py --labels 100 600 1000 3000 --seeds 0 1 2 --epochs 5
     # the best setting found (README, M2 section): 3000 labels 0.877 +- 0.004 over 3 seeds
-    .venv/bin/python benchmarks/ssvae.py --epochs 20 --set ssvae.classifier_type=conv \
-        ssvae.classifier_dropout=0.5 ssvae.augment_shift=1 train.lr_schedule=cosine \
-        ssvae.aux_loss_multiplier=30 ssvae.classifier_activation=relu
+    .venv/bin/python benchmarks/model.py --epochs 20 --set model.classifier_type=conv \
+        model.classifier_dropout=0.5 model.augment_shift=1 train.lr_schedule=cosine \
+        model.aux_loss_multiplier=30 model.classifier_activation=relu
     # few labels (100): add flips and the consistency term on the unlabelled images: 0.758 +- 0.001
-    .venv/bin/python benchmarks/ssvae.py --labels 100 --epochs 20 --set ssvae.classifier_type=conv \
-        ssvae.classifier_dropout=0.5 ssvae.augment_shift=1 train.lr_schedule=cosine \
-        ssvae.augment_flip=true ssvae.consistency_weight=10 ssvae.aux_loss_multiplier=30 \
-        ssvae.classifier_activation=relu
+    .venv/bin/python benchmarks/model.py --labels 100 --epochs 20 --set model.classifier_type=conv \
+        model.classifier_dropout=0.5 model.augment_shift=1 train.lr_schedule=cosine \
+        model.augment_flip=true model.consistency_weight=10 model.aux_loss_multiplier=30 \
+        model.classifier_activation=relu
 """
 import argparse
 import json
@@ -27,11 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae.config import load_config  # noqa: E402
-from pyro_vae.data import augment_images, load_data  # noqa: E402
+from pyro_vae.training.augment import augment_images  # noqa: E402
 from pyro_vae.networks import make_classifier  # noqa: E402
 from pyro_vae.train import fit  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402
@@ -40,18 +39,15 @@ from pyro_vae.utils import write_json  # noqa: E402
 def supervised_only(data, cfg, seed, steps=2000):
     """The SSVAE's classifier network (same type, sizes, activation, dropout) trained on the
     labelled rows alone with Adam at the same learning rate and the same input shifts
-    and flips (ssvae.augment_shift, augment_flip), selected on validation accuracy; with
-    train.ema_decay > 0 the moving average of its weights is what is validated, as in the SSVAE."""
+    and flips (model.augment_shift, augment_flip), selected on validation accuracy."""
     torch.manual_seed(seed)
     mask = data.train.y >= 0
     x, y = data.train.x[mask], data.train.y[mask]
-    s = cfg.ssvae
+    s = cfg.model
     net = make_classifier(x.shape[1], data.num_classes, list(s.classifier_hidden), s.classifier_type,
                           s.classifier_activation or cfg.encoder.activation, s.classifier_dropout, data.image_shape)
     opt = torch.optim.Adam(net.parameters(), cfg.train.lr)
-    decay = cfg.train.ema_decay
-    average = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay)) if decay else None
-    evaluated = average.module if average is not None else net
+    evaluated = net
     best_val, best_test = -1.0, 0.0
     for step in range(steps):
         net.train()
@@ -60,8 +56,6 @@ def supervised_only(data, cfg, seed, steps=2000):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if average is not None:
-            average.update_parameters(net)
         if step % 50 == 49:
             evaluated.eval()
             with torch.no_grad():

@@ -29,7 +29,7 @@ def posterior_stats(model, x, y, particles=20, batch=1000):
     L, q = [], []
     for i in range(0, len(x), batch):
         xb = x[i:i + batch]
-        L.append(torch.stack([model.log_weights_per_class(xb) for _ in range(particles)]).mean(0))
+        L.append(torch.stack([model.log_weights(xb) for _ in range(particles)]).mean(0))
         q.append(torch.softmax(model.classifier(xb).float(), -1))
     L, q = torch.cat(L), torch.cat(q)
     post = torch.softmax(L, -1)

@@ -84,8 +84,8 @@ def cmd_train(args):
     if args.resume:
         if args.config:
             raise PyroVAEError("--resume continues a run with its own config; drop the config file")
-        if args.overwrite:
-            raise PyroVAEError("--resume and --overwrite exclude each other")
+        if args.overwrite or args.out:
+            raise PyroVAEError("--resume continues in the run's own folder; drop --out / --overwrite")
         cfg = None
     else:
         cfg = load_config(args.config, overrides)  # fails fast, before Lightning is imported

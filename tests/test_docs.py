@@ -28,11 +28,6 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 MAX_README_LINES = 320
 JOURNAL_PHRASES = ("next to try", "what was tried", "one seed", "exploration")
 
-# Blocks that use what the new engine adds: `--resume` and `pyro-vae config` fail today, and
-# `data=fashion-mnist` followed by `data.root=...` runs today but on the digits (the second
-# key replaces the first). Marked xfail while the engine is being rewritten; remove this
-# tuple and its use below once the engine is merged.
-NEEDS_NEW_ENGINE = ("--resume", "pyro-vae config", "data=fashion-mnist")
 
 
 def _report():
@@ -134,8 +129,6 @@ def _params():
     out = []
     for line, lang, code, markers in BLOCKS:
         marks = []
-        if any(p in code for p in NEEDS_NEW_ENGINE):
-            marks.append(pytest.mark.xfail(strict=False, reason="needs new engine"))
         out.append(pytest.param(line, lang, code, markers, id=f"README.md:{line}-{lang}", marks=marks))
     return out
 

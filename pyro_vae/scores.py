@@ -413,6 +413,109 @@ class DensityOfStates(AnomalyScore):
         self.fitted = True
 
 
+@register("latent_knn")
+class LatentKNN(AnomalyScore):
+    """Distance of the code to its k-th nearest training code (deep nearest neighbours, Sun et al.
+    2022, applied to the VAE's posterior means as the latent-space distance of Denouden et al. 2018).
+
+    Stores the posterior means E_q[z|x] of up to `max_train` training rows; S(x) = the Euclidean
+    distance from E_q[z|x] to its `k`-th nearest stored code. Judges *where* an input lands in
+    latent space, not how well it is reconstructed, so simple and complex unseen inputs alike
+    score high when they fall where no training input does. Assumes: the encoder maps unseen
+    kinds of input away from the training codes; no likelihood involved. Cost: one encoder pass
+    plus a (batch x max_train) distance matrix per batch; the stored codes take
+    max_train x latent_dim floats in RUN/scores/latent_knn.pt.
+    """
+
+    needs_fit = True
+
+    def __init__(self, k: int = 20, max_train: int = 20000):
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.k, self.max_train = int(k), int(max_train)
+        super().__init__()
+        self.codes = None
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        self.codes = compute_fn(lambda m, xb: m.encode(xb)[0].float(), model,
+                                _subsample(train_x, self.max_train, seed))
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        z = model.encode(x)[0].float()
+        codes = self.codes.to(z.device)
+        d = torch.cdist(z, codes)
+        k = min(self.k, codes.shape[0])
+        return d.topk(k, dim=1, largest=False).values[:, -1].cpu()
+
+    def state_dict(self):
+        return {"codes": self.codes}
+
+    def load_state_dict(self, state):
+        self.codes = state["codes"].float()
+        self.fitted = True
+
+
+@register("combined")
+class Combined(AnomalyScore):
+    """Sum of standardised component scores, each calibrated on training rows it was not fitted on
+    (a z-score version of combining per-statistic evidence, as in DoSE, Morningstar et al. 2021).
+
+    S(x) = sum_i (S_i(x) - mean_i) / std_i with mean_i, std_i over `calibration` training rows
+    held out of the rows the components are fitted on. The default pair covers both failure
+    modes: `latent_knn` flags inputs whose codes land where no training code does (semantic
+    novelty, also for simple inputs), `input_complexity` flags inputs the model explains worse than
+    their complexity predicts (novel detail). Assumes: the components' evidence adds up; each
+    is one-sided (higher = more anomalous). Cost: the sum of the components' costs.
+    """
+
+    needs_fit = True
+
+    def __init__(self, components: Sequence[str] = ("latent_knn", "input_complexity"), calibration: int = 5000):
+        components = list(components)
+        if not components or "combined" in components:
+            raise ValueError(f"components must name other anomaly scores, got {components}")
+        for name in components:
+            ANOMALY_SCORES.get(name)
+        self.components, self.calibration = components, int(calibration)
+        super().__init__()
+        self.parts = [ANOMALY_SCORES.get(name)() for name in components]
+        self.mean, self.std = None, None
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(train_x.shape[0], generator=g)
+        n_cal = min(self.calibration, train_x.shape[0] // 2)
+        cal, rest = train_x[perm[:n_cal]], train_x[perm[n_cal:]]
+        values = []
+        for part in self.parts:
+            if part.needs_fit:
+                part.fit(model, rest, seed=seed)
+            values.append(compute(part, model, cal))
+        v = torch.stack(values, -1)
+        self.mean, self.std = v.mean(0), v.std(0).clamp_min(1e-8)
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        v = torch.stack([part.score(model, x).float().cpu() for part in self.parts], -1)
+        return ((v - self.mean) / self.std).sum(-1)
+
+    def state_dict(self):
+        return {"mean": self.mean, "std": self.std, "parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state):
+        self.mean, self.std = state["mean"].float(), state["std"].float()
+        for part, s in zip(self.parts, state["parts"]):
+            part.load_state_dict(s)
+        self.fitted = True
+
+
 class _RatioToSecondModel(AnomalyScore):
     """-log p(x) + log p_2(x), p_2 a second model of the same kind trained by train_second_model."""
 

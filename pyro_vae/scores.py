@@ -356,8 +356,10 @@ class Typicality(AnomalyScore):
 
 @register("dose")
 class DensityOfStates(AnomalyScore):
-    """Density of states (DoSE, Morningstar et al. 2021): how atypical the model's summary
-    statistics of x are, each judged by a kernel density fitted on the training data.
+    """Density of states (DoSE, Morningstar et al. 2021): KDE-judged atypicality of ELBO statistics.
+
+    How atypical the model's summary statistics of x are, each judged by a kernel density
+    fitted on the training data.
 
     Statistics per input: -ELBO, reconstruction error ||x - E[x|z=mu]||^2, the posterior mean's
     squared norm ||mu||^2 (how far from the prior's centre the code lies) and the posterior
@@ -415,8 +417,10 @@ class DensityOfStates(AnomalyScore):
 
 @register("latent_knn")
 class LatentKNN(AnomalyScore):
-    """Distance of the code to its k-th nearest training code (deep nearest neighbours, Sun et al.
-    2022, applied to the VAE's posterior means as the latent-space distance of Denouden et al. 2018).
+    """Distance from the code E_q[z|x] to its k-th nearest training code (Sun et al. 2022).
+
+    Deep nearest neighbours (Sun et al. 2022) applied to the VAE's posterior means, the
+    latent-space distance of Denouden et al. 2018.
 
     Stores the posterior means E_q[z|x] of up to `max_train` training rows; S(x) = the Euclidean
     distance from E_q[z|x] to its `k`-th nearest stored code. Judges *where* an input lands in
@@ -461,8 +465,10 @@ class LatentKNN(AnomalyScore):
 
 @register("combined")
 class Combined(AnomalyScore):
-    """Sum of standardised component scores, each calibrated on training rows it was not fitted on
-    (a z-score version of combining per-statistic evidence, as in DoSE, Morningstar et al. 2021).
+    """Sum of standardised component scores (default: latent_knn + input_complexity).
+
+    Each component is calibrated on training rows it was not fitted on (a z-score version of
+    combining per-statistic evidence, as in DoSE, Morningstar et al. 2021).
 
     S(x) = sum_i (S_i(x) - mean_i) / std_i with mean_i, std_i over `calibration` training rows
     held out of the rows the components are fitted on. The default pair covers both failure
@@ -584,9 +590,10 @@ class LikelihoodRatio(_RatioToSecondModel):
 
 @register("generic_ratio")
 class GenericRatio(_RatioToSecondModel):
-    """Ratio to a more generic model (Schirrmeister et al. 2020; Havtorn et al. 2021):
-    -log p(x) + log p_generic(x), p_generic the same network with a `latent_dim`-dimensional
-    code, trained on the same data.
+    """Ratio to a more generic model (Schirrmeister et al. 2020): -log p(x) + log p_generic(x).
+
+    p_generic is the same network with a `latent_dim`-dimensional code, trained on the same
+    data (cf. Havtorn et al. 2021, who compare levels of one hierarchical VAE).
 
     A small code can only capture what all inputs share (overall intensity, smoothness), so
     the ratio keeps what the full model knows beyond that. Assumes: the generic model's

@@ -1,0 +1,751 @@
+"""Anomaly scores for a trained model: one class per score, registered by name.
+
+Every score maps a batch ``x`` (batch, data_dim) to a tensor of shape (batch,) where
+HIGHER = MORE ANOMALOUS. Why more than -ELBO: a likelihood model gives *simple* inputs
+(few edges, large flat areas) a high likelihood whether or not it has seen anything like
+them (Nalisnick et al. 2019, "Do deep generative models know what they don't know?"), so
+-ELBO and -log p(x) can rank a never-seen simple class as *more* normal than the training
+data. The corrected scores below remove that complexity term in different ways.
+
+Use::
+
+    from pyro_vae import scores
+    s = scores.build("latent_knn")                    # or {"name": "latent_knn", "k": 20}; None = default
+    s = scores.prepare(s, model, train_x, run_dir)    # fits (or loads RUN/scores/NAME.pt) if needed
+    values = scores.compute(s, model, x)              # (batch,), batched
+    scores.score_report({"dose": values}, is_anomaly, labels, out_dir)  # roc.png, histograms, AUROC
+
+A score that needs statistics of the training data or a second model has
+``needs_fit = True``; :meth:`AnomalyScore.fit` computes them and
+:meth:`AnomalyScore.state_dict` returns them as plain tensors, numbers and strings, saved to
+``RUN/scores/NAME.pt`` and read back with ``torch.load(..., weights_only=True)`` (loading never
+runs code). Second models are trained by :func:`train_second_model`, the one place that calls
+the training engine.
+
+Register your own::
+
+    from pyro_vae.scores import AnomalyScore, register
+
+    @register("my_score")
+    class MyScore(AnomalyScore):
+        "One line for `pyro-vae list`."
+        def score(self, model, x):
+            return (x - model.reconstruct(x)).abs().sum(-1)
+"""
+import io
+import math
+import zlib
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from .registry import Registry
+from .utils import atomic_path, write_json
+
+ANOMALY_SCORES = Registry("anomaly score")
+register = ANOMALY_SCORES.register
+
+#: the score `pyro-vae score` uses when none is named: the best measured over the ten held-out
+#: Fashion-MNIST classes of benchmarks/anomaly.py (mean and worst-class AUROC; benchmarks/RESULTS.md)
+DEFAULT_SCORE = "latent_knn"
+
+SCORES_DIR = "scores"
+STATE_FORMAT = "pyro_vae.scores/1"
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+class AnomalyScore:
+    """Base class: ``score(model, x) -> (batch,)``, higher = more anomalous.
+
+    Subclasses that need the training data (statistics, a second model) set ``needs_fit``
+    and implement ``fit`` / ``state_dict`` / ``load_state_dict``.
+    """
+
+    needs_fit = False
+    registry_name = "?"
+
+    def __init__(self):
+        self.fitted = not self.needs_fit
+
+    # ---- the interface --------------------------------------------------------
+    def fit(self, model, train_x: torch.Tensor, run_dir=None, seed: int = 0) -> "AnomalyScore":
+        """Compute what the score needs from the training inputs (no-op by default)."""
+        self.fitted = True
+        return self
+
+    def score(self, model, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """What ``fit`` learned, as tensors / numbers / strings (nested dicts allowed)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fitted = True
+
+    # ---- persistence ----------------------------------------------------------
+    def save(self, run_dir) -> Path:
+        """Write ``RUN/scores/NAME.pt`` (plain tensors; read with weights_only=True)."""
+        path = state_path(run_dir, self.registry_name)
+        payload = {"format": STATE_FORMAT, "name": self.registry_name, "params": dict(self.params()),
+                   "state": self.state_dict()}
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+        return path
+
+    def load(self, run_dir) -> "AnomalyScore":
+        path = state_path(run_dir, self.registry_name)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
+            raise ValueError(f"{path} is not a saved anomaly score")
+        if payload.get("params") != dict(self.params()):
+            raise ValueError(f"{path} was fitted with parameters {payload.get('params')}, "
+                             f"not {dict(self.params())}; delete it to refit")
+        self.load_state_dict(payload["state"])
+        return self
+
+    def params(self) -> Dict[str, object]:
+        """The constructor parameters (saved beside the state, checked on load)."""
+        import inspect
+
+        sig = inspect.signature(type(self).__init__)
+        return {k: getattr(self, k) for k in sig.parameters if k != "self" and hasattr(self, k)}
+
+    def _check_fitted(self):
+        if not self.fitted:
+            raise RuntimeError(f"anomaly score {self.registry_name!r} needs fit(model, train_x) first")
+
+
+def state_path(run_dir, name: str) -> Path:
+    return Path(run_dir) / SCORES_DIR / f"{name}.pt"
+
+
+# ------------------------------------------------------------------ helpers
+@torch.no_grad()
+def neg_log_likelihood(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """-log p(x) per row (nats): -ELBO for ``num_samples`` = 1 (one z), else the IWAE bound."""
+    if num_samples <= 1:
+        return -model.elbo(x).float().cpu()
+    from .evaluate import iwae_log_likelihood
+
+    return -iwae_log_likelihood(model, x, num_samples)
+
+
+def _to_bytes(x: torch.Tensor) -> torch.Tensor:
+    """Rows as 8-bit integers: inputs in [0,1] scaled by 255, others rounded and clipped."""
+    x = x.detach().float().cpu()
+    if float(x.min()) >= 0 and float(x.max()) <= 1:
+        x = x * 255
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def compressed_bits(x: torch.Tensor, image_shape=None, compressor: str = "png") -> torch.Tensor:
+    """Lossless compressed length of each row in bits: PNG (needs Pillow and an image shape)
+    or zlib level 9 of the 8-bit row."""
+    q = _to_bytes(x).numpy()
+    out = torch.empty(q.shape[0])
+    if compressor == "png" and image_shape is not None:
+        from PIL import Image
+
+        c, h, w = image_shape
+        for i, row in enumerate(q):
+            img = row.reshape(c, h, w)
+            img = Image.fromarray(img[0]) if c == 1 else Image.fromarray(img.transpose(1, 2, 0))
+            buf = io.BytesIO()
+            img.save(buf, format="PNG", optimize=True)
+            out[i] = 8 * len(buf.getvalue())
+    else:
+        for i, row in enumerate(q):
+            out[i] = 8 * len(zlib.compress(row.tobytes(), 9))
+    return out
+
+
+def _subsample(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if x.shape[0] <= n:
+        return x
+    g = torch.Generator().manual_seed(seed)
+    return x[torch.randperm(x.shape[0], generator=g)[:n]]
+
+
+def train_second_model(model, x: torch.Tensor, overrides: Sequence[str] = (), seed: int = 0):
+    """Train a model of ``model``'s config (plus ``overrides``) on the rows ``x``: returns
+    (trained model in eval mode on the CPU, its config). The one place scores call the engine."""
+    from .config import load_config
+    from .data import Dataset, Split
+    from .train import fit
+
+    base = getattr(model, "config", None)
+    if base is None:
+        raise ValueError("this score trains a second model from the first one's config: load the model "
+                         "with pyro_vae.load(RUN) (or set model.config) first")
+    cfg = load_config(None, overrides=["trainer.progress_bar=false", "data.validation=0",
+                                       "data.exclude_classes=[]", "evaluate.iwae_samples=0",
+                                       f"seed={seed}", *overrides], base=base)
+    n_test = min(500, x.shape[0])
+    data = Dataset(name="second-model", train=Split(x.float().cpu()), test=Split(x[:n_test].float().cpu()),
+                   image_shape=getattr(model, "image_shape", None))
+    res = fit(cfg, data=data, save=False, plots=False)
+    second = res.model.cpu().eval()
+    second.config = res.config
+    return second, res.config
+
+
+def _model_state(model, cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return {"config": OmegaConf.to_yaml(cfg), "data_dim": int(model.data_dim),
+            "image_shape": list(model.image_shape) if model.image_shape else [],
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+
+
+def _model_from_state(state: dict):
+    from omegaconf import OmegaConf
+
+    from .config import load_config
+    from .models import MODELS
+    from .models.vae import DataInfo
+
+    cfg = load_config(None, base=OmegaConf.create(state["config"]))
+    shape = tuple(state["image_shape"]) or None
+    model = MODELS.get(cfg.model).from_config(cfg, DataInfo(int(state["data_dim"]), shape))
+    model.load_state_dict(state["state_dict"])
+    model.eval()
+    model.config = cfg
+    return model
+
+
+# ------------------------------------------------------------------ the scores
+@register("neg_elbo")
+class NegELBO(AnomalyScore):
+    """-ELBO in nats (one z per row, averaged over `num_samples`): the classic score.
+
+    Assumes: anomalies are inputs the model explains badly. Fails on simpler-than-training
+    inputs, which get a *better* ELBO (Nalisnick et al. 2019). Cost: one encoder + decoder pass
+    per sample.
+    """
+
+    def __init__(self, num_samples: int = 1):
+        super().__init__()
+        self.num_samples = int(num_samples)
+
+    def score(self, model, x):
+        return -model.elbo(x, num_particles=self.num_samples).float().cpu()
+
+
+@register("neg_log_likelihood")
+class NegLogLikelihood(AnomalyScore):
+    """-log p(x) in nats by importance sampling with K = `num_samples` (IWAE bound, Burda et al. 2015).
+
+    Assumes: the same as -ELBO with a tighter estimate of the likelihood; same failure on
+    simple inputs. Cost: K encoder + decoder passes per row.
+    """
+
+    def __init__(self, num_samples: int = 64):
+        super().__init__()
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        self.num_samples = int(num_samples)
+
+    def score(self, model, x):
+        return neg_log_likelihood(model, x, self.num_samples)
+
+
+@register("recon_error")
+class ReconError(AnomalyScore):
+    """Squared error ||x - E[x | z = E_q[z|x]]||^2 of the reconstruction from the posterior mean.
+
+    Assumes: the encoder-decoder pair only reproduces what it was trained on; ignores the
+    likelihood's noise model and the KL. Cost: one encoder + decoder pass.
+    """
+
+    def score(self, model, x):
+        return ((model.reconstruct(x) - x) ** 2).sum(-1).float().cpu()
+
+
+@register("input_complexity")
+class InputComplexity(AnomalyScore):
+    """Input-complexity correction (Serrà et al. 2020): -log p(x) minus the compressed length L(x).
+
+    S(x) = -log p(x) - slope * L(x) with L(x) the lossless PNG (or zlib) length of the 8-bit input
+    in bits and -log p(x) in bits. slope = 1 is Serrà's score for a likelihood over the same 8-bit
+    values; for likelihoods in other units (e.g. a Bernoulli on grey levels, which is not a
+    density over 8-bit images) `slope: fit` takes the least-squares slope of -log p(x) on L(x)
+    over the training data, so S is the part of -log p(x) that the input's complexity does not
+    explain. Assumes: a generic compressor measures the complexity that inflates likelihoods.
+    Cost: `num_samples` model passes plus one compression per row (CPU, ~0.1 ms).
+    """
+
+    needs_fit = True
+
+    def __init__(self, num_samples: int = 1, compressor: str = "png", slope="fit"):
+        if compressor not in ("png", "zlib"):
+            raise ValueError(f"compressor must be png or zlib, got {compressor!r}")
+        if slope != "fit" and not isinstance(slope, (int, float)):
+            raise ValueError(f"slope must be 'fit' or a number, got {slope!r}")
+        self.num_samples, self.compressor, self.slope = int(num_samples), compressor, slope
+        super().__init__()
+        self._slope = None if slope == "fit" else float(slope)
+        self.fitted = slope != "fit"
+
+    def _parts(self, model, x):
+        nll_bits = neg_log_likelihood(model, x, self.num_samples) / math.log(2)
+        return nll_bits, compressed_bits(x, getattr(model, "image_shape", None), self.compressor)
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        if self.slope == "fit":
+            nll, bits = compute_parts(self._parts, model, _subsample(train_x, 5000, seed))
+            b = bits - bits.mean()
+            self._slope = float((b * (nll - nll.mean())).sum() / b.pow(2).sum().clamp_min(1e-12))
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        nll, bits = self._parts(model, x)
+        return nll - self._slope * bits
+
+    def state_dict(self):
+        return {"slope": torch.tensor(self._slope)}
+
+    def load_state_dict(self, state):
+        self._slope = float(state["slope"])
+        self.fitted = True
+
+
+@register("typicality")
+class Typicality(AnomalyScore):
+    """Typicality test with one input (Nalisnick et al. 2019): |-log p(x) - typical| / spread.
+
+    `typical` and `spread` are the mean and standard deviation of -log p(x) over the training
+    data, so inputs that are *too likely* (simple images) are flagged as well as unlikely ones.
+    Assumes: in-distribution -log p(x) concentrates around its mean (typical set). Cost: as
+    -ELBO / IWAE with `num_samples`, plus one pass over up to 5000 training rows when fitted.
+    """
+
+    needs_fit = True
+
+    def __init__(self, num_samples: int = 1):
+        self.num_samples = int(num_samples)
+        super().__init__()
+        self.typical, self.spread = None, None
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        nll = compute_fn(lambda m, xb: neg_log_likelihood(m, xb, self.num_samples), model,
+                         _subsample(train_x, 5000, seed))
+        self.typical, self.spread = float(nll.mean()), float(nll.std().clamp_min(1e-8))
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        return (neg_log_likelihood(model, x, self.num_samples) - self.typical).abs() / self.spread
+
+    def state_dict(self):
+        return {"typical": torch.tensor(self.typical), "spread": torch.tensor(self.spread)}
+
+    def load_state_dict(self, state):
+        self.typical, self.spread = float(state["typical"]), float(state["spread"])
+        self.fitted = True
+
+
+@register("dose")
+class DensityOfStates(AnomalyScore):
+    """Density of states (DoSE, Morningstar et al. 2021): KDE-judged atypicality of ELBO statistics.
+
+    How atypical the model's summary statistics of x are, each judged by a kernel density
+    fitted on the training data.
+
+    Statistics per input: -ELBO, reconstruction error ||x - E[x|z=mu]||^2, the posterior mean's
+    squared norm ||mu||^2 (how far from the prior's centre the code lies) and the posterior
+    log-volume sum_d log sigma_d. Each gets a Gaussian KDE (Scott's bandwidth) over up to
+    `max_train` training rows; S(x) = -sum_i log KDE_i(T_i(x)). Flags inputs that are too likely
+    or too simple as well as poorly explained ones, with no second model. Assumes: the training
+    data's statistics describe normal inputs; the statistics are treated as independent.
+    Cost: one encoder pass, `num_samples` ELBO passes and one reconstruction per row, plus a
+    (batch x max_train) kernel sum per statistic; fit: one pass over `max_train` training rows.
+    """
+
+    needs_fit = True
+    statistic_names = ("neg_elbo", "recon_error", "latent_norm", "posterior_log_volume")
+
+    def __init__(self, num_samples: int = 4, max_train: int = 5000):
+        self.num_samples, self.max_train = int(num_samples), int(max_train)
+        super().__init__()
+        self.train_stats, self.bandwidth = None, None
+
+    @torch.no_grad()
+    def statistics(self, model, x):
+        loc, scale = model.encode(x)
+        stats = [-model.elbo(x, num_particles=self.num_samples).float(),
+                 ((model.reconstruct(x) - x) ** 2).sum(-1).float(),
+                 loc.float().pow(2).sum(-1), scale.float().log().sum(-1)]
+        return torch.stack(stats, -1).cpu()
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        t = compute_fn(self.statistics, model, _subsample(train_x, self.max_train, seed))
+        self.train_stats = t
+        n = t.shape[0]
+        # Scott's rule per statistic, with a robust spread (min of std and IQR/1.34)
+        q = torch.quantile(t, torch.tensor([0.25, 0.75]), dim=0)
+        spread = torch.minimum(t.std(0), (q[1] - q[0]) / 1.34).clamp_min(1e-6)
+        self.bandwidth = 1.06 * spread * n ** (-1 / 5)
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        t = self.statistics(model, x)  # (b, S)
+        z = (t[:, None, :] - self.train_stats[None]) / self.bandwidth  # (b, n, S)
+        log_k = -0.5 * z.pow(2) - torch.log(self.bandwidth) - 0.5 * math.log(2 * math.pi)
+        log_density = torch.logsumexp(log_k, 1) - math.log(self.train_stats.shape[0])  # (b, S)
+        return -log_density.sum(-1)
+
+    def state_dict(self):
+        return {"train_stats": self.train_stats, "bandwidth": self.bandwidth}
+
+    def load_state_dict(self, state):
+        self.train_stats, self.bandwidth = state["train_stats"].float(), state["bandwidth"].float()
+        self.fitted = True
+
+
+@register("latent_knn")
+class LatentKNN(AnomalyScore):
+    """Distance from the code E_q[z|x] to its k-th nearest training code (Sun et al. 2022).
+
+    Deep nearest neighbours (Sun et al. 2022) applied to the VAE's posterior means, the
+    latent-space distance of Denouden et al. 2018.
+
+    Stores the posterior means E_q[z|x] of up to `max_train` training rows; S(x) = the Euclidean
+    distance from E_q[z|x] to its `k`-th nearest stored code. Judges *where* an input lands in
+    latent space, not how well it is reconstructed, so simple and complex unseen inputs alike
+    score high when they fall where no training input does. Assumes: the encoder maps unseen
+    kinds of input away from the training codes; no likelihood involved. Cost: one encoder pass
+    plus a (batch x max_train) distance matrix per batch; the stored codes take
+    max_train x latent_dim floats in RUN/scores/latent_knn.pt.
+    """
+
+    needs_fit = True
+
+    def __init__(self, k: int = 20, max_train: int = 20000):
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        self.k, self.max_train = int(k), int(max_train)
+        super().__init__()
+        self.codes = None
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        self.codes = compute_fn(lambda m, xb: m.encode(xb)[0].float(), model,
+                                _subsample(train_x, self.max_train, seed))
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        z = model.encode(x)[0].float()
+        codes = self.codes.to(z.device)
+        d = torch.cdist(z, codes)
+        k = min(self.k, codes.shape[0])
+        return d.topk(k, dim=1, largest=False).values[:, -1].cpu()
+
+    def state_dict(self):
+        return {"codes": self.codes}
+
+    def load_state_dict(self, state):
+        self.codes = state["codes"].float()
+        self.fitted = True
+
+
+@register("combined")
+class Combined(AnomalyScore):
+    """Sum of standardised component scores (default: latent_knn + input_complexity).
+
+    Each component is calibrated on training rows it was not fitted on (a z-score version of
+    combining per-statistic evidence, as in DoSE, Morningstar et al. 2021).
+
+    S(x) = sum_i (S_i(x) - mean_i) / std_i with mean_i, std_i over `calibration` training rows
+    held out of the rows the components are fitted on. The default pair covers both failure
+    modes: `latent_knn` flags inputs whose codes land where no training code does (semantic
+    novelty, also for simple inputs), `input_complexity` flags inputs the model explains worse than
+    their complexity predicts (novel detail). Assumes: the components' evidence adds up; each
+    is one-sided (higher = more anomalous). Cost: the sum of the components' costs.
+    """
+
+    needs_fit = True
+
+    def __init__(self, components: Sequence[str] = ("latent_knn", "input_complexity"), calibration: int = 5000):
+        components = list(components)
+        if not components or "combined" in components:
+            raise ValueError(f"components must name other anomaly scores, got {components}")
+        for name in components:
+            ANOMALY_SCORES.get(name)
+        self.components, self.calibration = components, int(calibration)
+        super().__init__()
+        self.parts = [ANOMALY_SCORES.get(name)() for name in components]
+        self.mean, self.std = None, None
+
+    @torch.no_grad()
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(train_x.shape[0], generator=g)
+        n_cal = min(self.calibration, train_x.shape[0] // 2)
+        cal, rest = train_x[perm[:n_cal]], train_x[perm[n_cal:]]
+        values = []
+        for part in self.parts:
+            if part.needs_fit:
+                part.fit(model, rest, seed=seed)
+            values.append(compute(part, model, cal))
+        v = torch.stack(values, -1)
+        self.mean, self.std = v.mean(0), v.std(0).clamp_min(1e-8)
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        v = torch.stack([part.score(model, x).float().cpu() for part in self.parts], -1)
+        return ((v - self.mean) / self.std).sum(-1)
+
+    def state_dict(self):
+        return {"mean": self.mean, "std": self.std, "parts": [p.state_dict() for p in self.parts]}
+
+    def load_state_dict(self, state):
+        self.mean, self.std = state["mean"].float(), state["std"].float()
+        for part, s in zip(self.parts, state["parts"]):
+            part.load_state_dict(s)
+        self.fitted = True
+
+
+class _RatioToSecondModel(AnomalyScore):
+    """-log p(x) + log p_2(x), p_2 a second model of the same kind trained by train_second_model."""
+
+    needs_fit = True
+
+    def __init__(self, num_samples: int = 16, epochs: Optional[int] = None):
+        self.num_samples = int(num_samples)
+        self.epochs = None if epochs is None else int(epochs)
+        super().__init__()
+        self.second = None
+
+    def second_overrides(self, model):
+        return [f"train.epochs={self.epochs}"] if self.epochs else []
+
+    def second_training_data(self, train_x, generator):
+        return train_x
+
+    def fit(self, model, train_x, run_dir=None, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        data = self.second_training_data(train_x.float().cpu(), g)
+        self.second, cfg = train_second_model(model, data, self.second_overrides(model), seed=seed)
+        self.fitted = True
+        return self
+
+    def score(self, model, x):
+        self._check_fitted()
+        second = self.second.to(_device(model))
+        return (neg_log_likelihood(model, x, self.num_samples)
+                - neg_log_likelihood(second, x, self.num_samples))
+
+    def state_dict(self):
+        return _model_state(self.second, self.second.config)
+
+    def load_state_dict(self, state):
+        self.second = _model_from_state(state)
+        self.fitted = True
+
+
+@register("likelihood_ratio")
+class LikelihoodRatio(_RatioToSecondModel):
+    """Likelihood ratio to a background model (Ren et al. 2019): -log p(x) + log p_bg(x).
+
+    p_bg is the same model trained on the training inputs with a fraction `mutation_rate` of
+    their values replaced by uniform noise over the data's range: it learns the population-level
+    background (smoothness, intensity) but not the semantics, and the ratio cancels the
+    background term that inflates likelihoods of simple inputs. Assumes: the perturbation
+    destroys semantics and keeps background statistics. Cost: trains a second model (as long as
+    the first, or `epochs`), then twice the IWAE cost of `num_samples` per row; the second
+    model is saved in RUN/scores/likelihood_ratio.pt.
+    """
+
+    def __init__(self, num_samples: int = 16, epochs: Optional[int] = None, mutation_rate: float = 0.2):
+        if not 0 < mutation_rate < 1:
+            raise ValueError(f"mutation_rate must be in (0, 1), got {mutation_rate}")
+        self.mutation_rate = float(mutation_rate)
+        super().__init__(num_samples, epochs)
+
+    def second_training_data(self, train_x, generator):
+        lo, hi = float(train_x.min()), float(train_x.max())
+        noise = lo + (hi - lo) * torch.rand(train_x.shape, generator=generator)
+        if torch.equal(train_x, train_x.round()):  # counts / levels stay integers
+            noise = noise.round()
+        mask = torch.rand(train_x.shape, generator=generator) < self.mutation_rate
+        return torch.where(mask, noise, train_x)
+
+
+@register("generic_ratio")
+class GenericRatio(_RatioToSecondModel):
+    """Ratio to a more generic model (Schirrmeister et al. 2020): -log p(x) + log p_generic(x).
+
+    p_generic is the same network with a `latent_dim`-dimensional code, trained on the same
+    data (cf. Havtorn et al. 2021, who compare levels of one hierarchical VAE).
+
+    A small code can only capture what all inputs share (overall intensity, smoothness), so
+    the ratio keeps what the full model knows beyond that. Assumes: the generic model's
+    likelihood tracks input complexity like the full one's. Cost: as likelihood_ratio.
+    """
+
+    def __init__(self, num_samples: int = 16, epochs: Optional[int] = None, latent_dim: int = 2):
+        if latent_dim < 1:
+            raise ValueError(f"latent_dim must be at least 1, got {latent_dim}")
+        self.latent_dim = int(latent_dim)
+        super().__init__(num_samples, epochs)
+
+    def second_overrides(self, model):
+        return super().second_overrides(model) + [f"latent_dim={self.latent_dim}"]
+
+
+# ------------------------------------------------------------------ running scores
+def build(spec=None) -> AnomalyScore:
+    """The score named by ``spec``: a name, a ``{"name": ..., **params}`` mapping, or None
+    for :data:`DEFAULT_SCORE`."""
+    if spec is None:
+        spec = DEFAULT_SCORE
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    return ANOMALY_SCORES.build(spec)
+
+
+def prepare(score: AnomalyScore, model, train_x: Optional[torch.Tensor] = None, run_dir=None,
+            seed: int = 0, refit: bool = False) -> AnomalyScore:
+    """Make ``score`` ready: load ``RUN/scores/NAME.pt`` if it exists (and not ``refit``), else
+    fit it on ``train_x`` and save it in ``run_dir`` (when given)."""
+    if not score.needs_fit:
+        return score
+    if run_dir is not None and not refit and state_path(run_dir, score.registry_name).is_file():
+        return score.load(run_dir)
+    if train_x is None:
+        raise ValueError(f"anomaly score {score.registry_name!r} must be fitted on the training data first")
+    model.eval()
+    score.fit(model, train_x, run_dir=run_dir, seed=seed)
+    if run_dir is not None:
+        score.save(run_dir)
+    return score
+
+
+@torch.no_grad()
+def compute_fn(fn, model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``fn(model, batch)`` over ``x`` in batches on the model's device, concatenated on the CPU."""
+    model.eval()
+    device = _device(model)
+    out = [fn(model, x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+def compute_parts(fn, model, x, batch_size: int = 1000):
+    parts = []
+    device = _device(model)
+    for i in range(0, x.shape[0], batch_size):
+        parts.append([p.cpu() for p in fn(model, x[i:i + batch_size].to(device))])
+    return [torch.cat(p) for p in zip(*parts)]
+
+
+def compute(score: AnomalyScore, model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Per-row scores (higher = more anomalous), shape (N,), computed in batches."""
+    with torch.no_grad():
+        return compute_fn(score.score, model, x, batch_size).float()
+
+
+# ------------------------------------------------------------------ reporting
+def auroc_auprc(scores, is_anomaly) -> Dict[str, float]:
+    """AUROC and AUPRC (average precision) of detecting ``is_anomaly`` by ``scores``."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = torch.as_tensor(is_anomaly).bool().cpu().numpy()
+    s = torch.nan_to_num(torch.as_tensor(scores).float(), nan=float("inf")).cpu().numpy()
+    return {"auroc": float(roc_auc_score(y, s)), "auprc": float(average_precision_score(y, s))}
+
+
+def score_report(scores: Dict[str, torch.Tensor], is_anomaly, labels=None, out_dir=None,
+                 class_names: Optional[Sequence[str]] = None) -> dict:
+    """AUROC / AUPRC per score; with ``out_dir`` also ``roc.png`` (one curve per score) and
+    ``score_histograms.png`` (per class, one panel per score; anomalies drawn thick black when
+    there are no labels). Returns ``{name: {"auroc": .., "auprc": ..}}``."""
+    is_anomaly = torch.as_tensor(is_anomaly).bool().cpu()
+    result = {name: auroc_auprc(s, is_anomaly) for name, s in scores.items()}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _roc_plot(scores, is_anomaly, result, out_dir / "roc.png")
+        _histograms(scores, is_anomaly, labels, out_dir / "score_histograms.png", class_names)
+        write_json(out_dir / "score_metrics.json", result)
+    return result
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    _plt().close(fig)
+
+
+def _roc_plot(scores, is_anomaly, result, path):
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y = is_anomaly.numpy()
+    for name, s in scores.items():
+        s = torch.nan_to_num(torch.as_tensor(s).float(), nan=float("inf")).numpy()
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{name}: AUROC {result[name]['auroc']:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    _save(fig, path)
+
+
+def _histograms(scores, is_anomaly, labels, path, class_names):
+    import numpy as np
+
+    plt = _plt()
+    names = list(scores)
+    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.8 * len(names)), squeeze=False)
+    if labels is None:
+        groups = [("normal", ~is_anomaly, False), ("anomaly", is_anomaly, True)]
+    else:
+        lab = torch.as_tensor(labels).cpu()
+        groups = []
+        for c in torch.unique(lab).tolist():
+            m = lab == c
+            name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
+            groups.append((name, m, bool(is_anomaly[m].all())))
+    for ax, name in zip(axes[:, 0], names):
+        s = torch.as_tensor(scores[name]).float().cpu().numpy()
+        finite = s[np.isfinite(s)]
+        lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, 60)
+        for gname, m, anomalous in groups:
+            vals = np.clip(s[m.numpy()], edges[0], edges[-1])
+            style = dict(lw=2.5, color="black") if anomalous else dict(lw=1, alpha=0.8)
+            ax.hist(vals, bins=edges, histtype="step", density=True,
+                    label=gname + (" (anomaly)" if anomalous else ""), **style)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=6, ncol=2)
+    axes[-1, 0].set_xlabel("anomaly score (higher = more anomalous)")
+    _save(fig, path)

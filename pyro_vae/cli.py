@@ -203,41 +203,53 @@ def _sample_paths(model, args, out):
 
 
 def cmd_score(args):
-    """Anomaly scores: -ELBO (or -log p(x) with --iwae-samples) and reconstruction error per row."""
+    """Anomaly scores per row (higher = more anomalous), AUROC / AUPRC, a ROC curve and histograms."""
     import numpy as np
     import torch
 
-    from .evaluate import anomaly_scores, auroc
+    from . import scores as S
+    from .config import load_config
     from .utils import atomic_path
 
-    if args.iwae_samples is not None and args.iwae_samples < 0:
-        raise PyroVAEError("--iwae-samples must be 0 (score -ELBO) or a positive number of samples")
     out = Path(args.out)
     if out.suffix != ".csv":
         raise PyroVAEError(f"--out must end in .csv (got {out.name})")
     model, cfg, get_data = _load_run(args)
+    if args.score:  # NAME [key=value ...]: checked like any config section
+        cfg = load_config(None, [f"score={args.score[0]}"] + [f"score.{kv}" for kv in args.score[1:]], base=cfg,
+                          import_plugins=False)
     split = _rows_of(model, cfg, get_data, args)
     torch.manual_seed(args.seed)
-    scores = anomaly_scores(model, split.x, args.iwae_samples or 0)
-    name = "neg_log_likelihood" if args.iwae_samples else "neg_elbo"
-    cols = [np.arange(len(split))[:, None], scores["score"].numpy()[:, None], scores["recon_error"].numpy()[:, None]]
-    header = ["row", name, "recon_error"]
+    score = S.build(OmegaConf_to_dict(cfg.score))
+    if score.needs_fit:  # statistics of the training data (and any second model), kept in RUN/scores/
+        run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
+        score = S.prepare(score, model, train_x=get_data().train.x, run_dir=run_dir, seed=args.seed)
+    values = S.compute(score, model, split.x)
+    name = score.registry_name
+    cols, header, fmt = [np.arange(len(split))[:, None], values.numpy()[:, None]], ["row", name], ["%d", "%.6g"]
     if split.y is not None:
         cols.append(split.y.numpy()[:, None])
         header.append("label")
+        fmt.append("%d")
     with atomic_path(out) as tmp:
-        np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="",
-                   fmt=["%d", "%.4f", "%.4f"] + (["%d"] if split.y is not None else []))
+        np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="", fmt=fmt)
     print(f"wrote {out} ({len(split)} rows; higher {name} = more anomalous)")
-    classes = args.anomaly_class if args.anomaly_class is not None else list(cfg.data.exclude_classes)
+    classes = args.anomaly_class if args.anomaly_class is not None else list(cfg.data.get("exclude_classes", []))
     if classes and split.y is not None:
         positive = torch.isin(split.y, torch.tensor(classes))
         if positive.all() or not positive.any():
             raise PyroVAEError(f"AUROC needs rows both in and outside classes {classes}")
-        result = {"anomaly_classes": classes, "auroc_" + name: auroc(scores["score"], positive),
-                  "auroc_recon_error": auroc(scores["recon_error"], positive)}
-        print(json.dumps(result))
+        class_names = getattr(get_data(), "class_names", None) if not _is_file_spec(args.data) else None
+        result = S.score_report({name: values}, positive, split.y, out.parent, class_names, prefix=f"{out.stem}.")
+        print(json.dumps({"anomaly_classes": classes, "score": name, **result[name]}))
+        print(f"wrote {out.parent / (out.stem + '.roc.png')} and {out.stem}.score_histograms.png")
     return 0
+
+
+def OmegaConf_to_dict(node):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def cmd_encode(args):
@@ -311,7 +323,7 @@ def cmd_list(args):
     groups = dict(registries())
     order = [("model kinds", groups["model"]), ("data sets", groups["data"]), ("priors", groups["prior"]),
              ("likelihoods", groups["likelihood"]), ("network types", NETWORKS), ("activations", ACTIVATIONS),
-             ("semi-supervised loss terms", LOSS_TERMS)]
+             ("anomaly scores", groups["score"]), ("semi-supervised loss terms", LOSS_TERMS)]
     if args.plugin:
         print(f"(with plugins: {', '.join(args.plugin)})")
     for title, reg in order:
@@ -381,11 +393,15 @@ def build_parser():
     s.add_argument("--max-dims", type=int, default=10, help="traverse this many dimensions, the most active first (default 10)")
     s.set_defaults(func=cmd_sample)
 
-    sc = sub.add_parser("score", help="anomaly scores per example and AUROC")
+    sc = sub.add_parser("score", help="anomaly scores per example; AUROC, AUPRC, ROC curve and histograms",
+                        description="Anomaly scores (higher = more anomalous). With held-out classes (the run's "
+                                    "data.exclude_classes or --anomaly-class) also AUROC/AUPRC, OUT.roc.png and "
+                                    "OUT.score_histograms.png.")
     _run_args(sc)
-    sc.add_argument("--out", required=True, help="scores.csv: row, score, recon_error[, label]")
-    sc.add_argument("--iwae-samples", type=int, default=None,
-                    help="score with -log p(x) from K importance samples instead of -ELBO")
+    sc.add_argument("--out", required=True, help="scores.csv: row, score[, label]")
+    sc.add_argument("--score", nargs="+", metavar="NAME [KEY=VALUE]",
+                    help="which score (`pyro-vae list`; default: the run's score.name) and its parameters, "
+                         "e.g. --score neg_log_likelihood num_samples=1000")
     sc.add_argument("--anomaly-class", type=int, nargs="+", default=None,
                     help="print the AUROC of these classes vs the rest (default: the run's data.exclude_classes)")
     sc.add_argument("--seed", type=int, default=0)
@@ -402,7 +418,7 @@ def build_parser():
     k.add_argument("--out", required=True, help="predictions.csv: row, predicted label, class probabilities[, label]")
     k.set_defaults(func=cmd_classify)
 
-    ls = sub.add_parser("list", help="show every registry: model kinds, data sets, priors, likelihoods, networks, ...")
+    ls = sub.add_parser("list", help="show every registry: model kinds, data sets, priors, likelihoods, scores, ...")
     ls.add_argument("--plugin", action="append", default=[], metavar="FILE", help="import this plugin first")
     ls.set_defaults(func=cmd_list)
     return p

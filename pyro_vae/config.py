@@ -26,7 +26,7 @@ from .networks import ACTIVATIONS, NETWORKS, NetConfig
 from .registry import field_help, option
 
 #: config sections that name a registry entry: section -> (registry, default entry)
-NAMED_SECTIONS = ("model", "data", "prior", "likelihood")
+NAMED_SECTIONS = ("model", "data", "prior", "likelihood", "score")
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
@@ -122,8 +122,16 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "lightning.Trainer"})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "final metrics"})
+    score: Dict[str, Any] = option(help="anomaly score of `pyro-vae score` (`pyro-vae list`) and its parameters",
+                                   factory=lambda: {"name": _default_score()})
     plugins: List[str] = option(help="your .py files (or modules) imported first: your own registered entries",
                                 factory=list)
+
+
+def _default_score() -> str:
+    from .scores import DEFAULT_SCORE
+
+    return DEFAULT_SCORE
 
 
 def _choice(key, value, choices):
@@ -142,8 +150,9 @@ def registries():
     from .likelihoods import LIKELIHOODS
     from .models import MODELS
     from .priors import PRIORS
+    from .scores import ANOMALY_SCORES
 
-    return {"model": MODELS, "data": DATASETS, "prior": PRIORS, "likelihood": LIKELIHOODS}
+    return {"model": MODELS, "data": DATASETS, "prior": PRIORS, "likelihood": LIKELIHOODS, "score": ANOMALY_SCORES}
 
 
 def _normalise(layer: Dict[str, Any]) -> Dict[str, Any]:

@@ -92,27 +92,3 @@ def test_metrics(plan, split, cfg, iwae_samples: Optional[int] = None, seed: int
     n = min(len(split), 10000)
     metrics.update(latent_diagnostics(model, split.x[:n]))
     return metrics
-
-
-def auroc(scores, is_positive) -> float:
-    """Area under the ROC curve of ``scores`` for detecting ``is_positive`` (scikit-learn)."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(torch.as_tensor(is_positive).cpu().numpy(), torch.as_tensor(scores).cpu().numpy()))
-
-
-@torch.no_grad()
-def anomaly_scores(model, x: torch.Tensor, iwae_samples: int = 0, batch_size: int = 2000) -> dict:
-    """Per-row anomaly scores: ``score`` = -ELBO (or -log p(x) with ``iwae_samples`` > 0) in nats,
-    and ``recon_error`` = squared error of E[x | z = posterior mean]. Higher = more anomalous."""
-    model.eval()
-    device = _device(model)
-    scores, errors = [], []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size].to(device)
-        if iwae_samples:
-            scores.append(-iwae_log_likelihood(model, xb, iwae_samples))
-        else:
-            scores.append(-model.elbo(xb).float().cpu())
-        errors.append(((model.reconstruct(xb) - xb) ** 2).sum(-1).float().cpu())
-    return {"score": torch.cat(scores), "recon_error": torch.cat(errors)}

@@ -472,7 +472,9 @@ def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
             from .plots import run_report
 
             run_report(model, data, run_dir, rows.rows, plan)
-    return FitResult(model.cpu(), data, cfg, run_dir, metrics, rows.rows)
+    model = model.cpu()
+    model.config = cfg
+    return FitResult(model, data, cfg, run_dir, metrics, rows.rows)
 
 
 def _quiet_lightning():

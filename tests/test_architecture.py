@@ -20,7 +20,7 @@ LAYERS = [
     ("data", {"data"}),
     ("training", {"training", "training.base", "training.batches", "training.vae", "training.ssvae",
                   "training.augment", "evaluate", "plots"}),
-    ("engine", {"config", "rundir", "train", "cli", "__init__"}),
+    ("engine", {"config", "rundir", "train", "scores", "cli", "__init__"}),
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 

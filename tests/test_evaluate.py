@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
-from pyro_vae.evaluate import anomaly_scores, auroc, iwae_log_likelihood
+from pyro_vae import scores as S
+from pyro_vae.evaluate import iwae_log_likelihood
 from pyro_vae.plots import interpolation_grid, score_histogram, traversal_grid
 from pyro_vae.train import fit
 
@@ -60,12 +61,14 @@ def test_scores_rank_noise_and_a_held_out_class_above_the_training_classes(train
     test = trained.data.test
     torch.manual_seed(0)
     noise = torch.rand(100, 64)
-    s = anomaly_scores(trained.model, torch.cat([test.x, noise]))
+    x = torch.cat([test.x, noise])
+    elbo = S.compute(S.build("neg_elbo"), trained.model, x)
+    recon = S.compute(S.build("recon_error"), trained.model, x)
     is_noise = torch.cat([torch.zeros(len(test)), torch.ones(100)])
-    assert auroc(s["score"], is_noise) > 0.95
-    assert auroc(s["recon_error"], is_noise) > 0.95
+    assert S.auroc_auprc(elbo, is_noise)["auroc"] > 0.95
+    assert S.auroc_auprc(recon, is_noise)["auroc"] > 0.95
     held_out = test.y == 0
-    assert auroc(s["score"][: len(test)], held_out) > 0.6
+    assert S.auroc_auprc(elbo[: len(test)], held_out)["auroc"] > 0.6
 
 
 def test_latent_diagnostics_in_metrics(trained):
@@ -96,17 +99,24 @@ def test_score_evaluate_and_generation_from_the_cli(trained, tmp_path, capsys):
     run = str(trained.run_dir)
     assert main(["score", run, "--out", str(tmp_path / "scores.csv")]) == 0
     printed = capsys.readouterr().out.strip().splitlines()
-    result = json.loads(printed[-1])
-    assert result["anomaly_classes"] == [0] and result["auroc_neg_elbo"] > 0.6
+    result = json.loads(printed[-2])
+    assert result["anomaly_classes"] == [0] and result["score"] == S.DEFAULT_SCORE and result["auroc"] > 0.6
+    assert 0 < result["auprc"] <= 1
+    for name in ("scores.roc.png", "scores.score_histograms.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
+    assert (trained.run_dir / "scores" / f"{S.DEFAULT_SCORE}.pt").is_file()  # fitted once, kept with the run
     rows = np.loadtxt(tmp_path / "scores.csv", delimiter=",", skiprows=1)
-    assert rows.shape == (359, 4) and set(np.unique(rows[:, 3])) == set(range(10))
+    assert rows.shape == (359, 3) and set(np.unique(rows[:, 2])) == set(range(10))
     # an array file is scored row by row, in order; noise scores far above the test images
     torch.manual_seed(0)
     np.save(tmp_path / "noise.npy", torch.rand(20, 64).numpy())
-    assert main(["score", run, "--data", str(tmp_path / "noise.npy"), "--iwae-samples", "20",
-                 "--out", str(tmp_path / "noise.csv")]) == 0
+    assert main(["score", run, "--data", str(tmp_path / "noise.npy"), "--score", "neg_log_likelihood",
+                 "num_samples=20", "--out", str(tmp_path / "noise.csv")]) == 0
+    assert main(["score", run, "--score", "neg_log_likelihood", "num_samples=20",
+                 "--out", str(tmp_path / "nll.csv")]) == 0
     noise = np.loadtxt(tmp_path / "noise.csv", delimiter=",", skiprows=1)
-    assert noise.shape == (20, 3) and noise[:, 1].mean() > rows[:, 1].mean() + 10
+    nll = np.loadtxt(tmp_path / "nll.csv", delimiter=",", skiprows=1)
+    assert noise.shape == (20, 2) and noise[:, 1].mean() > nll[:, 1].mean() + 10
     capsys.readouterr()
     assert main(["evaluate", run, "--iwae-samples", "50"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -120,7 +130,8 @@ def test_score_evaluate_and_generation_from_the_cli(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", run, "--interpolate", "0", "9999", "--out", str(tmp_path / "i.png")]) == 2
     assert "out of range" in capsys.readouterr().err
-    assert main(["score", run, "--iwae-samples", "-1", "--out", str(tmp_path / "s.csv")]) == 2
+    assert main(["score", run, "--score", "neg_log_likelihood", "num_samples=-1", "--out", str(tmp_path / "s.csv")]) == 2
+    assert main(["score", run, "--score", "nonsense", "--out", str(tmp_path / "s.csv")]) == 2
     assert main(["score", run, "--out", str(tmp_path / "s.txt")]) == 2
 
 
@@ -135,10 +146,10 @@ def test_scores_and_log_likelihood_of_the_semi_supervised_model(tmp_path, capsys
     assert main(["evaluate", str(run), "--iwae-samples", "20"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["test_log_likelihood"] > -metrics["test_loss"] - 0.5
-    assert main(["score", str(run), "--anomaly-class", "3", "--out", str(tmp_path / "s.csv")]) == 0
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert 0 <= result["auroc_neg_elbo"] <= 1
-    assert np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1).shape == (359, 4)
+    assert main(["score", str(run), "--anomaly-class", "3", "--score", "neg_elbo", "--out", str(tmp_path / "s.csv")]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-2])
+    assert 0 <= result["auroc"] <= 1
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1).shape == (359, 3)
     capsys.readouterr()
     assert main(["sample", str(run), "--interpolate", "0", "1", "--out", str(tmp_path / "i.png")]) == 2
     assert "model=vae" in capsys.readouterr().err

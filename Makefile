@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(VENV)/bin/pyro-vae train examples/configs/digits_vae.yaml --out runs/demo trainer.progress_bar=false
+	$(VENV)/bin/pyro-vae train examples/configs/digits_vae.yaml --out runs/demo --overwrite trainer.progress_bar=false
 	@echo "outputs: runs/demo (samples.png, reconstructions.png, latent_map.png, metrics.json)"
 
 test: install

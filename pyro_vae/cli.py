@@ -219,8 +219,14 @@ def cmd_score(args):
         cfg = load_config(None, [f"score={args.score[0]}"] + [f"score.{kv}" for kv in args.score[1:]], base=cfg,
                           import_plugins=False)
     split = _rows_of(model, cfg, get_data, args)
+    classes = args.anomaly_class if args.anomaly_class is not None else list(cfg.data.get("exclude_classes", []))
+    positive = None
+    if classes and split.y is not None:  # checked before anything is computed or written
+        positive = torch.isin(split.y, torch.tensor(classes))
+        if positive.all() or not positive.any():
+            raise PyroVAEError(f"AUROC needs rows both in and outside classes {classes}")
     torch.manual_seed(args.seed)
-    score = S.build(OmegaConf_to_dict(cfg.score))
+    score = S.build(_plain(cfg.score))
     if score.needs_fit:  # statistics of the training data (and any second model), kept in RUN/scores/
         run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
         score = S.prepare(score, model, train_x=get_data().train.x, run_dir=run_dir, seed=args.seed)
@@ -234,11 +240,7 @@ def cmd_score(args):
     with atomic_path(out) as tmp:
         np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="", fmt=fmt)
     print(f"wrote {out} ({len(split)} rows; higher {name} = more anomalous)")
-    classes = args.anomaly_class if args.anomaly_class is not None else list(cfg.data.get("exclude_classes", []))
-    if classes and split.y is not None:
-        positive = torch.isin(split.y, torch.tensor(classes))
-        if positive.all() or not positive.any():
-            raise PyroVAEError(f"AUROC needs rows both in and outside classes {classes}")
+    if positive is not None:
         class_names = getattr(get_data(), "class_names", None) if not _is_file_spec(args.data) else None
         result = S.score_report({name: values}, positive, split.y, out.parent, class_names, prefix=f"{out.stem}.")
         print(json.dumps({"anomaly_classes": classes, "score": name, **result[name]}))
@@ -246,7 +248,7 @@ def cmd_score(args):
     return 0
 
 
-def OmegaConf_to_dict(node):
+def _plain(node):
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(node, resolve=True)

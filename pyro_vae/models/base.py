@@ -60,10 +60,19 @@ class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
     scales the continuous latent sites in both (KL warm-up).
     """
 
-    #: plate size (training-set size); None = the minibatch is the whole data set
-    num_data: Optional[int] = None
-    #: KL weight: scales the z sites of model and guide (1 = the ELBO)
-    beta: float = 1.0
+    def __init__(self, encoder, decoder, prior, likelihood, latent_dim: int, image_shape=None,
+                 num_data: Optional[int] = None):
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.prior = prior
+        self.likelihood = likelihood
+        self.latent_dim = int(latent_dim)
+        self.data_dim = likelihood.data_dim
+        self.image_shape = image_shape
+        self.num_data = num_data  # plate size (training-set size); None = the minibatch is the whole data
+        self.beta = 1.0  # KL weight: scales the z sites of model and guide (1 = the ELBO)
+        prior.attach(self)
 
     @classmethod
     @abc.abstractmethod

@@ -112,19 +112,10 @@ class SSVAE(LatentVariableModel, Classifier):
 
     def __init__(self, classifier: nn.Module, encoder: SplitInput, decoder: SplitInput, prior, likelihood,
                  latent_dim: int, num_classes: int, image_shape=None, learn_class_prior: bool = False):
-        super().__init__()
+        super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape)
         self.classifier = classifier
-        self.encoder = encoder
-        self.decoder = decoder
-        self.prior = prior
-        self.likelihood = likelihood
-        self.latent_dim = latent_dim
-        self.data_dim = likelihood.data_dim
-        self.image_shape = image_shape
         self.num_classes = int(num_classes)
         self.class_logits = nn.Parameter(torch.zeros(self.num_classes), requires_grad=bool(learn_class_prior))
-        self.beta = 1.0
-        prior.attach(self)
 
     @classmethod
     def from_config(cls, cfg, info: DataInfo) -> "SSVAE":

@@ -41,17 +41,7 @@ class VAE(LatentVariableModel, LatentPaths):
 
     def __init__(self, encoder: GaussianEncoder, decoder: torch.nn.Module, prior, likelihood,
                  latent_dim: int, image_shape=None, num_data: Optional[int] = None):
-        super().__init__()
-        self.encoder = encoder
-        self.decoder = decoder
-        self.prior = prior
-        self.likelihood = likelihood
-        self.latent_dim = latent_dim
-        self.data_dim = likelihood.data_dim
-        self.image_shape = image_shape
-        self.num_data = num_data
-        self.beta = 1.0
-        prior.attach(self)
+        super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, num_data)
 
     @classmethod
     def from_config(cls, cfg, info: DataInfo) -> "VAE":

@@ -8,21 +8,28 @@ Public API::
     z, _ = model.encode(x)
 
 Models keep their parameters local to the module
-(``pyro.settings.set(module_local_params=True)``), so two models in one process
-never share Pyro's global parameter store.
+(``pyro.settings.set(module_local_params=True)``, set when the models are imported), so
+two models in one process never share Pyro's global parameter store. The names below are
+imported on first use, so ``pyro-vae --help`` does not wait for torch.
 """
-import pyro
+import importlib
 
-pyro.settings.set(module_local_params=True)
+from .errors import ConfigError, DataError, Interrupted, PyroVAEError
 
-from . import likelihoods, priors  # noqa: E402
-from .config import Config, load_config  # noqa: E402
-from .data import DATASETS  # noqa: E402
-from .errors import ConfigError, DataError, Interrupted, PyroVAEError  # noqa: E402
-from .likelihoods import LIKELIHOODS  # noqa: E402
-from .models import MODELS, SSVAE, VAE, Classifier, LatentVariableModel  # noqa: E402
-from .priors import PRIORS  # noqa: E402
-from .rundir import load  # noqa: E402
+_LAZY = {
+    "VAE": "models", "SSVAE": "models", "LatentVariableModel": "models", "Classifier": "models", "MODELS": "models",
+    "load": "rundir", "load_config": "config", "Config": "config", "PRIORS": "priors", "LIKELIHOODS": "likelihoods",
+    "DATASETS": "data", "ANOMALY_SCORES": "scores",
+}
+_SUBMODULES = {"priors", "likelihoods", "models", "data", "config", "scores", "training", "evaluate", "plots"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
 
 
 def fit(*args, **kwargs):
@@ -34,6 +41,6 @@ def fit(*args, **kwargs):
 
 
 __all__ = ["VAE", "SSVAE", "LatentVariableModel", "Classifier", "fit", "load", "load_config", "Config",
-           "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "priors", "likelihoods",
+           "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "ANOMALY_SCORES", "priors", "likelihoods",
            "ConfigError", "DataError", "Interrupted", "PyroVAEError"]
 __version__ = "0.2.0"

@@ -16,10 +16,14 @@ import abc
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import pyro
 import torch
 from pyro.nn import PyroModule
 
 from ..registry import Registry
+
+# parameters live in their modules, not Pyro's global store: two models never share them
+pyro.settings.set(module_local_params=True)
 
 MODELS = Registry("model")
 

@@ -140,3 +140,20 @@ def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
     assert abs(m["test_loss"] - m1["test_loss"]) < 1.5, (m["test_loss"], m1["test_loss"])
     if model == "ssvae":
         assert m["test_accuracy"] > 0.5
+
+
+def test_trainer_validate_reports_the_held_out_metrics(quick):
+    """validation_step is a real Lightning hook: trainer.validate works on a trained model."""
+    import lightning as L
+
+    from pyro_vae.train import SVIModule, fit
+    from pyro_vae.training import plan_for
+
+    r = fit(None, save=False, overrides=[*quick, "train.epochs=2", "data.validation=200"])
+    plan = plan_for(r.model, r.config)
+    module = SVIModule(plan, r.config, r.data.info())
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    torch.manual_seed(0)
+    out = trainer.validate(module, dataloaders=plan.eval_dataloader(r.data.val, 64), verbose=False)
+    torch.manual_seed(0)
+    assert out[0]["val_loss"] == pytest.approx(plan.evaluate(r.data.val, 64)["loss"], rel=1e-4)

@@ -349,9 +349,7 @@ def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool):
                           "(`pyro-vae config` lists them)")
     try:
         return L.Trainer(**kwargs, **extra)
-    except (ValueError, TypeError, RuntimeError, ImportError) as e:
-        raise ConfigError(f"bad trainer setting: {str(e).strip().splitlines()[0]}") from None
-    except Exception as e:  # Lightning's MisconfigurationException and the like
+    except Exception as e:  # ValueError, Lightning's MisconfigurationException and the like
         raise ConfigError(f"bad trainer setting: {str(e).strip().splitlines()[0]}") from None
 
 
@@ -385,9 +383,7 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     plan.check_data(data)
     plan.setup(data)
     has_val = data.val is not None and len(data.val) > 0
-    selection = plan.selection
-    if has_val and selection[0] not in plan.evaluate(data.val.subset(slice(0, 2)), 2):
-        selection = ("loss", "min")  # e.g. accuracy without labels in the validation split
+    selection = plan.selection_for(data.val) if has_val else plan.selection
 
     run_dir = None
     if save:

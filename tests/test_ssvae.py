@@ -266,3 +266,10 @@ def test_classify_cli_writes_predictions(tmp_path, capsys):
     assert rows.shape == (359, 2 + 10 + 1)
     assert np.allclose(rows[:, 2:12].sum(1), 1, atol=1e-4) and (rows[:, 1] == rows[:, 2:12].argmax(1)).all()
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_checkpoints_are_selected_on_accuracy_only_where_the_validation_split_has_labels():
+    m, plan = tiny_plan(8, 10)
+    assert plan.selection_for(Split(torch.zeros(3, 64), torch.tensor([0, 1, -1]))) == ("accuracy", "max")
+    assert plan.selection_for(Split(torch.zeros(3, 64), torch.full((3,), -1))) == ("loss", "min")
+    assert plan.selection_for(Split(torch.zeros(3, 64))) == ("loss", "min")

@@ -82,6 +82,10 @@ class TrainingPlan(abc.ABC):
         """Additive sums over a batch: here the negative ELBO and the row count."""
         return {"loss": -self.model.elbo(x).sum(), "count": torch.tensor(float(x.shape[0]), device=x.device)}
 
+    def selection_for(self, split) -> Tuple[str, str]:
+        """The (metric, min|max) that picks the kept checkpoint on this validation split."""
+        return self.selection
+
     def metrics(self, sums: Dict[str, float]) -> Dict[str, float]:
         return {"loss": float(sums["loss"]) / max(1.0, float(sums["count"]))}
 

@@ -165,6 +165,10 @@ class SemiSupervisedPlan(TrainingPlan):
         sums["known"] = known.sum().float()
         return sums
 
+    def selection_for(self, split):
+        known = split.y is not None and bool((split.y >= 0).any())
+        return self.selection if known else ("loss", "min")  # no labels to measure accuracy on
+
     def metrics(self, sums):
         out = super().metrics(sums)
         if float(sums.get("known", 0)):

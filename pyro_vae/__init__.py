@@ -32,12 +32,42 @@ def __getattr__(name):
     raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")
 
 
-def fit(*args, **kwargs):
-    """Train from a config and write a run directory; see :func:`pyro_vae.train.fit`
-    (imported on first use: Lightning is slow to import)."""
+def fit(x=None, y=None, *, config=None, overrides=(), out=None, **kwargs):
+    """Train a model and write its run directory; returns a :class:`pyro_vae.train.FitResult`
+    (``.model``, ``.metrics``, ``.history``, ``.run_dir``, ``.data``).
+
+    Two ways in:
+
+    * your data: ``fit(x, y=None, config=None, overrides=[...])`` with ``x`` a NumPy array, torch
+      tensor, pandas frame (one row per example; images are flattened) and ``y`` optional labels
+      (-1 / NaN = unknown, for ``model=ssvae``); 20% of the rows are held out as the test split
+      (``data.test_fraction``);
+    * a config: ``fit("cfg.yaml" or None, out=..., overrides=[...])``, the data named in it.
+
+    ``overrides`` are the command line's ``key=value`` strings. Other keywords go to
+    :func:`pyro_vae.train.fit` (``save``, ``plots``, ``resume``, ``overwrite``). Lightning is
+    imported on first use.
+    """
     from .train import fit as _fit
 
-    return _fit(*args, **kwargs)
+    if x is None or isinstance(x, (str, bytes)) or _is_config(x) or hasattr(x, "__fspath__"):
+        if y is not None or config is not None:
+            raise TypeError("fit(config_path, ...) takes no y / config=; pass arrays as fit(x, y, config=...)")
+        return _fit(x, out=out, overrides=overrides, **kwargs)
+    from .config import load_config
+    from .data import InMemory, load_data
+
+    cfg = load_config(config, ["data=memory", *overrides])
+    if cfg.data.name != "memory":
+        raise ConfigError(f"fit(x) trains on x; drop data.name={cfg.data.name} (the data keys such as "
+                          "data.test_fraction and data.validation still apply)")
+    return _fit(cfg, out=out, data=load_data(cfg, InMemory(x, y)), **kwargs)
+
+
+def _is_config(x) -> bool:
+    from omegaconf import DictConfig
+
+    return isinstance(x, (DictConfig, dict))
 
 
 __all__ = ["VAE", "SSVAE", "LatentVariableModel", "Classifier", "fit", "load", "load_config", "Config",

@@ -273,6 +273,31 @@ def labels_from_array(y, n: int, where: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tensor:
+    """A float32 (rows, features) tensor from numbers (numpy, torch, pandas, lists; images are
+    flattened); refuses text and NaN/inf naming the first bad row (``first`` = its number)."""
+    if hasattr(x, "toarray"):  # scipy sparse: densified (sparse training is not supported yet)
+        x = x.toarray()
+    if hasattr(x, "to_numpy"):  # pandas
+        x = x.to_numpy()
+    if torch.is_tensor(x):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.ndim > 2:
+        x = x.reshape(x.shape[0], -1)
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
+        raise DataError(f"{where} must hold numbers, found dtype {x.dtype}")
+    xt = torch.from_numpy(x.astype(np.float32))
+    bad = ~torch.isfinite(xt)
+    if bool(bad.any()):
+        r = int(bad.any(1).nonzero()[0, 0])
+        raise DataError(f"{where} has {int(bad.any(1).sum())} rows with NaN/inf or empty values "
+                        f"(first: {unit} {r + first}); remove or impute them")
+    return xt
+
+
 def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """(x, y or None, file row of each x row) from ``data.path`` (and ``labels_path``)."""
     path = Path(cfg.path).expanduser()
@@ -296,21 +321,8 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv")
     except (OSError, ValueError) as e:
         raise DataError(f"could not read {path}: {str(e).splitlines()[0]}") from None
-    x = np.asarray(x)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.ndim > 2:
-        x = x.reshape(x.shape[0], -1)
-    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
-        raise DataError(f"{path} must hold numbers, found dtype {x.dtype}")
-    xt = torch.from_numpy(x.astype(np.float32))
+    xt = rows_tensor(x, str(path), first, "line" if path.suffix == ".csv" else "row")
     rows = torch.arange(xt.shape[0]) + first  # csv: the file's line numbers; arrays: row indices
-    bad = ~torch.isfinite(xt)
-    if bool(bad.any()):
-        r = int(bad.any(1).nonzero()[0, 0])
-        what = f"line {int(rows[r])}" if path.suffix == ".csv" else f"row {r}"
-        raise DataError(f"{path} has {int(bad.any(1).sum())} rows with NaN/inf or empty values (first: {what}); "
-                        "remove or impute them")
     if cfg.labels_path:
         lp = Path(cfg.labels_path).expanduser()
         if not lp.is_file():
@@ -415,12 +427,39 @@ class ArrayFile(DataSource):
         return Loaded(full.subset(tr), full.subset(te))
 
 
+@DATASETS.register("memory", config=SplitConfig)
+class InMemory(DataSource):
+    """Arrays given in Python: pyro_vae.fit(x, y); a random test split."""
+
+    def __init__(self, x=None, y=None):
+        self.x, self.y = x, y
+
+    def load(self, cfg, generator):
+        if self.x is None:
+            raise DataError("this run was trained on arrays passed to pyro_vae.fit(x): give the data again "
+                            "(--data FILE on the command line, or the arrays in Python)")
+        x = rows_tensor(self.x, "x")
+        y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
+        if x.shape[0] < 2:
+            raise DataError(f"x has {x.shape[0]} rows; need at least 2 to split train/test")
+        tr, te = _random_split(len(x), cfg.test_fraction, generator)
+        full = Split(x, y, torch.arange(x.shape[0]))
+        return Loaded(full.subset(tr), full.subset(te))
+
+
+def _numbers(y):
+    if hasattr(y, "to_numpy"):
+        y = y.to_numpy()
+    return y.detach().cpu().numpy() if torch.is_tensor(y) else np.asarray(y, dtype=np.float64)
+
+
 # ---------------------------------------------------------------- assembly
-def load_data(cfg) -> Dataset:
-    """Build the :class:`Dataset` described by the ``data:`` config section (seeded by ``cfg.seed``)."""
+def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
+    """Build the :class:`Dataset` described by the ``data:`` config section (seeded by ``cfg.seed``);
+    ``source`` replaces the registry's (arrays given in Python)."""
     d = cfg.data
     g = torch.Generator().manual_seed(int(cfg.seed))
-    loaded = DATASETS.get(d.name)().load(d, g)
+    loaded = (source or DATASETS.get(d.name)()).load(d, g)
     train, test = loaded.train, loaded.test
     if d.limit:
         train = train.subset(slice(0, int(d.limit)))

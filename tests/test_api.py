@@ -1,0 +1,61 @@
+"""The data-first Python API: pyro_vae.fit(x, y) on arrays, and the run it writes."""
+import numpy as np
+import pytest
+import torch
+
+import pyro_vae
+from pyro_vae.cli import main
+
+QUICK = ["trainer.progress_bar=false", "latent_dim=3", "encoder.hidden=[32]", "decoder.hidden=[32]",
+         "train.epochs=3"]
+
+
+def _blobs(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.normal(size=(n, 6)).astype("float32") + 3 * np.eye(6, dtype="float32")[y]
+    return x, y
+
+
+def test_fit_on_a_numpy_array_then_load_the_run(tmp_path):
+    x, _ = _blobs()
+    r = pyro_vae.fit(x, overrides=["likelihood=gaussian", *QUICK], out=tmp_path / "run")
+    assert r.config.data.name == "memory" and r.metrics["num_train"] == 240  # 20% held out
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    model = pyro_vae.load(tmp_path / "run")
+    rows = torch.as_tensor(x[:5])
+    assert torch.allclose(model.encode(rows)[0], r.model.encode(rows)[0])
+
+
+def test_fit_on_tensors_with_partial_labels_trains_m2():
+    x, y = _blobs(400)
+    y = y.astype(float)
+    y[40:] = np.nan  # unknown labels
+    r = pyro_vae.fit(torch.as_tensor(x), torch.as_tensor(y), save=False,
+                     overrides=["model=ssvae", "likelihood=gaussian", "model.classifier_hidden=[16]", *QUICK])
+    assert isinstance(r.model, pyro_vae.Classifier) and r.metrics["test_accuracy"] > 0.5
+    assert int((r.data.train.y >= 0).sum()) < 40
+
+
+def test_fit_on_a_pandas_frame():
+    pd = pytest.importorskip("pandas")
+    x, _ = _blobs()
+    r = pyro_vae.fit(pd.DataFrame(x), overrides=["likelihood=gaussian", *QUICK], save=False)
+    assert r.data.data_dim == 6
+
+
+def test_bad_arrays_and_a_run_without_its_arrays_are_one_line_errors(tmp_path, capsys):
+    x, _ = _blobs()
+    x[7, 2] = np.nan
+    with pytest.raises(pyro_vae.DataError, match="row 7"):
+        pyro_vae.fit(x, overrides=["likelihood=gaussian", *QUICK], save=False)
+    with pytest.raises(pyro_vae.DataError, match="numbers"):
+        pyro_vae.fit(np.array([["a", "b"]] * 5), save=False)
+    with pytest.raises(pyro_vae.ConfigError, match="drop data.name"):
+        pyro_vae.fit(_blobs()[0], overrides=["data=digits"], save=False)
+    x, _ = _blobs()
+    pyro_vae.fit(x, overrides=["likelihood=gaussian", *QUICK], out=tmp_path / "run")
+    assert main(["evaluate", str(tmp_path / "run")]) == 2
+    assert "give the data again" in capsys.readouterr().err
+    np.save(tmp_path / "x.npy", x)
+    assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "x.npy")]) == 0

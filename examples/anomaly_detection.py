@@ -57,7 +57,7 @@ def histogram(values, y, held_out, names, path, xlabel, title):
 def held_out_run(exclude, args, out):
     data = [f"data.name={args.data}"] + ([f"data.root={args.root}"] if args.root else [])
     t0 = time.perf_counter()
-    r = pyro_vae.fit(args.config, out=str(out / f"run-{exclude}"), overrides=data + [
+    r = pyro_vae.fit(args.config, out=str(out / f"run-{exclude}"), overwrite=True, overrides=data + [
         f"data.exclude_classes=[{exclude}]", f"train.epochs={args.epochs}", "trainer.progress_bar=false",
         f"name={args.data}-without-{exclude}"])
     train_s = time.perf_counter() - t0

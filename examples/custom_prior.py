@@ -47,7 +47,7 @@ def main():
     args = p.parse_args()
     data = [f"data.name={args.data}"] + ([f"data.root={args.root}"] if args.root else [])
     # no closed-form KL for this prior: Trace_ELBO estimates it by Monte Carlo
-    result = pyro_vae.fit(None, out=args.out, overrides=data + [
+    result = pyro_vae.fit(None, out=args.out, overwrite=True, overrides=data + [
         "prior.name=logistic", "prior.scale=0.6", "train.elbo=trace", f"train.epochs={args.epochs}",
         "trainer.progress_bar=false"])
     print("prior:", type(result.model.prior).__name__, "test loss:", round(result.metrics["test_loss"], 2),

@@ -44,7 +44,7 @@ def main():
     data = [f"data.name={args.data}"] + ([f"data.root={args.root}"] if args.root else [])
     results = []
     for d in args.latent_dim:
-        r = pyro_vae.fit(args.config, out=str(out / f"vae-z{d}"), overrides=data + [
+        r = pyro_vae.fit(args.config, out=str(out / f"vae-z{d}"), overwrite=True, overrides=data + [
             f"latent_dim={d}", f"train.epochs={args.epochs}", "trainer.progress_bar=false", f"name={args.data}-z{d}"])
         model = pyro_vae.load(r.run_dir)
         tr_x, tr_y = r.data.train.x[:args.train_subset], r.data.train.y[:args.train_subset].numpy()

@@ -5,18 +5,12 @@ for a fixed epoch budget, keep the epoch with the best accuracy on 1000 held-out
 validation examples, and report its test accuracy. The baseline is the same classifier
 network (the config's q(y|x): type, sizes, dropout, input shifts and flips) trained on the labelled
 examples alone with Adam, selected on the same validation set. Results are appended to
-benchmarks/model.json as each run finishes (re-running skips what is there).
+benchmarks/ssvae.json as each run finishes (re-running skips what is there).
 
-    .venv/bin/python benchmarks/model.py --labels 100 600 1000 3000 --seeds 0 1 2 --epochs 5
-    # the best setting found (README, M2 section): 3000 labels 0.877 +- 0.004 over 3 seeds
-    .venv/bin/python benchmarks/model.py --epochs 20 --set model.classifier_type=conv \
-        model.classifier_dropout=0.5 model.augment_shift=1 train.lr_schedule=cosine \
-        model.aux_loss_multiplier=30 model.classifier_activation=relu
-    # few labels (100): add flips and the consistency term on the unlabelled images: 0.758 +- 0.001
-    .venv/bin/python benchmarks/model.py --labels 100 --epochs 20 --set model.classifier_type=conv \
-        model.classifier_dropout=0.5 model.augment_shift=1 train.lr_schedule=cosine \
-        model.augment_flip=true model.consistency_weight=10 model.aux_loss_multiplier=30 \
-        model.classifier_activation=relu
+    .venv/bin/python benchmarks/ssvae.py --labels 100 600 1000 3000 --seeds 0 1 2 --epochs 20
+    # few labels (100): flips and the consistency term on the unlabelled images
+    .venv/bin/python benchmarks/ssvae.py --labels 100 --epochs 20 --set model.augment_flip=true \
+        model.consistency_weight=10
 """
 import argparse
 import json
@@ -31,6 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae.config import load_config  # noqa: E402
 from pyro_vae.training.augment import augment_images  # noqa: E402
+from pyro_vae.models.ssvae import augment_shift, classifier_type  # noqa: E402
 from pyro_vae.networks import make_classifier  # noqa: E402
 from pyro_vae.train import fit  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402
@@ -44,7 +39,7 @@ def supervised_only(data, cfg, seed, steps=2000):
     mask = data.train.y >= 0
     x, y = data.train.x[mask], data.train.y[mask]
     s = cfg.model
-    net = make_classifier(x.shape[1], data.num_classes, list(s.classifier_hidden), s.classifier_type,
+    net = make_classifier(x.shape[1], data.num_classes, list(s.classifier_hidden), classifier_type(s, data.image_shape),
                           s.classifier_activation or cfg.encoder.activation, s.classifier_dropout, data.image_shape)
     opt = torch.optim.Adam(net.parameters(), cfg.train.lr)
     evaluated = net
@@ -52,7 +47,7 @@ def supervised_only(data, cfg, seed, steps=2000):
     for step in range(steps):
         net.train()
         idx = torch.randint(0, len(x), (min(200, len(x)),))
-        loss = F.cross_entropy(net(augment_images(x[idx], data.image_shape, s.augment_shift, s.augment_flip)), y[idx])
+        loss = F.cross_entropy(net(augment_images(x[idx], data.image_shape, augment_shift(s, data.image_shape), s.augment_flip)), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

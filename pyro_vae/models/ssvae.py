@@ -46,14 +46,16 @@ from .base import MODELS, Classifier, DataInfo, LatentVariableModel
 class SSVAEConfig:
     """``model: ssvae`` keys: q(y|x)'s network and the terms of the semi-supervised objective."""
 
-    aux_loss_multiplier: float = option(46.0, "alpha of the auxiliary classification term (Kingma et al. eq. 9)")
-    aux_scaling: str = option("labelled", "labelled: alpha per labelled example (Pyro's example) | "
-                                          "total: alpha * N * mean over the labelled examples")
+    aux_loss_multiplier: float = option(30.0, "alpha of the auxiliary classification term (Kingma et al. eq. 9)")
+    aux_scaling: str = option("total", "total: alpha * N * mean over the labelled examples | "
+                                       "labelled: alpha per labelled example (Pyro's example)")
     classifier_hidden: List[int] = option(help="q(y|x): hidden layer sizes", factory=lambda: [500])
-    classifier_type: str = option("mlp", "q(y|x): network type (mlp | conv: images)")
-    classifier_dropout: float = option(0.0, "q(y|x): dropout after each hidden layer, training only")
-    classifier_activation: Optional[str] = option(None, "q(y|x): activation; null = encoder.activation")
-    augment_shift: int = option(0, "aux term: labelled images shifted by up to this many pixels (training only)")
+    classifier_type: str = option("auto", "q(y|x): network type; auto = conv for images whose sides divide "
+                                          "by 4, mlp otherwise")
+    classifier_dropout: float = option(0.5, "q(y|x): dropout after each hidden layer, training only")
+    classifier_activation: Optional[str] = option("relu", "q(y|x): activation; null = encoder.activation")
+    augment_shift: Optional[int] = option(None, "aux term: labelled images shifted by up to this many pixels "
+                                                "(training only); null = 1 for images, 0 otherwise")
     augment_flip: bool = option(False, "aux term: labelled images also mirrored left-right half the time")
     consistency_weight: float = option(0.0, "beta * N_unlabelled * mean KL(q(y|x) || q(y|augmented x)), "
                                             "first q held fixed; needs an augmentation; 0 = off")
@@ -64,24 +66,36 @@ class SSVAEConfig:
     def check(c) -> None:
         if c.aux_scaling not in ("labelled", "total"):
             raise ConfigError(f"model.aux_scaling={c.aux_scaling!r} is not valid; choose one of: labelled, total")
-        if c.classifier_type not in NETWORKS:
+        if c.classifier_type != "auto" and c.classifier_type not in NETWORKS:
             raise ConfigError(f"model.classifier_type={c.classifier_type!r} is not valid; "
-                              f"choose one of: {', '.join(NETWORKS.names())}")
+                              f"choose one of: auto, {', '.join(NETWORKS.names())}")
         if c.classifier_activation is not None and c.classifier_activation not in ACTIVATIONS:
             raise ConfigError(f"model.classifier_activation={c.classifier_activation!r} is not valid; choose one "
                               f"of: {', '.join(ACTIVATIONS.names())} (or null: encoder.activation)")
         if not 0 <= c.classifier_dropout < 1:
             raise ConfigError(f"model.classifier_dropout must be in [0, 1) (got {c.classifier_dropout})")
-        if c.augment_shift < 0:
-            raise ConfigError(f"model.augment_shift must be 0 (off) or a number of pixels (got {c.augment_shift})")
+        if c.augment_shift is not None and c.augment_shift < 0:
+            raise ConfigError(f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})")
         if c.aux_loss_multiplier < 0:
             raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
-        augmented = c.augment_shift or c.augment_flip
+        augmented = c.augment_shift is None or c.augment_shift or c.augment_flip  # null: images are shifted
         if c.consistency_weight < 0 or (c.consistency_weight and not augmented):
             raise ConfigError(f"model.consistency_weight must be >= 0 and, when > 0, needs an augmentation: "
                               f"model.augment_shift >= 1 or model.augment_flip=true (got {c.consistency_weight})")
         if c.labelled_batch_size is not None and c.labelled_batch_size < 1:
             raise ConfigError(f"model.labelled_batch_size must be at least 1 (got {c.labelled_batch_size})")
+
+
+def classifier_type(m, image_shape) -> str:
+    """``model.classifier_type`` with ``auto`` resolved: conv for images whose sides divide by 4."""
+    if m.classifier_type != "auto":
+        return m.classifier_type
+    return "conv" if image_shape is not None and image_shape[1] % 4 == 0 and image_shape[2] % 4 == 0 else "mlp"
+
+
+def augment_shift(m, image_shape) -> int:
+    """``model.augment_shift`` with null resolved: 1 pixel for images, 0 otherwise."""
+    return (1 if image_shape is not None else 0) if m.augment_shift is None else int(m.augment_shift)
 
 
 class SplitInput(nn.Module):
@@ -126,11 +140,11 @@ class SSVAE(LatentVariableModel, Classifier):
             raise ConfigError("model=ssvae supports encoder.type=mlp and decoder.type=mlp")
         if (m.augment_shift or m.augment_flip) and info.image_shape is None:
             raise ConfigError("model.augment_shift / model.augment_flip need image data; "
-                              "set them to 0 / false for tabular data")
+                              "set them to null / false for tabular data")
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation
-        classifier = make_classifier(info.data_dim, c, list(m.classifier_hidden), m.classifier_type,
+        classifier = make_classifier(info.data_dim, c, list(m.classifier_hidden), classifier_type(m, info.image_shape),
                                      m.classifier_activation or act, m.classifier_dropout, info.image_shape)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size,

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader
 
-from ..errors import DataError
-from ..models.ssvae import SSVAE
+from ..errors import ConfigError, DataError
+from ..models.ssvae import SSVAE, augment_shift
 from ..registry import Registry
 from .augment import augment_images
 from .base import TrainingPlan, register_plan
@@ -116,12 +116,16 @@ class SemiSupervisedPlan(TrainingPlan):
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
+        c = cfg.model
+        if c.consistency_weight and not (augment_shift(c, model.image_shape) or c.augment_flip):
+            raise ConfigError("model.consistency_weight needs an augmentation, and these data are not images "
+                              "(no shifts); set model.consistency_weight=0")
         self.num_labelled = self.num_unlabelled = 0
         self.terms = []
 
     def augment(self, x):
         c = self.cfg.model
-        return augment_images(x, self.model.image_shape, c.augment_shift, c.augment_flip)
+        return augment_images(x, self.model.image_shape, augment_shift(c, self.model.image_shape), c.augment_flip)
 
     def check_data(self, data):
         super().check_data(data)

@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 import lightning as L
-from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from omegaconf import OmegaConf
 
 import pyro
@@ -330,8 +330,8 @@ def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool):
         key, mode = selection
         callbacks.append(EarlyStopping(monitor=f"val_{key}", mode=mode, patience=cfg.train.early_stopping_patience,
                                        check_on_train_epoch_end=True))
-    if t.logger == "tensorboard":  # the CSV rows already carry lr; TensorBoard gets Lightning's monitor
-        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    # no LearningRateMonitor: EpochRow's one row per epoch carries lr to every logger, and the
+    # monitor's own rows would break metrics.csv's one-row-per-epoch layout
     bar = t.progress_bar if t.progress_bar is not None else sys.stderr.isatty()
     if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))

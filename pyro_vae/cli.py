@@ -11,6 +11,7 @@ import warnings
 from pathlib import Path
 
 from .errors import Interrupted, PyroVAEError
+from .utils import PROFILE
 
 EPILOG_TRAIN = """\
 Overrides are dotted key=value pairs applied after the YAML file, e.g.
@@ -44,12 +45,17 @@ def _load_run(args):
     from .data import load_data
     from .rundir import load
 
-    model = load(args.run_dir, plugins=args.plugin, device=getattr(args, "device", "cpu"))
+    with PROFILE.phase("import torch + pyro, load the model"):
+        model = load(args.run_dir, plugins=args.plugin, device=getattr(args, "device", "cpu"))
     cfg = model.config
     data_spec = getattr(args, "data", None)
     if data_spec and not _is_file_spec(data_spec):
         cfg = load_config(None, _data_overrides(data_spec), base=cfg, import_plugins=False)
-    return model, cfg, (lambda: load_data(cfg))
+    def get_data():
+        with PROFILE.phase("data"):
+            return load_data(cfg)
+
+    return model, cfg, get_data
 
 
 def _rows_of(model, cfg, get_data, args):
@@ -76,7 +82,8 @@ def _rows_of(model, cfg, get_data, args):
 
 
 def cmd_train(args):
-    from .config import load_config
+    with PROFILE.phase("import torch + pyro, config"):
+        from .config import load_config
 
     overrides = list(args.overrides)
     if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
@@ -88,8 +95,10 @@ def cmd_train(args):
             raise PyroVAEError("--resume continues in the run's own folder; drop --out / --overwrite")
         cfg = None
     else:
-        cfg = load_config(args.config, overrides)  # fails fast, before Lightning is imported
-    from .train import fit
+        with PROFILE.phase("import torch + pyro, config"):
+            cfg = load_config(args.config, overrides)  # fails fast, before Lightning is imported
+    with PROFILE.phase("import Lightning (the engine)"):
+        from .train import fit
 
     result = fit(cfg, out=args.out, overrides=overrides if args.resume else (), resume=args.resume,
                  overwrite=args.overwrite)
@@ -119,7 +128,8 @@ def cmd_evaluate(args):
         raise PyroVAEError("--iwae-samples must be 0 (off) or a positive number of samples")
     model, cfg, get_data = _load_run(args)
     split = _rows_of(model, cfg, get_data, args)
-    metrics = test_metrics(plan_for(model, cfg), split, cfg, iwae_samples=args.iwae_samples, seed=args.seed)
+    with PROFILE.phase("test metrics"):
+        metrics = test_metrics(plan_for(model, cfg), split, cfg, iwae_samples=args.iwae_samples, seed=args.seed)
     metrics["num_examples"] = len(split)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -335,8 +345,14 @@ def cmd_list(args):
     return 0
 
 
+def _profile_arg(p):
+    p.add_argument("--profile", action="store_true",
+                   help="print where the wall time went, phase by phase (imports, data, training, evaluation, plots)")
+
+
 def _run_args(p, data=True, device=True):
     p.add_argument("run_dir", help="a run directory written by `pyro-vae train` (or its model.pt)")
+    _profile_arg(p)
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="import this plugin file/module first (a run never imports its plugins by itself)")
     if device:
@@ -364,6 +380,7 @@ def build_parser():
     t.add_argument("--out", help="run directory to write, new or empty (default runs/<name>-<time>)")
     t.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue RUN_DIR from its checkpoints/last.ckpt")
+    _profile_arg(t)
     t.set_defaults(func=cmd_train)
 
     cf = sub.add_parser("config", help="print the full resolved config, one comment per key",
@@ -460,6 +477,8 @@ def main(argv=None) -> int:
         return 130
     finally:
         warnings.showwarning = saved_show
+        if getattr(args, "profile", False):
+            print("where the time went (wall seconds):\n" + PROFILE.table(), file=sys.stderr)
 
 
 if __name__ == "__main__":

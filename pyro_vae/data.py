@@ -342,16 +342,29 @@ def _random_split(n: int, fraction: float, generator) -> Tuple[torch.Tensor, tor
     return perm[n_test:], perm[:n_test]
 
 
+def _digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
+    """The digits as ``load_digits`` returns them, read from scikit-learn's bundled CSV without
+    importing scikit-learn (a second saved on every command that uses the default data)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is not None and path.is_file():
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        return table[:, :-1].copy(), table[:, -1].astype(np.int64)
+    from sklearn.datasets import load_digits  # a layout this code does not know: the public loader
+
+    bunch = load_digits()
+    return bunch.data.astype(np.float32), bunch.target.astype(np.int64)
+
+
 @DATASETS.register("digits", config=SplitConfig)
 class Digits(DataSource):
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, levels 0..16; offline)."""
 
     def load(self, cfg, generator):
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = torch.from_numpy(bunch.data.astype(np.float32))
-        y = torch.from_numpy(bunch.target.astype(np.int64))
+        x, y = _digits_arrays()
+        x, y = torch.from_numpy(x), torch.from_numpy(y)
         if cfg.normalize:
             x = x / 16.0
         tr, te = _random_split(len(x), cfg.test_fraction, generator)

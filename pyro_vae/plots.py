@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from .utils import atomic_path
+from .utils import PROFILE, atomic_path
 
 
 def _plt():
@@ -126,18 +126,24 @@ def run_report(model, data, run_dir, rows, plan=None):
     device = next(model.parameters()).device
     torch.manual_seed(0)
     if rows:
-        loss_curves(rows, run_dir / "loss_curves.png")
+        with PROFILE.phase("plot: loss_curves.png"):
+            loss_curves(rows, run_dir / "loss_curves.png")
     test = data.test
     if data.image_shape is not None:
-        image_grid(model.sample(64).cpu(), data.image_shape, run_dir / "samples.png", ncol=8,
-                   title="samples from the prior")
-        x = test.x[:10]
-        reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape, run_dir / "reconstructions.png")
-    n = min(len(test), 5000)
-    latent_map(model.encode(test.x[:n].to(device))[0].cpu(), None if test.y is None else test.y[:n],
-               run_dir / "latent_map.png", data.class_names)
+        with PROFILE.phase("plot: samples.png"):
+            image_grid(model.sample(64).cpu(), data.image_shape, run_dir / "samples.png", ncol=8,
+                       title="samples from the prior")
+        with PROFILE.phase("plot: reconstructions.png"):
+            x = test.x[:10]
+            reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape,
+                            run_dir / "reconstructions.png")
+    with PROFILE.phase("plot: latent_map.png"):
+        n = min(len(test), 5000)
+        latent_map(model.encode(test.x[:n].to(device))[0].cpu(), None if test.y is None else test.y[:n],
+                   run_dir / "latent_map.png", data.class_names)
     if plan is not None:
-        plan.extra_plots(data, run_dir)
+        with PROFILE.phase("plot: the model kind's own"):
+            plan.extra_plots(data, run_dir)
 
 
 def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):

@@ -31,7 +31,7 @@ from .data import Dataset, load_data
 from .errors import ConfigError, Interrupted, PyroVAEError, TrainingDiverged
 from .models import MODELS
 from .training import TrainingPlan, plan_for
-from .utils import write_json, write_text
+from .utils import PROFILE, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,13 @@ class EpochRow(Callback):
         self.cfg, self.print_lines, self.run_dir = cfg, print_lines, run_dir
         self.rows = []
         self.stop_signal = None
-        self.train_seconds = 0.0
+        self.train_seconds = 0.0  # epochs of the whole run, validation included (kept across resumes)
+        self.epoch_seconds = self.val_seconds = 0.0  # of this process, for --profile
+
+    @property
+    def step_seconds(self) -> float:
+        """Seconds of this process's epochs outside validation: the optimisation steps."""
+        return max(0.0, self.epoch_seconds - self.val_seconds)
 
     def state_dict(self):
         return {"train_seconds": self.train_seconds}
@@ -160,6 +166,12 @@ class EpochRow(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        self._tv = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        self.val_seconds += time.perf_counter() - self._tv
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         warm = self.cfg.train.kl_warmup_epochs
@@ -190,6 +202,7 @@ class EpochRow(Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         seconds = time.perf_counter() - self._t0
         self.train_seconds += seconds
+        self.epoch_seconds += seconds
         row = {"epoch": trainer.current_epoch + 1, "train_loss": pl_module.epoch_train_loss()}
         row.update({k: float(v) for k, v in pl_module.val_metrics.items()})
         row.update({"beta": float(pl_module.model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
@@ -376,12 +389,14 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     check_precision(cfg)
     rank_zero = launched_rank() == 0
     pyro.set_rng_seed(int(cfg.seed))
-    data = data if data is not None else load_data(cfg)
+    with PROFILE.phase("data"):
+        data = data if data is not None else load_data(cfg)
     info = data.info()
-    model = build_model(cfg, info)
-    plan = plan_for(model, cfg)
-    plan.check_data(data)
-    plan.setup(data)
+    with PROFILE.phase("model and training plan"):
+        model = build_model(cfg, info)
+        plan = plan_for(model, cfg)
+        plan.check_data(data)
+        plan.setup(data)
     has_val = data.val is not None and len(data.val) > 0
     selection = plan.selection_for(data.val) if has_val else plan.selection
 
@@ -397,7 +412,8 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
                         "Encountered NaN.*"):  # the divergence check reports it in one line
             warnings.filterwarnings("ignore", pattern)
         _quiet_lightning()
-        trainer = _trainer(cfg, run_dir, rows, selection, has_val)  # validates trainer.* before writing
+        with PROFILE.phase("Lightning Trainer"):
+            trainer = _trainer(cfg, run_dir, rows, selection, has_val)  # validates trainer.* before writing
         if run_dir is not None and rank_zero:
             rundir.prepare(run_dir, overwrite=overwrite, resume=resume is not None)
             os.environ["PYRO_VAE_RUN_DIR"] = str(run_dir)  # the same folder in DDP's extra processes
@@ -416,6 +432,7 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
             if mid_epoch is not None:
                 loader.sampler.resume_at(*mid_epoch)
             val_loader = plan.eval_dataloader(data.val, cfg.train.eval_batch_size, rank, world) if has_val else None
+            t_fit = time.perf_counter()
             try:
                 trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
                             ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
@@ -425,6 +442,11 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
                 if ckpt_path is not None:
                     raise PyroVAEError(f"could not resume from {ckpt_path}: {str(e).strip().splitlines()[0][:200]}") from None
                 raise
+            fit_seconds = time.perf_counter() - t_fit
+            PROFILE.add("training epochs (steps)", rows.step_seconds)
+            PROFILE.add("validation", rows.val_seconds)
+            PROFILE.add("Lightning loop (checkpoints, logging, start/stop)",
+                        max(0.0, fit_seconds - rows.step_seconds - rows.val_seconds))
             if rows.stop_signal is not None:  # the signal came after the last step: that epoch is saved
                 rows.interrupt(trainer, f"after epoch {trainer.current_epoch}", mid_epoch=False)
             if not trainer.is_global_zero:
@@ -449,21 +471,25 @@ def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
         "world_size": trainer.world_size,
         "steps_per_epoch": trainer.num_training_batches,
     }
+    t_best = time.perf_counter()
     if best is not None and best.is_file():
         state = rundir.read_payload(best)["state_dict"]
         module.load_state_dict(state)
         cb = trainer.checkpoint_callback
         metrics["best_epoch"] = int(torch.load(best, map_location="cpu", weights_only=True)["epoch"]) + 1
         metrics[f"best_{cb.monitor}"] = float(cb.best_model_score)
+    PROFILE.add("best checkpoint reload", time.perf_counter() - t_best)
     model = model.to(device).eval()
     model.beta = 1.0
 
     from .evaluate import test_metrics
 
-    metrics.update(test_metrics(plan, data.test, cfg, seed=int(cfg.seed)))
+    with PROFILE.phase("test metrics"):
+        metrics.update(test_metrics(plan, data.test, cfg, seed=int(cfg.seed)))
     if run_dir is not None:
-        rundir.save_model(run_dir, model, cfg, info)
-        write_json(run_dir / "metrics.json", metrics)
+        with PROFILE.phase("save model.pt, metrics.json"):
+            rundir.save_model(run_dir, model, cfg, info)
+            write_json(run_dir / "metrics.json", metrics)
         if plots:
             from .plots import run_report
 

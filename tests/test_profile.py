@@ -1,0 +1,75 @@
+"""--profile: where a command's wall time goes; commands that do not train stay light."""
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pyro_vae.cli import main
+
+ROW = re.compile(r"^(.+?)\s+(\d+\.\d\d) s\s+(\d+\.\d)%$")
+
+
+def _profile_rows(stderr: str) -> dict:
+    lines = stderr.split("where the time went (wall seconds):\n", 1)[1].splitlines()
+    rows = {}
+    for line in lines:
+        m = ROW.match(line)
+        if m:
+            rows[m.group(1).strip()] = float(m.group(2))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def profiled_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "run"
+    r = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "data.name=digits", "train.epochs=2",
+                        "data.validation=100", "trainer.progress_bar=false", "--out", str(out), "--profile"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
+    return out, r.stderr
+
+
+def test_train_profile_accounts_for_the_whole_command(profiled_run):
+    _, stderr = profiled_run
+    rows = _profile_rows(stderr)
+    for phase in ("import Lightning (the engine)", "data", "training epochs (steps)", "validation",
+                  "test metrics", "plot: samples.png", "plot: latent_map.png", "total"):
+        assert phase in rows, (phase, sorted(rows))
+    assert rows["training epochs (steps)"] > 0 and rows["validation"] > 0
+    parts = sum(v for k, v in rows.items() if k != "total")
+    assert abs(parts - rows["total"]) < 0.05 + 0.01 * rows["total"], (parts, rows["total"])
+
+
+def test_profile_of_a_command_that_does_not_train(profiled_run, capsys):
+    run, _ = profiled_run
+    assert main(["evaluate", str(run), "--profile"]) == 0
+    rows = _profile_rows(capsys.readouterr().err)
+    assert "test metrics" in rows and "total" in rows
+
+
+def test_no_profile_table_without_the_flag(profiled_run, capsys):
+    run, _ = profiled_run
+    assert main(["evaluate", str(run)]) == 0
+    assert "where the time went" not in capsys.readouterr().err
+
+
+def test_the_digits_are_read_without_importing_scikit_learn():
+    code = ("import sys\nfrom pyro_vae.data import _digits_arrays\nx, y = _digits_arrays()\n"
+            "assert 'sklearn' not in sys.modules, 'sklearn imported'\nprint(x.shape, y.shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "(1797, 64) (1797,)" in r.stdout
+
+
+def test_the_digits_are_exactly_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    from pyro_vae.data import _digits_arrays
+
+    x, y = _digits_arrays()
+    bunch = load_digits()
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    np.testing.assert_array_equal(x, bunch.data.astype(np.float32))
+    np.testing.assert_array_equal(y, bunch.target)

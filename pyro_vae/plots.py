@@ -74,15 +74,23 @@ def reconstructions(x, xr, image_shape, path, n: int = 10):
     return image_grid(both, image_shape, path, ncol=n, title="input (top) / reconstruction (bottom)")
 
 
+def principal_components(z: np.ndarray, k: int = 2) -> np.ndarray:
+    """Projections of the rows of ``z`` on its first ``k`` principal axes (an SVD of the centred
+    data; each axis signed so that its largest loading is positive, so the picture is stable)."""
+    z = z - z.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    axes = vt[:k]
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    return z @ (axes * signs[:, None]).T
+
+
 def latent_map(codes, labels, path, class_names: Optional[Sequence[str]] = None, title="latent map"):
     """2-D scatter of latent means (PCA to 2-D when latent_dim > 2), coloured by label."""
     plt = _plt()
     z = codes.detach().float().cpu().numpy()
     xlabel, ylabel = "z[0]", "z[1]"
     if z.shape[1] > 2:
-        from sklearn.decomposition import PCA
-
-        z = PCA(2, random_state=0).fit_transform(z)
+        z = principal_components(z, 2)
         xlabel, ylabel = "PC 1 of latent means", "PC 2"
     elif z.shape[1] == 1:
         z = np.concatenate([z, np.zeros_like(z)], 1)

@@ -73,3 +73,15 @@ def test_the_digits_are_exactly_scikit_learns():
     assert x.dtype == np.float32 and y.dtype == np.int64
     np.testing.assert_array_equal(x, bunch.data.astype(np.float32))
     np.testing.assert_array_equal(y, bunch.target)
+
+
+def test_the_latent_map_projection_is_the_principal_components():
+    from sklearn.decomposition import PCA
+
+    from pyro_vae.plots import principal_components
+
+    z = np.random.RandomState(0).randn(400, 6) * np.arange(1, 7)
+    ours, theirs = principal_components(z, 2), PCA(2).fit_transform(z)
+    np.testing.assert_allclose(np.abs(ours), np.abs(theirs), atol=1e-8)  # the same axes up to sign
+    flipped = principal_components(z[::-1].copy(), 2)[::-1]  # row order does not change the axes or signs
+    np.testing.assert_allclose(flipped, ours, atol=1e-8)

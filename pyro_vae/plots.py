@@ -154,14 +154,18 @@ def run_report(model, data, run_dir, rows, plan=None):
             plan.extra_plots(data, run_dir)
 
 
-def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):
-    """Row-normalised confusion matrix with counts, from scikit-learn."""
-    from sklearn.metrics import confusion_matrix
+def confusion_counts(y_true, y_pred) -> np.ndarray:
+    """counts[i, j] = how many examples of class i were predicted as class j."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    n = int(max(y_true.max(), y_pred.max())) + 1
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
+
+def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):
+    """Row-normalised confusion matrix with counts (row: true class, column: predicted)."""
     plt = _plt()
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.arange(max(y_true.max(), y_pred.max()) + 1)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    cm = confusion_counts(y_true, y_pred)
+    labels = np.arange(len(cm))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)

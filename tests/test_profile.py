@@ -85,3 +85,14 @@ def test_the_latent_map_projection_is_the_principal_components():
     np.testing.assert_allclose(np.abs(ours), np.abs(theirs), atol=1e-8)  # the same axes up to sign
     flipped = principal_components(z[::-1].copy(), 2)[::-1]  # row order does not change the axes or signs
     np.testing.assert_allclose(flipped, ours, atol=1e-8)
+
+
+def test_confusion_counts_match_scikit_learn():
+    from sklearn.metrics import confusion_matrix
+
+    from pyro_vae.plots import confusion_counts
+
+    rng = np.random.RandomState(1)
+    y, p = rng.randint(0, 7, 300), rng.randint(0, 7, 300)
+    p[:5] = 8  # a class predicted that never occurs
+    np.testing.assert_array_equal(confusion_counts(y, p), confusion_matrix(y, p, labels=np.arange(9)))

@@ -468,6 +468,11 @@ def main(argv=None) -> int:
     except PyroVAEError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`pyro-vae list | head`): nothing to say
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as e:  # a path the user gave: unreadable, read-only, a folder where a file goes
         where = f" {e.filename}" if e.filename else ""
         print(f"pyro-vae: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
@@ -481,5 +486,28 @@ def main(argv=None) -> int:
             print("where the time went (wall seconds):\n" + PROFILE.table(), file=sys.stderr)
 
 
+def run() -> None:
+    """The ``pyro-vae`` program: :func:`main`, then a quick exit. Once the command is done and
+    its files are closed, the exit handlers run (logging, multiprocessing, finalizers) and the
+    process ends without the interpreter's module-by-module teardown, which costs torch and
+    Lightning seconds at every exit. ``main`` itself returns normally (for use from Python)."""
+    import atexit
+    import os
+
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's --help and usage errors
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+        if e.code is not None and not isinstance(e.code, int):
+            print(e.code, file=sys.stderr)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`pyro-vae list | head`) or stream
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -8,7 +8,7 @@ with the same thread count (--threads, default: all cores), its wall time measur
 start to exit, the commands interleaved --repeats times:
 
   ours-pyro-setup  pyro-vae train model.name=ssvae <data keys> + the overrides that
-                   reproduce Pyro's setup (OURS_PYRO_SETUP below) --profile
+                   reproduce Pyro's setup (OURS_PYRO_SETUP; in the JSON too) --profile
   ours-defaults    pyro-vae train model.name=ssvae <data keys> --profile: the project's
                    M2 defaults (conv q(y|x), batch 64, ...), data keys and epochs only
   pyro-ss_vae_M2   Pyro's examples/vae/ss_vae_M2.py unchanged, from a Pyro git checkout at
@@ -23,9 +23,12 @@ epoch, which starts with loading the data, is not counted).
 
 Set-up of the peer environment: see `python benchmarks/vae_speed.py --help`.
 
-Full run (about 7 minutes on a quiet 2-core VM; vae_speed.py takes about 5 more):
+Full run: about 9-10 minutes on a quiet 2-core VM at issue 18's speeds (about 2.5 each for
+ours in Pyro's setup and Pyro's script, about 4.5 for the M2 defaults: batch 64 and a conv
+q(y|x) take more and costlier steps; `--only ours-pyro-setup pyro-ss_vae_M2` leaves them out);
+benchmarks/vae_speed.py takes about 5 more:
     .venv/bin/python benchmarks/m2_speed.py               # 3 epochs, 1 repeat -> benchmarks/m2_speed.json
-Quick check of the plumbing (about 2.5 minutes):
+Quick check of the plumbing (4-8 minutes: one epoch of each):
     .venv/bin/python benchmarks/m2_speed.py --epochs 1 --out /tmp/m2_speed.json
 """
 import argparse

@@ -159,14 +159,18 @@ def _machine_line(d):
     peer = m.get("peer_env") or {}
     peer_s = ", ".join(f"{k} {v}" for k, v in peer.items() if v)
     return (f"{m['cpu']} ({', '.join(m.get('cpu_flags', [])) or 'flags unknown'}; oneDNN native bf16: "
-            f"{'yes' if m.get('cpu_native_bf16') else 'no'}), {d['threads']} threads for every command"
+            f"{'yes' if m.get('cpu_native_bf16') else 'no'}), {_n(d['threads'], 'thread')} for every command"
             + (f", matrix-product peak {peaks} GFLOP/s" if peaks else "")
             + f"; torch {m.get('torch')}, pyro-ppl {m.get('pyro')}" + (f"; peers: {peer_s}" if peer_s else "")
-            + f". {d['repeats']} round(s) of the commands, interleaved; medians.")
+            + f". {_n(d['repeats'], 'round')} of the commands, interleaved; medians.")
 
 
 def _fmt(v, f):
     return "-" if v is None else format(v, f)
+
+
+def _n(k, word):
+    return f"{k} {word}" + ("" if k == 1 else "s")
 
 
 def speed_whole_jobs():
@@ -175,7 +179,7 @@ def speed_whole_jobs():
     b = SPEED_BEFORE["vae"]
     d = _speed_new("vae_speed.json")
     if d:
-        out.append(f"Reference VAE, {d['epochs']} epochs. " + _machine_line(d))
+        out.append(f"Reference VAE, {_n(d['epochs'], 'epoch')}. " + _machine_line(d))
         lines = ["| command | whole job (s) | speed-up of `pyro-vae train` (fp32 / bf16) | test loss (nats) | "
                  "s/epoch (training) | GFLOP/s | % of matmul peak |", "|---|---|---|---|---|---|---|"]
         for name, s in d["summary"].items():
@@ -195,7 +199,7 @@ def speed_whole_jobs():
     m = SPEED_BEFORE["m2"]
     d2 = _speed_new("m2_speed.json")
     if d2:
-        out.append(f"M2, 3000 labels, {d2['epochs']} epochs. " + _machine_line(d2))
+        out.append(f"M2, 3000 labels, {_n(d2['epochs'], 'epoch')}. " + _machine_line(d2))
         lines = ["| command | whole job (s) | speed-up of `pyro-vae train`, Pyro's setup | test accuracy | "
                  "s/epoch |", "|---|---|---|---|---|"]
         for name, s in d2["summary"].items():
@@ -222,7 +226,8 @@ def speed_breakdown():
     b = SPEED_BEFORE["vae"]
     wall = s["wall_seconds_median"]
     total = prof.pop("total", None)
-    lines = [f"| phase | before: {b['epochs']} epochs (s) | after: {d['epochs']} epochs (s) | after (% of the whole job) |",
+    lines = [f"| phase | before: {_n(b['epochs'], 'epoch')} (s) | after: {_n(d['epochs'], 'epoch')} (s) | "
+             "after (% of the whole job) |",
              "|---|---|---|---|"]
     for k, v in prof.items():
         before = f"{b['ours_epoch'] * b['epochs']:.1f}" if k == "training epochs (steps)" else ""
@@ -244,17 +249,17 @@ def speed_readme():
     if not d:
         return ""
     up = d["speedup"]
-    parts = [f"`pyro-vae train examples/configs/fashion_vae.yaml` ({d['epochs']} epochs, fp32)"]
-    ratios = [f"{up[k]:.2f}x as fast as {label}" for k, label in
-              (("pyro-vae.py / ours-fp32", "Pyro's `examples/vae/vae.py`"), ("pythae / ours-fp32", "pythae's VAE"))
-              if k in up]
-    if not ratios:
+    peers = [f"{label} {up[k]:.2f}x as long" for k, label in
+             (("pyro-vae.py / ours-fp32", "Pyro's `examples/vae/vae.py` takes"), ("pythae / ours-fp32", "pythae's VAE"))
+             if k in up]
+    if not peers:
         return ""
-    text = (f"Whole commands timed side by side on one CPU ({d['machine']['cpu']}, {d['threads']} threads): "
-            f"{parts[0]} runs {' and '.join(ratios)}")
+    text = (f"Whole commands, timed side by side on one CPU ({d['machine']['cpu']}, {_n(d['threads'], 'thread')}): "
+            f"against `pyro-vae train examples/configs/fashion_vae.yaml` ({_n(d['epochs'], 'epoch')}), "
+            + ", ".join(peers))
     if d2 and "pyro-ss_vae_M2 / ours-pyro-setup" in d2["speedup"]:
-        text += (f"; M2 in `ss_vae_M2.py`'s setup ({d2['epochs']} epochs) runs "
-                 f"{d2['speedup']['pyro-ss_vae_M2 / ours-pyro-setup']:.2f}x as fast as that script")
+        text += (f"; for M2 in `ss_vae_M2.py`'s setup ({_n(d2['epochs'], 'epoch')}) that script takes "
+                 f"{d2['speedup']['pyro-ss_vae_M2 / ours-pyro-setup']:.2f}x as long")
     return text + " (`benchmarks/RESULTS.md`)."
 
 

@@ -33,9 +33,12 @@ Set-up, once (the peer environment, outside the repository):
 (pyro-ppl 1.9.1: Pyro's 1.9.1 scripts assert that version; vae.py imports visdom and plots
 with seaborn/pandas.)
 
-Full run (about 5 minutes on a quiet 2-core VM; M2's script takes about 7 more):
+Full run: about 5 minutes on a quiet 2-core VM at issue 18's speeds (ours fp32 and bf16,
+Pyro, pythae: 10 epochs each, plus about 30 s of peak measurement and warm-up);
+benchmarks/m2_speed.py takes about 9-10 more, so both together about 14-15 minutes, less
+as pyro-vae gets faster:
     .venv/bin/python benchmarks/vae_speed.py              # 10 epochs, 1 repeat -> benchmarks/vae_speed.json
-Quick check of the plumbing (about 1.5 minutes):
+Quick check of the plumbing (1.5-2.5 minutes):
     .venv/bin/python benchmarks/vae_speed.py --epochs 1 --out /tmp/vae_speed.json
 """
 import argparse

@@ -187,7 +187,7 @@ def median(xs):
 def peer_python(path: str, modules) -> str:
     """The peer environment's interpreter, checked to import ``modules``."""
     if not Path(path).exists():
-        raise BenchError(f"no peer Python at {path} (create it: see the --help of this script)")
+        raise BenchError(f"no peer Python at {path}: create it (see --help) or leave the peers out with --only")
     code = "import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]"
     r = subprocess.run([path, "-c", code, *modules], capture_output=True, text=True, env=thread_env(1))
     if r.returncode:
@@ -252,18 +252,19 @@ def pyro_examples(root: str, git_dir: str = PYRO_GIT, tag: str = PYRO_TAG, cache
             tar_path = tmp / "vae.tar"
             tar_path.write_bytes(archive.stdout)
             with tarfile.open(tar_path) as tar:
-                tar.extractall(tmp / "x")
+                try:
+                    tar.extractall(tmp / "x", filter="data")
+                except TypeError:  # Python without extraction filters
+                    tar.extractall(tmp / "x")
             dest.parent.parent.mkdir(parents=True, exist_ok=True)
             if dest.parent.exists():
                 shutil.rmtree(dest.parent)
             os.replace(tmp / "x" / "examples", dest.parent)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    # pyro.contrib.examples.util.get_data_directory(utils/mnist_cached.py) = utils/.data; the
-    # loader's class is MNISTCached, and torchvision looks in <root>/<class name>/raw
-    data = dest / "utils" / ".data"
-    for cls in ("MNISTCached", "MNIST"):
-        _place_idx(root, data / cls / "raw")
+    # pyro.contrib.examples.util.get_data_directory(utils/mnist_cached.py) = utils/.data; both
+    # scripts load through MNISTCached, and torchvision looks in <root>/<class name>/raw
+    _place_idx(root, dest / "utils" / ".data" / "MNISTCached" / "raw")
     return dest
 
 
@@ -271,7 +272,7 @@ def write_json(path, obj) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")  # key order kept: commands and phases in run order
     os.replace(tmp, path)
 
 

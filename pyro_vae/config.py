@@ -29,7 +29,7 @@ from .registry import field_help, option
 NAMED_SECTIONS = ("model", "data", "prior", "likelihood", "score")
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
-PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
+PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "16-true", "64-true", "64")
 
 
 @dataclass
@@ -75,7 +75,8 @@ class TrainerConfig:
     devices: Any = option(1, "devices per node (a number, a list, or auto); > 1 trains with DDP")
     num_nodes: int = option(1, "machines (multi-node DDP)")
     strategy: str = option("auto", "auto | ddp | ddp_spawn | ... (Lightning's strategies)")
-    precision: str = option("32-true", "32-true | bf16-mixed (GPUs, or CPUs with bf16 units) | 16-mixed")
+    precision: str = option("auto", "auto: bf16-mixed on a CPU with bf16 units (AVX512-BF16/AMX), 32-true "
+                                    "elsewhere | 32-true | bf16-mixed | 16-mixed")
     progress_bar: Optional[bool] = option(None, "null: a bar on a terminal, one line per epoch otherwise")
     logger: str = option("csv", "csv (metrics.csv) | tensorboard (also TensorBoard logs in the run) | none")
     extra: Dict[str, Any] = option(help="any other lightning.Trainer argument, e.g. {accumulate_grad_batches: 2, "

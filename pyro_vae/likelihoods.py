@@ -50,6 +50,8 @@ class Likelihood(PyroModule):
     def check_data(self, x: torch.Tensor, where: str = "data", rows=None) -> None:
         """Raise DataError when ``x`` cannot be scored by this likelihood. ``rows``: the row
         number in the user's file of each row of ``x`` (for the message), if known."""
+        if bool(torch.isfinite(x.sum())):  # one reduction, no mask: NaN/inf anywhere makes the sum so
+            return
         bad = ~torch.isfinite(x)
         if bad.any():
             raise DataError(
@@ -89,6 +91,10 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(out)
 
     def check_data(self, x, where="data", rows=None):
+        if x.numel():
+            lo, hi = torch.aminmax(x)
+            if bool(lo >= 0) and bool(hi <= 1):  # one pass; NaN fails both comparisons
+                return
         super().check_data(x, where, rows)
         self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
 
@@ -169,6 +175,10 @@ class ContinuousBernoulli(Likelihood):
         return dist.ContinuousBernoulli(logits=out.float().clamp(-30, 30)).to_event(1)
 
     def check_data(self, x, where="data", rows=None):
+        if x.numel():
+            lo, hi = torch.aminmax(x)
+            if bool(lo >= 0) and bool(hi <= 1):  # one pass; NaN fails both comparisons
+                return
         super().check_data(x, where, rows)
         self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
 

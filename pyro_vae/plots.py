@@ -74,15 +74,23 @@ def reconstructions(x, xr, image_shape, path, n: int = 10):
     return image_grid(both, image_shape, path, ncol=n, title="input (top) / reconstruction (bottom)")
 
 
+def principal_components(z: np.ndarray, k: int = 2) -> np.ndarray:
+    """Projections of the rows of ``z`` on its first ``k`` principal axes (an SVD of the centred
+    data; each axis signed so that its largest loading is positive, so the picture is stable)."""
+    z = z - z.mean(0, keepdims=True)
+    _, _, vt = np.linalg.svd(z, full_matrices=False)
+    axes = vt[:k]
+    signs = np.sign(axes[np.arange(len(axes)), np.abs(axes).argmax(1)])
+    return z @ (axes * signs[:, None]).T
+
+
 def latent_map(codes, labels, path, class_names: Optional[Sequence[str]] = None, title="latent map"):
     """2-D scatter of latent means (PCA to 2-D when latent_dim > 2), coloured by label."""
     plt = _plt()
     z = codes.detach().float().cpu().numpy()
     xlabel, ylabel = "z[0]", "z[1]"
     if z.shape[1] > 2:
-        from sklearn.decomposition import PCA
-
-        z = PCA(2, random_state=0).fit_transform(z)
+        z = principal_components(z, 2)
         xlabel, ylabel = "PC 1 of latent means", "PC 2"
     elif z.shape[1] == 1:
         z = np.concatenate([z, np.zeros_like(z)], 1)
@@ -146,14 +154,18 @@ def run_report(model, data, run_dir, rows, plan=None):
             plan.extra_plots(data, run_dir)
 
 
-def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):
-    """Row-normalised confusion matrix with counts, from scikit-learn."""
-    from sklearn.metrics import confusion_matrix
+def confusion_counts(y_true, y_pred) -> np.ndarray:
+    """counts[i, j] = how many examples of class i were predicted as class j."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    n = int(max(y_true.max(), y_pred.max())) + 1
+    return np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
 
+
+def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusion matrix (test)"):
+    """Row-normalised confusion matrix with counts (row: true class, column: predicted)."""
     plt = _plt()
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.arange(max(y_true.max(), y_pred.max()) + 1)
-    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    cm = confusion_counts(y_true, y_pred)
+    labels = np.arange(len(cm))
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)

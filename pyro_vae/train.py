@@ -248,10 +248,24 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def _on_cpu(t) -> bool:
+    return t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()
+                                      and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()))
+
+
+def resolve_precision(t) -> str:
+    """``trainer.precision`` as Lightning takes it: ``auto`` is bf16-mixed when training on a CPU
+    with native bf16 units (the products run in bfloat16, densities and parameters stay float32)
+    and 32-true everywhere else."""
+    if str(t.precision) != "auto":
+        return str(t.precision)
+    return "bf16-mixed" if _on_cpu(t) and cpu_has_native_bf16() else "32-true"
+
+
 def check_precision(cfg) -> None:
     """Warn when bf16-mixed would run on a CPU without bf16 units (there it is slower, not faster)."""
     t = cfg.trainer
-    on_cpu = t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available())
+    on_cpu = _on_cpu(t)
     if str(t.precision).startswith("bf16") and on_cpu and not cpu_has_native_bf16():
         warnings.warn(f"trainer.precision={t.precision} on a CPU without native bf16 (no AVX512-BF16/AMX): "
                       "bf16 matmuls are emulated and several times slower here; set trainer.precision=32-true",
@@ -350,7 +364,7 @@ def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool):
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     rows.print_lines = not bar
     kwargs = dict(max_epochs=cfg.train.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                  strategy=t.strategy, precision=t.precision, gradient_clip_val=cfg.train.gradient_clip_val,
+                  strategy=t.strategy, precision=resolve_precision(t), gradient_clip_val=cfg.train.gradient_clip_val,
                   logger=_loggers(cfg, run_dir) or False, enable_checkpointing=run_dir is not None,
                   enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
                   callbacks=callbacks, use_distributed_sampler=False, deterministic=False,
@@ -469,6 +483,7 @@ def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
         "seconds_per_epoch": round(rows.train_seconds / max(1, len(rows.rows)), 3),
         "num_train": len(data.train),
         "world_size": trainer.world_size,
+        "precision": resolve_precision(cfg.trainer),
         "steps_per_epoch": trainer.num_training_batches,
     }
     t_best = time.perf_counter()

@@ -73,3 +73,49 @@ def test_the_digits_are_exactly_scikit_learns():
     assert x.dtype == np.float32 and y.dtype == np.int64
     np.testing.assert_array_equal(x, bunch.data.astype(np.float32))
     np.testing.assert_array_equal(y, bunch.target)
+
+
+def test_the_latent_map_projection_is_the_principal_components():
+    from sklearn.decomposition import PCA
+
+    from pyro_vae.plots import principal_components
+
+    z = np.random.RandomState(0).randn(400, 6) * np.arange(1, 7)
+    ours, theirs = principal_components(z, 2), PCA(2).fit_transform(z)
+    np.testing.assert_allclose(np.abs(ours), np.abs(theirs), atol=1e-8)  # the same axes up to sign
+    flipped = principal_components(z[::-1].copy(), 2)[::-1]  # row order does not change the axes or signs
+    np.testing.assert_allclose(flipped, ours, atol=1e-8)
+
+
+def test_confusion_counts_match_scikit_learn():
+    from sklearn.metrics import confusion_matrix
+
+    from pyro_vae.plots import confusion_counts
+
+    rng = np.random.RandomState(1)
+    y, p = rng.randint(0, 7, 300), rng.randint(0, 7, 300)
+    p[:5] = 8  # a class predicted that never occurs
+    np.testing.assert_array_equal(confusion_counts(y, p), confusion_matrix(y, p, labels=np.arange(9)))
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_a_cpu_with_bf16_units(monkeypatch, native):
+    from omegaconf import OmegaConf
+
+    from pyro_vae import train
+
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: native)
+    t = OmegaConf.create({"precision": "auto", "accelerator": "cpu"})
+    assert train.resolve_precision(t) == ("bf16-mixed" if native else "32-true")
+    for chosen in ("32-true", "bf16-mixed", "16-mixed"):
+        assert train.resolve_precision(OmegaConf.create({"precision": chosen, "accelerator": "cpu"})) == chosen
+
+
+def test_the_run_records_the_precision_it_trained_in(profiled_run):
+    import json
+
+    from pyro_vae.train import cpu_has_native_bf16
+
+    run, _ = profiled_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["precision"] == ("bf16-mixed" if cpu_has_native_bf16() else "32-true")

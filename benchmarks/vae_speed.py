@@ -9,6 +9,7 @@ exit, the commands interleaved (ours, ours bf16, Pyro, pythae, ours, ...) --repe
   ours       pyro-vae train examples/configs/fashion_vae.yaml train.epochs=N --profile
              (the whole command: imports, data, training, test metrics, plots, model.pt);
              fp32, and bf16-mixed too when oneDNN has native bf16 kernels on this CPU
+             (the config's default, trainer.precision=auto, picks bf16-mixed there)
   pyro       Pyro's examples/vae/vae.py unchanged, from a Pyro git checkout at a pinned tag
              (-n N -tf N-1: it evaluates the test loss after the first and the last epoch;
              it always tests after epoch 0), run by the peer environment's Python
@@ -87,7 +88,7 @@ def run_ours(name, args, workdir, rep):
     profile = H.parse_profile(res["stderr"])
     epochs = int(metrics.get("epochs") or args.epochs)
     steps = profile.get("training epochs (steps)")
-    row.update({"test_loss": round(metrics["test_loss"], 2), "epochs": epochs,
+    row.update({"test_loss": round(metrics["test_loss"], 2), "epochs": epochs, "precision": metrics.get("precision"),
                 "num_train": metrics.get("num_train"), "profile": profile,
                 "seconds_per_epoch_with_validation": metrics.get("seconds_per_epoch"),
                 "seconds_per_epoch": round(steps / epochs, 3) if steps is not None

@@ -69,3 +69,15 @@ def test_summary_speedups_and_the_rendered_speed_sections(monkeypatch):
     assert "| training epochs (steps) | 60.0 | 30.00 | 75.0% |" in table
     assert "| **whole job** (wall, measured outside) | 77.7 | 40.00 | 100% |" in table
     assert "| Pyro's `examples/vae/vae.py` | 80.0 | 2.00x |" in report.speed_whole_jobs()
+
+
+def test_readme_line_uses_the_precision_auto_picks(monkeypatch):
+    report = _load("bench_report2", ROOT / "benchmarks" / "report.py")
+    summary = {"ours-fp32": {"wall_seconds_median": 40.0}, "ours-bf16": {"wall_seconds_median": 32.0},
+               "pyro-vae.py": {"wall_seconds_median": 80.0}}
+    speedup = {"pyro-vae.py / ours-fp32": 2.0, "pyro-vae.py / ours-bf16": 2.5}
+    for native, want in ((True, "2.50x"), (False, "2.00x")):
+        vae = {"summary": summary, "speedup": speedup, "epochs": 10, "threads": 2, "repeats": 1,
+               "machine": {"cpu": "Test CPU", "cpu_native_bf16": native}}
+        monkeypatch.setattr(report, "load", lambda name, vae=vae: vae if name == "vae_speed.json" else None)
+        assert f"takes {want} as long" in report.speed_readme()

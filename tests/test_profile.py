@@ -119,3 +119,24 @@ def test_the_run_records_the_precision_it_trained_in(profiled_run):
     run, _ = profiled_run
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["precision"] == ("bf16-mixed" if cpu_has_native_bf16() else "32-true")
+
+
+def test_the_program_exit_codes_survive_the_quick_exit(tmp_path):
+    cli = [sys.executable, "-m", "pyro_vae.cli"]
+    assert subprocess.run(cli + ["--help"], capture_output=True).returncode == 0
+    bad = subprocess.run(cli + ["train", "--bogus"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+    wrong = subprocess.run(cli + ["train", "data.name=nope", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
+    # everything printed before the quick exit arrives, also through a pipe
+    listed = subprocess.run(cli + ["list"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "anomaly scores:" in listed.stdout and listed.stdout.endswith("\n")
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    p = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "list"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()  # like `pyro-vae list | head -1`
+    err = p.stderr.read().decode()
+    assert p.wait() == 0 and "error" not in err, err

@@ -6,6 +6,8 @@ Public API::
     result = pyro_vae.fit("examples/configs/digits_vae.yaml", out="runs/d", overrides=["train.epochs=5"])
     model = pyro_vae.load("runs/d")
     z, _ = model.encode(x)
+    r = pyro_vae.fit(x_array)                # your own rows (NumPy, torch, pandas, scipy sparse, AnnData)
+    r.model.save("my_model.pt")              # pyro_vae.load("my_model.pt") reads it back
 
 Models keep their parameters local to the module
 (``pyro.settings.set(module_local_params=True)``, set when the models are imported), so
@@ -19,7 +21,8 @@ from .errors import ConfigError, DataError, Interrupted, PyroVAEError
 _LAZY = {
     "VAE": "models", "SSVAE": "models", "LatentVariableModel": "models", "Classifier": "models", "MODELS": "models",
     "load": "rundir", "load_config": "config", "Config": "config", "PRIORS": "priors", "LIKELIHOODS": "likelihoods",
-    "DATASETS": "data", "ANOMALY_SCORES": "scores",
+    "DATASETS": "data", "ANOMALY_SCORES": "scores", "FitResult": "train", "Dataset": "data", "Split": "data",
+    "load_data": "data", "iwae_log_likelihood": "evaluate", "test_metrics": "evaluate",
 }
 _SUBMODULES = {"priors", "likelihoods", "models", "data", "config", "scores", "training", "evaluate", "plots"}
 
@@ -64,13 +67,20 @@ def fit(x=None, y=None, *, config=None, overrides=(), out=None, **kwargs):
     return _fit(cfg, out=out, data=load_data(cfg, InMemory(x, y)), **kwargs)
 
 
+def save(model, path, overwrite: bool = False):
+    """Write ``model`` (from :func:`fit` or :func:`load`) to ``path`` as ``model.pt``; the same as
+    ``model.save(path, overwrite)``. Returns the file written; :func:`load` reads it back."""
+    return model.save(path, overwrite=overwrite)
+
+
 def _is_config(x) -> bool:
     from omegaconf import DictConfig
 
     return isinstance(x, (DictConfig, dict))
 
 
-__all__ = ["VAE", "SSVAE", "LatentVariableModel", "Classifier", "fit", "load", "load_config", "Config",
-           "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "ANOMALY_SCORES", "priors", "likelihoods",
-           "ConfigError", "DataError", "Interrupted", "PyroVAEError"]
+__all__ = ["fit", "FitResult", "load", "save", "VAE", "SSVAE", "LatentVariableModel", "Classifier",
+           "load_config", "Config", "load_data", "Dataset", "Split", "iwae_log_likelihood", "test_metrics",
+           "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "ANOMALY_SCORES", "priors", "likelihoods", "models",
+           "data", "scores", "evaluate", "ConfigError", "DataError", "Interrupted", "PyroVAEError"]
 __version__ = "0.2.0"

@@ -50,6 +50,8 @@ SPARSE_NPZ_KEYS = {"format", "shape", "data"}
 
 @dataclass
 class Split:
+    """One split's rows: ``x`` (N, D) float32, ``y`` (N,) int64 labels (-1 = unknown) or None."""
+
     x: torch.Tensor
     y: Optional[torch.Tensor] = None
     rows: Optional[torch.Tensor] = None  # each row's number in the user's file, when it has one
@@ -64,6 +66,8 @@ class Split:
 
 @dataclass
 class Dataset:
+    """A loaded data set: the train / test (and optional val) splits and what they look like."""
+
     name: str
     train: Split
     test: Split
@@ -80,7 +84,8 @@ class Dataset:
 
     def info(self) -> DataInfo:
         """What a model needs to know about these data to be built."""
-        return DataInfo(self.data_dim, self.image_shape, self.num_classes, len(self.train))
+        return DataInfo(self.data_dim, self.image_shape, self.num_classes, len(self.train),
+                        list(self.class_names) if self.class_names else None)
 
     def splits(self):
         """(name, split) for every split present."""

@@ -33,6 +33,9 @@ def field_help(config_cls) -> Dict[str, str]:
 
 
 class Registry:
+    """Names -> classes (with each one's config dataclass): ``@REGISTRY.register("name", config=...)``,
+    ``.get(name)``, ``.names()``; the config's ``name`` key picks an entry."""
+
     def __init__(self, kind: str, key: str = "name"):
         self.kind = kind
         self.key = key  # the config key that names an entry ("name", or "type" for networks)

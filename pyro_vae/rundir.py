@@ -21,22 +21,13 @@ import torch
 from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError
+from .models.base import CHECKPOINT_FORMAT as FORMAT, export_payload
 from .utils import atomic_path
 
 CHECKPOINT = "model.pt"
-FORMAT = "pyro_vae/2"
 LOCK = ".lock"
 #: what a run writes (removed first by --overwrite, so an old run's files never mix with a new one's)
 RUN_FILES = ("config.yaml", "metrics.csv", "metrics.json", CHECKPOINT, "checkpoints", "tensorboard")
-
-
-def export_payload(model, cfg, info) -> dict:
-    return {
-        "format": FORMAT,
-        "config": OmegaConf.to_yaml(cfg),
-        "info": info.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
 
 
 def save_model(run_dir, model, cfg, info) -> Path:
@@ -70,20 +61,23 @@ def build_from_payload(payload: dict, where, plugins: Optional[Sequence[str]] = 
         raise PyroVAEError(f"{where} is not a pyro_vae checkpoint (no config/weights inside)")
     if plugins:
         load_plugins(list(plugins))
+    info = DataInfo.from_dict(payload["info"])
     try:
         cfg = load_config(None, overrides, base=OmegaConf.create(payload["config"]), import_plugins=False)
     except ConfigError as e:
         raise PyroVAEError(f"{where}: {e}") from None
     try:
-        model = MODELS.get(cfg.model.name).from_config(cfg, DataInfo.from_dict(payload["info"]))
+        model = MODELS.get(cfg.model.name).from_config(cfg, info)
         model.load_state_dict(payload["state_dict"])
+        model.data_info = info
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise PyroVAEError(f"{where}: its weights do not fit its config ({str(e).strip().splitlines()[0][:160]})") from None
     return model, cfg
 
 
 def load(run_dir, plugins: Optional[Sequence[str]] = None, device="cpu"):
-    """The trained model of a run directory (or a ``model.pt``), in eval mode, on ``device``.
+    """The trained model of a run directory (or a ``model.pt`` file, e.g. written by
+    ``model.save(path)``), in eval mode, on ``device``.
 
     Reads ``model.pt`` with ``weights_only=True`` and rebuilds the model from the config
     inside it. Imports nothing but ``plugins`` (files or modules that register the run's

@@ -510,7 +510,7 @@ def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
 
             run_report(model, data, run_dir, rows.rows, plan)
     model = model.cpu()
-    model.config = cfg
+    model.config, model.data_info = cfg, info
     return FitResult(model, data, cfg, run_dir, metrics, rows.rows)
 
 

@@ -59,3 +59,46 @@ def test_bad_arrays_and_a_run_without_its_arrays_are_one_line_errors(tmp_path, c
     assert "give the data again" in capsys.readouterr().err
     np.save(tmp_path / "x.npy", x)
     assert main(["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "x.npy")]) == 0
+
+
+def test_save_and_load_round_trip_gives_identical_codes(tmp_path):
+    x, _ = _blobs()
+    r = pyro_vae.fit(x, overrides=["likelihood=gaussian", *QUICK], save=False)
+    path = r.model.save(tmp_path / "mine.pt")
+    assert path == tmp_path / "mine.pt"
+    back = pyro_vae.load(path)
+    rows = torch.as_tensor(x[:20])
+    r.model.eval()
+    for a, b in zip(back.encode(rows), r.model.encode(rows)):
+        assert torch.equal(a, b)
+    with pytest.raises(pyro_vae.PyroVAEError, match="exists"):  # nothing saved is replaced unasked
+        pyro_vae.save(back, path)
+    before = path.stat().st_mtime_ns
+    (tmp_path / "run").mkdir()
+    assert back.save(tmp_path / "run") == tmp_path / "run" / "model.pt"  # a folder: its model.pt
+    assert torch.equal(pyro_vae.load(tmp_path / "run").encode(rows)[0], back.encode(rows)[0])
+    back.save(path, overwrite=True)
+    assert path.stat().st_mtime_ns >= before and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_every_public_name_is_listed_and_documented():
+    for name in pyro_vae.__all__:
+        obj = getattr(pyro_vae, name)
+        assert (obj.__doc__ or "").strip(), name
+    for name in ("SSVAE", "FitResult", "save", "load", "fit", "evaluate", "Split"):
+        assert name in pyro_vae.__all__
+
+
+def test_examples_use_only_the_public_api():
+    import ast
+    from pathlib import Path
+
+    public = set(pyro_vae.__all__)
+    for path in (Path(__file__).resolve().parents[1] / "examples").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pyro_vae"):
+                mod = node.module.split(".")
+                assert len(mod) <= 2 and (len(mod) == 1 or mod[1] in public), (path.name, node.module)
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pyro_vae":
+                assert node.attr in public, (path.name, node.attr)

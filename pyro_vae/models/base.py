@@ -14,13 +14,17 @@ classifiers add :class:`Classifier`, models with a continuous code to walk along
 """
 import abc
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from pathlib import Path
+from typing import List, Optional, Tuple
 
 import pyro
 import torch
+from omegaconf import OmegaConf
 from pyro.nn import PyroModule
 
+from ..errors import PyroVAEError
 from ..registry import Registry
+from ..utils import atomic_path
 
 # parameters live in their modules, not Pyro's global store: two models never share them
 pyro.settings.set(module_local_params=True)
@@ -36,19 +40,39 @@ class DataInfo:
     image_shape: Optional[Tuple[int, int, int]] = None
     num_classes: Optional[int] = None
     num_data: Optional[int] = None
+    class_names: Optional[List[str]] = None  # label k's name, when the data named its classes
 
     def to_dict(self):
-        return {
+        d = {
             "data_dim": self.data_dim,
             "image_shape": list(self.image_shape) if self.image_shape else None,
             "num_classes": self.num_classes,
             "num_data": self.num_data,
         }
+        if self.class_names:
+            d["class_names"] = [str(c) for c in self.class_names]
+        return d
 
     @classmethod
     def from_dict(cls, d):
         shape = d.get("image_shape")
-        return cls(d["data_dim"], tuple(shape) if shape else None, d.get("num_classes"), d.get("num_data"))
+        names = d.get("class_names")
+        return cls(d["data_dim"], tuple(shape) if shape else None, d.get("num_classes"), d.get("num_data"),
+                   list(names) if names else None)
+
+
+#: the layout of ``model.pt`` (see :meth:`LatentVariableModel.save` and ``pyro_vae.load``)
+CHECKPOINT_FORMAT = "pyro_vae/2"
+
+
+def export_payload(model, cfg, info: DataInfo) -> dict:
+    """What ``model.pt`` holds: only strings, numbers and tensors (read with ``weights_only=True``)."""
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "config": OmegaConf.to_yaml(cfg),
+        "info": info.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
 
 
 class _ModelMeta(type(PyroModule), abc.ABCMeta):
@@ -121,6 +145,28 @@ class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decode the posterior mean of each input."""
         return self.decode(self.encode(x)[0])
+
+    def save(self, path, overwrite: bool = False) -> Path:
+        """Write this model as ``model.pt`` (weights + config; what :func:`pyro_vae.load` reads).
+
+        ``path`` is a file, or an existing folder (then ``path/model.pt``). The file is written
+        atomically and an existing one is kept unless ``overwrite=True``. Models returned by
+        :func:`pyro_vae.fit` and :func:`pyro_vae.load` know their config and can be saved."""
+        cfg, info = getattr(self, "config", None), getattr(self, "data_info", None)
+        if cfg is None or info is None:
+            raise PyroVAEError("this model has no config attached; save the model of pyro_vae.fit(...).model "
+                               "or pyro_vae.load(...)")
+        path = Path(path).expanduser()
+        if path.is_dir():
+            path = path / "model.pt"
+        if path.exists() and not overwrite:
+            raise PyroVAEError(f"{path} exists; choose another path or pass overwrite=True")
+        try:
+            with atomic_path(path) as tmp:
+                torch.save(export_payload(self, cfg, info), tmp)
+        except OSError as e:
+            raise PyroVAEError(f"cannot write {path}: {e.strerror or e}") from None
+        return path
 
     @property
     def device(self) -> torch.device:

@@ -77,7 +77,9 @@ def _rows_of(model, cfg, get_data, args):
         where = f"the {args.split} split"
     if split.x.shape[1] != model.data_dim:
         raise PyroVAEError(f"{where} has {split.x.shape[1]} columns but the model expects {model.data_dim}")
-    model.likelihood.check_data(split.x, where=where, rows=split.rows)
+    from .training.base import check_likelihood
+
+    check_likelihood(model.likelihood, split.x, where, split.rows)
     return split
 
 
@@ -180,6 +182,8 @@ def _sample_paths(model, args, out):
                            f"holds model={model.config.model.name}")
     if args.steps < 2:
         raise PyroVAEError("--steps must be at least 2")
+    from .sparse import take
+
     test = load_data(model.config).test
     model = model.cpu()
     idx = list(args.interpolate or []) + ([args.traverse_from] if args.traverse and args.traverse_from is not None else [])
@@ -194,14 +198,14 @@ def _sample_paths(model, args, out):
     if args.interpolate:
         i, j = args.interpolate
         if png:  # the two test images frame the decoded path
-            x = interpolation_grid(model, test.x[i], test.x[j], out, args.steps,
+            x = interpolation_grid(model, take(test.x, i), take(test.x, j), out, args.steps,
                                    title=f"test image {i}, interpolation, test image {j}")
         else:
-            x = model.interpolate(test.x[i], test.x[j], args.steps)
+            x = model.interpolate(take(test.x, i), take(test.x, j), args.steps)
     else:
-        x0 = test.x[args.traverse_from] if args.traverse_from is not None else None
+        x0 = take(test.x, args.traverse_from) if args.traverse_from is not None else None
         # the most active dimensions first: largest variance of E_q[z_d|x] over the test images
-        activity = model.encode(test.x[:2000])[0].var(0)
+        activity = model.encode(take(test.x, slice(0, 2000)))[0].var(0)
         dims = activity.argsort(descending=True)[:max(1, args.max_dims)].tolist()
         values = torch.linspace(-args.range, args.range, args.steps)
         x = traversal_grid(model, out, x0, dims, values) if png else model.traverse(x0, dims, values)
@@ -274,7 +278,9 @@ def cmd_encode(args):
         raise PyroVAEError(f"--out must end in .npy or .csv (got {out.name})")
     model, cfg, get_data = _load_run(args)
     split = _rows_of(model, cfg, get_data, args)
-    loc, scale = (t.cpu() for t in model.encode(split.x.to(model.device)))
+    from .sparse import batched
+
+    loc, scale = batched(model.encode, split.x, 1000, model.device)
     arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
     with atomic_path(out) as tmp:
         if out.suffix == ".npy":
@@ -308,7 +314,9 @@ def cmd_classify(args):
         raise PyroVAEError(f"{args.run_dir} holds a model={cfg.model.name} run, which does not classify; "
                            "classify needs a classifier such as model=ssvae")
     split = _rows_of(model, cfg, get_data, args)
-    proba = model.predict_proba(split.x.to(model.device)).cpu().numpy()
+    from .sparse import batched
+
+    proba = batched(model.predict_proba, split.x, 1000, model.device).numpy()
     pred = proba.argmax(1)
     cols = [np.arange(len(pred))[:, None], pred[:, None], proba]
     header = ["row", "predicted"] + [f"p{k}" for k in range(proba.shape[1])]

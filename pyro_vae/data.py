@@ -6,8 +6,13 @@ Built-in sources:
   the offline default. ``normalize=true`` scales to [0,1].
 * ``mnist``, ``fashion-mnist``, ``kmnist`` — the four standard IDX files (gzipped or not)
   in ``data.root`` (image size from the IDX header); with no root, torchvision downloads them.
-* ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``) |
-  ``X.csv`` (numbers; ``label_column`` picks a label column), ``labels_path`` optional.
+* ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
+  ``scipy.sparse.save_npz`` matrix) | ``X.csv`` (numbers; ``label_column`` picks a label
+  column), ``labels_path`` optional.
+
+Sparse input (a sparse ``.npz``, scipy / torch sparse matrices given to ``pyro_vae.fit``)
+stays sparse: ``Split.x`` is then a :class:`~pyro_vae.sparse.SparseRows`, densified one
+minibatch at a time.
 
 Add your own in a plugin file::
 
@@ -20,7 +25,7 @@ Add your own in a plugin file::
             ...
             return Loaded(train=Split(x_train, y_train), test=Split(x_test, y_test))
 
-Every split is a :class:`Split` of float32 ``x`` (N, D) and int64 ``y`` (N,) where
+Every split is a :class:`Split` of float32 ``x`` (N, D; dense, or SparseRows) and int64 ``y`` (N,) where
 ``-1`` means "label unknown" (``y`` is None when a source has no labels at all).
 """
 import abc
@@ -38,6 +43,7 @@ import torch
 from .errors import ConfigError, DataError
 from .models.base import DataInfo
 from .registry import Registry, option
+from .sparse import SparseRows, is_sparse
 
 DATASETS = Registry("data set")
 
@@ -219,8 +225,9 @@ def _load_npz(path: Path):
     with np.load(path, allow_pickle=False) as z:
         keys = sorted(z.keys())
         if SPARSE_NPZ_KEYS <= set(keys) and ("indices" in keys or "row" in keys):
-            raise DataError(f"{path} holds a scipy sparse matrix (keys {', '.join(keys)}); sparse input is not "
-                            "supported yet: save a dense array (matrix.toarray()) as x")
+            import scipy.sparse  # a scipy.sparse.save_npz file: read as the sparse matrix it is
+
+            return scipy.sparse.load_npz(path), None  # load_npz reads with allow_pickle=False
         xkey = "x" if "x" in keys else "X" if "X" in keys else None
         if xkey is None:
             raise DataError(f"{path} has no array named x (found: {', '.join(keys) or 'nothing'}); "
@@ -278,10 +285,27 @@ def labels_from_array(y, n: int, where: str) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+def as_rows(x, where: str, first: int = 0, unit: str = "row"):
+    """:func:`rows_tensor`, except that sparse input (scipy sparse, torch sparse) stays sparse:
+    a :class:`~pyro_vae.sparse.SparseRows` (float32 values), its NaN/inf refused the same way."""
+    if hasattr(x, "tocsr") or (torch.is_tensor(x) and x.layout != torch.strided):
+        if len(x.shape) != 2:
+            raise DataError(f"{where} is a sparse array of shape {tuple(x.shape)}; expected (rows, features)")
+        m = SparseRows.from_scipy(x) if hasattr(x, "tocsr") else SparseRows.from_torch(x)
+        bad = ~torch.isfinite(m.values)
+        if bool(bad.any()):
+            r = int(torch.searchsorted(m.crow, torch.as_tensor(int(bad.nonzero()[0, 0]), dtype=m.crow.dtype),
+                                       right=True)) - 1
+            raise DataError(f"{where} has {int(bad.sum())} NaN/inf values (first: {unit} {r + first}); "
+                            "remove or impute them")
+        return m
+    return rows_tensor(x, where, first, unit)
+
+
 def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tensor:
     """A float32 (rows, features) tensor from numbers (numpy, torch, pandas, lists; images are
     flattened); refuses text and NaN/inf naming the first bad row (``first`` = its number)."""
-    if hasattr(x, "toarray"):  # scipy sparse: densified (sparse training is not supported yet)
+    if hasattr(x, "toarray"):  # scipy sparse asked for dense
         x = x.toarray()
     if hasattr(x, "to_numpy"):  # pandas
         x = x.to_numpy()
@@ -304,7 +328,8 @@ def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tenso
 
 
 def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-    """(x, y or None, file row of each x row) from ``data.path`` (and ``labels_path``)."""
+    """(x, y or None, file row of each x row) from ``data.path`` (and ``labels_path``); a
+    scipy sparse ``.npz`` (``scipy.sparse.save_npz``) gives a sparse x."""
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise DataError(f"data.path {path} does not exist; give a .npy, .npz or .csv file")
@@ -326,7 +351,7 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv")
     except (OSError, ValueError) as e:
         raise DataError(f"could not read {path}: {str(e).splitlines()[0]}") from None
-    xt = rows_tensor(x, str(path), first, "line" if path.suffix == ".csv" else "row")
+    xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
     rows = torch.arange(xt.shape[0]) + first  # csv: the file's line numbers; arrays: row indices
     if cfg.labels_path:
         lp = Path(cfg.labels_path).expanduser()
@@ -456,7 +481,7 @@ class InMemory(DataSource):
         if self.x is None:
             raise DataError("this run was trained on arrays passed to pyro_vae.fit(x): give the data again "
                             "(--data FILE on the command line, or the arrays in Python)")
-        x = rows_tensor(self.x, "x")
+        x = as_rows(self.x, "x")
         y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
         if x.shape[0] < 2:
             raise DataError(f"x has {x.shape[0]} rows; need at least 2 to split train/test")
@@ -506,13 +531,17 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
         for s in (train, val, test):
             if s is not None:
                 _check_unit(s.x, "data.binarize")
-                s.x = torch.bernoulli(s.x, generator=g)
+                if is_sparse(s.x):  # zeros stay zero: only the stored values are drawn
+                    s.x = s.x.with_values(torch.bernoulli(s.x.values, generator=g))
+                else:
+                    s.x = torch.bernoulli(s.x, generator=g)
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
     return Dataset(d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize)
 
 
 def _check_unit(x, what):
+    x = x.values if is_sparse(x) else x
     if bool(((x < 0) | (x > 1)).any()):
         raise DataError(f"{what} needs values in [0,1]; for the built-in image sets keep data.normalize=true")
 

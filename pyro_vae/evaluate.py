@@ -16,6 +16,7 @@ import torch
 import pyro.distributions as dist
 
 from .models.base import Classifier
+from .sparse import batched, take
 
 
 def _device(model):
@@ -36,11 +37,11 @@ def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Opti
     if max_rows is None:
         per_row = model.likelihood.output_size * (model.num_classes if isinstance(model, Classifier) else 1)
         max_rows = int(max(1, min(65536, 5e7 // per_row)))
-    x = x.to(_device(model))
+    device = _device(model)
     out = []
     rows_per_datum = max(1, max_rows // max(1, num_samples))
     for i in range(0, x.shape[0], rows_per_datum):
-        xb = x[i:i + rows_per_datum]
+        xb = take(x, slice(i, i + rows_per_datum)).to(device)  # dense per chunk (x may be sparse)
         b = xb.shape[0]
         k_chunk = max(1, max_rows // b)
         acc = None  # running logsumexp over samples, shape (b,) or (b, C)
@@ -58,10 +59,10 @@ def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Opti
 
 
 @torch.no_grad()
-def latent_diagnostics(model, x: torch.Tensor, threshold: float = 0.01) -> dict:
+def latent_diagnostics(model, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000) -> dict:
     """Active units and (for factorised priors with an analytic KL) the KL per latent dimension."""
-    x = x.to(_device(model))
-    loc, scale = model.encode(x)
+    device = _device(model)
+    loc, scale = (t.to(device) for t in batched(model.encode, x, batch_size, device))
     var = loc.float().var(0)
     result = {"active_units": int((var > threshold).sum()), "latent_dim": int(loc.shape[1]),
               "posterior_mean_variance": [round(float(v), 5) for v in var]}

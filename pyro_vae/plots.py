@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from .sparse import batched, take
 from .utils import PROFILE, atomic_path
 
 
@@ -142,12 +143,12 @@ def run_report(model, data, run_dir, rows, plan=None):
             image_grid(model.sample(64).cpu(), data.image_shape, run_dir / "samples.png", ncol=8,
                        title="samples from the prior")
         with PROFILE.phase("plot: reconstructions.png"):
-            x = test.x[:10]
+            x = take(test.x, slice(0, 10))
             reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape,
                             run_dir / "reconstructions.png")
     with PROFILE.phase("plot: latent_map.png"):
         n = min(len(test), 5000)
-        latent_map(model.encode(test.x[:n].to(device))[0].cpu(), None if test.y is None else test.y[:n],
+        latent_map(batched(model.encode, test.x[:n], 1000, device)[0], None if test.y is None else test.y[:n],
                    run_dir / "latent_map.png", data.class_names)
     if plan is not None:
         with PROFILE.phase("plot: the model kind's own"):
@@ -195,7 +196,7 @@ def ssvae_report(model, data, run_dir, n_styles: int = 10):
     test = data.test
     if test.y is not None and bool((test.y >= 0).any()):
         mask = test.y >= 0
-        confusion_matrix_plot(test.y[mask].numpy(), model.predict(test.x[mask].to(device)).cpu().numpy(),
+        confusion_matrix_plot(test.y[mask].numpy(), batched(model.predict, test.x[mask], 1000, device).numpy(),
                               run_dir / "confusion_matrix.png", data.class_names)
     if data.image_shape is None:
         return
@@ -210,7 +211,7 @@ def ssvae_report(model, data, run_dir, n_styles: int = 10):
     image_grid(model.decode(zz, yy).cpu(), data.image_shape, run_dir / "conditional_generation.png",
                ncol=n_styles, title="rows: class; columns: one shared style z", row_labels=names)
     # style transfer: each test image's style z = E[q(z|x, predicted y)], re-decoded under every label
-    x = test.x[:n_styles]
+    x = take(test.x, slice(0, n_styles))
     zs = model.encode(x.to(device))[0]
     out = model.decode(zs.repeat(c, 1), torch.arange(c, device=device).repeat_interleave(len(x))).cpu()
     image_grid(torch.cat([x, out]), data.image_shape, run_dir / "style_transfer.png", ncol=len(x),

@@ -42,6 +42,7 @@ from typing import Dict, Optional, Sequence
 import torch
 
 from .registry import Registry
+from .sparse import take
 from .utils import atomic_path, write_json
 
 ANOMALY_SCORES = Registry("anomaly score")
@@ -509,7 +510,7 @@ def compute_fn(fn, model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tens
     """``fn(model, batch)`` over ``x`` in batches on the model's device, concatenated on the CPU."""
     model.eval()
     device = _device(model)
-    out = [fn(model, x[i:i + batch_size].to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
+    out = [fn(model, take(x, slice(i, i + batch_size)).to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out)
 
 
@@ -517,7 +518,7 @@ def compute_parts(fn, model, x, batch_size: int = 1000):
     parts = []
     device = _device(model)
     for i in range(0, x.shape[0], batch_size):
-        parts.append([p.cpu() for p in fn(model, x[i:i + batch_size].to(device))])
+        parts.append([p.cpu() for p in fn(model, take(x, slice(i, i + batch_size)).to(device))])
     return [torch.cat(p) for p in zip(*parts)]
 
 

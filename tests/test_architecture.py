@@ -15,7 +15,7 @@ PKG = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 # the README's architecture section: lower layers never import higher ones
 LAYERS = [
-    ("foundation", {"errors", "utils", "registry", "fastmath"}),
+    ("foundation", {"errors", "utils", "registry", "fastmath", "sparse"}),
     ("math", {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae"}),
     ("data", {"data"}),
     ("training", {"training", "training.base", "training.batches", "training.vae", "training.ssvae",

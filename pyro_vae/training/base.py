@@ -7,6 +7,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
 from ..models.base import LatentVariableModel
+from ..sparse import is_sparse
 from .batches import IndexBatchSampler, RowBatches
 
 _PLANS: Dict[type, type] = {}
@@ -31,6 +32,31 @@ def plan_for(model: LatentVariableModel, cfg) -> "TrainingPlan":
                       "@pyro_vae.training.register_plan(YourModel)")
 
 
+class _RowOfValue:
+    """Maps a stored value's position in a sparse matrix to its row (in the user's numbering)."""
+
+    def __init__(self, crow, rows=None):
+        self.crow, self.rows = crow, rows
+
+    def __getitem__(self, i):
+        r = int(torch.searchsorted(self.crow, torch.as_tensor(int(i), dtype=self.crow.dtype), right=True)) - 1
+        return int(self.rows[r]) if self.rows is not None else r
+
+
+def check_likelihood(likelihood, x, where: str, rows=None) -> None:
+    """``likelihood.check_data`` on dense rows, or on a sparse matrix's stored values (and one
+    zero when some entries are implicit zeros), the error naming the right row either way."""
+    if not is_sparse(x):
+        likelihood.check_data(x, where=where, rows=rows)
+        return
+    likelihood.check_data(x.values[:, None], where=where, rows=_RowOfValue(x.crow, rows))
+    counts = x.crow[1:] - x.crow[:-1]
+    short = (counts < x.shape[1]).nonzero()
+    if len(short):  # implicit zeros: they must fit the likelihood too
+        first = int(short[0, 0])
+        likelihood.check_data(torch.zeros(1, 1), where=where, rows=[int(rows[first]) if rows is not None else first])
+
+
 class TrainingPlan(abc.ABC):
     """Loss, batches, validation metrics, selection, data checks and extra plots of a model kind.
 
@@ -52,7 +78,7 @@ class TrainingPlan(abc.ABC):
             if split.x.shape[1] != self.model.data_dim:
                 raise DataError(f"the {name} split has {split.x.shape[1]} columns; the model expects "
                                 f"{self.model.data_dim}")
-            self.model.likelihood.check_data(split.x, where=f"the {name} split", rows=split.rows)
+            check_likelihood(self.model.likelihood, split.x, f"the {name} split", split.rows)
 
     def setup(self, data) -> None:
         """Called once before training: counts the loss needs (plate sizes)."""

@@ -15,6 +15,8 @@ from typing import Iterator, List, Tuple
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from ..sparse import take
+
 
 def step_bounds(n: int, per_step: int, world_size: int = 1) -> List[Tuple[int, int]]:
     """[start, end) of each step over n rows: ``per_step`` rows each, the last one shorter,
@@ -118,7 +120,8 @@ class SemiSupervisedBatchSampler(IndexBatchSampler):
 
 class RowBatches(Dataset):
     """What a sampler's index becomes: the rows of ``x`` (and ``y``), binarized afresh per
-    batch when ``dynamic_binarize`` (seeded by the step, so a resumed run draws the same)."""
+    batch when ``dynamic_binarize`` (seeded by the step, so a resumed run draws the same).
+    ``x`` is a dense tensor or a :class:`~pyro_vae.sparse.SparseRows` (densified per batch)."""
 
     def __init__(self, x: torch.Tensor, y=None, dynamic_binarize: bool = False):
         self.x, self.y, self.dynamic_binarize = x, y, dynamic_binarize
@@ -127,7 +130,7 @@ class RowBatches(Dataset):
         return self.x.shape[0]
 
     def rows(self, idx, seed):
-        xb = self.x[idx]
+        xb = take(self.x, idx)
         if self.dynamic_binarize:
             xb = torch.bernoulli(xb, generator=_generator(seed))
         return xb

@@ -1,0 +1,139 @@
+"""Sparse rows that stay sparse in memory and become dense one minibatch at a time.
+
+A :class:`SparseRows` holds the three CSR arrays (values float32, indices int32 while
+they fit; ``.csr`` shows them as a torch sparse CSR tensor): memory grows with the
+non-zeros, not rows x columns. ``x[idx]`` (an index tensor, a slice, a boolean mask) is
+again a ``SparseRows`` (splits, subsets); ``x.dense(idx)`` gathers those rows into a dense (len(idx), D) tensor with a few vectorised
+ops, no per-row Python. :func:`take` and :func:`batched` work on dense tensors and
+``SparseRows`` alike, so code that walks a whole split never densifies all of it.
+"""
+import warnings
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+
+class SparseRows:
+    """Rows of a CSR matrix: ``shape``, ``len``, ``x[idx]`` (sparse), ``dense(idx)`` (dense)."""
+
+    def __init__(self, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape):
+        self.shape = torch.Size((int(shape[0]), int(shape[1])))
+        self.crow, self.col, self.values = crow, col, values
+
+    @property
+    def csr(self) -> torch.Tensor:
+        """The same rows as a torch sparse CSR tensor (sharing memory)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+            return torch.sparse_csr_tensor(self.crow, self.col, self.values, self.shape, check_invariants=False)
+
+    @classmethod
+    def from_scipy(cls, m) -> "SparseRows":
+        """From any scipy sparse matrix or array (converted to CSR; values as float32)."""
+        m = m.tocsr()
+        big = m.nnz >= 2 ** 31 - 1 or m.shape[1] >= 2 ** 31 - 1
+        itype = np.int64 if big else np.int32
+        return cls(torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=itype)),
+                   torch.from_numpy(np.ascontiguousarray(m.indices, dtype=itype)),
+                   torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)), m.shape)
+
+    @classmethod
+    def from_torch(cls, t: torch.Tensor) -> "SparseRows":
+        """From a torch sparse tensor (COO or CSR, 2-D)."""
+        t = t.detach().cpu().coalesce().to_sparse_csr() if t.layout == torch.sparse_coo else t.detach().cpu()
+        return cls(t.crow_indices(), t.col_indices(), t.values().float(), t.shape)
+
+    # ---- parts -------------------------------------------------------------------
+    @property
+    def nnz(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.values.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.values.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"SparseRows({self.shape[0]} x {self.shape[1]}, {self.nnz} non-zeros)"
+
+    def row_of_values(self) -> torch.Tensor:
+        """The row index of every stored value, shape (nnz,)."""
+        counts = (self.crow[1:] - self.crow[:-1]).long()
+        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), counts)
+
+    def with_values(self, values: torch.Tensor) -> "SparseRows":
+        """The same pattern with new stored values (e.g. a static binarization)."""
+        return SparseRows(self.crow, self.col, values, self.shape)
+
+    # ---- rows --------------------------------------------------------------------
+    def _index(self, idx) -> torch.Tensor:
+        n = self.shape[0]
+        if isinstance(idx, slice):
+            return torch.arange(*idx.indices(n), device=self.crow.device)
+        if isinstance(idx, int):
+            return torch.tensor([idx % n if idx < 0 else idx], device=self.crow.device)
+        idx = torch.as_tensor(idx, device=self.crow.device)
+        if idx.dtype == torch.bool:
+            return idx.nonzero().flatten()
+        return idx.long().reshape(-1)
+
+    def _gather(self, idx: torch.Tensor):
+        """(positions of the stored values of rows ``idx``, their count per row)."""
+        crow = self.crow
+        start = crow[idx].long()
+        counts = crow[idx + 1].long() - start
+        total = int(counts.sum())
+        first = torch.cumsum(counts, 0) - counts  # where each row's values begin in the output
+        pos = torch.arange(total, device=crow.device) - torch.repeat_interleave(first - start, counts, output_size=total)
+        return pos, counts, total
+
+    def __getitem__(self, idx) -> "SparseRows":
+        idx = self._index(idx)
+        pos, counts, _ = self._gather(idx)
+        crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(self.crow.dtype)
+        return SparseRows(crow, self.col[pos], self.values[pos], (len(idx), self.shape[1]))
+
+    def dense(self, idx=None) -> torch.Tensor:
+        """Rows ``idx`` (all rows when None) as a dense float tensor of shape (len(idx), D)."""
+        idx = torch.arange(self.shape[0], device=self.crow.device) if idx is None else self._index(idx)
+        pos, counts, total = self._gather(idx)
+        out = torch.zeros(len(idx), self.shape[1], dtype=self.dtype, device=self.device)
+        rows = torch.repeat_interleave(torch.arange(len(idx), device=self.crow.device), counts, output_size=total)
+        out[rows, self.col[pos].long()] = self.values[pos]
+        return out
+
+    def to(self, device) -> "SparseRows":
+        return SparseRows(self.crow.to(device), self.col.to(device), self.values.to(device), self.shape)
+
+
+def is_sparse(x) -> bool:
+    return isinstance(x, SparseRows)
+
+
+def take(x, idx) -> torch.Tensor:
+    """Rows ``idx`` of ``x`` as a dense tensor (``x`` dense or :class:`SparseRows`); an int
+    gives one row of shape (D,), as tensor indexing does."""
+    if isinstance(x, SparseRows):
+        return x.dense(idx)[0] if isinstance(idx, int) else x.dense(idx)
+    return x[idx]
+
+
+@torch.no_grad()
+def batched(fn: Callable, x, batch_size: int = 1000, device: Optional[torch.device] = None):
+    """``fn(dense batch)`` over the rows of ``x`` in order, outputs concatenated on the CPU
+    (a tensor, or a tuple of tensors when ``fn`` returns one)."""
+    outs = []
+    for i in range(0, x.shape[0], batch_size):
+        xb = take(x, slice(i, i + batch_size))
+        out = fn(xb.to(device) if device is not None else xb)
+        outs.append(tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu())
+    if outs and isinstance(outs[0], tuple):
+        return tuple(torch.cat(p) for p in zip(*outs))
+    return torch.cat(outs)

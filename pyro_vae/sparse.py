@@ -17,6 +17,8 @@ import torch
 class SparseRows:
     """Rows of a CSR matrix: ``shape``, ``len``, ``x[idx]`` (sparse), ``dense(idx)`` (dense)."""
 
+    CHUNK_ROWS = 4096
+
     def __init__(self, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape):
         self.shape = torch.Size((int(shape[0]), int(shape[1])))
         self.crow, self.col, self.values = crow, col, values
@@ -96,9 +98,16 @@ class SparseRows:
 
     def __getitem__(self, idx) -> "SparseRows":
         idx = self._index(idx)
-        pos, counts, _ = self._gather(idx)
-        crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(self.crow.dtype)
-        return SparseRows(crow, self.col[pos], self.values[pos], (len(idx), self.shape[1]))
+        counts = self.crow[idx + 1].long() - self.crow[idx].long()
+        crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+        col = torch.empty(int(crow[-1]), dtype=self.col.dtype, device=self.device)
+        values = torch.empty(int(crow[-1]), dtype=self.values.dtype, device=self.device)
+        for a in range(0, len(idx), self.CHUNK_ROWS):  # chunks bound the int64 temporaries
+            pos, _, _ = self._gather(idx[a:a + self.CHUNK_ROWS])
+            lo, hi = int(crow[a]), int(crow[min(len(idx), a + self.CHUNK_ROWS)])
+            col[lo:hi] = self.col[pos]
+            values[lo:hi] = self.values[pos]
+        return SparseRows(crow.to(self.crow.dtype), col, values, (len(idx), self.shape[1]))
 
     def dense(self, idx=None) -> torch.Tensor:
         """Rows ``idx`` (all rows when None) as a dense float tensor of shape (len(idx), D)."""

@@ -31,7 +31,7 @@ def _data_overrides(spec):
     if not spec:
         return []
     if len(spec) == 1 and "=" not in spec[0]:
-        return ["data.name=array", f"data.path={spec[0]}"]
+        return [f"data.name={'anndata' if spec[0].endswith('.h5ad') else 'array'}", f"data.path={spec[0]}"]
     return [s if s.startswith("data.") else f"data.{s}" for s in spec]
 
 
@@ -58,6 +58,12 @@ def _load_run(args):
     return model, cfg, get_data
 
 
+def torch_arange(n):
+    import torch
+
+    return torch.arange(n)
+
+
 def _rows_of(model, cfg, get_data, args):
     """The rows a command works on: a --data file whole and in order (used as given, so scale
     it as the training data were), else one split of the run's data set. Checked once for
@@ -65,7 +71,15 @@ def _rows_of(model, cfg, get_data, args):
     from .config import load_config
     from .data import Split, load_array
 
-    if _is_file_spec(args.data):
+    if _is_file_spec(args.data) and args.data[0].endswith(".h5ad"):  # whole, in order; labels by the run's names
+        from .data import from_anndata, read_h5ad
+
+        keys = [f"data.{k}={cfg.data[k]}" for k in ("layer", "label_key", "batch_key") if cfg.data.get(k)]
+        file_cfg = load_config(None, ["data.name=anndata", f"data.path={args.data[0]}", *keys], import_plugins=False)
+        x, y, _, batch, _ = from_anndata(read_h5ad(Path(args.data[0]).expanduser()), file_cfg.data, args.data[0],
+                                         getattr(model, "data_info", None) and model.data_info.class_names)
+        split, where = Split(x, y, torch_arange(x.shape[0]), batch), args.data[0]
+    elif _is_file_spec(args.data):
         file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg,
                                import_plugins=False)
         x, y, rows = load_array(file_cfg.data)
@@ -300,7 +314,7 @@ def cmd_encode(args):
 
 
 def cmd_classify(args):
-    import numpy as np
+    import csv
 
     from .utils import atomic_path
 
@@ -318,15 +332,22 @@ def cmd_classify(args):
 
     proba = batched(model.predict_proba, split.x, 1000, model.device).numpy()
     pred = proba.argmax(1)
-    cols = [np.arange(len(pred))[:, None], pred[:, None], proba]
-    header = ["row", "predicted"] + [f"p{k}" for k in range(proba.shape[1])]
-    fmt = ["%d", "%d"] + ["%.6f"] * proba.shape[1]
+    names = getattr(model, "data_info", None) and model.data_info.class_names
+    header = ["row", "predicted"] + ([f"p_{n}" for n in names] if names else [f"p{k}" for k in range(proba.shape[1])])
+    if names:  # the data named its classes: the predicted name is a column too
+        header.insert(2, "predicted_name")
     if split.y is not None:
-        cols.append(split.y.numpy()[:, None])
         header.append("label")
-        fmt.append("%d")
     with atomic_path(out) as tmp:
-        np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="", fmt=fmt)
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            for i, k in enumerate(pred):
+                row = [i, int(k)] + ([names[k] if k < len(names) else str(k)] if names else [])
+                row += [f"{p:.6f}" for p in proba[i]]
+                if split.y is not None:
+                    row.append(int(split.y[i]))
+                w.writerow(row)
     msg = f"wrote {out} ({len(pred)} rows)"
     if split.y is not None and bool((split.y >= 0).any()):
         known = split.y.numpy() >= 0

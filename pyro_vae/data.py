@@ -61,13 +61,16 @@ class Split:
     x: torch.Tensor
     y: Optional[torch.Tensor] = None
     rows: Optional[torch.Tensor] = None  # each row's number in the user's file, when it has one
+    batch: Optional[torch.Tensor] = None  # int64 batch code per row (data.batch_key), when given
 
     def __len__(self):
         return self.x.shape[0]
 
     def subset(self, idx) -> "Split":
-        return Split(self.x[idx], None if self.y is None else self.y[idx],
-                     None if self.rows is None else self.rows[idx])
+        def sub(t):
+            return None if t is None else t[idx]
+
+        return Split(self.x[idx], sub(self.y), sub(self.rows), sub(self.batch))
 
 
 @dataclass
@@ -106,6 +109,7 @@ class Loaded:
     test: Split
     image_shape: Optional[Tuple[int, int, int]] = None
     class_names: Optional[list] = None
+    batch_names: Optional[list] = None  # names of the batch codes in Split.batch
 
 
 # ---------------------------------------------------------------- configs
@@ -157,6 +161,25 @@ class ArrayConfig(SplitConfig):
         SplitConfig.check(c)
         if not c.path:
             raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
+
+
+@dataclass
+class MemoryConfig(SplitConfig):
+    layer: Optional[str] = option(None, "AnnData input: the layer to train on (null = .X)")
+    label_key: Optional[str] = option(None, "AnnData input: obs column of labels (NaN/empty/'unknown' = unlabelled)")
+    batch_key: Optional[str] = option(None, "AnnData input: obs column of batches (kept per row; not used by the "
+                                            "models yet)")
+
+
+@dataclass
+class AnnDataConfig(MemoryConfig):
+    path: Optional[str] = option(None, "an .h5ad file (pip install pyro_vae[anndata])")
+
+    @staticmethod
+    def check(c) -> None:
+        SplitConfig.check(c)
+        if not c.path:
+            raise ConfigError("data.name=anndata needs data.path=FILE.h5ad")
 
 
 class DataSource(abc.ABC):
@@ -347,8 +370,11 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
                     raise DataError(f"data.label_column={cfg.label_column} but {path} has {x.shape[1]} columns")
                 y = x[:, cfg.label_column]
                 x = np.delete(x, cfg.label_column % x.shape[1], axis=1)
+        elif path.suffix == ".h5ad":
+            raise DataError(f"data.path {path} is an AnnData file: use data.name=anndata data.path={path}")
         else:
-            raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv")
+            raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv "
+                            "(.h5ad: data.name=anndata)")
     except (OSError, ValueError) as e:
         raise DataError(f"could not read {path}: {str(e).splitlines()[0]}") from None
     xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
@@ -363,6 +389,84 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             raise DataError(f"could not read {lp}: {str(e).splitlines()[0]}") from None
     yt = None if y is None else labels_from_array(y, xt.shape[0], str(cfg.labels_path or path))
     return xt, yt, rows
+
+
+# ---------------------------------------------------------------- AnnData
+UNKNOWN_LABELS = {"", "nan", "na", "none", "unknown", "unlabeled", "unlabelled"}
+ANNDATA_MISSING = "reading .h5ad files needs the anndata package: pip install pyro_vae[anndata]"
+
+
+def is_anndata(x) -> bool:
+    return type(x).__name__ == "AnnData" and hasattr(x, "obs") and hasattr(x, "layers")
+
+
+def read_h5ad(path: Path):
+    """An AnnData from an .h5ad file (in memory); one-line errors."""
+    try:
+        import anndata
+    except ImportError:
+        raise DataError(ANNDATA_MISSING) from None
+    if not path.is_file():
+        raise DataError(f"data.path {path} does not exist")
+    try:
+        return anndata.read_h5ad(path)
+    except Exception as e:  # h5py / anndata raise many kinds
+        raise DataError(f"could not read {path} as AnnData: {str(e).strip().splitlines()[0][:200]}") from None
+
+
+def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[torch.Tensor, list]:
+    """Integer codes (-1 = unknown: NaN, empty, 'unknown', 'unlabelled') and the class names of a
+    label column; with ``class_names`` (a trained model's) the codes follow those names."""
+    import pandas as pd
+
+    s = pd.Series(values)
+    if class_names is None and pd.api.types.is_numeric_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype):
+        return labels_from_array(s.to_numpy(dtype=np.float64), len(s), where), None
+    text = s.astype("object").where(s.notna(), None)
+    text = text.map(lambda v: None if v is None or str(v).strip().lower() in UNKNOWN_LABELS else str(v))
+    if class_names is None:
+        if isinstance(s.dtype, pd.CategoricalDtype):
+            class_names = [str(c) for c in s.cat.categories if str(c).strip().lower() not in UNKNOWN_LABELS]
+        else:
+            class_names = sorted(set(text.dropna()))
+    lookup = {name: k for k, name in enumerate(class_names)}
+    codes = text.map(lambda v: lookup.get(v, -1) if v is not None else -1).to_numpy(dtype=np.int64)
+    return torch.from_numpy(codes), list(class_names)
+
+
+def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
+    """(x, y, class names, batch codes, batch names) of an AnnData: ``data.layer`` (else .X; sparse
+    stays sparse), ``data.label_key`` and ``data.batch_key`` obs columns."""
+    layer = cfg.get("layer")
+    if layer:
+        if layer not in adata.layers:
+            raise DataError(f"{where} has no layer {layer!r} (layers: {', '.join(adata.layers.keys()) or 'none'}); "
+                            "set data.layer to one of them, or null for .X")
+        matrix = adata.layers[layer]
+    else:
+        matrix = adata.X
+        if matrix is None:
+            raise DataError(f"{where} has no .X; set data.layer to one of: {', '.join(adata.layers.keys())}")
+    x = as_rows(matrix, f"{where} ({'layer ' + layer if layer else '.X'})")
+
+    def column(key, what):
+        if key not in adata.obs.columns:
+            raise DataError(f"{where} has no obs column {key!r} for data.{what} "
+                            f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})")
+        return adata.obs[key]
+
+    y = names = batch = batch_names = None
+    if cfg.get("label_key"):
+        y, names = codes_of(column(cfg.label_key, "label_key"), f"{where} obs[{cfg.label_key!r}]", class_names)
+    if cfg.get("batch_key"):
+        col = column(cfg.batch_key, "batch_key")
+        if bool(col.isna().any()):
+            raise DataError(f"{where} obs[{cfg.batch_key!r}] has {int(col.isna().sum())} missing values; every "
+                            "row needs a batch")
+        batch, batch_names = codes_of(col.astype(str), f"{where} obs[{cfg.batch_key!r}]")
+        if bool((batch < 0).any()):
+            raise DataError(f"{where} obs[{cfg.batch_key!r}] has empty/'unknown' batch names; every row needs a batch")
+    return x, y, names, batch, batch_names
 
 
 # ---------------------------------------------------------------- sources
@@ -470,9 +574,9 @@ class ArrayFile(DataSource):
         return Loaded(full.subset(tr), full.subset(te))
 
 
-@DATASETS.register("memory", config=SplitConfig)
+@DATASETS.register("memory", config=MemoryConfig)
 class InMemory(DataSource):
-    """Arrays given in Python: pyro_vae.fit(x, y); a random test split."""
+    """Arrays given in Python: pyro_vae.fit(x, y) (NumPy, torch, pandas, scipy sparse, AnnData)."""
 
     def __init__(self, x=None, y=None):
         self.x, self.y = x, y
@@ -481,13 +585,36 @@ class InMemory(DataSource):
         if self.x is None:
             raise DataError("this run was trained on arrays passed to pyro_vae.fit(x): give the data again "
                             "(--data FILE on the command line, or the arrays in Python)")
-        x = as_rows(self.x, "x")
-        y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
-        if x.shape[0] < 2:
-            raise DataError(f"x has {x.shape[0]} rows; need at least 2 to split train/test")
-        tr, te = _random_split(len(x), cfg.test_fraction, generator)
-        full = Split(x, y, torch.arange(x.shape[0]))
-        return Loaded(full.subset(tr), full.subset(te))
+        names = batch = batch_names = None
+        if is_anndata(self.x):
+            if self.y is not None:
+                raise DataError("fit(adata, y): give the labels as an obs column, data.label_key=COLUMN")
+            x, y, names, batch, batch_names = from_anndata(self.x, cfg, "the AnnData")
+        else:
+            keys = [k for k in ("layer", "label_key", "batch_key") if cfg.get(k)]
+            if keys:
+                raise ConfigError(f"data.{keys[0]} applies to AnnData input; x is a {type(self.x).__name__}")
+            x = as_rows(self.x, "x")
+            y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
+        return _split_rows(x, y, cfg, generator, "x", names, batch, batch_names)
+
+
+@DATASETS.register("anndata", config=AnnDataConfig)
+class AnnDataFile(DataSource):
+    """An .h5ad file (data.path; data.layer, data.label_key, data.batch_key); a random test split."""
+
+    def load(self, cfg, generator):
+        path = Path(cfg.path).expanduser()
+        x, y, names, batch, batch_names = from_anndata(read_h5ad(path), cfg, str(path))
+        return _split_rows(x, y, cfg, generator, str(path), names, batch, batch_names)
+
+
+def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch_names=None) -> Loaded:
+    if x.shape[0] < 2:
+        raise DataError(f"{where} has {x.shape[0]} rows; need at least 2 to split train/test")
+    tr, te = _random_split(len(x), cfg.test_fraction, generator)
+    full = Split(x, y, torch.arange(x.shape[0]), batch)
+    return Loaded(full.subset(tr), full.subset(te), class_names=class_names, batch_names=batch_names)
 
 
 def _numbers(y):
@@ -520,8 +647,10 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
         perm = torch.randperm(len(train), generator=g)
         val, train = train.subset(perm[: d.validation]), train.subset(perm[d.validation:])
     if d.labels is not None:
-        train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g), train.rows)
+        train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g), train.rows, train.batch)
     num_classes = d.num_classes
+    if num_classes is None and loaded.class_names:
+        num_classes = len(loaded.class_names)
     if num_classes is None:
         ys = [s.y for s in (train, val, test) if s is not None and s.y is not None]
         if ys:
@@ -537,7 +666,8 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
                     s.x = torch.bernoulli(s.x, generator=g)
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
-    return Dataset(d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize)
+    extra = {"batch_names": loaded.batch_names} if loaded.batch_names else {}
+    return Dataset(d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra)
 
 
 def _check_unit(x, what):

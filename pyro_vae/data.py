@@ -6,6 +6,10 @@ Built-in sources:
   the offline default. ``normalize=true`` scales to [0,1].
 * ``mnist``, ``fashion-mnist``, ``kmnist`` — the four standard IDX files (gzipped or not)
   in ``data.root`` (image size from the IDX header); with no root, torchvision downloads them.
+* ``image_folder`` — ``data.root`` with one sub-folder of images per class (PNG, JPEG, ...),
+  resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); in [0,1].
+* ``anndata`` — an ``.h5ad`` file: ``data.layer`` (default .X), ``data.label_key`` and
+  ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
   ``scipy.sparse.save_npz`` matrix) | ``X.csv`` (numbers; ``label_column`` picks a label
   column), ``labels_path`` optional.
@@ -180,6 +184,25 @@ class AnnDataConfig(MemoryConfig):
         SplitConfig.check(c)
         if not c.path:
             raise ConfigError("data.name=anndata needs data.path=FILE.h5ad")
+
+
+@dataclass
+class ImageFolderConfig(SplitConfig):
+    root: Optional[str] = option(None, "folder of images: one sub-folder per class (its name = the label), "
+                                       "or images directly inside (unlabelled)")
+    image_size: Optional[int] = option(None, "resize every image to this many pixels square; null = keep "
+                                             "(all images must then have the same size)")
+    channels: int = option(1, "1 = grey levels, 3 = colour (RGB)")
+
+    @staticmethod
+    def check(c) -> None:
+        SplitConfig.check(c)
+        if not c.root:
+            raise ConfigError("data.name=image_folder needs data.root=FOLDER")
+        if c.channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 (grey) or 3 (colour), got {c.channels}")
+        if c.image_size is not None and c.image_size < 1:
+            raise ConfigError(f"data.image_size must be a positive number of pixels (got {c.image_size})")
 
 
 class DataSource(abc.ABC):
@@ -391,6 +414,58 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
     return xt, yt, rows
 
 
+# ---------------------------------------------------------------- image folders
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
+
+
+def _image_files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_image_folder(root, image_size: Optional[int] = None, channels: int = 1):
+    """(uint8 array (N, C, H, W), labels (N,) or None, class names or None) from a folder: one
+    sub-folder per class (sorted names -> labels 0..C-1, as torchvision's ImageFolder), or the
+    images directly inside it (no labels). Each file is read once with Pillow."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if classes:
+        files, labels = [], []
+        for k, name in enumerate(classes):
+            found = _image_files(root / name)
+            if not found:
+                raise DataError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+            labels += [k] * len(found)
+    else:
+        files, labels = _image_files(root), None
+        if not files:
+            raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no class sub-folders")
+    mode = "L" if channels == 1 else "RGB"
+    out, size = None, None
+    for i, path in enumerate(files):
+        try:
+            with Image.open(path) as im:
+                im = im.convert(mode)
+                if image_size:
+                    im = im.resize((image_size, image_size), Image.BILINEAR)
+                a = np.asarray(im, dtype=np.uint8)
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            raise DataError(f"could not read image {path}: {str(e).splitlines()[0][:160]}") from None
+        if out is None:
+            size = a.shape[:2]
+            out = np.empty((len(files), channels) + size, dtype=np.uint8)
+        elif a.shape[:2] != size:
+            raise DataError(f"{path} is {a.shape[1]}x{a.shape[0]} pixels but {files[0]} is {size[1]}x{size[0]}; "
+                            "set data.image_size=N to resize them all")
+        out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
+    y = None if labels is None else np.asarray(labels, dtype=np.int64)
+    return out, y, (classes or None)
+
+
 # ---------------------------------------------------------------- AnnData
 UNKNOWN_LABELS = {"", "nan", "na", "none", "unknown", "unlabeled", "unlabelled"}
 ANNDATA_MISSING = "reading .h5ad files needs the anndata package: pip install pyro_vae[anndata]"
@@ -572,6 +647,20 @@ class ArrayFile(DataSource):
         tr, te = _random_split(len(x), cfg.test_fraction, generator)
         full = Split(x, y, rows)
         return Loaded(full.subset(tr), full.subset(te))
+
+
+@DATASETS.register("image_folder", config=ImageFolderConfig)
+class ImageFolder(DataSource):
+    """Images in data.root (class sub-folders = labels), resized to data.image_size; a random test split."""
+
+    def load(self, cfg, generator):
+        images, y, names = load_image_folder(cfg.root, cfg.image_size, cfg.channels)
+        x = torch.from_numpy(images.reshape(images.shape[0], -1)).float()
+        if cfg.normalize:
+            x = x / 255.0
+        loaded = _split_rows(x, None if y is None else torch.from_numpy(y), cfg, generator, cfg.root, names)
+        loaded.image_shape = tuple(int(v) for v in images.shape[1:])
+        return loaded
 
 
 @DATASETS.register("memory", config=MemoryConfig)

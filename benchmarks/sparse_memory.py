@@ -4,7 +4,7 @@ For each synthetic CSR matrix (every row holds exactly ``density * columns`` non
 column drawn in each block of 1/density columns; values Poisson(2) + 1 counts) this writes a
 ``scipy.sparse.save_npz`` file, then trains in a fresh process with
 ``data=array data.path=FILE likelihood=poisson``: the whole file is loaded (and split
-80/20 into train/test, both kept as CSR), then ``data.limit`` training rows are trained for
+99/1 into train/test, both kept as CSR), then ``data.limit`` training rows are trained for
 one epoch and the 1% test split is evaluated. The child reports its peak RSS
 (``resource.getrusage``) and, before touching the data, its RSS after importing torch and
 pyro_vae. A dense ``.npy`` of the smallest matrix shows the dense path for comparison.

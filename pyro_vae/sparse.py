@@ -42,8 +42,17 @@ class SparseRows:
 
     @classmethod
     def from_torch(cls, t: torch.Tensor) -> "SparseRows":
-        """From a torch sparse tensor (COO or CSR, 2-D)."""
-        t = t.detach().cpu().coalesce().to_sparse_csr() if t.layout == torch.sparse_coo else t.detach().cpu()
+        """From a 2-D torch sparse tensor (COO, CSR, or another layout torch converts to CSR)."""
+        t = t.detach().cpu()
+        if t.layout == torch.sparse_coo:
+            t = t.coalesce()  # sorted by row, then column
+            row, col = t.indices()
+            crow = torch.cat([row.new_zeros(1), torch.cumsum(torch.bincount(row, minlength=t.shape[0]), 0)])
+            return cls(crow, col, t.values().float(), t.shape)
+        if t.layout != torch.sparse_csr:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
+                t = t.to_sparse_csr()
         return cls(t.crow_indices(), t.col_indices(), t.values().float(), t.shape)
 
     # ---- parts -------------------------------------------------------------------

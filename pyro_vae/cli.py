@@ -58,12 +58,6 @@ def _load_run(args):
     return model, cfg, get_data
 
 
-def torch_arange(n):
-    import torch
-
-    return torch.arange(n)
-
-
 def _rows_of(model, cfg, get_data, args):
     """The rows a command works on: a --data file whole and in order (used as given, so scale
     it as the training data were), else one split of the run's data set. Checked once for
@@ -72,13 +66,15 @@ def _rows_of(model, cfg, get_data, args):
     from .data import Split, load_array
 
     if _is_file_spec(args.data) and args.data[0].endswith(".h5ad"):  # whole, in order; labels by the run's names
+        import torch
+
         from .data import from_anndata, read_h5ad
 
         keys = [f"data.{k}={cfg.data[k]}" for k in ("layer", "label_key", "batch_key") if cfg.data.get(k)]
         file_cfg = load_config(None, ["data.name=anndata", f"data.path={args.data[0]}", *keys], import_plugins=False)
         x, y, _, batch, _ = from_anndata(read_h5ad(Path(args.data[0]).expanduser()), file_cfg.data, args.data[0],
                                          getattr(model, "data_info", None) and model.data_info.class_names)
-        split, where = Split(x, y, torch_arange(x.shape[0]), batch), args.data[0]
+        split, where = Split(x, y, torch.arange(x.shape[0]), batch), args.data[0]
     elif _is_file_spec(args.data):
         file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg,
                                import_plugins=False)

@@ -638,7 +638,7 @@ class KMNIST(IdxImages):
 
 @DATASETS.register("array", config=ArrayConfig)
 class ArrayFile(DataSource):
-    """Your own array: data.path = .npy | .npz (x[, y]) | .csv; a random test split."""
+    """Your own array: data.path = .npy | .npz (x[, y], or scipy sparse) | .csv; a random test split."""
 
     def load(self, cfg, generator):
         x, y, rows = load_array(cfg)

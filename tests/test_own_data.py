@@ -1,5 +1,6 @@
 """Users' own data: sparse matrices that stay sparse, AnnData / .h5ad, and folders of images."""
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -59,7 +60,10 @@ def test_sparse_input_stays_sparse_and_trains_as_dense_does():
     assert r_sparse.metrics["test_loss"] == pytest.approx(r_dense.metrics["test_loss"], rel=1e-5)
     from pyro_vae.data import as_rows
 
-    for t in (torch.from_numpy(x).to_sparse(), torch.from_numpy(x).to_sparse_csr()):  # torch sparse input too
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "sparse CSR support is in beta"
+        csr = torch.from_numpy(x).to_sparse_csr()
+    for t in (torch.from_numpy(x).to_sparse(), csr):  # torch sparse input too
         rows = as_rows(t, "x")
         assert isinstance(rows, SparseRows) and torch.equal(rows.dense(), torch.from_numpy(x))
 

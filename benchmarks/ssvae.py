@@ -48,7 +48,7 @@ def supervised_only(data, cfg, seed, steps=2000):
     for step in range(steps):
         net.train()
         idx = torch.randint(0, len(x), (min(200, len(x)),))
-        loss = F.cross_entropy(net(augment_images(x[idx], data.image_shape, augment_shift(s, data.image_shape), s.get("augment_flip", False))), y[idx])
+        loss = F.cross_entropy(net(augment_images(x[idx], data.image_shape, augment_shift(s, data.image_shape))), y[idx])
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -8,9 +8,11 @@ Adam, selected on the same validation set. Results are appended to benchmarks/ss
 each run finishes (re-running skips what is there).
 
     .venv/bin/python benchmarks/ssvae.py --model m1m2 --labels 100 600 1000 3000 --seeds 0 1 2
-    .venv/bin/python benchmarks/ssvae.py --model ssvae --labels 100 3000 --seeds 0 --epochs 5
-    # the earlier rows: a config file instead of the defaults
-    .venv/bin/python benchmarks/ssvae.py --config examples/configs/ssvae_fashion.yaml --epochs 20
+    .venv/bin/python benchmarks/ssvae.py --model ssvae --labels 100 600 1000 3000 --seeds 0 1 2
+    .venv/bin/python benchmarks/ssvae.py --model m1m2 --data digits --labels 50 --seeds 0 1 2
+
+The rows without "config": "defaults" ran an earlier examples/configs/ssvae_fashion.yaml
+(``--config FILE``; see RESULTS.md).
 """
 import argparse
 import json

@@ -314,7 +314,7 @@ def _loggers(cfg, run_dir):
     return loggers
 
 
-def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: int):
+def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: Optional[int] = None):
     t = cfg.trainer
     callbacks = [rows]
     if run_dir is not None:
@@ -337,7 +337,7 @@ def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: int
     if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     rows.print_lines = not bar
-    kwargs = dict(max_epochs=epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
+    kwargs = dict(max_epochs=epochs or cfg.train.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
                   strategy=t.strategy, precision=t.precision, gradient_clip_val=cfg.train.gradient_clip_val,
                   logger=_loggers(cfg, run_dir) or False, enable_checkpointing=run_dir is not None,
                   enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,

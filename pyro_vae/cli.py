@@ -457,7 +457,7 @@ def build_parser():
     c.add_argument("--with-scale", action="store_true", help="also write the posterior scales")
     c.set_defaults(func=cmd_encode)
 
-    k = sub.add_parser("classify", help="predict labels with a classifier run (model=ssvae)")
+    k = sub.add_parser("classify", help="predict labels with a classifier run (model=ssvae or m1m2)")
     _run_args(k)
     k.add_argument("--out", required=True, help="predictions.csv: row, predicted label, class probabilities[, label]")
     k.set_defaults(func=cmd_classify)

@@ -132,8 +132,9 @@ class EpochRow(Callback):
     ModelCheckpoint / EarlyStopping (callback metrics), the loggers, and, without a progress
     bar, one printed line. Also the KL warm-up and the stop flag of SIGINT / SIGTERM."""
 
-    def __init__(self, cfg, print_lines: bool, run_dir: Optional[Path] = None):
+    def __init__(self, cfg, print_lines: bool, run_dir: Optional[Path] = None, epochs: Optional[int] = None):
         self.cfg, self.print_lines, self.run_dir = cfg, print_lines, run_dir
+        self.epochs = epochs or cfg.train.epochs
         self.rows = []
         self.stop_signal = None
         self.train_seconds = 0.0  # epochs of the whole run, validation included (kept across resumes)
@@ -217,7 +218,7 @@ class EpochRow(Callback):
                 logger.log_metrics(row, step=row["epoch"])
                 logger.save()
             if self.print_lines:
-                parts = [f"epoch {row['epoch']}/{self.cfg.train.epochs}"]
+                parts = [f"epoch {row['epoch']}/{self.epochs}"]
                 parts += [f"{k} {v:.4g}" for k, v in row.items() if k.endswith(("loss", "accuracy"))]
                 parts.append(f"{seconds:.1f} s")
                 print("  ".join(parts), file=sys.stderr, flush=True)
@@ -340,7 +341,7 @@ def _loggers(cfg, run_dir):
     return loggers
 
 
-def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool):
+def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: Optional[int] = None):
     t = cfg.trainer
     callbacks = [rows]
     if run_dir is not None:
@@ -363,8 +364,9 @@ def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool):
     if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     rows.print_lines = not bar
-    kwargs = dict(max_epochs=cfg.train.epochs, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-                  strategy=t.strategy, precision=resolve_precision(t), gradient_clip_val=cfg.train.gradient_clip_val,
+    kwargs = dict(max_epochs=epochs or cfg.train.epochs, accelerator=t.accelerator, devices=t.devices,
+                  num_nodes=t.num_nodes, strategy=t.strategy, precision=resolve_precision(t),
+                  gradient_clip_val=cfg.train.gradient_clip_val,
                   logger=_loggers(cfg, run_dir) or False, enable_checkpointing=run_dir is not None,
                   enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
                   callbacks=callbacks, use_distributed_sampler=False, deterministic=False,
@@ -417,7 +419,7 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     run_dir = None
     if save:
         run_dir = Path(os.environ.get("PYRO_VAE_RUN_DIR") or out or default_run_dir(cfg))
-    rows = EpochRow(cfg, print_lines=False, run_dir=run_dir)
+    rows = EpochRow(cfg, print_lines=False, run_dir=run_dir, epochs=plan.epochs())
     with warnings.catch_warnings():
         for pattern in (".*does not have many workers.*", ".*TPU available but not used.*", ".*LeafSpec.*",
                         ".*Experiment logs directory.*", ".*Checkpoint directory.*exists and is not empty.*",
@@ -427,7 +429,7 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
             warnings.filterwarnings("ignore", pattern)
         _quiet_lightning()
         with PROFILE.phase("Lightning Trainer"):
-            trainer = _trainer(cfg, run_dir, rows, selection, has_val)  # validates trainer.* before writing
+            trainer = _trainer(cfg, run_dir, rows, selection, has_val, plan.epochs())  # validates trainer.* first
         if run_dir is not None and rank_zero:
             rundir.prepare(run_dir, overwrite=overwrite, resume=resume is not None)
             os.environ["PYRO_VAE_RUN_DIR"] = str(run_dir)  # the same folder in DDP's extra processes

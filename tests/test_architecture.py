@@ -16,10 +16,11 @@ PKG = Path(__file__).resolve().parents[1] / "pyro_vae"
 # the README's architecture section: lower layers never import higher ones
 LAYERS = [
     ("foundation", {"errors", "utils", "registry", "fastmath", "sparse"}),
-    ("math", {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae"}),
+    ("math", {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae",
+              "models.m1m2"}),
     ("data", {"data"}),
     ("training", {"training", "training.base", "training.batches", "training.vae", "training.ssvae",
-                  "training.augment", "evaluate", "plots"}),
+                  "training.augment", "training.m1m2", "evaluate", "plots"}),
     ("engine", {"config", "rundir", "train", "scores", "cli", "__init__"}),
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}

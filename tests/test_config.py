@@ -13,7 +13,7 @@ def test_defaults_are_a_complete_valid_config():
 
 def test_naming_an_entry_is_shorthand_and_starts_its_section_afresh(tmp_path):
     cfg = load_config(None, ["model=ssvae", "model.aux_loss_multiplier=31", "data=array", "data.path=x.npy"])
-    assert cfg.model.name == "ssvae" and cfg.model.aux_loss_multiplier == 31 and cfg.model.augment_flip is False
+    assert cfg.model.name == "ssvae" and cfg.model.aux_loss_multiplier == 31 and cfg.model.augment_shift is None
     p = tmp_path / "c.yaml"
     p.write_text("model: ssvae\ndata: {name: fashion-mnist, root: /data}\n")
     cfg = load_config(p, ["data=digits"])  # another data set: root belongs to the old one, not kept
@@ -56,8 +56,9 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["model=ssvae", "model.classifier_dropout=1.5"], "[0, 1)"),
     (["model=ssvae", "model.classifier_activation=sigmoid"], "softplus"),
     (["model=ssvae", "model.augment_shift=-1"], "number of pixels"),
-    (["model=ssvae", "model.augment_shift=0", "model.consistency_weight=1"], "needs an augmentation"),
-    (["model=ssvae", "model.consistency_weight=-1", "model.augment_shift=1"], "must be >= 0"),
+    (["model=ssvae", "model.augment_flip=true"], "no parameter 'augment_flip'"),
+    (["model=m1m2", "model.z2_dim=0"], "at least 1"),
+    (["model=m1m2", "model.m1_epochs=0"], "at least 1"),
     (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),
     (["model.aux_loss_multiplier=3"], "model 'vae' has no parameter"),
     (["train.lr_schedule=step"], "constant, cosine"),

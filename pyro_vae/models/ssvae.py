@@ -2,7 +2,7 @@
 
 Generative model (``model``)::
 
-    y_n ~ Categorical(pi)                  uniform (or learned with ssvae.learn_class_prior)
+    y_n ~ Categorical(pi)                  uniform
     z_n ~ p(z)                             prior from the registry
     x_n ~ p(x | decoder(z_n, y_n))         likelihood from the registry
 
@@ -56,11 +56,6 @@ class SSVAEConfig:
     classifier_activation: Optional[str] = option("relu", "q(y|x): activation; null = encoder.activation")
     augment_shift: Optional[int] = option(None, "aux term: labelled images shifted by up to this many pixels "
                                                 "(training only); null = 1 for images, 0 otherwise")
-    augment_flip: bool = option(False, "aux term: labelled images also mirrored left-right half the time")
-    consistency_weight: float = option(0.0, "beta * N_unlabelled * mean KL(q(y|x) || q(y|augmented x)), "
-                                            "first q held fixed; needs an augmentation; 0 = off")
-    labelled_batch_size: Optional[int] = option(None, "labelled examples per step (null: train.batch_size)")
-    learn_class_prior: bool = option(False, "learn pi of y ~ Categorical(pi) instead of uniform")
 
     @staticmethod
     def check(c) -> None:
@@ -78,12 +73,6 @@ class SSVAEConfig:
             raise ConfigError(f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})")
         if c.aux_loss_multiplier < 0:
             raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
-        augmented = c.augment_shift is None or c.augment_shift or c.augment_flip  # null: images are shifted
-        if c.consistency_weight < 0 or (c.consistency_weight and not augmented):
-            raise ConfigError(f"model.consistency_weight must be >= 0 and, when > 0, needs an augmentation: "
-                              f"model.augment_shift >= 1 or model.augment_flip=true (got {c.consistency_weight})")
-        if c.labelled_batch_size is not None and c.labelled_batch_size < 1:
-            raise ConfigError(f"model.labelled_batch_size must be at least 1 (got {c.labelled_batch_size})")
 
 
 def classifier_type(m, image_shape) -> str:
@@ -125,11 +114,11 @@ class SSVAE(LatentVariableModel, Classifier):
     """M2 (Kingma et al. 2014): ``model(x, y=None)`` / ``guide(x, y=None)``; the label summed out when unknown."""
 
     def __init__(self, classifier: nn.Module, encoder: SplitInput, decoder: SplitInput, prior, likelihood,
-                 latent_dim: int, num_classes: int, image_shape=None, learn_class_prior: bool = False):
+                 latent_dim: int, num_classes: int, image_shape=None):
         super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape)
         self.classifier = classifier
         self.num_classes = int(num_classes)
-        self.class_logits = nn.Parameter(torch.zeros(self.num_classes), requires_grad=bool(learn_class_prior))
+        self.register_buffer("class_logits", torch.zeros(self.num_classes))  # uniform p(y)
 
     @classmethod
     def from_config(cls, cfg, info: DataInfo) -> "SSVAE":
@@ -138,9 +127,8 @@ class SSVAE(LatentVariableModel, Classifier):
         c, m = info.num_classes, cfg.model
         if cfg.encoder.type != "mlp" or cfg.decoder.type != "mlp":
             raise ConfigError("model=ssvae supports encoder.type=mlp and decoder.type=mlp")
-        if (m.augment_shift or m.augment_flip) and info.image_shape is None:
-            raise ConfigError("model.augment_shift / model.augment_flip need image data; "
-                              "set them to null / false for tabular data")
+        if m.augment_shift and info.image_shape is None:
+            raise ConfigError("model.augment_shift needs image data; set it to null for tabular data")
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation
@@ -149,8 +137,7 @@ class SSVAE(LatentVariableModel, Classifier):
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size,
                              cfg.decoder.activation)
-        return cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape,
-                   learn_class_prior=m.learn_class_prior)
+        return cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape)
 
     # ---- networks --------------------------------------------------------------
     def _q_z(self, x, y, x_part=None):

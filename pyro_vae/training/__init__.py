@@ -8,3 +8,4 @@ from .base import TrainingPlan, plan_for, register_plan  # noqa: F401
 from .batches import IndexBatchSampler, SemiSupervisedBatchSampler, step_bounds  # noqa: F401
 from .vae import ELBOPlan  # noqa: F401
 from .ssvae import LOSS_TERMS, SemiSupervisedPlan  # noqa: F401
+from .m1m2 import M1M2Plan  # noqa: F401

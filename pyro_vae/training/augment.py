@@ -1,4 +1,4 @@
-"""Training-time image augmentation (the semi-supervised classifier's aux and consistency terms)."""
+"""Training-time image augmentation (the semi-supervised classifier's aux term)."""
 import torch
 import torch.nn.functional as F
 
@@ -19,18 +19,6 @@ def random_shift(x: torch.Tensor, image_shape, max_shift: int, generator=None) -
     return padded[batch, chan, rows, cols].reshape(b, -1)
 
 
-def random_flip(x: torch.Tensor, image_shape, generator=None) -> torch.Tensor:
-    """Each flattened image of ``x`` (B, C*H*W) mirrored left-right with probability 1/2."""
-    c, h, w = image_shape
-    b = x.shape[0]
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
-    images = x.reshape(b, c, h, w)
-    return torch.where(flip[:, None, None, None], images.flip(-1), images).reshape(b, -1)
-
-
-def augment_images(x: torch.Tensor, image_shape, max_shift: int = 0, flip: bool = False,
-                   generator=None) -> torch.Tensor:
-    """A random whole-pixel shift of up to ``max_shift`` pixels, then (``flip``) a left-right
-    mirror with probability 1/2."""
-    x = random_shift(x, image_shape, max_shift, generator)
-    return random_flip(x, image_shape, generator) if flip else x
+def augment_images(x: torch.Tensor, image_shape, max_shift: int = 0, generator=None) -> torch.Tensor:
+    """A random whole-pixel shift of up to ``max_shift`` pixels per image."""
+    return random_shift(x, image_shape, max_shift, generator)

@@ -84,6 +84,10 @@ class TrainingPlan(abc.ABC):
         """Called once before training: counts the loss needs (plate sizes)."""
         self.model.num_data = len(data.train)
 
+    def epochs(self) -> int:
+        """How many epochs the engine trains (``train.epochs``; staged kinds add their stages)."""
+        return int(self.cfg.train.epochs)
+
     @abc.abstractmethod
     def train_dataloader(self, data, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:
         """This process's shard of each epoch's minibatches."""

@@ -1,11 +1,11 @@
 """Training M2: the semi-supervised objective as a sum of named loss terms.
 
-    J = sum_unlabelled U(x) + sum_labelled L(x, y) + alpha * sum_labelled -log q(y|x) [+ consistency]
+    J = sum_unlabelled U(x) + sum_labelled L(x, y) + alpha * sum_labelled -log q(y|x)
 
 ``unlabelled_elbo`` (TraceEnum_ELBO, the label enumerated in parallel, Monte-Carlo KL),
-``labelled_elbo`` (y observed; the KL in closed form with train.elbo=meanfield) and ``aux`` (Kingma et al. 2014, eq. 9) are M2's objective;
-``consistency`` is an optional regulariser of q(y|x). Each term is scaled to its full
-count, so a minibatch loss estimates the full-data objective.
+``labelled_elbo`` (y observed; the KL in closed form with train.elbo=meanfield) and ``aux``
+(Kingma et al. 2014, eq. 9) are M2's objective. Each term is scaled to its full count, so a
+minibatch loss estimates the full-data objective.
 """
 import abc
 from typing import Dict
@@ -85,27 +85,16 @@ class AuxClassification(LossTerm):
         return c.aux_loss_multiplier * per_example * ce
 
 
-@LOSS_TERMS.register("consistency")
-class Consistency(LossTerm):
-    """beta * N_unlabelled * mean KL(q(y|x) || q(y|augment(x))) on the unlabelled rows, the first
-    q held fixed (a Pi-model / UDA-style regulariser of the guide, not part of M2; training only)."""
-
-    def active(self):
-        return bool(self.plan.cfg.model.consistency_weight) and self.plan.num_unlabelled > 0
-
-    def __call__(self, batch):
-        m, xu = self.plan.model, batch["xu"]
-        if not (m.training and xu.shape[0]):
-            return xu.new_zeros(())
-        return self.plan.cfg.model.consistency_weight * self.plan.num_unlabelled * consistency(m, xu, self.plan.augment)
-
-
-def consistency(m: SSVAE, x: torch.Tensor, augment) -> torch.Tensor:
-    """Mean over the batch of KL(q(y|x) || q(y|augment(x))), the first q a fixed target (no gradient)."""
-    with torch.no_grad():
-        target = torch.log_softmax(m.classifier(x).float(), -1)
-    pred = torch.log_softmax(m.classifier(augment(x)).float(), -1)
-    return F.kl_div(pred, target, log_target=True, reduction="batchmean")
+def check_labels(data, num_classes: int, kind: str) -> None:
+    """DataError unless some training labels are known and every label is below ``num_classes``."""
+    y = data.train.y
+    if y is None or not bool((y >= 0).any()):
+        raise DataError(f"model={kind} needs some training labels (none are known); give labels "
+                        "(data.labels_path or a label column) for some rows")
+    for name, split in data.splits():
+        if split.y is not None and bool((split.y >= num_classes).any()):
+            raise DataError(f"the {name} split has label {int(split.y.max())}, outside "
+                            f"0..{num_classes - 1}; fix the labels or set data.num_classes")
 
 
 @register_plan(SSVAE)
@@ -116,27 +105,15 @@ class SemiSupervisedPlan(TrainingPlan):
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
-        c = cfg.model
-        if c.consistency_weight and not (augment_shift(c, model.image_shape) or c.augment_flip):
-            raise ConfigError("model.consistency_weight needs an augmentation, and these data are not images "
-                              "(no shifts); set model.consistency_weight=0")
         self.num_labelled = self.num_unlabelled = 0
         self.terms = []
 
     def augment(self, x):
-        c = self.cfg.model
-        return augment_images(x, self.model.image_shape, augment_shift(c, self.model.image_shape), c.augment_flip)
+        return augment_images(x, self.model.image_shape, augment_shift(self.cfg.model, self.model.image_shape))
 
     def check_data(self, data):
         super().check_data(data)
-        y = data.train.y
-        if y is None or not bool((y >= 0).any()):
-            raise DataError("model=ssvae needs some training labels (none are known); give labels "
-                            "(data.labels_path or a label column) for some rows")
-        for name, split in data.splits():
-            if split.y is not None and bool((split.y >= self.model.num_classes).any()):
-                raise DataError(f"the {name} split has label {int(split.y.max())}, outside "
-                                f"0..{self.model.num_classes - 1}; fix the labels or set data.num_classes")
+        check_labels(data, self.model.num_classes, "ssvae")
 
     def setup(self, data):
         super().setup(data)
@@ -146,7 +123,7 @@ class SemiSupervisedPlan(TrainingPlan):
         self.terms = [t for t in (cls(self) for cls in (LOSS_TERMS.get(n) for n in LOSS_TERMS.names())) if t.active()]
 
     def labelled_batch_size(self) -> int:
-        return max(1, min(self.num_labelled, self.cfg.model.labelled_batch_size or self.cfg.train.batch_size))
+        return max(1, min(self.num_labelled, self.cfg.train.batch_size))
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         y = data.train.y

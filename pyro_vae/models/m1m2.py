@@ -1,0 +1,176 @@
+"""Stacked semi-supervised VAE "M1+M2" (Kingma, Rezende, Mohamed & Welling 2014, section 3.2).
+
+M1 is a VAE (:class:`~pyro_vae.models.vae.VAE`: any registered prior and likelihood)
+learnt on all inputs; M2 (:class:`~pyro_vae.models.ssvae.SSVAE`) is then learnt on M1's
+posterior codes z1 instead of the inputs, with a Gaussian likelihood. The whole
+generative model (``model``)::
+
+    y_n ~ Categorical(pi),  z2_n ~ N(0, I)                       M2's priors
+    z1_n ~ Normal(p(z1 | z2_n, y_n))                             M2's decoder, Gaussian
+    x_n ~ p(x | decoder(z1_n))                                   M1's decoder and likelihood
+
+and its variational posterior (``guide``)::
+
+    z1_n ~ q(z1 | x_n)                                           M1's encoder
+    y_n ~ q(y | z1_n)  (enumerated),  z2_n ~ q(z2 | z1_n, y_n)   M2's classifier and encoder
+
+Training is in two stages (:class:`pyro_vae.training.M1M2Plan`): ``model.m1_epochs``
+epochs of M1's own ELBO (z1 ~ its prior), then ``train.epochs`` epochs of M2's
+semi-supervised objective on M1's codes E[q(z1|x)], M1 held fixed.
+``encode`` gives M1's code z1 (``model.z1_dim``); :meth:`M1M2.encode_z2` gives M2's z2.
+"""
+from dataclasses import asdict, dataclass
+from typing import List, Optional
+
+import torch
+import pyro
+import pyro.distributions as dist
+from omegaconf import OmegaConf
+from pyro import poutine
+from pyro.nn.module import pyro_method
+
+from ..errors import ConfigError
+from ..registry import option
+from .base import MODELS, Classifier, DataInfo
+from .ssvae import SSVAE, SSVAEConfig
+from .vae import VAE
+
+
+@dataclass
+class M1M2Config:
+    """``model: m1m2`` keys: the stages' epochs, the code sizes and M2 (on the codes); M1 is
+    ``encoder``, ``decoder``, ``prior`` and ``likelihood`` with ``model.z1_dim`` (not ``latent_dim``)."""
+
+    m1_epochs: Optional[int] = option(None, "epochs of M1 (the VAE, on all inputs) before M2 trains on its "
+                                            "codes for train.epochs; null = enough for about 8000 steps")
+    z1_dim: int = option(50, "M1's code size (z1, what M2 sees); replaces latent_dim")
+    z2_dim: int = option(50, "M2's latent size (z2)")
+    m2_hidden: List[int] = option(help="M2's q(z2|z1,y) and p(z1|z2,y): hidden layer sizes", factory=lambda: [500])
+    classifier_hidden: List[int] = option(help="q(y|z1): hidden layer sizes", factory=lambda: [500])
+    classifier_dropout: float = option(0.5, "q(y|z1): dropout after each hidden layer, training only")
+    aux_loss_multiplier: float = option(30.0, "alpha of M2's auxiliary classification term, scaled to the data")
+
+    @staticmethod
+    def check(c) -> None:
+        if c.m1_epochs is not None and c.m1_epochs < 1:
+            raise ConfigError(f"model.m1_epochs must be at least 1 (got {c.m1_epochs})")
+        if c.z1_dim < 1 or c.z2_dim < 1:
+            raise ConfigError(f"model.z1_dim and model.z2_dim must be at least 1 (got {c.z1_dim}, {c.z2_dim})")
+        if not 0 <= c.classifier_dropout < 1:
+            raise ConfigError(f"model.classifier_dropout must be in [0, 1) (got {c.classifier_dropout})")
+        if c.aux_loss_multiplier < 0:
+            raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
+
+
+def m2_config(cfg):
+    """The ``model: ssvae`` config of M2 inside a ``model: m1m2`` config: an MLP q(y|z1), no image
+    augmentation, a Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
+    m = cfg.model
+    ssvae = dict(asdict(SSVAEConfig()), name="ssvae", classifier_type="mlp", augment_shift=0,
+                 classifier_hidden=list(m.classifier_hidden), classifier_dropout=float(m.classifier_dropout),
+                 classifier_activation="relu", aux_loss_multiplier=float(m.aux_loss_multiplier))
+    net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": cfg.encoder.activation}
+    return OmegaConf.create({"model": ssvae, "latent_dim": int(m.z2_dim), "encoder": net, "decoder": net,
+                             "prior": {"name": "normal"}, "likelihood": {"name": "gaussian", "scale": "per_feature"},
+                             "train": OmegaConf.to_container(cfg.train)})
+
+
+@MODELS.register("m1m2", config=M1M2Config)
+class M1M2(VAE, Classifier):
+    """M1+M2: M1 (this VAE: encoder, decoder, prior, likelihood) with M2 (``self.m2``) on its codes."""
+
+    def __init__(self, encoder, decoder, prior, likelihood, latent_dim: int, m2: SSVAE, image_shape=None,
+                 num_data: Optional[int] = None):
+        super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, num_data)
+        self.m2 = m2
+        self.num_classes = m2.num_classes
+
+    @classmethod
+    def from_config(cls, cfg, info: DataInfo) -> "M1M2":
+        z1 = int(cfg.model.z1_dim)
+        m1 = VAE.from_config(OmegaConf.merge(cfg, {"latent_dim": z1}), info)
+        m2 = SSVAE.from_config(m2_config(cfg), DataInfo(z1, None, info.num_classes, info.num_data))
+        return cls(m1.encoder, m1.decoder, m1.prior, m1.likelihood, z1, m2, info.image_shape, info.num_data)
+
+    # ---- the two stages' Pyro programs -------------------------------------------------
+    def m1_model(self, x: torch.Tensor):
+        """M1's generative model p(x, z1) = N(z1; 0, I) p(x|z1) (the first stage)."""
+        return VAE.model(self, x)
+
+    def m1_guide(self, x: torch.Tensor):
+        """M1's q(z1|x) (the first stage)."""
+        return VAE.guide(self, x)
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """M1's codes of ``x``, what M2 learns from and classifies: the means E[q(z1|x)]."""
+        return self.encoder(x)[0]
+
+    # ---- the whole model as one Pyro program ----------------------------------------------
+    @pyro_method
+    def model(self, x: torch.Tensor):
+        """p(x, y, z1, z2) = p(y) p(z2) p(z1|z2,y) p(x|z1), observed at ``x``; y is enumerated."""
+        m2 = self.m2
+        with self._plate(x):
+            y = pyro.sample("y", dist.Categorical(logits=m2.class_logits))
+            with poutine.scale(scale=self.beta):
+                z2 = pyro.sample("z2", m2.prior())
+            z1 = pyro.sample("z1", m2.likelihood(m2.decoder(z2, y)))
+            pyro.sample("x", self.likelihood(self.decoder(z1)), obs=x)
+
+    @pyro_method
+    def guide(self, x: torch.Tensor):
+        """q(z1|x) q(y|z1) q(z2|z1,y), y enumerated in parallel."""
+        m2 = self.m2
+        with self._plate(x):
+            loc, scale = self.encoder(x)
+            z1 = pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
+            y = pyro.sample("y", dist.Categorical(logits=m2.classifier(z1).float()), infer={"enumerate": "parallel"})
+            loc2, scale2 = m2._q_z(z1, y)
+            with poutine.scale(scale=self.beta):
+                pyro.sample("z2", dist.Normal(loc2, scale2).to_event(1))
+
+    # ---- the user API -----------------------------------------------------------------
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y|z1) at z1 = the mean of q(z1|x): class probabilities, rows sum to 1."""
+        return self.m2.predict_proba(self.codes(x))
+
+    @torch.no_grad()
+    def encode_z2(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
+        """Mean and scale of M2's q(z2|z1,y) at z1 = E[q(z1|x)], y the predicted label when not given."""
+        return self.m2.encode(self.codes(x), y)
+
+    @torch.no_grad()
+    def sample(self, n: int, mean: bool = True, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """New data through both decoders: y ~ p(y) (or the given labels), z2 ~ p(z2), z1 ~ p(z1|z2,y)
+        (its mean with ``mean=True``), then E[x|z1] (``mean=True``) or x ~ p(x|z1)."""
+        z1 = self.m2.sample(n, mean=mean, y=y)
+        out = self.decoder(z1)
+        return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
+
+    def log_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, C): log p(x, y=c, z1, z2_c) - log q(z1, z2_c | x, y=c) with one z1 ~ q(z1|x) per
+        row shared by the classes and one z2_c ~ q(z2|z1,c) per class (M2's weights on z1)."""
+        loc, scale = self.encoder(x)
+        q = dist.Normal(loc, scale).to_event(1)
+        z1 = q.rsample()
+        w1 = self.likelihood(self.decoder(z1)).log_prob(x) - q.log_prob(z1)
+        return w1[:, None] + self.m2.log_weights(z1)
+
+    @torch.no_grad()
+    def elbo(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
+        """Per-datum ELBO of the whole model, y summed out: E_q(z1|x)[log p(x|z1) - log q(z1|x)
+        + sum_y q(y|z1) (log p(z1, y, z2) - log q(z2|z1,y) - log q(y|z1))]."""
+        out = []
+        for _ in range(num_particles):
+            loc, scale = self.encoder(x)
+            q = dist.Normal(loc, scale).to_event(1)
+            z1 = q.sample()
+            out.append(self.likelihood(self.decoder(z1)).log_prob(x) - q.log_prob(z1) + self.m2.elbo(z1))
+        return torch.stack(out).mean(0)
+
+    @torch.no_grad()
+    def m1_elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-datum ELBO of M1 alone (z1 ~ prior): the first stage's objective."""
+        return VAE.log_weights(self, x)[:, 0]

@@ -55,8 +55,10 @@ class TrainingPlan(abc.ABC):
             self.model.likelihood.check_data(split.x, where=f"the {name} split", rows=split.rows)
 
     def setup(self, data) -> None:
-        """Called once before training: counts the loss needs (plate sizes)."""
+        """Called once before training: counts the loss needs (plate sizes) and the likelihood's
+        statistics of the training rows (e.g. the median library size of count likelihoods)."""
         self.model.num_data = len(data.train)
+        self.model.likelihood.fit_data(data.train.x)
 
     @abc.abstractmethod
     def train_dataloader(self, data, seed: int, rank: int = 0, world_size: int = 1) -> DataLoader:

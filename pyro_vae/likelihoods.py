@@ -347,6 +347,66 @@ class Poisson(_LibraryCounts):
         return self._rate(out, x)
 
 
+def _nb_terms(theta, a, x):
+    """log NB(x; theta, logits a) = c + e, split at x = 0::
+
+        c = log NB(0) = -theta * softplus(a)
+        e = x * (a - softplus(a)) + lgamma(theta + x) - lgamma(theta) - lgamma(x + 1)   (0 at x = 0)
+
+    One softplus (torch: two logsigmoids) and lgamma(theta) on theta's own shape, one per
+    feature (torch broadcasts it to the batch first; its gradient, digamma, is slow on CPUs)."""
+    sp = softplus(a)
+    c = -theta * sp
+    e = x * (a - sp) + torch.lgamma(theta + x) - torch.lgamma(theta) - torch.lgamma(x + 1)
+    return c, e
+
+
+class _NBLogits(dist.NegativeBinomial):
+    """torch's NegativeBinomial(total_count, logits) with a faster log_prob (same values)."""
+
+    theta = None  # total_count before broadcasting, when known (lost by expand: then the broadcast one)
+
+    def log_prob(self, value):
+        c, e = _nb_terms(self.total_count if self.theta is None else self.theta, self.logits, value)
+        return c + e
+
+
+def _keep_theta(cls):
+    """``expand`` (Pyro's plates call it) keeps the unbroadcast total_count."""
+    def expand(self, batch_shape, _instance=None):
+        new = super(cls, self).expand(batch_shape, _instance)
+        new.theta = self.theta
+        return new
+
+    cls.expand = expand
+    return cls
+
+
+_keep_theta(_NBLogits)
+
+
+@_keep_theta
+class _ZINBLogits(dist.ZeroInflatedNegativeBinomial):
+    """Pyro's ZeroInflatedNegativeBinomial (gate logits g) with a faster log_prob (same values)::
+
+        x > 0:  log(1 - pi) + log NB(x)      = -softplus(g) + c + e
+        x = 0:  log(pi + (1 - pi) NB(0))     = -softplus(g) + c + softplus(g - c)
+    """
+
+    theta = None
+
+    def log_prob(self, value):
+        theta = self.base_dist.total_count if self.theta is None else self.theta
+        c, e = _nb_terms(theta, self.base_dist.logits, value)
+        g = self.gate_logits
+        return c - softplus(g) + torch.where(value > 0, e, softplus(g - c))
+
+
+def _with_theta(d, theta):
+    d.theta = theta
+    return d
+
+
 class _NB(_LibraryCounts):
     """Negative binomial with a learned inverse dispersion theta per feature: mean mu,
     variance mu + mu^2 / theta. NB(total_count=theta, logits=log mu - log theta)."""
@@ -370,8 +430,9 @@ class NegativeBinomial(_NB):
     """
 
     def forward(self, out, x=None):
-        return dist.NegativeBinomial(total_count=self.log_total_count.exp(), logits=self._logits(out, x),
-                                     validate_args=False).to_event(1)
+        theta = self.log_total_count.exp()
+        return _with_theta(_NBLogits(total_count=theta, logits=self._logits(out, x), validate_args=False),
+                           theta).to_event(1)
 
     def mean(self, out, x=None):
         return self.log_total_count.exp() * torch.exp(self._logits(out, x))
@@ -379,8 +440,7 @@ class NegativeBinomial(_NB):
 
 @register("zinb")
 class ZINB(_NB):
-    """Zero-inflated negative binomial (as for single-cell counts): the decoder gives the NB mean
-    block and the gate logits.
+    """Zero-inflated negative binomial (single-cell counts): the decoder gives the mean and gate logits.
 
     p(x) = pi * [x = 0] + (1 - pi) * NB(x; mu, theta), pi = sigmoid(gate); mu as for
     negative_binomial (library_size=observed: softmax(decoder) * the row's total count).
@@ -390,8 +450,9 @@ class ZINB(_NB):
 
     def forward(self, out, x=None):
         a, gate = self.split(out.float())
-        return dist.ZeroInflatedNegativeBinomial(total_count=self.log_total_count.exp(), logits=self._logits(a, x),
-                                                 gate_logits=gate, validate_args=False).to_event(1)
+        theta = self.log_total_count.exp()
+        return _with_theta(_ZINBLogits(total_count=theta, logits=self._logits(a, x), gate_logits=gate,
+                                       validate_args=False), theta).to_event(1)
 
     def mean(self, out, x=None):
         a, gate = self.split(out.float())

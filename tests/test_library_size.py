@@ -132,3 +132,14 @@ def test_ssvae_trains_on_counts_with_library_size():
                                       "trainer.progress_bar=false", "trainer.logger=none"], save=False, plots=False)
     assert np.isfinite(r.metrics["test_loss"])
     assert r.model.likelihood.library_size == "observed" and r.model.likelihood.log_input
+
+
+def test_the_median_total_is_saved_with_the_model(tmp_path):
+    x, _ = counts_with_varying_depth(n=200, genes=10)
+    r = pyro_vae.fit(x, overrides=["likelihood=negative_binomial", "latent_dim=2", "encoder.hidden=[8]",
+                                   "decoder.hidden=[8]", "train.epochs=1", "trainer.progress_bar=false"],
+                     out=tmp_path / "run", plots=False)
+    loaded = pyro_vae.load(tmp_path / "run")
+    want = float(torch.tensor(x[r.data.train.rows.numpy()]).sum(1).median())  # the lower median
+    assert float(loaded.likelihood.typical_library) == pytest.approx(want)
+    assert torch.allclose(loaded.sample(5).sum(-1), torch.full((5,), want), rtol=1e-4)  # E[x|z] sums to l

@@ -25,6 +25,8 @@ class Likelihood(PyroModule):
 
     context_args = ("data_dim",)
     outputs_per_feature = 1
+    #: True: the encoder (and any classifier) reads log(1 + x) instead of x
+    log_input = False
     #: a short hint for data that does not fit, shown in the error message
     fix_hint = "choose a likelihood that fits the data (see `pyro-vae list`)"
 
@@ -46,6 +48,20 @@ class Likelihood(PyroModule):
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         """E[x | decoder output]: what reconstructions and sample grids show."""
         return self(out).mean
+
+    def given(self, out: torch.Tensor, x: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | decoder output) scored at the observed rows ``x``: the models call this, so a
+        likelihood whose parameters depend on the observed row itself (count likelihoods with
+        ``library_size=observed``) reads it here. Default: ``self(out)``."""
+        return self(out)
+
+    def mean_given(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """E[x | decoder output] for the observed rows ``x`` (reconstructions). Default: ``mean(out)``."""
+        return self.mean(out)
+
+    def fit_data(self, x: torch.Tensor) -> None:
+        """Called once with the training rows before training: statistics kept with the model
+        (buffers, saved in model.pt). Default: nothing."""
 
     def check_data(self, x: torch.Tensor, where: str = "data", rows=None) -> None:
         """Raise DataError when ``x`` cannot be scored by this likelihood. ``rows``: the row
@@ -262,51 +278,195 @@ class Binomial(_Counts):
         return self.total_count * torch.sigmoid(out)
 
 
+LIBRARY_SIZES = ("observed", "none")
+
+
+def row_totals(x: torch.Tensor) -> torch.Tensor:
+    """Sum of each row (dense or sparse): the library size l of a row of counts."""
+    if x.is_sparse:
+        return torch.sparse.sum(x, 1).to_dense().float()
+    return x.float().sum(-1)
+
+
+class _LibraryCounts(_Counts):
+    """Counts whose mean may be scaled by each row's total count (the library size, as in scVI).
+
+    ``library_size=none``: the decoder output gives the mean directly (see each subclass).
+    ``library_size=observed`` (Lopez et al. 2018, scVI with the observed library size): the
+    decoder gives proportions over the features and the row's total count scales them::
+
+        rho = softmax(a)          a: the decoder's mean block, rho sums to 1 over features
+        l   = sum_j x_j           the observed row's total count (at least 1e-8)
+        mu  = rho * l             the mean of x, per feature
+
+    so the latent code describes composition, not sequencing depth, and a row with 10x the
+    counts gets 10x the mean. Without an observed row (``decode``, ``sample``) ``l`` is the
+    median total of the training rows, stored with the model (``typical_library``).
+    Encoders read log(1 + x) (``log_input``), as scVI's do.
+    """
+
+    log_input = True
+
+    def __init__(self, data_dim: int, library_size: str = "observed"):
+        super().__init__(data_dim)
+        if library_size not in LIBRARY_SIZES:
+            raise ValueError(f"library_size must be one of {', '.join(LIBRARY_SIZES)} (got {library_size!r})")
+        self.library_size = library_size
+        if library_size == "observed":
+            # NaN until fit_data: decoding without an observed row before training is an error
+            self.register_buffer("typical_library", torch.tensor(float("nan")))
+
+    def fit_data(self, x):
+        if self.library_size == "observed":
+            self.typical_library.fill_(float(row_totals(x).median()))
+
+    def _log_mean(self, a: torch.Tensor, x=None) -> torch.Tensor:
+        """log mu = log softmax(a) + log l (library_size=observed only)."""
+        if x is not None:
+            log_l = row_totals(x).clamp_min(1e-8).log()[..., None]
+        else:
+            if torch.isnan(self.typical_library):
+                raise DataError(f"likelihood {self.registry_name!r} with library_size=observed needs the "
+                                "observed rows or a trained model (the median training total)")
+            log_l = self.typical_library.clamp_min(1e-8).log()
+        return torch.log_softmax(a.float(), -1) + log_l
+
+    def given(self, out, x):
+        return self(out, x)
+
+    def mean_given(self, out, x):
+        return self.mean(out, x)
+
+
 @register("poisson")
-class Poisson(_Counts):
-    """Poisson(rate) per feature with rate = softplus(decoder output)."""
+class Poisson(_LibraryCounts):
+    """Poisson(rate) per feature: rate = softplus(decoder) (library_size=none) or softmax(decoder) * l.
 
-    def forward(self, out):
-        return dist.Poisson(softplus(out.float()) + 1e-6, validate_args=False).to_event(1)
+    library_size: observed (mean = proportions * the row's total count) | none (see _LibraryCounts).
+    """
 
-    def mean(self, out):
-        return softplus(out) + 1e-6
+    def _rate(self, out, x=None):
+        if self.library_size == "none":
+            return softplus(out.float()) + 1e-6
+        return self._log_mean(out, x).exp() + 1e-8
+
+    def forward(self, out, x=None):
+        return dist.Poisson(self._rate(out, x), validate_args=False).to_event(1)
+
+    def mean(self, out, x=None):
+        return self._rate(out, x)
+
+
+def _nb_terms(theta, a, x):
+    """log NB(x; theta, logits a) = c + e, split at x = 0::
+
+        c = log NB(0) = -theta * softplus(a)
+        e = x * (a - softplus(a)) + lgamma(theta + x) - lgamma(theta) - lgamma(x + 1)   (0 at x = 0)
+
+    One softplus (torch: two logsigmoids) and lgamma(theta) on theta's own shape, one per
+    feature (torch broadcasts it to the batch first; its gradient, digamma, is slow on CPUs)."""
+    sp = softplus(a)
+    c = -theta * sp
+    e = x * (a - sp) + torch.lgamma(theta + x) - torch.lgamma(theta) - torch.lgamma(x + 1)
+    return c, e
+
+
+class _NBLogits(dist.NegativeBinomial):
+    """torch's NegativeBinomial(total_count, logits) with a faster log_prob (same values)."""
+
+    theta = None  # total_count before broadcasting, when known (lost by expand: then the broadcast one)
+
+    def log_prob(self, value):
+        c, e = _nb_terms(self.total_count if self.theta is None else self.theta, self.logits, value)
+        return c + e
+
+
+def _keep_theta(cls):
+    """``expand`` (Pyro's plates call it) keeps the unbroadcast total_count."""
+    def expand(self, batch_shape, _instance=None):
+        new = super(cls, self).expand(batch_shape, _instance)
+        new.theta = self.theta
+        return new
+
+    cls.expand = expand
+    return cls
+
+
+_keep_theta(_NBLogits)
+
+
+@_keep_theta
+class _ZINBLogits(dist.ZeroInflatedNegativeBinomial):
+    """Pyro's ZeroInflatedNegativeBinomial (gate logits g) with a faster log_prob (same values)::
+
+        x > 0:  log(1 - pi) + log NB(x)      = -softplus(g) + c + e
+        x = 0:  log(pi + (1 - pi) NB(0))     = -softplus(g) + c + softplus(g - c)
+    """
+
+    theta = None
+
+    def log_prob(self, value):
+        theta = self.base_dist.total_count if self.theta is None else self.theta
+        c, e = _nb_terms(theta, self.base_dist.logits, value)
+        g = self.gate_logits
+        return c - softplus(g) + torch.where(value > 0, e, softplus(g - c))
+
+
+def _with_theta(d, theta):
+    d.theta = theta
+    return d
+
+
+class _NB(_LibraryCounts):
+    """Negative binomial with a learned inverse dispersion theta per feature: mean mu,
+    variance mu + mu^2 / theta. NB(total_count=theta, logits=log mu - log theta)."""
+
+    def __init__(self, data_dim: int, library_size: str = "observed"):
+        super().__init__(data_dim, library_size)
+        self.log_total_count = torch.nn.Parameter(torch.zeros(data_dim))  # log theta
+
+    def _logits(self, a, x=None):
+        if self.library_size == "none":
+            return a.float()  # mu = theta * exp(a)
+        return self._log_mean(a, x) - self.log_total_count
 
 
 @register("negative_binomial")
-class NegativeBinomial(_Counts):
-    """Negative binomial with a learned dispersion per feature (mean from the decoder): overdispersed counts."""
+class NegativeBinomial(_NB):
+    """Negative binomial with a learned dispersion per feature: overdispersed counts.
 
-    def __init__(self, data_dim: int):
-        super().__init__(data_dim)
-        self.log_total_count = torch.nn.Parameter(torch.zeros(data_dim))
+    Mean mu = softmax(decoder) * l (library_size=observed; l the row's total count) or
+    theta * exp(decoder) (none); variance mu + mu^2 / theta with theta learned per feature.
+    """
 
-    def forward(self, out):
-        return dist.NegativeBinomial(total_count=self.log_total_count.exp(), logits=out.float(),
-                                     validate_args=False).to_event(1)
+    def forward(self, out, x=None):
+        theta = self.log_total_count.exp()
+        return _with_theta(_NBLogits(total_count=theta, logits=self._logits(out, x), validate_args=False),
+                           theta).to_event(1)
 
-    def mean(self, out):
-        return self.log_total_count.exp() * torch.exp(out)
+    def mean(self, out, x=None):
+        return self.log_total_count.exp() * torch.exp(self._logits(out, x))
 
 
 @register("zinb")
-class ZINB(_Counts):
-    """Zero-inflated negative binomial (as for single-cell counts): decoder gives logits and gate logits."""
+class ZINB(_NB):
+    """Zero-inflated negative binomial (single-cell counts): the decoder gives the mean and gate logits.
+
+    p(x) = pi * [x = 0] + (1 - pi) * NB(x; mu, theta), pi = sigmoid(gate); mu as for
+    negative_binomial (library_size=observed: softmax(decoder) * the row's total count).
+    """
 
     outputs_per_feature = 2
 
-    def __init__(self, data_dim: int):
-        super().__init__(data_dim)
-        self.log_total_count = torch.nn.Parameter(torch.zeros(data_dim))
+    def forward(self, out, x=None):
+        a, gate = self.split(out.float())
+        theta = self.log_total_count.exp()
+        return _with_theta(_ZINBLogits(total_count=theta, logits=self._logits(a, x), gate_logits=gate,
+                                       validate_args=False), theta).to_event(1)
 
-    def forward(self, out):
-        logits, gate = self.split(out.float())
-        return dist.ZeroInflatedNegativeBinomial(total_count=self.log_total_count.exp(), logits=logits,
-                                                 gate_logits=gate, validate_args=False).to_event(1)
-
-    def mean(self, out):
-        logits, gate = self.split(out)
-        return torch.sigmoid(-gate) * self.log_total_count.exp() * torch.exp(logits)
+    def mean(self, out, x=None):
+        a, gate = self.split(out.float())
+        return torch.sigmoid(-gate) * self.log_total_count.exp() * torch.exp(self._logits(a, x))
 
 
 class _MixedColumns(dist.TorchDistribution):
@@ -369,9 +529,22 @@ class Mixed(Likelihood):
         parts = [p(o) for p, o in zip(self.parts, chunks)]
         return _MixedColumns(parts, self.columns, self.data_dim)
 
-    def mean(self, out):
+    def given(self, out, x):
         chunks = out.split(self.sizes, -1)
-        pieces = [p.mean(o) for p, o in zip(self.parts, chunks)]
+        parts = [p.given(o, x[..., c]) for p, o, c in zip(self.parts, chunks, self.columns)]
+        return _MixedColumns(parts, self.columns, self.data_dim)
+
+    def fit_data(self, x):
+        for p, c in zip(self.parts, self.columns):
+            p.fit_data(x.to_dense()[:, c] if x.is_sparse else x[:, c])
+
+    def mean_given(self, out, x):
+        return self.mean(out, x)
+
+    def mean(self, out, x=None):
+        chunks = out.split(self.sizes, -1)
+        pieces = [p.mean(o) if x is None else p.mean_given(o, x[..., c])
+                  for p, o, c in zip(self.parts, chunks, self.columns)]
         res = pieces[0].new_empty(out.shape[:-1] + (self.data_dim,))
         for piece, c in zip(pieces, self.columns):
             res[..., c] = piece.to(res.dtype)

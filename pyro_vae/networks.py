@@ -115,6 +115,24 @@ def _check_image(image_shape):
     return c, h, w
 
 
+class Log1pInput(nn.Module):
+    """``module(log(1 + x))``: what networks reading counts see (counts span orders of
+    magnitude; likelihoods with ``log_input = True`` ask for it)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+        self.out_dim = getattr(module, "out_dim", None)
+
+    def forward(self, x, *args, **kwargs):
+        return self.module(torch.log1p(x.float().clamp_min(0)), *args, **kwargs)
+
+
+def reads_input(module: nn.Module, likelihood) -> nn.Module:
+    """``module`` as the first network to see the data: behind log(1 + x) when the likelihood asks."""
+    return Log1pInput(module) if getattr(likelihood, "log_input", False) else module
+
+
 class GaussianEncoder(nn.Module):
     """q(z|x) = Normal(loc(x), scale(x)) with scale = softplus(.) + 1e-5 (no exp overflow)."""
 

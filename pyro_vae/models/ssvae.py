@@ -37,7 +37,7 @@ from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
 from ..errors import ConfigError, DataError
 from ..fastmath import softplus
-from ..networks import ACTIVATIONS, MLP, NETWORKS, make_activation, make_classifier
+from ..networks import ACTIVATIONS, MLP, NETWORKS, make_activation, make_classifier, reads_input
 from ..registry import option
 from .base import MODELS, Classifier, DataInfo, LatentVariableModel
 
@@ -134,7 +134,9 @@ class SSVAE(LatentVariableModel, Classifier):
         act = cfg.encoder.activation
         classifier = make_classifier(info.data_dim, c, list(m.classifier_hidden), classifier_type(m, info.image_shape),
                                      m.classifier_activation or act, m.classifier_dropout, info.image_shape)
+        classifier = reads_input(classifier, likelihood)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
+        encoder.first = reads_input(encoder.first, likelihood)
         decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size,
                              cfg.decoder.activation)
         return cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape)
@@ -162,7 +164,7 @@ class SSVAE(LatentVariableModel, Classifier):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior())
             y = pyro.sample("y", dist.Categorical(logits=self.class_logits), obs=y)
-            pyro.sample("x", self.likelihood(self.decoder(z, y)), obs=x)
+            pyro.sample("x", self.likelihood.given(self.decoder(z, y), x), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None):
@@ -197,7 +199,7 @@ class SSVAE(LatentVariableModel, Classifier):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.predict(x) if y is None else y
-        return self.decode(self._q_z(x, y)[0], y)
+        return self.likelihood.mean_given(self.decoder(self._q_z(x, y)[0], y), x)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -217,7 +219,7 @@ class SSVAE(LatentVariableModel, Classifier):
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
         log_py = torch.log_softmax(self.class_logits, -1)[ys]
-        w = self.likelihood(self.decoder(z, ys)).log_prob(xs) + self.prior().log_prob(z) + log_py - q.log_prob(z)
+        w = self.likelihood.given(self.decoder(z, ys), xs).log_prob(xs) + self.prior().log_prob(z) + log_py - q.log_prob(z)
         return w.reshape(c, b).T
 
     @torch.no_grad()

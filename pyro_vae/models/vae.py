@@ -26,7 +26,7 @@ from pyro.nn.module import pyro_method
 
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
-from ..networks import GaussianEncoder, make_body, make_decoder
+from ..networks import GaussianEncoder, make_body, make_decoder, reads_input
 from .base import MODELS, DataInfo, LatentPaths, LatentVariableModel
 
 
@@ -47,7 +47,7 @@ class VAE(LatentVariableModel, LatentPaths):
     def from_config(cls, cfg, info: DataInfo) -> "VAE":
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
-        body = make_body(cfg.encoder, info.data_dim, info.image_shape)
+        body = reads_input(make_body(cfg.encoder, info.data_dim, info.image_shape), likelihood)
         encoder = GaussianEncoder(body, cfg.latent_dim)
         decoder = make_decoder(cfg.decoder, cfg.latent_dim, likelihood.output_size, info.data_dim, info.image_shape)
         return cls(encoder, decoder, prior, likelihood, cfg.latent_dim, info.image_shape, info.num_data)
@@ -64,7 +64,7 @@ class VAE(LatentVariableModel, LatentPaths):
         with self._plate(x):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            pyro.sample("x", self.likelihood.given(self.decoder(z), x), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor):
@@ -87,8 +87,14 @@ class VAE(LatentVariableModel, LatentPaths):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """E[x|z] under the likelihood."""
+        """E[x|z] under the likelihood (count likelihoods with ``library_size=observed``: at the
+        median total count of the training rows)."""
         return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x|z] at the posterior mean of each input (count likelihoods: at the input's total count)."""
+        return self.likelihood.mean_given(self.decoder(self.encoder(x)[0]), x)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> torch.Tensor:
@@ -102,7 +108,7 @@ class VAE(LatentVariableModel, LatentPaths):
         loc, scale = self.encoder(x)
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
-        w = self.likelihood(self.decoder(z)).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        w = self.likelihood.given(self.decoder(z), x).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
         return w[:, None]
 
     @torch.no_grad()

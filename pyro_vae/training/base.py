@@ -81,8 +81,10 @@ class TrainingPlan(abc.ABC):
             check_likelihood(self.model.likelihood, split.x, f"the {name} split", split.rows)
 
     def setup(self, data) -> None:
-        """Called once before training: counts the loss needs (plate sizes)."""
+        """Called once before training: counts the loss needs (plate sizes) and the likelihood's
+        statistics of the training rows (e.g. the median library size of count likelihoods)."""
         self.model.num_data = len(data.train)
+        self.model.likelihood.fit_data(data.train.x)
 
     def epochs(self) -> int:
         """How many epochs the engine trains (``train.epochs``; staged kinds add their stages)."""

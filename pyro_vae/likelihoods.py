@@ -15,6 +15,7 @@ from pyro.nn import PyroModule
 from .errors import DataError
 from .fastmath import BernoulliLogits, softplus
 from .registry import Registry
+from .sparse import SparseRows
 
 LIKELIHOODS = Registry("likelihood")
 register = LIKELIHOODS.register
@@ -282,7 +283,9 @@ LIBRARY_SIZES = ("observed", "none")
 
 
 def row_totals(x: torch.Tensor) -> torch.Tensor:
-    """Sum of each row (dense or sparse): the library size l of a row of counts."""
+    """Sum of each row (dense, torch sparse or :class:`SparseRows`): the library size l of a row of counts."""
+    if isinstance(x, SparseRows):
+        return x.row_sums()
     if x.is_sparse:
         return torch.sparse.sum(x, 1).to_dense().float()
     return x.float().sum(-1)

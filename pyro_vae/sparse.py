@@ -56,6 +56,11 @@ class SparseRows:
         return cls(t.crow_indices(), t.col_indices(), t.values().float(), t.shape)
 
     # ---- parts -------------------------------------------------------------------
+    def row_sums(self) -> torch.Tensor:
+        """Sum of each row, shape (rows,), float32 (accumulated in float64)."""
+        c = torch.cat([torch.zeros(1, dtype=torch.float64), self.values.double().cumsum(0)])
+        return (c[self.crow[1:].long()] - c[self.crow[:-1].long()]).float()
+
     @property
     def nnz(self) -> int:
         return int(self.values.shape[0])

@@ -202,3 +202,15 @@ def test_image_folder_errors_name_the_folder_or_file(tmp_path, capsys):
 
     Image.new("L", (7, 5)).save(root / "disc" / "small.png")
     assert "data.image_size" in error(root)
+
+
+def test_library_sizes_of_sparse_rows_are_the_dense_row_totals():
+    from pyro_vae.likelihoods import row_totals
+    from pyro_vae.sparse import SparseRows
+
+    m = sp.random(60, 25, density=0.2, format="lil", random_state=3, dtype=np.float32)
+    m[7] = 0  # an empty row has library size 0
+    m = m.tocsr()
+    totals = row_totals(SparseRows.from_scipy(m))
+    np.testing.assert_allclose(totals.numpy(), np.asarray(m.sum(1)).ravel(), atol=1e-5)
+    assert totals[7] == 0 and totals.shape == (60,)

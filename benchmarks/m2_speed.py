@@ -167,11 +167,7 @@ def main(argv=None):
         "seconds": round(time.perf_counter() - t_start, 1),
         "runs": runs, "summary": summary, "speedup": speedup,
     }
-    H.write_json(args.out, out)
-    H.log(f"wrote {args.out}")
-    for k, v in speedup.items():
-        H.log(f"  speed-up {k}: {v}x")
-    return 1 if any(r["rc"] != 0 for r in runs) else 0
+    return H.finish(args.out, out)
 
 
 if __name__ == "__main__":

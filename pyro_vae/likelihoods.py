@@ -87,6 +87,17 @@ class Likelihood(PyroModule):
             )
 
 
+def _check_unit_interval(lik: "Likelihood", x: torch.Tensor, where: str, rows=None) -> None:
+    """Finite values in [0,1]: one min/max pass on clean data (NaN fails both comparisons), the
+    row-by-row search only when something is wrong."""
+    if x.numel():
+        lo, hi = torch.aminmax(x)
+        if bool(lo >= 0) and bool(hi <= 1):
+            return
+    Likelihood.check_data(lik, x, where, rows)
+    lik._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
+
+
 def _first_row(mask: torch.Tensor, rows=None) -> int:
     i = int(mask.reshape(mask.shape[0], -1).any(-1).nonzero()[0, 0]) if mask.dim() > 0 else 0
     return int(rows[i]) if rows is not None else i
@@ -108,12 +119,7 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(out)
 
     def check_data(self, x, where="data", rows=None):
-        if x.numel():
-            lo, hi = torch.aminmax(x)
-            if bool(lo >= 0) and bool(hi <= 1):  # one pass; NaN fails both comparisons
-                return
-        super().check_data(x, where, rows)
-        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
+        _check_unit_interval(self, x, where, rows)
 
 
 class LocScale(Likelihood):
@@ -192,12 +198,7 @@ class ContinuousBernoulli(Likelihood):
         return dist.ContinuousBernoulli(logits=out.float().clamp(-30, 30)).to_event(1)
 
     def check_data(self, x, where="data", rows=None):
-        if x.numel():
-            lo, hi = torch.aminmax(x)
-            if bool(lo >= 0) and bool(hi <= 1):  # one pass; NaN fails both comparisons
-                return
-        super().check_data(x, where, rows)
-        self._require((x >= 0) & (x <= 1), x, where, "values in [0,1]", rows)
+        _check_unit_interval(self, x, where, rows)
 
 
 @register("beta")

@@ -321,3 +321,12 @@ def summarise(runs, quality: str, flops_per_row: float = None, peak_gflops: dict
             if a and b:
                 speedup[f"{peer} / {ours}"] = round(b / a, 2)
     return summary, speedup
+
+
+def finish(path, out: dict) -> int:
+    """Write the benchmark's JSON, print the speed-ups; exit status 1 when a command failed."""
+    write_json(path, out)
+    log(f"wrote {path}")
+    for k, v in out["speedup"].items():
+        log(f"  speed-up {k}: {v}x")
+    return 1 if any(r["rc"] != 0 for r in out["runs"]) else 0

@@ -84,4 +84,4 @@ __all__ = ["fit", "FitResult", "load", "save", "VAE", "SSVAE", "LatentVariableMo
            "load_config", "Config", "load_data", "Dataset", "Split", "iwae_log_likelihood", "test_metrics",
            "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "ANOMALY_SCORES", "priors", "likelihoods", "models",
            "data", "scores", "evaluate", "ConfigError", "DataError", "Interrupted", "PyroVAEError"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"

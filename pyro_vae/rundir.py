@@ -71,7 +71,9 @@ def build_from_payload(payload: dict, where, plugins: Optional[Sequence[str]] = 
         model.load_state_dict(payload["state_dict"])
         model.data_info = info
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise PyroVAEError(f"{where}: its weights do not fit its config ({str(e).strip().splitlines()[0][:160]})") from None
+        raise PyroVAEError(f"{where}: its weights do not fit its config ({str(e).strip().splitlines()[0][:120]}); "
+                           "a model saved by another pyro_vae version (0.3 changed the count likelihoods' "
+                           "networks) must be trained again") from None
     return model, cfg
 
 

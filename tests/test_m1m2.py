@@ -136,3 +136,22 @@ def test_m1m2_default_stage_lengths_on_the_digits():
     plan.check_data(data)
     plan.setup(data)
     assert cfg.model.m1_epochs == 422 and plan.epochs() == 422 + cfg.train.epochs
+
+
+def test_stage_two_fits_the_codes_spread_the_expected_log_density_under_q():
+    """M2 learns from the code means plus sum var / (2 s^2): exactly E_q(z1|x)[-log N(z1; m, s)] -
+    (-log N(E[z1]; m, s)) for M2's per-code scale s, checked here by Monte Carlo."""
+    torch.manual_seed(0)
+    m, cfg = tiny()
+    plan = plan_for(m, cfg)
+    with torch.no_grad():
+        m.m2.likelihood.log_scale.copy_(torch.tensor([-1.0, -0.5, 0.0, 0.3]))
+        x = torch.rand(5, 64)
+        mu, var = plan._codes(x)
+        loc = torch.randn(5, 4)  # any decoder mean
+        lik = m.m2.likelihood(loc)
+        z1 = torch.distributions.Normal(mu, var.sqrt()).sample((200000,))
+        by_mc = (-lik.log_prob(z1)).mean(0) - (-lik.log_prob(mu))
+    assert float(plan._spread(var, 5)) == pytest.approx(float(by_mc.sum()), rel=0.02)
+    assert float(plan._spread(var, 50)) == pytest.approx(10 * float(plan._spread(var, 5)))
+    assert float(plan._spread(var[:0], 50)) == 0.0

@@ -155,3 +155,23 @@ def test_stage_two_fits_the_codes_spread_the_expected_log_density_under_q():
     assert float(plan._spread(var, 5)) == pytest.approx(float(by_mc.sum()), rel=0.02)
     assert float(plan._spread(var, 50)) == pytest.approx(10 * float(plan._spread(var, 5)))
     assert float(plan._spread(var[:0], 50)) == 0.0
+
+
+def test_stage_two_objective_is_the_stacked_programs_elbo_with_m1_fixed():
+    """M2's ELBO on the code means plus the spread term equals, in expectation over z1 ~ q(z1|x), the
+    M2 part of the whole program's ELBO (the guide reads the code mean): training M2 on means maximises
+    the stacked model's ELBO."""
+    torch.manual_seed(1)
+    m, cfg = tiny()
+    m.eval()
+    plan = plan_for(m, cfg)
+    with torch.no_grad():
+        m.m2.likelihood.log_scale.copy_(torch.tensor([-1.0, -0.5, 0.0, 0.3]))
+        x = torch.rand(6, 64)
+        mu, var = plan._codes(x)
+        k = 20000  # Monte-Carlo draws per row, all in one batch
+        means = mu.repeat(k, 1)
+        on_means = -m.m2.elbo(means).reshape(k, 6).mean(0) + torch.stack([plan._spread(v[None], 1) for v in var])
+        z1 = torch.distributions.Normal(mu, var.sqrt()).sample((k,)).reshape(-1, 4)
+        on_samples = -m.m2.elbo(z1, cond=means).reshape(k, 6).mean(0)
+    assert torch.allclose(on_means, on_samples, atol=0.1), (on_means, on_samples)

@@ -3,9 +3,9 @@
 Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's ELBO (``TraceMeanField_ELBO`` or ``Trace_ELBO`` on
 ``m1_model`` / ``m1_guide``) on minibatches of all training rows. The following
 ``train.epochs`` epochs: M2's semi-supervised objective (the :data:`~pyro_vae.training.ssvae.LOSS_TERMS`
-of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's codes, the posterior means
-E[q(z1|x)], without gradient (M1 held fixed; on the digits the means gave higher accuracy
-than a fresh z1 ~ q(z1|x) per step, see benchmarks/RESULTS.md). The stage of an epoch is a function
+of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's code means mu1(x), without gradient
+(M1 held fixed), plus the codes' spread (``_spread``): together the whole program's ELBO, whose guide
+reads the code mean (:mod:`pyro_vae.models.m1m2`), in closed form over z1. The stage of an epoch is a function
 of the epoch number (the batch sampler's), so a resumed run continues in the right stage.
 
 Validation: ``loss`` is M1's -ELBO during the first stage and the whole model's -ELBO after;

@@ -126,7 +126,7 @@ def test_m1m2_default_stage_lengths_on_the_digits():
     """`model=m1m2 data.labels=50` with no other key trains M1 for about 8000 steps (422 epochs of the
     digits' unlabelled rows at batch 64), then train.epochs of M2; the resolved length is what the
     run's config keeps. The accuracy of these defaults is measured in benchmarks/ssvae.py (a run takes
-    minutes): 0.914 / 0.886 / 0.889 on seeds 0-2, behind M2's defaults."""
+    minutes)."""
     from pyro_vae.data import load_data
 
     cfg = load_config(None, ["model=m1m2", "data.labels=50", "data.validation=200"])

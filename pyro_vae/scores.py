@@ -272,43 +272,6 @@ class InputComplexity(AnomalyScore):
         self.fitted = True
 
 
-@register("typicality")
-class Typicality(AnomalyScore):
-    """Typicality test with one input (Nalisnick et al. 2019): |-log p(x) - typical| / spread.
-
-    `typical` and `spread` are the mean and standard deviation of -log p(x) over the training
-    data, so inputs that are *too likely* (simple images) are flagged as well as unlikely ones.
-    Assumes: in-distribution -log p(x) concentrates around its mean (typical set). Cost: as
-    -ELBO / IWAE with `num_samples`, plus one pass over up to 5000 training rows when fitted.
-    """
-
-    needs_fit = True
-
-    def __init__(self, num_samples: int = 1):
-        self.num_samples = int(num_samples)
-        super().__init__()
-        self.typical, self.spread = None, None
-
-    @torch.no_grad()
-    def fit(self, model, train_x, run_dir=None, seed=0):
-        nll = compute_fn(lambda m, xb: neg_log_likelihood(m, xb, self.num_samples), model,
-                         _subsample(train_x, 5000, seed))
-        self.typical, self.spread = float(nll.mean()), float(nll.std().clamp_min(1e-8))
-        self.fitted = True
-        return self
-
-    def score(self, model, x):
-        self._check_fitted()
-        return (neg_log_likelihood(model, x, self.num_samples) - self.typical).abs() / self.spread
-
-    def state_dict(self):
-        return {"typical": torch.tensor(self.typical), "spread": torch.tensor(self.spread)}
-
-    def load_state_dict(self, state):
-        self.typical, self.spread = float(state["typical"]), float(state["spread"])
-        self.fitted = True
-
-
 @register("dose")
 class DensityOfStates(AnomalyScore):
     """Density of states (DoSE, Morningstar et al. 2021): KDE-judged atypicality of ELBO statistics.
@@ -380,15 +343,17 @@ class LatentKNN(AnomalyScore):
     Stores the posterior means E_q[z|x] of up to `max_train` training rows; S(x) = the Euclidean
     distance from E_q[z|x] to its `k`-th nearest stored code. Judges *where* an input lands in
     latent space, not how well it is reconstructed, so simple and complex unseen inputs alike
-    score high when they fall where no training input does. Assumes: the encoder maps unseen
-    kinds of input away from the training codes; no likelihood involved. Cost: one encoder pass
+    score high when they fall where no training input does. A small `k` keeps the score local:
+    it stays meaningful when a normal class has only a few dozen training rows. Assumes: the
+    encoder maps unseen kinds of input away from the training codes, and Euclidean distance
+    between posterior means reflects similarity; no likelihood involved. Cost: one encoder pass
     plus a (batch x max_train) distance matrix per batch; the stored codes take
     max_train x latent_dim floats in RUN/scores/latent_knn.pt.
     """
 
     needs_fit = True
 
-    def __init__(self, k: int = 20, max_train: int = 20000):
+    def __init__(self, k: int = 5, max_train: int = 20000):
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.k, self.max_train = int(k), int(max_train)

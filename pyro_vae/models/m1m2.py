@@ -11,12 +11,16 @@ generative model (``model``)::
 
 and its variational posterior (``guide``)::
 
-    z1_n ~ q(z1 | x_n)                                           M1's encoder
-    y_n ~ q(y | z1_n)  (enumerated),  z2_n ~ q(z2 | z1_n, y_n)   M2's classifier and encoder
+    z1_n ~ q(z1 | x_n) = N(mu1(x_n), s1(x_n))                    M1's encoder
+    y_n ~ q(y | mu1(x_n))  (enumerated)                          M2's classifier, on the code mean
+    z2_n ~ q(z2 | mu1(x_n), y_n)                                 M2's encoder, on the code mean
 
 Training is in two stages (:class:`pyro_vae.training.M1M2Plan`): ``model.m1_epochs``
 epochs of M1's own ELBO (z1 ~ its prior), then ``train.epochs`` epochs of M2's
-semi-supervised objective on M1's codes E[q(z1|x)], M1 held fixed.
+semi-supervised objective on M1's code means mu1(x), M1 held fixed. With M2's guide reading the
+code mean, the z1 sample enters the ELBO only through log p(z1|z2,y), whose expectation under
+q(z1|x) is M2's Gaussian log-density at mu1(x) minus sum_d s1_d^2 / (2 s_d^2) (s: M2's scale per
+code): the second stage maximises exactly this program's ELBO, M1's terms being fixed.
 ``encode`` gives M1's code z1 (``model.z1_dim``); :meth:`M1M2.encode_z2` gives M2's z2.
 """
 from dataclasses import asdict, dataclass
@@ -120,13 +124,13 @@ class M1M2(VAE, Classifier):
 
     @pyro_method
     def guide(self, x: torch.Tensor):
-        """q(z1|x) q(y|z1) q(z2|z1,y), y enumerated in parallel."""
+        """q(z1|x) q(y|mu1(x)) q(z2|mu1(x),y), y enumerated in parallel; mu1(x) = E[q(z1|x)]."""
         m2 = self.m2
         with self._plate(x):
             loc, scale = self.encoder(x)
-            z1 = pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
-            y = pyro.sample("y", dist.Categorical(logits=m2.classifier(z1).float()), infer={"enumerate": "parallel"})
-            loc2, scale2 = m2._q_z(z1, y)
+            pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
+            y = pyro.sample("y", dist.Categorical(logits=m2.classifier(loc).float()), infer={"enumerate": "parallel"})
+            loc2, scale2 = m2._q_z(loc, y)
             with poutine.scale(scale=self.beta):
                 pyro.sample("z2", dist.Normal(loc2, scale2).to_event(1))
 
@@ -151,23 +155,23 @@ class M1M2(VAE, Classifier):
 
     def log_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, C): log p(x, y=c, z1, z2_c) - log q(z1, z2_c | x, y=c) with one z1 ~ q(z1|x) per
-        row shared by the classes and one z2_c ~ q(z2|z1,c) per class (M2's weights on z1)."""
+        row shared by the classes and one z2_c ~ q(z2|mu1(x),c) per class (M2's weights on z1)."""
         loc, scale = self.encoder(x)
         q = dist.Normal(loc, scale).to_event(1)
         z1 = q.rsample()
         w1 = self.likelihood(self.decoder(z1)).log_prob(x) - q.log_prob(z1)
-        return w1[:, None] + self.m2.log_weights(z1)
+        return w1[:, None] + self.m2.log_weights(z1, cond=loc)
 
     @torch.no_grad()
     def elbo(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
         """Per-datum ELBO of the whole model, y summed out: E_q(z1|x)[log p(x|z1) - log q(z1|x)
-        + sum_y q(y|z1) (log p(z1, y, z2) - log q(z2|z1,y) - log q(y|z1))]."""
+        + sum_y q(y|mu1) (log p(z1, y, z2) - log q(z2|mu1,y) - log q(y|mu1))], mu1 = E[q(z1|x)]."""
         out = []
         for _ in range(num_particles):
             loc, scale = self.encoder(x)
             q = dist.Normal(loc, scale).to_event(1)
             z1 = q.sample()
-            out.append(self.likelihood(self.decoder(z1)).log_prob(x) - q.log_prob(z1) + self.m2.elbo(z1))
+            out.append(self.likelihood(self.decoder(z1)).log_prob(x) - q.log_prob(z1) + self.m2.elbo(z1, cond=loc))
         return torch.stack(out).mean(0)
 
     @torch.no_grad()

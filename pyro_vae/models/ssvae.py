@@ -210,12 +210,13 @@ class SSVAE(LatentVariableModel, Classifier):
         out = self.decoder(z, y)
         return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
 
-    def log_weights(self, x: torch.Tensor) -> torch.Tensor:
-        """(batch, C): log p(x, y=c, z_c) - log q(z_c | x, y=c), one z_c ~ q(z|x,y=c) per class."""
+    def log_weights(self, x: torch.Tensor, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(batch, C): log p(x, y=c, z_c) - log q(z_c | x, y=c), one z_c ~ q(z|x,y=c) per class.
+        ``cond``: what q(z|., y) reads instead of ``x`` (M1+M2: the code mean while x is a code sample)."""
         b, c = x.shape[0], self.num_classes
         ys = torch.arange(c, device=x.device).repeat_interleave(b)  # (C*B,)
         xs = x.repeat(c, 1)
-        loc, scale = self._q_z(xs, ys)
+        loc, scale = self._q_z(xs if cond is None else cond.repeat(c, 1), ys)
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
         log_py = torch.log_softmax(self.class_logits, -1)[ys]
@@ -223,9 +224,10 @@ class SSVAE(LatentVariableModel, Classifier):
         return w.reshape(c, b).T
 
     @torch.no_grad()
-    def elbo(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
-        """Per-datum ELBO with y summed out: sum_y q(y|x) [log p(x,y,z) - log q(z|x,y)] + H(q(y|x))."""
-        logq_y = torch.log_softmax(self.classifier(x).float(), -1)  # (B, C)
-        w = torch.stack([self.log_weights(x) for _ in range(num_particles)]).mean(0)
+    def elbo(self, x: torch.Tensor, num_particles: int = 1, cond: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-datum ELBO with y summed out: sum_y q(y|x) [log p(x,y,z) - log q(z|x,y)] + H(q(y|x));
+        q(y|.) and q(z|., y) read ``cond`` instead of ``x`` when it is given."""
+        logq_y = torch.log_softmax(self.classifier(x if cond is None else cond).float(), -1)  # (B, C)
+        w = torch.stack([self.log_weights(x, cond) for _ in range(num_particles)]).mean(0)
         q_y = logq_y.exp()
         return (q_y * (w - logq_y)).sum(-1)

@@ -3,9 +3,9 @@
 Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's ELBO (``TraceMeanField_ELBO`` or ``Trace_ELBO`` on
 ``m1_model`` / ``m1_guide``) on minibatches of all training rows. The following
 ``train.epochs`` epochs: M2's semi-supervised objective (the :data:`~pyro_vae.training.ssvae.LOSS_TERMS`
-of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's codes, the posterior means
-E[q(z1|x)], without gradient (M1 held fixed; on the digits the means gave higher accuracy
-than a fresh z1 ~ q(z1|x) per step, see benchmarks/RESULTS.md). The stage of an epoch is a function
+of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's code means mu1(x), without gradient
+(M1 held fixed), plus the codes' spread (``_spread``): together the whole program's ELBO, whose guide
+reads the code mean (:mod:`pyro_vae.models.m1m2`), in closed form over z1. The stage of an epoch is a function
 of the epoch number (the batch sampler's), so a resumed run continues in the right stage.
 
 Validation: ``loss`` is M1's -ELBO during the first stage and the whole model's -ELBO after;
@@ -95,12 +95,28 @@ class M1M2Plan(TrainingPlan):
         return DataLoader(RowBatches(data.train.x, y, data.binarize == "dynamic"), batch_size=None, sampler=sampler)
 
     def loss(self, batch):
-        if isinstance(batch, dict):  # the second stage: M2 on M1's codes E[q(z1|x)]
+        if isinstance(batch, dict):  # the second stage: M2 on M1's codes q(z1|x)
             self.stage = 2
-            m = self.model
-            return self.m2_plan.loss({"xu": m.codes(batch["xu"]), "xl": m.codes(batch["xl"]), "yl": batch["yl"]})
+            (mu_u, var_u), (mu_l, var_l) = self._codes(batch["xu"]), self._codes(batch["xl"])
+            loss = self.m2_plan.loss({"xu": mu_u, "xl": mu_l, "yl": batch["yl"]})
+            return loss + self._spread(var_u, self.m2_plan.num_unlabelled) + self._spread(var_l, self.m2_plan.num_labelled)
         self.stage = 1
         return self.m1_loss(batch[0] if isinstance(batch, (tuple, list)) else batch)
+
+    @torch.no_grad()
+    def _codes(self, x):
+        """Mean and variance of q(z1|x) (M1 is fixed in the second stage)."""
+        loc, scale = self.model.encoder(x)
+        return loc, scale.float() ** 2
+
+    def _spread(self, var, count):
+        """sum_n sum_d var_nd / (2 s_d^2), scaled to ``count`` rows: with M2's per-code scale s, what
+        E_q(z1|x)[-log N(z1; m, s)] adds to -log N(E[z1]; m, s). With it M2 fits the codes' spread too,
+        and s cannot shrink below the posterior's own width (without it s collapses to 0)."""
+        if not var.shape[0]:
+            return var.new_zeros(())
+        _, s = self.model.m2.likelihood._loc_scale(var[:1])
+        return (var / (2 * s.float() ** 2)).sum() * (count / var.shape[0])
 
     def batch_size_of(self, batch):
         if isinstance(batch, dict):

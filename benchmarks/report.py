@@ -630,12 +630,12 @@ classifier alone on every seed: **not met**. M1+M2 gives 0.914 / 0.891 / 0.883 o
 0.877: M1+M2 trails M2 on every seed and beats the labels alone on seeds 1 and 2 only.
 Fashion-MNIST, 20 epochs: with 100 labels M2 reaches **0.749 / 0.798** on seeds 0 / 1 (labels
 alone 0.714 / 0.757: +0.035 / +0.041) and M1+M2 0.693 on seed 0 (goal 0.80 and a lead of +0.06:
-**not met**); with 600 labels M2 0.834 against 0.818 (seed 0); with 3000 labels M2 **0.882** and
+**not met**); with 600 / 1000 labels M2 0.834 / 0.854 against 0.818 / 0.845 (seed 0); with 3000 labels M2 **0.882** and
 M1+M2 0.836 against 0.872 for the labels alone (seed 0; goal 0.89: **not met**). So M2,
 not M1+M2, stays the recommended model. Training M1 for 30 epochs instead of 9, the lever on the
 digits, did not help here (0.690 with 100 labels; `fashion_runs` in
-`benchmarks/ssvae_m1m2_explore.json`). 1000 labels and the remaining seeds on Fashion-MNIST were
-not run: one M2 run took 25-45 minutes on one of the two shared cores. Cost per epoch (these
+`benchmarks/ssvae_m1m2_explore.json`). The remaining seeds on Fashion-MNIST were not run: one M2
+run took 16-45 minutes on the two cores, shared or not. Cost per epoch (these
 runs shared the 2 cores with two other jobs, so compare within them): M1 11-16 s and M1+M2's M2
 stage 51-55 s against 125-200 s for M2 on the pixels, so M1+M2 costs less per epoch and per
 run (1190 s against 2735 s with 100 labels). Against Pyro's `ss_vae_M2.py`, the default M2 is slower per

@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # build); pyproject.toml keeps ranges so users elsewhere bring their own build.
 TORCH_PINS ?= "torch==2.14.1" "torchvision==0.29.1"
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench listing clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: install
 
 bench: install
 	$(PY) benchmarks/vae_speed.py
+
+# after changing a built-in registry entry: `pyro-vae list` prints this pre-rendered text
+listing: install
+	$(PY) -c "from pyro_vae.cli import write_listing; print(write_listing())"
 
 clean:
 	rm -rf runs .pytest_cache

@@ -21,7 +21,7 @@ LAYERS = [
     ("data", {"data"}),
     ("training", {"training", "training.base", "training.batches", "training.vae", "training.ssvae",
                   "training.augment", "training.m1m2", "evaluate", "plots"}),
-    ("engine", {"config", "rundir", "train", "scores", "cli", "__init__"}),
+    ("engine", {"config", "rundir", "train", "scores", "cli", "_listing", "__init__"}),
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
 
@@ -105,6 +105,17 @@ def test_commands_that_do_not_train_do_not_import_lightning(argv):
             f"assert 'lightning' not in sys.modules, 'lightning imported'")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
+
+
+def test_list_answers_without_importing_torch_and_its_text_is_current(capsys):
+    code = ("import sys; from pyro_vae.cli import main\nassert main(['list']) == 0\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "anomaly scores:" in r.stdout, r.stderr[-500:]
+    from pyro_vae._listing import TEXT
+    from pyro_vae.cli import render_listing
+
+    assert TEXT == render_listing(), "a built-in registry changed: run `make listing`"
 
 
 PLUGIN = '''

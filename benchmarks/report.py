@@ -250,6 +250,62 @@ def speed_breakdown():
     return "\n".join(lines)
 
 
+def speed_floor():
+    """RESULTS.md: the floors of a whole job on this machine (imports, eager steps, compile) and the bound they set."""
+    d = load("speed_floor.json")
+    if not d:
+        return ""
+    m, imp, b = d["machine"], d["imports_seconds"], d["bound"]
+    peak = ", ".join(f"{'fp32' if k == 'float32' else 'bf16'} {v:.0f}" for k, v in d["matmul_peak"]["gflops"].items())
+    out = [f"{m['cpu']} (oneDNN native bf16: {'yes' if m.get('cpu_native_bf16') else 'no'}), "
+           f"{_n(d['threads'], 'thread')}, matrix-product peak {peak} GFLOP/s; torch {m.get('torch')}, "
+           f"pyro-ppl {m.get('pyro')}. Medians of the rounds."]
+    out.append("| `python -c` | wall (s) |\n|---|---|\n" + "\n".join(
+        f"| `{'pass' if k == 'python' else 'import ' + k.replace(' + ', ', ')}` | {v:.2f} |" for k, v in imp.items()))
+    rows = ["| training step (batch 256, fused Adam) | ms/step | s per 10 epochs (2350 steps) | GFLOP/s | "
+            "% of matmul peak (same precision) |", "|---|---|---|---|---|"]
+    label = {"pyro": "Pyro's `Trace_ELBO` on the VAE (this project's loss)",
+             "torch": "the same estimator in plain torch (no Pyro)"}
+    for k, s in d["steps"].items():
+        what, precision = k.split(" ", 1)
+        rows.append(f"| {label[what]}, {precision} | {s['ms_per_step']:.2f} | {2350 * s['ms_per_step'] / 1000:.1f} | "
+                    f"{s['gflops']:.0f} | {s['percent_of_peak']:.0f}% |")
+    c = d["torch_compile"]
+    if "error" in c:
+        rows.append(f"| `torch.compile` of the Pyro loss, float32 | failed: {c['error']} | | | |")
+    else:
+        rows.append(f"| `torch.compile` of the Pyro loss, float32 (first step: {c['first_step_seconds']:.0f} s of "
+                    f"compiling) | {c['ms_per_step']:.2f} | {2350 * c['ms_per_step'] / 1000:.1f} | "
+                    f"{d['gflop_per_step'] / c['ms_per_step'] * 1000:.0f} | |")
+    out.append("\n".join(rows))
+    j = d["jit_trace_elbo"]
+    text = ("Pyro's `JitTrace_ELBO` " + ("runs on the model." if j["runs"] else
+            f"does not run on the model's `PyroModule` parameters (`{j['error']}`)."))
+    text += (f" The floor of a 10-epoch job: importing torch, Pyro and `torch._dynamo` "
+             f"({imp['torch + pyro + torch._dynamo']:.1f} s; torch's optimizers import `torch._dynamo` at their "
+             f"first step) plus 2350 steps at the fastest eager step ({b['fastest_eager_step']}) is "
+             f"{b['floor_seconds']:.1f} s ({b['floor_seconds_with_pyro_loss']:.1f} s with Pyro's loss), with no "
+             "Lightning, data, evaluation or plots.")
+    m2 = d.get("m2_step_ms")
+    if m2:
+        f32, b16 = m2["float32 convolutions"], m2["bf16 convolutions"]
+        text += (f" M2 with its defaults (a convolutional q(y|x)), one training step under bf16 autocast: "
+                 f"{f32:.1f} ms with the convolutions in float32, {b16:.1f} ms with them in bf16 "
+                 f"({100 * (1 - b16 / f32):.0f}% less); so on CPUs with native bf16 the convolutions follow "
+                 "autocast (elsewhere bf16 is emulated and they stay float32).")
+    if "peer_wall_seconds" in b:
+        text += (f" Pyro's `vae.py` took {b['peer_wall_seconds']:.1f} s in the same run, so no eager-PyTorch "
+                 f"job with this network and batch can be more than {b['max_speedup']:.2f}x as fast as it on "
+                 f"this machine ({b['max_speedup_with_pyro_loss']:.2f}x keeping Pyro's ELBO).")
+    f32 = d["steps"].get("torch float32")
+    if f32:
+        text += (f" Even the plain-torch float32 step reaches {f32['percent_of_peak']:.0f}% of the float32 "
+                 "matrix-product peak: at batch 256 the elementwise work, the optimizer and the framework's "
+                 "per-operation cost take the rest.")
+    out.append(text)
+    return "\n\n".join(out)
+
+
 def speed_readme():
     """README: the whole-job ratios, one line (empty until the whole-job benchmarks have run)."""
     d, d2 = _speed_new("vae_speed.json"), _speed_new("m2_speed.json")
@@ -885,7 +941,8 @@ EPYC that has AVX2 only; there bf16 matrix products are emulated: a 2000x784 by 
 product took 0.092 s in bf16 against 0.018 s in float32, and one M2 training step (batch
 200 + 100 labelled) 1.35 s against 0.14 s. `pyro-vae train` warns in one line when
 `trainer.precision=bf16-mixed` meets such a CPU, and the example configs default to 32-true.
-Convolutions always run in float32 on the CPU (bf16 convolution kernels were slow too).
+On CPUs without native bf16, convolutions stay float32 under bf16 autocast (bf16 kernels are emulated
+there); with native bf16 they follow autocast (`benchmarks/speed_floor.py`).
 
 Timings on this VM vary from run to run: repeated runs measured 2.75-3.84 s/epoch (fp32) and
 2.18-2.59 s/epoch (bf16-mixed), the higher ones while other jobs shared the two cores; the
@@ -927,6 +984,9 @@ def speed_section():
         parts += ["Where the wall time of `pyro-vae train examples/configs/fashion_vae.yaml` goes (its default "
                   f"precision on this CPU: {'bf16-mixed' if ours == 'ours-bf16' else 'fp32'}), from `--profile` "
                   "(medians; before: issue 18's figures, fp32 on the AVX2-only CPU):", breakdown]
+    floor = speed_floor()
+    if floor:
+        parts += ["### The floor on this machine (`benchmarks/speed_floor.py`)", floor]
     old = vae_speed()
     if old:
         parts += ["### Per-epoch speed of the reference VAE (the earlier `benchmarks/vae_speed.py`)",

@@ -6,9 +6,20 @@ On CPU builds where ``log1p`` is not vectorised, ``F.softplus`` and
 vectorised ``exp``/``log``; the argument of ``log`` lies in (1, 2], so the
 absolute error stays below 1e-6 for every x (checked in the tests).
 """
+import functools
+
 import torch
 import torch.nn as nn
 import pyro.distributions as dist
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """True when oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
 
 
 class _Softplus(torch.autograd.Function):

@@ -29,6 +29,7 @@ from . import config as config_mod
 from . import rundir
 from .data import Dataset, load_data
 from .errors import ConfigError, Interrupted, PyroVAEError, TrainingDiverged
+from .fastmath import cpu_has_native_bf16
 from .models import MODELS
 from .training import TrainingPlan, plan_for
 from .utils import PROFILE, write_json, write_text
@@ -239,14 +240,6 @@ class FitResult:
 
 class SlowPrecisionWarning(UserWarning):
     """The chosen precision is supported but slow on this hardware."""
-
-
-def cpu_has_native_bf16() -> bool:
-    """True when oneDNN has bf16 kernels for this CPU (AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
-        return False
 
 
 def _on_cpu(t) -> bool:

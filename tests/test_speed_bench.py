@@ -81,3 +81,31 @@ def test_readme_line_uses_the_precision_auto_picks(monkeypatch):
                "machine": {"cpu": "Test CPU", "cpu_native_bf16": native}}
         monkeypatch.setattr(report, "load", lambda name, vae=vae: vae if name == "vae_speed.json" else None)
         assert f"takes {want} as long" in report.speed_readme()
+
+
+def test_the_floor_benchmarks_plain_torch_step_is_the_same_estimator_as_pyros():
+    """speed_floor.py times a plain-torch loss as the floor under Pyro's: it must estimate the
+    same -ELBO (else its speed says nothing). Averaged over many z draws, both agree."""
+    import torch
+    from pyro_vae.config import load_config
+    from pyro_vae.data import load_data
+    from pyro_vae.train import build_model
+    from pyro_vae.training import plan_for
+
+    floor = _load("speed_floor", ROOT / "benchmarks" / "speed_floor.py")
+    cfg = load_config(None, ["data.name=digits", "latent_dim=4", "encoder.hidden=[32]", "decoder.hidden=[32]"])
+    data = load_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg, data.info())
+    model.num_data = len(data.train)
+    plan = plan_for(model, cfg)
+    x = data.train.x[:64]
+    plain = floor.torch_loss(model, torch)
+    with torch.no_grad():
+        a = torch.stack([plan.loss(x) for _ in range(400)])
+        b = torch.stack([plain(x) for _ in range(400)])
+    se = ((a.var() + b.var()) / 400).sqrt()
+    assert abs(float(a.mean() - b.mean())) < 4 * float(se) + 1e-3 * abs(float(a.mean())), (a.mean(), b.mean(), se)
+    # and it is a loss of the right size: the minibatch -ELBO scaled to the training rows
+    per_datum = float(b.mean()) / model.num_data
+    assert 10 < per_datum < 200

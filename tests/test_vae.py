@@ -125,15 +125,23 @@ def test_conv_networks_train_on_8x8_digits(quick):
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
 
 
-def test_conv_networks_compute_in_float32_under_cpu_bf16_autocast():
+@pytest.mark.parametrize("native", [False, True])
+def test_conv_networks_follow_cpu_bf16_autocast_only_on_native_bf16_cpus(native, monkeypatch):
+    import pyro_vae.networks as networks
     from pyro_vae.networks import ConvBody, ConvDecoder
 
+    monkeypatch.setattr(networks, "cpu_has_native_bf16", lambda: native)
     body, dec = ConvBody((1, 8, 8), [16]), ConvDecoder(3, (1, 8, 8), [16], 1)
     x, z = torch.rand(5, 64), torch.randn(5, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         h, out = body(x), dec(z)
-    assert h.dtype == torch.float32 and out.dtype == torch.float32
-    assert torch.allclose(h, body(x), atol=1e-6) and torch.allclose(out, dec(z), atol=1e-6)
+    if not native:  # emulated bf16 is slow: the convolutions stay float32, exactly
+        assert h.dtype == torch.float32 and out.dtype == torch.float32
+        assert torch.allclose(h, body(x), atol=1e-6) and torch.allclose(out, dec(z), atol=1e-6)
+    else:  # native bf16 kernels: bf16 products, within bf16's precision of float32
+        assert h.dtype == torch.bfloat16 and out.dtype == torch.bfloat16
+        assert torch.allclose(h.float(), body(x), atol=0.05, rtol=0.05)
+        assert torch.allclose(out.float(), dec(z), atol=0.05, rtol=0.05)
 
 
 def test_fast_softplus_and_bernoulli_match_torch():

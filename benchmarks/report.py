@@ -432,6 +432,25 @@ def ssvae_m1m2():
     return "\n".join(lines)
 
 
+def ssvae_bf16_convs():
+    """RESULTS: M2's defaults with the convolutions in bf16 (native bf16 CPUs) beside the same rows
+    run with them in float32 (ssvae.json's default rows, before convolutions followed autocast)."""
+    d = load("ssvae_bf16_convs.json")
+    if not d or not d.get("runs"):
+        return ""
+    old = {(r["data"], r["labels"], r["seed"]): r for r in (load("ssvae.json") or {}).get("runs", [])
+           if r.get("config") == "defaults" and r.get("model") == "ssvae" and r.get("epochs") == 20}
+    lines = ["| data | labels | seed | M2 test accuracy: bf16 / float32 convolutions | classifier alone: bf16 / "
+             "float32 | s/epoch: bf16 / float32 |", "|---|---|---|---|---|---|"]
+    for r in sorted(d["runs"], key=lambda r: (r["data"], r["labels"], r["seed"])):
+        o = old.get((r["data"], r["labels"], r["seed"]), {})
+        lines.append(f"| {r['data']} | {r['labels']} | {r['seed']} | {r['test_accuracy']:.3f} / "
+                     f"{_fmt(o.get('test_accuracy'), '.3f')} | {r['supervised_only_accuracy']:.3f} / "
+                     f"{_fmt(o.get('supervised_only_accuracy'), '.3f')} | {r['seconds_per_epoch']:.1f} / "
+                     f"{_fmt(o.get('seconds_per_epoch'), '.1f')} |")
+    return "\n".join(lines)
+
+
 def ssvae_defaults():
     """README: the defaults of model=m1m2 and model=ssvae per data set and label count."""
     rows = _defaults_rows()
@@ -1035,6 +1054,15 @@ screen's s/epoch only roughly. With two threads and a busy machine, small batche
 20 times slower (the quick tour's run: 39 s of training instead of 2.8 s with one thread).
 """
 
+SSVAE_BF16_CONVS = r"""
+**Convolutions in bf16** (`benchmarks/ssvae_bf16_convs.json`, the same command as the rows above):
+on CPUs with native bf16 kernels the convolutions of q(y|x) now follow bf16 autocast (before, they
+ran in float32 inside bf16-mixed training), so the default rows above ran with float32
+convolutions. The same defaults and seeds with bf16 convolutions, against them (seconds per
+epoch: the float32 rows often shared the two cores with other jobs; compare the step times in
+`benchmarks/speed_floor.py` instead):
+"""
+
 SSVAE_RENAMES = r"""
 The notes below use the option names of the time: `ssvae.*` is now `model.*` (e.g.
 `model.classifier_type=conv`). `ssvae.vat_weight`, `vat_eps`, `entropy_weight`,
@@ -1131,6 +1159,7 @@ def results():
              priors_likelihoods(), PRIORS_NOTES.strip(), PRIORS_IWAE.strip(), LIKELIHOOD_ESTIMATOR.strip(),
              "## Semi-supervised M2 (`benchmarks/ssvae.py`, `benchmarks/ssvae_posterior.py`)",
              "### The defaults, and stacked M1+M2", SSVAE_M1M2_SETUP.strip(), ssvae_m1m2(), SSVAE_M1M2.strip(),
+             SSVAE_BF16_CONVS.strip() if ssvae_bf16_convs() else "", ssvae_bf16_convs(),
              "### M2: what was tried", SSVAE_RENAMES.strip(), SSVAE_BEST.strip(), SSVAE_SETUP.strip(), ssvae(),
              SSVAE_JOURNAL.strip(),
              "## Multi-process training (`benchmarks/ddp.py`)",

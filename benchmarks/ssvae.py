@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae.config import load_config  # noqa: E402
+from pyro_vae.fastmath import cpu_has_native_bf16  # noqa: E402
 from pyro_vae.training.augment import augment_images  # noqa: E402
 from pyro_vae.models.ssvae import augment_shift, classifier_type  # noqa: E402
 from pyro_vae.networks import make_classifier  # noqa: E402
@@ -105,7 +106,10 @@ def main():
             row = dict(key, test_accuracy=round(r.metrics["test_accuracy"], 4),
                        best_val_accuracy=round(r.metrics["best_val_accuracy"], 4),
                        best_epoch=r.metrics["best_epoch"], seconds_per_epoch=r.metrics["seconds_per_epoch"],
-                       train_seconds=r.metrics["train_seconds"])
+                       train_seconds=r.metrics["train_seconds"], precision=r.metrics.get("precision"),
+                       # q(y|x)'s convolutions follow bf16 autocast only on CPUs with native bf16
+                       convolutions="bf16" if str(r.metrics.get("precision")).startswith("bf16")
+                       and cpu_has_native_bf16() else "float32")
             if args.model == "m1m2" and not args.config:
                 m1 = int(r.config.model.m1_epochs)
                 row.update(m1_epochs=m1, m1_seconds_per_epoch=round(statistics.mean(h["seconds"] for h in r.history[:m1]), 2),

@@ -267,3 +267,17 @@ def test_checkpoints_are_selected_on_accuracy_only_where_the_validation_split_ha
     assert plan.selection_for(Split(torch.zeros(3, 64), torch.tensor([0, 1, -1]))) == ("accuracy", "max")
     assert plan.selection_for(Split(torch.zeros(3, 64), torch.full((3,), -1))) == ("loss", "min")
     assert plan.selection_for(Split(torch.zeros(3, 64))) == ("loss", "min")
+
+
+def test_evaluation_does_not_depend_on_the_evaluation_batch_size():
+    # M2's ELBO sums the label out, so an evaluation batch of B rows computes C*B rows; the plan
+    # cuts its batches by the class count, down to one row, and the metrics add up the same
+    m, plan = tiny_plan(8, 10)
+    m.eval()
+    split = Split(torch.rand(23, 64), torch.arange(23) % 4)
+    full = plan.evaluate(split, batch_size=2000)
+    for b in (7, 1):
+        small = plan.evaluate(split, batch_size=b)
+        assert small["accuracy"] == full["accuracy"]
+        assert small["loss"] == pytest.approx(full["loss"], rel=0.05)
+    assert [len(x) for x, _ in plan.eval_dataloader(split, 8)] == [2] * 11 + [1]

@@ -216,7 +216,8 @@ class SSVAE(LatentVariableModel, Classifier):
         b, c = x.shape[0], self.num_classes
         ys = torch.arange(c, device=x.device).repeat_interleave(b)  # (C*B,)
         xs = x.repeat(c, 1)
-        loc, scale = self._q_z(xs if cond is None else cond.repeat(c, 1), ys)
+        x_part = self.encoder.first(x if cond is None else cond).repeat(c, 1)  # once per row, not per class
+        loc, scale = self._q_z(None, ys, x_part)
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
         log_py = torch.log_softmax(self.class_logits, -1)[ys]

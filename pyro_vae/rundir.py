@@ -41,7 +41,9 @@ def save_model(run_dir, model, cfg, info) -> Path:
 def read_payload(path: Path) -> dict:
     """A checkpoint's contents, read without unpickling code; one-line errors."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before it fails on them
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise PyroVAEError(f"no checkpoint at {path}") from None
     except Exception as e:

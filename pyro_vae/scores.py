@@ -100,8 +100,10 @@ class AnomalyScore:
         return path
 
     def load(self, run_dir) -> "AnomalyScore":
+        from .rundir import read_payload
+
         path = state_path(run_dir, self.registry_name)
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = read_payload(path)  # weights only; a damaged file is a one-line error
         if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a saved anomaly score")
         if payload.get("params") != dict(self.params()):

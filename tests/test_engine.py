@@ -85,13 +85,16 @@ def test_a_signal_mid_epoch_saves_a_checkpoint_and_says_how_to_resume(tmp_path, 
     assert _epochs_in_csv(run) == [1, 2] and (run / "model.pt").is_file()  # the interrupted epoch is finished
 
 
-@pytest.mark.parametrize("damage", ["truncate", "random"])
+@pytest.mark.parametrize("damage", ["truncate", "random", "pickle-like"])
 def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, damage):
     run = tmp_path / "run"
     assert _train(["train.epochs=2", "--out", str(run)]).returncode == 0
     ckpt = run / "checkpoints" / "last.ckpt"
     data = ckpt.read_bytes()
-    ckpt.write_bytes(data[: len(data) // 3] if damage == "truncate" else os.urandom(5000))
+    # "pickle-like": a pickle PROTO opcode with a protocol torch warns about before it fails
+    damaged = {"truncate": data[: len(data) // 3], "random": os.urandom(5000),
+               "pickle-like": b"\x80\x8c" + os.urandom(5000)}[damage]
+    ckpt.write_bytes(damaged)
     r = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True)
     assert r.returncode == 2
     err = r.stderr.strip()

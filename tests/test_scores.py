@@ -5,7 +5,7 @@ import torch
 
 from pyro_vae import scores as S
 from pyro_vae.config import load_config
-from pyro_vae.errors import ConfigError
+from pyro_vae.errors import ConfigError, PyroVAEError
 
 TINY = ["trainer.progress_bar=false", "latent_dim=4", "encoder.hidden=[64]", "decoder.hidden=[64]",
         "train.batch_size=64", "train.epochs=8", "train.lr=1e-3", "train.elbo=trace"]
@@ -105,6 +105,10 @@ def test_persistence_round_trip(run, tmp_path):
     S.build({"name": "dose", "num_samples": 1}).fit(run.model, run.data.train.x).save(tmp_path)
     with pytest.raises(ValueError, match="parameters"):
         S.prepare(S.build({"name": "dose", "num_samples": 3}), run.model, None, run_dir=tmp_path)
+    # a damaged saved score is a one-line error naming the file, not an unpickling traceback
+    S.state_path(tmp_path, "dose").write_bytes(b"\x80\x8c" + bytes(range(200)))
+    with pytest.raises(PyroVAEError, match="dose.pt"):
+        S.prepare(S.build({"name": "dose", "num_samples": 1}), run.model, None, run_dir=tmp_path)
 
 
 def test_score_report_writes_plots(run, tmp_path):

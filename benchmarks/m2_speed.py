@@ -11,7 +11,7 @@ start to exit, the commands interleaved --repeats times:
                    reproduce Pyro's setup (OURS_PYRO_SETUP; in the JSON too) --profile;
                    the precision is the project's default (auto), recorded per run
   ours-defaults    pyro-vae train model.name=ssvae <data keys> --profile: the project's
-                   M2 defaults (conv q(y|x), batch 64, ...), data keys and epochs only
+                   M2 defaults (conv q(y|x), batch 128, ...), data keys and epochs only
   pyro-ss_vae_M2   Pyro's examples/vae/ss_vae_M2.py unchanged, from a Pyro git checkout at
                    a pinned tag: --aux-loss -n N --seed 0 (the aux term is off without
                    --aux-loss; everything else is the script's default), peer Python
@@ -25,8 +25,8 @@ epoch, which starts with loading the data, is not counted).
 Set-up of the peer environment: see `python benchmarks/vae_speed.py --help`.
 
 Full run: about 9-10 minutes on a quiet 2-core VM at issue 18's speeds (about 2.5 each for
-ours in Pyro's setup and Pyro's script, about 4.5 for the M2 defaults: batch 64 and a conv
-q(y|x) take more and costlier steps; `--only ours-pyro-setup pyro-ss_vae_M2` leaves them out);
+ours in Pyro's setup and Pyro's script, about 4 for the M2 defaults: a conv
+q(y|x) reads every labelled and unlabelled batch; `--only ours-pyro-setup pyro-ss_vae_M2` leaves them out);
 benchmarks/vae_speed.py takes about 5 more:
     .venv/bin/python benchmarks/m2_speed.py               # 3 epochs, 1 repeat -> benchmarks/m2_speed.json
 Quick check of the plumbing (4-8 minutes: one epoch of each):

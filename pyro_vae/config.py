@@ -37,7 +37,8 @@ class TrainConfig:
     """``train:``: the optimisation."""
 
     epochs: int = option(20, "passes over the training data")
-    batch_size: int = option(64, "rows per step (per process under DDP)")
+    batch_size: Optional[int] = option(None, "rows per step (per process under DDP); null = the model kind's "
+                                             "choice: 64, or 128 for ssvae on 10,000 training rows or more")
     lr: float = option(3.0e-3, "Adam learning rate")
     elbo: str = option("meanfield", "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, "
                                     "else Monte Carlo) | trace (Trace_ELBO: Monte-Carlo KL)")
@@ -54,7 +55,7 @@ class TrainConfig:
         _choice("train.elbo", t.elbo, ("trace", "meanfield"))
         _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine"))
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
-            if t[key] < 1:
+            if t[key] is not None and t[key] < 1:
                 raise ConfigError(f"train.{key} must be at least 1 (got {t[key]})")
         if not t.lr > 0:
             raise ConfigError(f"train.lr must be positive (got {t.lr})")

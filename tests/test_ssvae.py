@@ -204,6 +204,25 @@ def test_batches_cycle_the_small_labelled_set():
     assert sum(bt["xu"].shape[0] for bt in batches) == 47
 
 
+@pytest.mark.parametrize("kind, rows, expected", [("ssvae", 1_438, 64), ("ssvae", 10_000, 128),
+                                                  ("m1m2", 10_000, 64), ("vae", 10_000, 64)])
+def test_an_unset_batch_size_is_chosen_from_the_model_kind_and_data_size_and_saved(kind, rows, expected):
+    """M2 on 10,000 rows or more: 128 (as accurate as 64 on Fashion-MNIST, faster per epoch); on the
+    digits 128 leaves too few steps. M1+M2 keeps 64 in both stages. An explicit size always wins."""
+    extra = ["model.m1_epochs=1"] if kind == "m1m2" else []
+    for size, want in ((None, expected), (32, 32)):
+        cfg = load_config(None, [f"model={kind}", *extra] + ([f"train.batch_size={size}"] if size else []))
+        assert cfg.train.batch_size == size  # null until the data are known
+        y = torch.full((rows,), -1)
+        y[:40] = torch.arange(40) % 4
+        split = Split(torch.rand(rows, 64), y)
+        plan = plan_for(build_model(cfg, DataInfo(64, (1, 8, 8), 4, None)), cfg)
+        plan.setup(Dataset("t", split, split))
+        assert cfg.train.batch_size == want  # written into the config the run saves
+        if kind == "m1m2":
+            assert plan.m2_plan.cfg.train.batch_size == want
+
+
 def _supervised_only(data, seed, hidden):
     """The classifier network of the SSVAE trained on the labelled examples alone."""
     torch.manual_seed(seed)

@@ -85,6 +85,12 @@ class TrainingPlan(abc.ABC):
         statistics of the training rows (e.g. the median library size of count likelihoods)."""
         self.model.num_data = len(data.train)
         self.model.likelihood.fit_data(data.train.x)
+        if self.cfg.train.batch_size is None:  # resolved here and saved with the run's config
+            self.cfg.train.batch_size = self.default_batch_size(len(data.train))
+
+    def default_batch_size(self, rows: int) -> int:
+        """``train.batch_size`` when the config leaves it null, for a training set of ``rows`` rows."""
+        return 64
 
     def epochs(self) -> int:
         """How many epochs the engine trains (``train.epochs``; staged kinds add their stages)."""

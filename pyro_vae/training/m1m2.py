@@ -80,6 +80,7 @@ class M1M2Plan(TrainingPlan):
 
     def setup(self, data):
         super().setup(data)
+        self.m2_plan.cfg.train.batch_size = self.cfg.train.batch_size  # one batch size for both stages
         self.m2_plan.setup(data)
         m = self.cfg.model
         if m.m1_epochs is None:  # resolved here and saved with the run's config (resume, config.yaml)

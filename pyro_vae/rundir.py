@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError
 from .models.base import CHECKPOINT_FORMAT as FORMAT, export_payload
-from .utils import atomic_path
+from .utils import atomic_path, read_weights
 
 CHECKPOINT = "model.pt"
 LOCK = ".lock"
@@ -40,15 +40,7 @@ def save_model(run_dir, model, cfg, info) -> Path:
 
 def read_payload(path: Path) -> dict:
     """A checkpoint's contents, read without unpickling code; one-line errors."""
-    try:
-        with warnings.catch_warnings():  # torch warns about odd pickle protocols before it fails on them
-            warnings.simplefilter("ignore")
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PyroVAEError(f"no checkpoint at {path}") from None
-    except Exception as e:
-        raise PyroVAEError(f"could not read checkpoint {path} (damaged or not a checkpoint): "
-                           f"{str(e).strip().splitlines()[0][:200]}") from None
+    payload = read_weights(path)
     if not isinstance(payload, dict):
         raise PyroVAEError(f"{path} is not a pyro_vae checkpoint")
     return payload

@@ -43,7 +43,7 @@ import torch
 
 from .registry import Registry
 from .sparse import take
-from .utils import atomic_path, write_json
+from .utils import atomic_path, read_weights, write_json
 
 ANOMALY_SCORES = Registry("anomaly score")
 register = ANOMALY_SCORES.register
@@ -100,10 +100,8 @@ class AnomalyScore:
         return path
 
     def load(self, run_dir) -> "AnomalyScore":
-        from .rundir import read_payload
-
         path = state_path(run_dir, self.registry_name)
-        payload = read_payload(path)  # weights only; a damaged file is a one-line error
+        payload = read_weights(path)  # weights only; a damaged file is a one-line error
         if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a saved anomaly score")
         if payload.get("params") != dict(self.params()):

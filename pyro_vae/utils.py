@@ -35,6 +35,26 @@ def atomic_path(path):
         raise
 
 
+def read_weights(path):
+    """``torch.load(path, weights_only=True)`` (loading never runs code) on the CPU; a missing,
+    damaged or foreign file is a one-line :class:`~pyro_vae.errors.PyroVAEError` naming it."""
+    import warnings
+
+    import torch
+
+    from .errors import PyroVAEError
+
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before it fails on them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PyroVAEError(f"no checkpoint at {path}") from None
+    except Exception as e:
+        raise PyroVAEError(f"could not read checkpoint {path} (damaged or not a checkpoint): "
+                           f"{str(e).strip().splitlines()[0][:200]}") from None
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

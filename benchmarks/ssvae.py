@@ -107,6 +107,7 @@ def main():
                        best_val_accuracy=round(r.metrics["best_val_accuracy"], 4),
                        best_epoch=r.metrics["best_epoch"], seconds_per_epoch=r.metrics["seconds_per_epoch"],
                        train_seconds=r.metrics["train_seconds"], precision=r.metrics.get("precision"),
+                       batch_size=int(r.config.train.batch_size),  # null in the config: resolved with the data
                        # q(y|x)'s convolutions follow bf16 autocast only on CPUs with native bf16
                        convolutions="bf16" if str(r.metrics.get("precision")).startswith("bf16")
                        and cpu_has_native_bf16() else "float32")

@@ -443,8 +443,10 @@ def ssvae_bf16_convs():
     d = load("ssvae_bf16_convs.json")
     if not d or not d.get("runs"):
         return ""
-    old = {(r["data"], r["labels"], r["seed"]): r for r in (load("ssvae.json") or {}).get("runs", [])
-           if r.get("config") == "defaults" and r.get("model") == "ssvae" and r.get("epochs") == 20}
+    runs = (load("ssvae.json") or {}).get("runs", []) + (load("ssvae_batch.json") or {}).get("runs", [])
+    old = {(r["data"], r["labels"], r["seed"]): r for r in runs  # the same defaults before: batch 64, float32 convs
+           if r.get("config") == "defaults" and r.get("model") == "ssvae" and r.get("epochs") == 20
+           and r.get("batch_size", 64) == 64 and r.get("convolutions") != "bf16"}
     lines = ["| data | labels | seed | M2 test accuracy: bf16 / float32 convolutions | classifier alone: bf16 / "
              "float32 | s/epoch: bf16 / float32 |", "|---|---|---|---|---|---|"]
     for r in sorted(d["runs"], key=lambda r: (r["data"], r["labels"], r["seed"])):

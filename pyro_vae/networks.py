@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .fastmath import Softplus, cpu_has_native_bf16, softplus as fast_softplus
+from .fastmath import Dropout, Softplus, cpu_has_native_bf16, softplus as fast_softplus
 from .registry import Registry, option
 
 ACTIVATIONS = Registry("activation")
@@ -208,13 +208,13 @@ def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: 
     each hidden layer (only active in training mode)."""
     if type == "conv":
         body = ConvBody(image_shape, list(hidden), activation)
-        layers = [body] + ([nn.Dropout(dropout)] if dropout else []) + [nn.Linear(body.out_dim, num_classes)]
+        layers = [body] + ([Dropout(dropout)] if dropout else []) + [nn.Linear(body.out_dim, num_classes)]
         return nn.Sequential(*layers)
     NETWORKS.get(type)
     if not dropout:
         return MLP(in_dim, list(hidden), num_classes, activation)
     layers, d = [], in_dim
     for h in hidden:
-        layers += [nn.Linear(d, h), make_activation(activation), nn.Dropout(dropout)]
+        layers += [nn.Linear(d, h), make_activation(activation), Dropout(dropout)]
         d = h
     return nn.Sequential(*layers, nn.Linear(d, num_classes))

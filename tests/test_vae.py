@@ -146,13 +146,32 @@ def test_conv_networks_follow_cpu_bf16_autocast_only_on_native_bf16_cpus(native,
 
 def test_fast_softplus_and_bernoulli_match_torch():
     x = torch.linspace(-40, 40, 2001, dtype=torch.float64).float().requires_grad_(True)
+    before = x.detach().clone()
     y = softplus(x)
     assert torch.allclose(y, torch.nn.functional.softplus(x), atol=1e-6)
+    assert torch.equal(x.detach(), before)  # computed in place on its own temporaries, never on x
+    xb = x.detach().bfloat16()
+    assert torch.allclose(softplus(xb).float(), torch.nn.functional.softplus(xb.float()), atol=0.2, rtol=0.01)
     y.sum().backward()
     assert torch.allclose(x.grad, torch.sigmoid(x.detach()), atol=1e-6)
     logits, v = torch.randn(50, 9) * 5, torch.rand(50, 9)
     ref = -torch.nn.functional.binary_cross_entropy_with_logits(logits, v, reduction="none")
     assert torch.allclose(BernoulliLogits(logits=logits, validate_args=False).log_prob(v), ref, atol=1e-5)
+
+
+def test_dropout_keeps_each_unit_with_probability_1_minus_p_and_scales_it():
+    from pyro_vae.fastmath import Dropout
+
+    torch.manual_seed(0)
+    drop = Dropout(0.3)
+    x = torch.full((400, 500), 2.0, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.7) < 0.01  # 200,000 units: sd 0.001
+    assert torch.allclose(y[kept], torch.tensor(2.0 / 0.7))
+    y.sum().backward()  # the gradient flows through the kept units only, with the same scale
+    assert torch.equal(x.grad != 0, kept) and torch.allclose(x.grad[kept], torch.tensor(1 / 0.7))
+    assert torch.equal(drop.eval()(x), x)  # evaluation: the identity
 
 
 def test_nan_loss_stops_with_an_actionable_error(quick):

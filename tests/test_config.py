@@ -57,6 +57,8 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["model=ssvae", "model.classifier_activation=sigmoid"], "softplus"),
     (["model=ssvae", "model.augment_shift=-1"], "number of pixels"),
     (["model=ssvae", "model.augment_flip=true"], "no parameter 'augment_flip'"),
+    (["model=ssvae", "model.pseudo_label_weight=-1"], ">= 0"),
+    (["model=ssvae", "model.pseudo_label_threshold=1.5"], "[0, 1]"),
     (["model=m1m2", "model.z2_dim=0"], "at least 1"),
     (["model=m1m2", "model.m1_epochs=0"], "at least 1"),
     (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),

@@ -14,10 +14,12 @@ from pyro_vae.models import DataInfo
 from pyro_vae.train import build_model, fit
 from pyro_vae.training import plan_for
 
-# the math checks use a deterministic MLP q(y|x) with the encoder's activation and no augmentation
+# the math checks use a deterministic MLP q(y|x) with the encoder's activation, no augmentation
+# and only M2's own terms
 SMALL = ["model=ssvae", "train.elbo=trace", "latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]",
          "model.classifier_hidden=[16]", "model.classifier_type=mlp", "model.classifier_dropout=0",
-         "model.classifier_activation=null", "model.augment_shift=0", "trainer.progress_bar=false"]
+         "model.classifier_activation=null", "model.augment_shift=0", "model.pseudo_label_weight=0",
+         "trainer.progress_bar=false"]
 
 
 def tiny(num_data=None, extra=()):
@@ -144,12 +146,63 @@ def test_aux_term_sees_shifted_labelled_images_only_in_training():
     handle.remove()
 
 
-def test_augmentation_needs_images():
+@pytest.mark.parametrize("option", ["model.augment_shift=2", "model.pseudo_label_weight=1"])
+def test_augmentation_needs_images(option):
     from pyro_vae.errors import ConfigError
 
-    cfg = load_config(None, SMALL + ["model.augment_shift=2"])
+    cfg = load_config(None, SMALL + [option])
     with pytest.raises(ConfigError, match="needs image data"):
         build_model(cfg, DataInfo(64, None, 4, 100))
+
+
+def test_strong_augmentation_shifts_mirrors_half_and_cuts_out_a_square():
+    from pyro_vae.training.augment import strong_augment
+
+    g = torch.Generator().manual_seed(0)
+    ones = torch.ones(400, 784)
+    out = strong_augment(ones, (1, 28, 28), generator=g)
+    assert out.shape == ones.shape and set(out.unique().tolist()) <= {0.0, 1.0}
+    zeros = (out == 0).sum(1)
+    # a 14x14 hole reaches at least 7x7 pixels into the image; the rest of the zeros come from
+    # shifts of up to 3 pixels (at most 3 rows and 3 columns)
+    assert int(zeros.min()) >= 49 and int(zeros.max()) <= 196 + 3 * 28 * 2
+    left = torch.zeros(400, 1, 28, 28)
+    left[..., :14] = 1.0  # the left half lit: a mirrored copy has most of its light on the right
+    out = strong_augment(left.reshape(400, -1), (1, 28, 28), generator=g).reshape(400, 28, 28)
+    mirrored = (out[..., 14:].sum((1, 2)) > out[..., :14].sum((1, 2))).float().mean()
+    assert 0.4 < float(mirrored) < 0.6
+    values = torch.rand(5, 784)  # every pixel kept is one of the image's own
+    out = strong_augment(values, (1, 28, 28), generator=g)
+    assert all(set(o[o != 0].tolist()) <= set(v.tolist()) for o, v in zip(out, values))
+
+
+def test_pseudo_label_term_teaches_confident_labels_to_strongly_augmented_copies():
+    from pyro_vae.training.augment import strong_augment
+    from pyro_vae.training.ssvae import PseudoLabel
+
+    extra = ["model.classifier_dropout=0.5", "model.pseudo_label_weight=2"]
+    m, plan = tiny_plan(8, 30, extra=extra + ["model.pseudo_label_threshold=0"])
+    term = next(t for t in plan.terms if isinstance(t, PseudoLabel))
+    batch = {"xu": torch.rand(30, 64), "xl": torch.rand(8, 64), "yl": torch.arange(8) % 4}
+    m.train()
+    torch.manual_seed(1)
+    got = term(batch)
+    assert m.classifier.training  # the labelling pass (no dropout) leaves q(y|x) in training mode
+    torch.manual_seed(1)
+    with torch.no_grad():
+        m.classifier.eval()
+        target = m.classifier(batch["xu"]).argmax(-1)
+        m.classifier.train()
+    ce = F.cross_entropy(m.classifier(strong_augment(batch["xu"], (1, 8, 8))), target)
+    assert torch.allclose(got, 2 * plan.cfg.model.aux_loss_multiplier * m.num_data * ce, rtol=1e-5)
+    got.backward()  # it trains q(y|x) only
+    assert m.classifier[0].weight.grad is not None and m.decoder.first.weight.grad is None
+    m.eval()
+    assert float(term(batch)) == 0.0  # training only
+    m.train()
+    _, strict = tiny_plan(8, 30, extra=extra + ["model.pseudo_label_threshold=1"])
+    strict_term = next(t for t in strict.terms if isinstance(t, PseudoLabel))
+    assert float(strict_term(batch)) == 0.0  # no label that confident: nothing taught
 
 
 def test_label_summed_out_importance_weights_shape_and_elbo_bound():
@@ -251,6 +304,7 @@ def test_the_defaults_pick_a_conv_q_y_with_shifts_for_images_and_an_mlp_for_tabl
     assert classifier_type(cfg.model, (1, 8, 8)) == "conv" and augment_shift(cfg.model, (1, 8, 8)) == 1
     assert classifier_type(cfg.model, (1, 7, 7)) == "mlp" and classifier_type(cfg.model, None) == "mlp"
     assert augment_shift(cfg.model, None) == 0
+    assert cfg.model.pseudo_label_weight == 0  # opt-in (benchmarks/RESULTS.md)
     images = build_model(cfg, DataInfo(64, (1, 8, 8), 4, None))
     table = build_model(cfg, DataInfo(64, None, 4, None))
     assert any(isinstance(m, torch.nn.Conv2d) for m in images.classifier.modules())

@@ -56,6 +56,11 @@ class SSVAEConfig:
     classifier_activation: Optional[str] = option("relu", "q(y|x): activation; null = encoder.activation")
     augment_shift: Optional[int] = option(None, "aux term: labelled images shifted by up to this many pixels "
                                                 "(training only); null = 1 for images, 0 otherwise")
+    pseudo_label_weight: float = option(
+        0.0, "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
+             "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
+             "term times this; 0 = off (see benchmarks/RESULTS.md)")
+    pseudo_label_threshold: float = option(0.95, "pseudo-label term: the confidence a label needs")
 
     @staticmethod
     def check(c) -> None:
@@ -73,6 +78,10 @@ class SSVAEConfig:
             raise ConfigError(f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})")
         if c.aux_loss_multiplier < 0:
             raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
+        if c.pseudo_label_weight < 0:
+            raise ConfigError(f"model.pseudo_label_weight must be >= 0 (got {c.pseudo_label_weight})")
+        if not 0 <= c.pseudo_label_threshold <= 1:
+            raise ConfigError(f"model.pseudo_label_threshold must be in [0, 1] (got {c.pseudo_label_threshold})")
 
 
 def classifier_type(m, image_shape) -> str:
@@ -129,6 +138,9 @@ class SSVAE(LatentVariableModel, Classifier):
             raise ConfigError("model=ssvae supports encoder.type=mlp and decoder.type=mlp")
         if m.augment_shift and info.image_shape is None:
             raise ConfigError("model.augment_shift needs image data; set it to null for tabular data")
+        if m.pseudo_label_weight and info.image_shape is None:
+            raise ConfigError("model.pseudo_label_weight needs image data (it augments images); set it to 0 "
+                              "for tabular data")
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation

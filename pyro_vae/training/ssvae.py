@@ -4,7 +4,8 @@
 
 ``unlabelled_elbo`` (TraceEnum_ELBO, the label enumerated in parallel, Monte-Carlo KL),
 ``labelled_elbo`` (y observed; the KL in closed form with train.elbo=meanfield) and ``aux``
-(Kingma et al. 2014, eq. 9) are M2's objective. Each term is scaled to its full count, so a
+(Kingma et al. 2014, eq. 9) are M2's objective; ``pseudo_label`` (images, off by default) is not part of it.
+Each term is scaled to its full count, so a
 minibatch loss estimates the full-data objective.
 """
 import abc
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError, DataError
 from ..models.ssvae import SSVAE, augment_shift
 from ..registry import Registry
-from .augment import augment_images
+from .augment import augment_images, strong_augment
 from .base import TrainingPlan, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler
 
@@ -83,6 +84,36 @@ class AuxClassification(LossTerm):
         ce = F.cross_entropy(m.classifier(xl).float(), batch["yl"], reduction="mean")
         per_example = plan.num_labelled if c.aux_scaling == "labelled" else m.num_data
         return c.aux_loss_multiplier * per_example * ce
+
+
+@LOSS_TERMS.register("pseudo_label")
+class PseudoLabel(LossTerm):
+    """w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))] (FixMatch-style,
+    Sohn et al. 2020): q(y|x) without dropout labels each unlabelled image, and where its top class
+    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`). Not part of
+    M2's ELBO; weighed like the aux term (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
+
+    def __init__(self, plan):
+        super().__init__(plan)
+        self.weight = float(plan.cfg.model.pseudo_label_weight)
+
+    def active(self):
+        return self.weight > 0 and self.plan.num_unlabelled > 0
+
+    def __call__(self, batch):
+        plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
+        xu = batch["xu"]
+        if not m.training or not xu.shape[0]:
+            return xu.new_zeros(())
+        with torch.no_grad():
+            m.classifier.eval()
+            try:
+                conf, target = torch.softmax(m.classifier(xu).float(), -1).max(-1)
+            finally:
+                m.classifier.train()
+        mask = (conf >= c.pseudo_label_threshold).float()
+        ce = F.cross_entropy(m.classifier(strong_augment(xu, m.image_shape)).float(), target, reduction="none")
+        return self.weight * c.aux_loss_multiplier * m.num_data * (mask * ce).mean()
 
 
 def check_labels(data, num_classes: int, kind: str) -> None:

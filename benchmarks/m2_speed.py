@@ -50,7 +50,7 @@ OURS_PYRO_SETUP = [
     "encoder.type=mlp", "encoder.hidden=[500]", "encoder.activation=softplus",
     "decoder.type=mlp", "decoder.hidden=[500]", "decoder.activation=softplus",
     "model.classifier_type=mlp", "model.classifier_hidden=[500]", "model.classifier_activation=softplus",
-    "model.classifier_dropout=0", "model.augment_shift=0",
+    "model.classifier_dropout=0", "model.augment_shift=0", "model.pseudo_label_weight=0",
     "model.aux_scaling=labelled", "model.aux_loss_multiplier=46",
     "train.batch_size=200", "train.lr=4.2e-4", "train.elbo=trace", "train.lr_schedule=constant",
 ]  # trainer.precision stays the default (auto: bf16-mixed on CPUs with bf16 units), as a user runs it

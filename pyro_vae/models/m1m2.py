@@ -68,9 +68,9 @@ class M1M2Config:
 
 def m2_config(cfg):
     """The ``model: ssvae`` config of M2 inside a ``model: m1m2`` config: an MLP q(y|z1), no image
-    augmentation, a Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
+    augmentation or pseudo-labels, a Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
     m = cfg.model
-    ssvae = dict(asdict(SSVAEConfig()), name="ssvae", classifier_type="mlp", augment_shift=0,
+    ssvae = dict(asdict(SSVAEConfig()), name="ssvae", classifier_type="mlp", augment_shift=0, pseudo_label_weight=0.0,
                  classifier_hidden=list(m.classifier_hidden), classifier_dropout=float(m.classifier_dropout),
                  classifier_activation="relu", aux_loss_multiplier=float(m.aux_loss_multiplier))
     net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": cfg.encoder.activation}

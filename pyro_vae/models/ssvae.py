@@ -56,10 +56,10 @@ class SSVAEConfig:
     classifier_activation: Optional[str] = option("relu", "q(y|x): activation; null = encoder.activation")
     augment_shift: Optional[int] = option(None, "aux term: labelled images shifted by up to this many pixels "
                                                 "(training only); null = 1 for images, 0 otherwise")
-    pseudo_label_weight: float = option(
-        0.0, "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
-             "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
-             "term times this; 0 = off (see benchmarks/RESULTS.md)")
+    pseudo_label_weight: Optional[float] = option(
+        None, "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
+              "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
+              "term times this; 0 = off; null = 1 for images, 0 otherwise")
     pseudo_label_threshold: float = option(0.95, "pseudo-label term: the confidence a label needs")
 
     @staticmethod
@@ -78,7 +78,7 @@ class SSVAEConfig:
             raise ConfigError(f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})")
         if c.aux_loss_multiplier < 0:
             raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
-        if c.pseudo_label_weight < 0:
+        if c.pseudo_label_weight is not None and c.pseudo_label_weight < 0:
             raise ConfigError(f"model.pseudo_label_weight must be >= 0 (got {c.pseudo_label_weight})")
         if not 0 <= c.pseudo_label_threshold <= 1:
             raise ConfigError(f"model.pseudo_label_threshold must be in [0, 1] (got {c.pseudo_label_threshold})")
@@ -89,6 +89,13 @@ def classifier_type(m, image_shape) -> str:
     if m.classifier_type != "auto":
         return m.classifier_type
     return "conv" if image_shape is not None and image_shape[1] % 4 == 0 and image_shape[2] % 4 == 0 else "mlp"
+
+
+def pseudo_label_weight(m, image_shape) -> float:
+    """``model.pseudo_label_weight`` with null resolved: 1 for images, 0 otherwise."""
+    if m.pseudo_label_weight is None:
+        return 1.0 if image_shape is not None else 0.0
+    return float(m.pseudo_label_weight)
 
 
 def augment_shift(m, image_shape) -> int:
@@ -139,8 +146,8 @@ class SSVAE(LatentVariableModel, Classifier):
         if m.augment_shift and info.image_shape is None:
             raise ConfigError("model.augment_shift needs image data; set it to null for tabular data")
         if m.pseudo_label_weight and info.image_shape is None:
-            raise ConfigError("model.pseudo_label_weight needs image data (it augments images); set it to 0 "
-                              "for tabular data")
+            raise ConfigError("model.pseudo_label_weight needs image data (it augments images); set it to null "
+                              "or 0 for tabular data")
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation

@@ -4,7 +4,7 @@
 
 ``unlabelled_elbo`` (TraceEnum_ELBO, the label enumerated in parallel, Monte-Carlo KL),
 ``labelled_elbo`` (y observed; the KL in closed form with train.elbo=meanfield) and ``aux``
-(Kingma et al. 2014, eq. 9) are M2's objective; ``pseudo_label`` (images, off by default) is not part of it.
+(Kingma et al. 2014, eq. 9) are M2's objective; ``pseudo_label`` (images only) is not part of it.
 Each term is scaled to its full count, so a
 minibatch loss estimates the full-data objective.
 """
@@ -17,7 +17,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
-from ..models.ssvae import SSVAE, augment_shift
+from ..models.ssvae import SSVAE, augment_shift, pseudo_label_weight
 from ..registry import Registry
 from .augment import augment_images, strong_augment
 from .base import TrainingPlan, register_plan
@@ -95,7 +95,7 @@ class PseudoLabel(LossTerm):
 
     def __init__(self, plan):
         super().__init__(plan)
-        self.weight = float(plan.cfg.model.pseudo_label_weight)
+        self.weight = pseudo_label_weight(plan.cfg.model, plan.model.image_shape)
 
     def active(self):
         return self.weight > 0 and self.plan.num_unlabelled > 0

@@ -202,6 +202,36 @@ def make_decoder(net_cfg, latent_dim: int, output_size: int, data_dim: int, imag
     return NETWORKS.get(net_cfg.type).decoder(net_cfg, latent_dim, output_size, data_dim, image_shape)
 
 
+class ConvClassifier(nn.Sequential):
+    """The conv q(y|x): ``ConvBody`` -> [dropout] -> linear head, an ``nn.Sequential`` (the same
+    parameter names). The body has no randomness, so a training step that needs it twice on the same
+    rows (the pseudo-label term's labelling pass, then q(y|x) in the guide) computes it once:
+    :meth:`keep_features` keeps it for later calls on that very tensor until :meth:`release`."""
+
+    def __init__(self, *layers):
+        super().__init__(*layers)
+        self._kept = None
+
+    def keep_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The body's output on ``x`` (with gradients), reused by calls on ``x`` until :meth:`release`."""
+        h = self[0](x)
+        self._kept = (x, h)
+        return h
+
+    def release(self) -> None:
+        self._kept = None
+
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The layers after the body (dropout as the module's mode says, then the linear head)."""
+        for layer in list(self)[1:]:
+            h = layer(h)
+        return h
+
+    def forward(self, x):
+        kept = self._kept
+        return self.head(kept[1] if kept is not None and kept[0] is x else self[0](x))
+
+
 def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: str = "mlp",
                     activation="softplus", dropout: float = 0.0, image_shape=None) -> nn.Module:
     """x -> class logits: the network type's body with a linear head; optional dropout after
@@ -209,7 +239,7 @@ def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: 
     if type == "conv":
         body = ConvBody(image_shape, list(hidden), activation)
         layers = [body] + ([Dropout(dropout)] if dropout else []) + [nn.Linear(body.out_dim, num_classes)]
-        return nn.Sequential(*layers)
+        return ConvClassifier(*layers)
     NETWORKS.get(type)
     if not dropout:
         return MLP(in_dim, list(hidden), num_classes, activation)

@@ -205,6 +205,40 @@ def test_pseudo_label_term_teaches_confident_labels_to_strongly_augmented_copies
     assert float(strict_term(batch)) == 0.0  # no label that confident: nothing taught
 
 
+def test_a_conv_q_y_computes_its_body_once_for_pseudo_labels_and_the_guide_with_the_same_loss():
+    from pyro_vae.networks import ConvClassifier
+
+    extra = ["model.classifier_type=conv", "model.classifier_dropout=0.5", "model.pseudo_label_weight=1",
+             "model.pseudo_label_threshold=0"]
+    m, plan = tiny_plan(8, 30, extra=extra)
+    assert isinstance(m.classifier, ConvClassifier)
+    batch = {"xu": torch.rand(30, 64), "xl": torch.rand(8, 64), "yl": torch.arange(8) % 4}
+    body, calls = m.classifier[0], []
+    handle = body.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    m.train()
+
+    def step():
+        torch.manual_seed(3)
+        m.zero_grad()
+        loss = plan.loss(batch)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in m.classifier.parameters()]
+
+    loss, grads = step()
+    assert sorted(calls) == [8, 30, 30]  # aux (labelled), the kept unlabelled pass, the augmented copies
+    assert m.classifier._kept is None  # released at the end of the step
+    calls.clear()
+    keep = ConvClassifier.keep_features
+    try:  # the same step with the body computed every time
+        ConvClassifier.keep_features = lambda self, x: self[0](x)
+        loss_again, grads_again = step()
+    finally:
+        ConvClassifier.keep_features = keep
+    handle.remove()
+    assert sorted(calls) == [8, 30, 30, 30]
+    assert torch.equal(loss, loss_again) and all(torch.equal(a, b) for a, b in zip(grads, grads_again))
+
+
 def test_label_summed_out_importance_weights_shape_and_elbo_bound():
     from pyro_vae.evaluate import iwae_log_likelihood
 

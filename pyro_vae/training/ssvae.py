@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
 from ..models.ssvae import SSVAE, augment_shift, pseudo_label_weight
+from ..networks import ConvClassifier
 from ..registry import Registry
 from .augment import augment_images, strong_augment
 from .base import TrainingPlan, register_plan
@@ -102,15 +103,19 @@ class PseudoLabel(LossTerm):
 
     def __call__(self, batch):
         plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
-        xu = batch["xu"]
+        xu, clf = batch["xu"], m.classifier
         if not m.training or not xu.shape[0]:
             return xu.new_zeros(())
+        # the labelling pass: q(y|x) without dropout; a conv q(y|x) keeps its body's output on xu for
+        # the guide's q(y|x) in the unlabelled term of this step (SemiSupervisedPlan.loss releases it)
+        feats = clf.keep_features(xu).detach() if isinstance(clf, ConvClassifier) else None
         with torch.no_grad():
-            m.classifier.eval()
+            clf.eval()
             try:
-                conf, target = torch.softmax(m.classifier(xu).float(), -1).max(-1)
+                logits = clf(xu) if feats is None else clf.head(feats)
+                conf, target = torch.softmax(logits.float(), -1).max(-1)
             finally:
-                m.classifier.train()
+                clf.train()
         mask = (conf >= c.pseudo_label_threshold).float()
         ce = F.cross_entropy(m.classifier(strong_augment(xu, m.image_shape)).float(), target, reduction="none")
         return self.weight * c.aux_loss_multiplier * m.num_data * (mask * ce).mean()
@@ -169,7 +174,11 @@ class SemiSupervisedPlan(TrainingPlan):
         return DataLoader(RowBatches(data.train.x, y, data.binarize == "dynamic"), batch_size=None, sampler=sampler)
 
     def loss(self, batch):
-        return sum(term(batch) for term in self.terms)
+        try:
+            return sum(term(batch) for term in self.terms)
+        finally:
+            if isinstance(self.model.classifier, ConvClassifier):
+                self.model.classifier.release()
 
     def eval_dataloader(self, split, batch_size, rank=0, world_size=1):
         # the ELBO sums the label out: B rows compute C*B rows; keep C*B near batch_size (on a CPU,

@@ -1206,8 +1206,8 @@ screen's s/epoch only roughly. With two threads and a busy machine, small batche
 """
 
 SSVAE_GOALS_M1M2 = r"""
-M1+M2 on Fashion-MNIST (one seed per row) gives 0.693 with 100 labels and 0.836 with 3000, below M2 and below the labels alone, so M2, not
-M1+M2, stays the recommended model. Training M1 for 30 epochs instead of 9, the lever on the
+M1+M2 on Fashion-MNIST (one seed per row) gives 0.693 with 100 labels and 0.836 with 3000, below
+M2 and below the labels alone, so M2, not M1+M2, stays the recommended model. Training M1 for 30 epochs instead of 9, the lever on the
 digits, did not help here (0.690 with 100 labels; `fashion_runs` in
 `benchmarks/ssvae_m1m2_explore.json`). Cost per epoch (the M1+M2 runs shared the 2 cores with two
 other jobs, so compare within them): M1 11-16 s and M1+M2's M2 stage 51-55 s against 125-200 s
@@ -1256,7 +1256,10 @@ where its top class has probability 0.95 or more, that label is taught by cross-
 strongly augmented copy (a shift of up to H/8 pixels, a left-right mirror of half the images, an
 H/2 x H/2 square cut out), weighed like the aux term (30 N times the mean over the unlabelled
 batch). It costs one more forward pass of q(y|x) and a forward and backward pass on the copies,
-about a third more per step (A/B in one process, one thread). Tabular data (and M1+M2's M2, which
+about a third more per step (A/B in one process, one thread); the labelling pass now shares the conv
+body's output with the guide's q(y|x) (the body has no randomness: the same loss and gradients bit
+for bit, `tests/test_ssvae.py`), which took M2's default step from 117 to 106 ms (A/B, one thread;
+the rows below ran before it). Tabular data (and M1+M2's M2, which
 reads codes) have no augmentation to teach through and keep it off. M2's default rows above ran
 with it; the same command with `--set model.pseudo_label_weight=0` gave the rows without it (run
 before it became the default; on the digits, the rows with bf16 convolutions below; one thread

@@ -485,19 +485,24 @@ def ssvae_goals():
     return "\n\n".join(out)
 
 
-def ssvae_pseudo_default():
-    """RESULTS: M2's defaults (with the pseudo-label term) against the same runs without it, per seed."""
-    runs = [r for r in (load("ssvae.json") or {}).get("runs", [])
-            if r.get("model") == "ssvae" and r.get("config") == "defaults" and r.get("epochs") == 20]
+def _pseudo_pairs():
+    """{(data, labels, seed): {"on": run, "off": run}}: M2's default runs (pseudo-labels) and the same
+    runs without them (on the digits, the bf16-convolution runs: the same conv precision)."""
     by = {}
-    for r in runs:
-        key = "off" if r["overrides"] == ["model.pseudo_label_weight=0"] else "on" if not r["overrides"] else None
-        if key:
-            by.setdefault((r["data"], r["labels"], r["seed"]), {})[key] = r
-    for r in (load("ssvae_bf16_convs.json") or {}).get("runs", []):  # the digits: the same conv precision
+    for r in (load("ssvae.json") or {}).get("runs", []):
+        if r.get("model") == "ssvae" and r.get("config") == "defaults" and r.get("epochs") == 20:
+            key = "off" if r["overrides"] == ["model.pseudo_label_weight=0"] else "on" if not r["overrides"] else None
+            if key:
+                by.setdefault((r["data"], r["labels"], r["seed"]), {})[key] = r
+    for r in (load("ssvae_bf16_convs.json") or {}).get("runs", []):
         if r["data"] == "digits" and (r["data"], r["labels"], r["seed"]) in by:
             by[(r["data"], r["labels"], r["seed"])]["off"] = r
-    pairs = {k: v for k, v in by.items() if len(v) == 2}
+    return {k: v for k, v in by.items() if len(v) == 2}
+
+
+def ssvae_pseudo_default():
+    """RESULTS: M2's defaults (with the pseudo-label term) against the same runs without it, per seed."""
+    pairs = _pseudo_pairs()
     if not pairs:
         return ""
     lines = ["| data | labels | seed | M2's defaults (pseudo-labels) | without pseudo-labels | difference | "
@@ -512,16 +517,9 @@ def ssvae_pseudo_default():
 
 def ssvae_pseudo_findings():
     """RESULTS: per label count, how often and by how much the pseudo-label default beat M2 without it."""
-    runs = [r for r in (load("ssvae.json") or {}).get("runs", [])
-            if r.get("model") == "ssvae" and r.get("config") == "defaults" and r.get("epochs") == 20]
     by = {}
-    for r in runs:
-        key = "off" if r["overrides"] == ["model.pseudo_label_weight=0"] else "on" if not r["overrides"] else None
-        if key:
-            by.setdefault((r["data"], r["labels"]), {}).setdefault(r["seed"], {})[key] = r["test_accuracy"]
-    for r in (load("ssvae_bf16_convs.json") or {}).get("runs", []):
-        if r["data"] == "digits" and (r["data"], r["labels"]) in by and r["seed"] in by[(r["data"], r["labels"])]:
-            by[(r["data"], r["labels"])][r["seed"]]["off"] = r["test_accuracy"]
+    for (data, n, seed), v in _pseudo_pairs().items():
+        by.setdefault((data, n), {})[seed] = {k: r["test_accuracy"] for k, r in v.items()}
     parts = []
     for (data, n), seeds in sorted(by.items(), key=lambda kv: (kv[0][0] != "digits", kv[0][1])):
         d = [v["on"] - v["off"] for v in seeds.values() if len(v) == 2]

@@ -239,6 +239,43 @@ def test_a_conv_q_y_computes_its_body_once_for_pseudo_labels_and_the_guide_with_
     assert torch.equal(loss, loss_again) and all(torch.equal(a, b) for a, b in zip(grads, grads_again))
 
 
+def test_a_conv_q_y_runs_the_pseudo_label_copies_of_confident_rows_only_with_the_same_loss():
+    from pyro_vae.training.augment import strong_augment
+    from pyro_vae.training.ssvae import PseudoLabel
+
+    extra = ["model.classifier_type=conv", "model.classifier_dropout=0.5", "model.pseudo_label_weight=1"]
+    m, plan = tiny_plan(8, 30, extra=extra)
+    xu = torch.rand(30, 64)
+    with torch.no_grad():
+        m.classifier.eval()
+        conf = torch.softmax(m.classifier(xu), -1).max(-1).values
+        m.classifier.train()
+    t = plan.cfg.model.pseudo_label_threshold = float(conf.median())  # about half the rows are confident
+    term = next(x for x in plan.terms if isinstance(x, PseudoLabel))
+    body, calls = m.classifier[0], []
+    handle = body.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    m.train()
+    torch.manual_seed(5)
+    got = term({"xu": xu, "xl": xu[:0], "yl": torch.zeros(0, dtype=torch.long)})
+    got.backward()
+    grads = [p.grad.clone() for p in m.classifier.parameters()]
+    m.classifier.release()
+    handle.remove()
+    keep = conf >= t
+    assert calls == [30, int(keep.sum())] and 0 < int(keep.sum()) < 30  # the labelling pass, the confident copies
+    m.zero_grad()
+    torch.manual_seed(5)  # every row's copy through the whole network: the same draws, the same value
+    with torch.no_grad():
+        m.classifier.eval()
+        target = m.classifier(xu).argmax(-1)
+        m.classifier.train()
+    ce = F.cross_entropy(m.classifier(strong_augment(xu, (1, 8, 8))), target, reduction="none")
+    want = plan.cfg.model.aux_loss_multiplier * m.num_data * (keep.float() * ce).mean()
+    want.backward()
+    assert torch.allclose(got, want, rtol=1e-5)
+    assert all(torch.allclose(a, p.grad, rtol=1e-4, atol=1e-6) for a, p in zip(grads, m.classifier.parameters()))
+
+
 def test_label_summed_out_importance_weights_shape_and_elbo_bound():
     from pyro_vae.evaluate import iwae_log_likelihood
 

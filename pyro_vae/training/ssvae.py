@@ -91,7 +91,8 @@ class AuxClassification(LossTerm):
 class PseudoLabel(LossTerm):
     """w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))] (FixMatch-style,
     Sohn et al. 2020): q(y|x) without dropout labels each unlabelled image, and where its top class
-    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`). Not part of
+    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`); a conv
+    q(y|x) runs its body on the confident copies only. Not part of
     M2's ELBO; weighed like the aux term (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
 
     def __init__(self, plan):
@@ -116,9 +117,18 @@ class PseudoLabel(LossTerm):
                 conf, target = torch.softmax(logits.float(), -1).max(-1)
             finally:
                 clf.train()
-        mask = (conf >= c.pseudo_label_threshold).float()
-        ce = F.cross_entropy(m.classifier(strong_augment(xu, m.image_shape)).float(), target, reduction="none")
-        return self.weight * c.aux_loss_multiplier * m.num_data * (mask * ce).mean()
+        keep = conf >= c.pseudo_label_threshold
+        strong = strong_augment(xu, m.image_shape)
+        if feats is None:
+            logits = clf(strong)
+        else:  # the body only on the confident rows: the others add nothing (the same draws and value)
+            rows = keep.nonzero().squeeze(1)
+            h = feats.new_zeros(feats.shape)
+            if rows.numel():
+                h = h.index_copy(0, rows, clf[0](strong[rows]).to(h.dtype))
+            logits = clf.head(h)
+        ce = F.cross_entropy(logits.float(), target, reduction="none")
+        return self.weight * c.aux_loss_multiplier * m.num_data * (keep.float() * ce).mean()
 
 
 def check_labels(data, num_classes: int, kind: str) -> None:

@@ -91,8 +91,8 @@ class AuxClassification(LossTerm):
 class PseudoLabel(LossTerm):
     """w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))] (FixMatch-style,
     Sohn et al. 2020): q(y|x) without dropout labels each unlabelled image, and where its top class
-    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`); a conv
-    q(y|x) runs its body on the confident copies only. Not part of
+    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`); on a CPU
+    a conv q(y|x) runs its body on the confident copies only. Not part of
     M2's ELBO; weighed like the aux term (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
 
     def __init__(self, plan):
@@ -119,7 +119,7 @@ class PseudoLabel(LossTerm):
                 clf.train()
         keep = conf >= c.pseudo_label_threshold
         strong = strong_augment(xu, m.image_shape)
-        if feats is None:
+        if feats is None or xu.device.type != "cpu":  # on a GPU, picking rows would wait for the device
             logits = clf(strong)
         else:  # the body only on the confident rows: the others add nothing (the same draws and value)
             rows = keep.nonzero().squeeze(1)

@@ -1285,8 +1285,8 @@ batch). It costs one more forward pass of q(y|x) and a forward and backward pass
 about a third more per step (A/B in one process, one thread); the labelling pass now shares the conv
 body's output with the guide's q(y|x) (the body has no randomness: the same loss and gradients bit
 for bit, `tests/test_ssvae.py`), which took M2's default step from 117 to 106 ms (A/B, one thread;
-the rows below ran before it). A conv q(y|x) then runs its body on the confident copies only (the
-others are masked out of the loss: the same random draws and the same value up to float rounding,
+the rows below ran before it). On a CPU a conv q(y|x) then runs its body on the confident copies only
+(the others are masked out of the loss: the same random draws and the same value up to float rounding,
 `tests/test_ssvae.py`): after one epoch of the defaults on Fashion-MNIST, with 65% of the copies
 confident (3000 labels) the step took 108 instead of 114 ms, with 75% (100 labels) 117 instead of
 122 ms (A/B in one process, one thread, alternating blocks of 10 steps; `benchmarks/m2_speed.py`

@@ -591,28 +591,39 @@ def _pl_setting(overrides):
     parts = [f"{o['model.labelled_batch']} labelled rows a step"] if "model.labelled_batch" in o else []
     if "train.lr_schedule" in o:
         parts.append(f"{o['train.lr_schedule']} learning rate")
-    parts.append("pseudo-labels" if float(o.get("model.pseudo_label_weight", 1)) else "no pseudo-labels")
+    w = float(o.get("model.pseudo_label_weight", 1))
+    parts.append("no pseudo-labels" if not w else "pseudo-labels" if w == 1 else f"pseudo-labels weighted {w:g}")
     return ", ".join(parts)
 
 
-def ssvae_pseudo_label():
-    """RESULTS: M2 variants (32 labelled rows a step, a cosine learning rate), without and with
-    pseudo-labels, against the run of the defaults with the same pseudo-label setting at the same
-    data, labels and seed (ssvae.json)."""
+def _variant_pairs():
+    """[(run, the defaults' run with the same pseudo-label setting, data, labels and seed, or {})] for
+    the runs of ssvae_pseudo_label.json, ordered by setting, data, labels and seed."""
     d = load("ssvae_pseudo_label.json")
     if not d or not d.get("runs"):
-        return ""
+        return []
     ref = {}
     for r in (load("ssvae.json") or {}).get("runs", []):
         if r.get("model") == "ssvae" and r.get("config") == "defaults":
-            off = "model.pseudo_label_weight=0" in r["overrides"]
-            ref[(r["data"], r["labels"], r["seed"], off)] = r
+            ref[(r["data"], r["labels"], r["seed"], "model.pseudo_label_weight=0" in r["overrides"])] = r
+    out = []
+    for r in sorted(d["runs"], key=lambda r: (_pl_setting(r["overrides"]), r["data"] != "digits", r["labels"], r["seed"])):
+        off = not float(dict(x.split("=", 1) for x in r["overrides"]).get("model.pseudo_label_weight", 1))
+        out.append((r, ref.get((r["data"], r["labels"], r["seed"], off), {})))
+    return out
+
+
+def ssvae_pseudo_label():
+    """RESULTS: M2 variants (32 labelled rows a step, a cosine learning rate, ...), without and with
+    pseudo-labels, against the run of the defaults with the same pseudo-label setting at the same
+    data, labels and seed (ssvae.json)."""
+    pairs = _variant_pairs()
+    if not pairs:
+        return ""
     lines = ["| data | labels | seed | setting | test accuracy | the defaults (same pseudo-label setting) | "
              "difference | classifier alone | best epoch: setting / defaults | s/epoch |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted(d["runs"], key=lambda r: (_pl_setting(r["overrides"]), r["data"] != "digits", r["labels"], r["seed"])):
-        off = not float(dict(x.split("=", 1) for x in r["overrides"]).get("model.pseudo_label_weight", 1))
-        o = ref.get((r["data"], r["labels"], r["seed"], off), {})
+    for r, o in pairs:
         diff = f"{r['test_accuracy'] - o['test_accuracy']:+.3f}" if o else "-"
         lines.append(f"| {r['data']} | {r['labels']} | {r['seed']} | {_pl_setting(r['overrides'])} | "
                      f"{r['test_accuracy']:.3f} | {_fmt(o.get('test_accuracy'), '.3f')} | {diff} | "
@@ -623,17 +634,8 @@ def ssvae_pseudo_label():
 
 def ssvae_variant_findings():
     """RESULTS: per variant of ssvae_pseudo_label.json and label count, seeds ahead of the defaults."""
-    d = load("ssvae_pseudo_label.json")
-    if not d or not d.get("runs"):
-        return ""
-    ref = {}
-    for r in (load("ssvae.json") or {}).get("runs", []):
-        if r.get("model") == "ssvae" and r.get("config") == "defaults":
-            ref[(r["data"], r["labels"], r["seed"], "model.pseudo_label_weight=0" in r["overrides"])] = r
     by = {}
-    for r in d["runs"]:
-        off = not float(dict(x.split("=", 1) for x in r["overrides"]).get("model.pseudo_label_weight", 1))
-        o = ref.get((r["data"], r["labels"], r["seed"], off))
+    for r, o in _variant_pairs():
         if o:
             by.setdefault((_pl_setting(r["overrides"]), r["data"], r["labels"]), []).append(
                 r["test_accuracy"] - o["test_accuracy"])

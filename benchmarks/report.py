@@ -1316,7 +1316,7 @@ SSVAE_COSINE = r"""
 over the 20 epochs instead of the defaults' constant rate; the rows above, run before the change that
 runs the body on confident copies only): with 100 labels the differences stay inside the seed spread,
 and it did not help the 3000-label seed, so the constant rate stays the default.
-**The pseudo-label term weighted 2** (`--set model.pseudo_label_weight=2`, the same rows' code): both
+**The pseudo-label term weighted 2** (`--set model.pseudo_label_weight=2`, run like the cosine rows): both
 seeds tried lost to the weight of 1 (with 3000 labels the validation accuracy rose to the best
 seen, 0.905 in the last epoch, but the test accuracy did not follow), so 1 stays the default.
 """

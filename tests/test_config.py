@@ -98,3 +98,23 @@ def test_every_example_config_loads():
 
     for p in sorted(Path("examples/configs").glob("*.yaml")):
         load_config(p)  # raises on any stale key
+
+
+def test_the_semi_supervised_example_configs_run_what_the_benchmark_rows_ran():
+    """ssvae_fashion.yaml / m1m2_fashion.yaml (the README's commands for its table) are the model
+    kind's defaults with the data keys benchmarks/ssvae.py sets, and hold no commented-out settings."""
+    import importlib.util
+    import re
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_ssvae", Path("benchmarks/ssvae.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for kind, path in (("ssvae", "examples/configs/ssvae_fashion.yaml"), ("m1m2", "examples/configs/m1m2_fashion.yaml")):
+        for line in Path(path).read_text().splitlines():
+            comment = line.split("#", 1)[1] if "#" in line else ""
+            assert not re.match(r"\s*[A-Za-z_.]+\s*[:=]\s*\S", comment), f"{path}: a commented-out setting: {line!r}"
+        got = load_config(path, ["data.labels=100"])
+        want = load_config(None, [f"model={kind}", *bench.DATA["fashion-mnist"], "data.labels=100"])
+        got.name = want.name
+        assert got == want, f"{path} differs from model={kind}'s defaults with the benchmark's data keys"

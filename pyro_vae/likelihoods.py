@@ -292,6 +292,15 @@ def row_totals(x: torch.Tensor) -> torch.Tensor:
     return x.float().sum(-1)
 
 
+def columns_of(x, columns: torch.Tensor):
+    """Columns ``columns`` of the rows ``x`` (dense, torch sparse, or :class:`SparseRows`, kept sparse)."""
+    if isinstance(x, SparseRows):
+        return x.columns(columns)
+    if x.is_sparse:
+        return x.to_dense()[:, columns]
+    return x[..., columns]
+
+
 class _LibraryCounts(_Counts):
     """Counts whose mean may be scaled by each row's total count (the library size, as in scVI).
 
@@ -540,7 +549,7 @@ class Mixed(Likelihood):
 
     def fit_data(self, x):
         for p, c in zip(self.parts, self.columns):
-            p.fit_data(x.to_dense()[:, c] if x.is_sparse else x[:, c])
+            p.fit_data(columns_of(x, c))
 
     def mean_given(self, out, x):
         return self.mean(out, x)

@@ -84,6 +84,20 @@ class SparseRows:
         counts = (self.crow[1:] - self.crow[:-1]).long()
         return torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), counts)
 
+    def columns(self, idx) -> "SparseRows":
+        """Columns ``idx`` (numbered 0.. in that order) of every row, again sparse: e.g. one column
+        group of a ``mixed`` likelihood."""
+        idx = torch.as_tensor(idx, dtype=torch.long, device=self.device).reshape(-1)
+        new = torch.full((self.shape[1],), -1, dtype=torch.long, device=self.device)
+        new[idx] = torch.arange(len(idx), device=self.device)
+        col = new[self.col.long()]
+        keep = col >= 0
+        row, col = self.row_of_values()[keep], col[keep]
+        order = torch.argsort(row * len(idx) + col)  # row by row, columns ascending within a row
+        counts = torch.bincount(row, minlength=self.shape[0])
+        crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(self.crow.dtype)
+        return SparseRows(crow, col[order].to(self.col.dtype), self.values[keep][order], (self.shape[0], len(idx)))
+
     def with_values(self, values: torch.Tensor) -> "SparseRows":
         """The same pattern with new stored values (e.g. a static binarization)."""
         return SparseRows(self.crow, self.col, values, self.shape)

@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
+from ..likelihoods import Mixed
 from ..models.base import LatentVariableModel
 from ..sparse import is_sparse
 from .batches import IndexBatchSampler, RowBatches
@@ -45,9 +46,14 @@ class _RowOfValue:
 
 def check_likelihood(likelihood, x, where: str, rows=None) -> None:
     """``likelihood.check_data`` on dense rows, or on a sparse matrix's stored values (and one
-    zero when some entries are implicit zeros), the error naming the right row either way."""
+    zero when some entries are implicit zeros), the error naming the right row either way; a
+    ``mixed`` likelihood's groups each on their own columns."""
     if not is_sparse(x):
         likelihood.check_data(x, where=where, rows=rows)
+        return
+    if isinstance(likelihood, Mixed):
+        for part, c in zip(likelihood.parts, likelihood.columns):
+            check_likelihood(part, x.columns(c), f"{where} (columns {c.tolist()})", rows)
         return
     likelihood.check_data(x.values[:, None], where=where, rows=_RowOfValue(x.crow, rows))
     counts = x.crow[1:] - x.crow[:-1]

@@ -10,8 +10,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import Interrupted, PyroVAEError
-from .utils import PROFILE
+from .errors import Interrupted, PyroVAEError, SignalReceived
+from .utils import PROFILE, signals_raise
 
 EPILOG_TRAIN = """\
 Overrides are dotted key=value pairs applied after the YAML file, e.g.
@@ -506,7 +506,16 @@ def main(argv=None) -> int:
             from .config import load_plugins
 
             load_plugins(args.plugin)
+        if args.func is cmd_train:  # a signal while importing or loading is one line too
+            with signals_raise():
+                return args.func(args)
         return args.func(args)
+    except SignalReceived as e:  # before the engine started: nothing was written
+        import signal
+
+        print(f"pyro-vae: interrupted by {signal.Signals(e.signum).name} while starting; nothing was saved; "
+              "run the same command again", file=sys.stderr)
+        return 128 + e.signum
     except Interrupted as e:
         print(f"pyro-vae: {e}", file=sys.stderr)
         return e.exit_code

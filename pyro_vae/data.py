@@ -37,6 +37,7 @@ import csv
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -103,6 +104,22 @@ class Dataset:
     def splits(self):
         """(name, split) for every split present."""
         return [(n, s) for n, s in (("train", self.train), ("val", self.val), ("test", self.test)) if s is not None]
+
+    def fingerprint(self) -> str:
+        """A checksum of every split's rows, labels and row numbers (CRC-32 over the raw buffers,
+        about a second a GB): ``--resume`` compares it with the run's own to detect changed data."""
+        crc = 0
+        for name, split in self.splits():
+            crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
+            for part in (*_buffers(split.x), split.y, split.rows, split.batch):
+                if part is not None:
+                    crc = zlib.crc32(part.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
+        return f"crc32:{crc:08x}"
+
+
+def _buffers(x):
+    """The tensors that hold a split's values: the tensor itself, or a CSR's three arrays."""
+    return (x.crow, x.col, x.values) if hasattr(x, "crow") else (x,)
 
 
 @dataclass

@@ -23,3 +23,12 @@ class Interrupted(PyroVAEError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + int(signum)
+
+
+class SignalReceived(BaseException):
+    """SIGINT / SIGTERM outside the training steps (start-up, data loading, evaluation, writing):
+    unwinds to the engine, which says what was saved and turns it into :class:`Interrupted`."""
+
+    def __init__(self, signum: int):
+        super().__init__(int(signum))
+        self.signum = int(signum)

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError
 from .models.base import CHECKPOINT_FORMAT as FORMAT, export_payload
-from .utils import atomic_path, read_weights
+from .utils import read_weights, save_tensors
 
 CHECKPOINT = "model.pt"
 LOCK = ".lock"
@@ -30,11 +30,21 @@ LOCK = ".lock"
 RUN_FILES = ("config.yaml", "metrics.csv", "metrics.json", CHECKPOINT, "checkpoints", "tensorboard")
 
 
+def package_version() -> str:
+    """The installed pyro_vae's version (``unknown`` when run from a source tree not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyro_vae")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def save_model(run_dir, model, cfg, info) -> Path:
     """Write ``model.pt`` (plain tensors + the config) atomically."""
     path = Path(run_dir) / CHECKPOINT
-    with atomic_path(path) as tmp:
-        torch.save(export_payload(model, cfg, info), tmp)
+    save_tensors(export_payload(model, cfg, info), path,
+                 hint=f"checkpoints/last.ckpt holds every epoch: make room, then pyro-vae train --resume {run_dir}")
     return path
 
 
@@ -121,6 +131,9 @@ def prepare(run_dir: Path, overwrite: bool = False, resume: bool = False) -> Non
         run_dir.mkdir(parents=True, exist_ok=True)
         _take_lock(run_dir)
         try:
+            for folder in (run_dir, run_dir / "checkpoints"):  # half-written files of a killed run
+                for tmp in folder.glob(".*.tmp.*"):
+                    tmp.unlink()
             leftovers = [p.name for p in run_dir.iterdir() if p.name != LOCK]
             if leftovers and not (overwrite or resume):
                 raise PyroVAEError(f"--out {run_dir} already holds files ({', '.join(sorted(leftovers)[:4])}"

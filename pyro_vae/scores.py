@@ -43,7 +43,7 @@ import torch
 
 from .registry import Registry
 from .sparse import take
-from .utils import atomic_path, read_weights, write_json
+from .utils import atomic_path, read_weights, save_tensors, write_json
 
 ANOMALY_SCORES = Registry("anomaly score")
 register = ANOMALY_SCORES.register
@@ -95,8 +95,7 @@ class AnomalyScore:
         path = state_path(run_dir, self.registry_name)
         payload = {"format": STATE_FORMAT, "name": self.registry_name, "params": dict(self.params()),
                    "state": self.state_dict()}
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        save_tensors(payload, path)
         return path
 
     def load(self, run_dir) -> "AnomalyScore":

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 import lightning as L
+from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from omegaconf import OmegaConf
 
@@ -28,11 +29,11 @@ import pyro
 from . import config as config_mod
 from . import rundir
 from .data import Dataset, load_data
-from .errors import ConfigError, Interrupted, PyroVAEError, TrainingDiverged
+from .errors import ConfigError, Interrupted, PyroVAEError, SignalReceived, TrainingDiverged
 from .fastmath import cpu_has_native_bf16
 from .models import MODELS
 from .training import TrainingPlan, plan_for
-from .utils import PROFILE, write_json, write_text
+from .utils import PROFILE, save_tensors, signals_raise, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,12 @@ class SVIModule(L.LightningModule):
     """Minimises the plan's loss (a negative ELBO, scaled to the full data) with Adam; held-out
     metrics in ``validation_step`` (sums reduced across processes)."""
 
-    def __init__(self, plan: TrainingPlan, cfg, info):
+    def __init__(self, plan: TrainingPlan, cfg, info, data_fingerprint: Optional[str] = None):
         super().__init__()
         self.plan = plan
         self.model = plan.model
         self.cfg, self.info = cfg, info
+        self.data_fingerprint = data_fingerprint
         self.val_metrics = {}
         self._loss_sum = self._count = None
 
@@ -115,8 +117,9 @@ class SVIModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # the config (resume needs nothing else) and the random state, so a resumed run draws the
         # same z noise as an uninterrupted one (the batch order is a function of seed and epoch)
-        checkpoint["pyro_vae"] = {"format": rundir.FORMAT, "config": OmegaConf.to_yaml(self.cfg),
-                                  "info": self.info.to_dict(), "torch_rng": torch.get_rng_state()}
+        checkpoint["pyro_vae"] = {"format": rundir.FORMAT, "version": rundir.package_version(),
+                                  "config": OmegaConf.to_yaml(self.cfg), "info": self.info.to_dict(),
+                                  "data": self.data_fingerprint, "torch_rng": torch.get_rng_state()}
         if torch.cuda.is_available():
             checkpoint["pyro_vae"]["cuda_rng"] = torch.cuda.get_rng_state_all()
 
@@ -128,13 +131,43 @@ class SVIModule(L.LightningModule):
             torch.cuda.set_rng_state_all(meta["cuda_rng"])
 
 
+def interrupted(signum: int, where: str, run_dir: Optional[Path], folder_made: bool = True) -> Interrupted:
+    """The one line an interrupted run ends with: what was saved and the command that goes on."""
+    name = signal.Signals(signum).name
+    last = run_dir / "checkpoints" / "last.ckpt" if run_dir is not None else None
+    if last is None:
+        what = "nothing was saved (no run folder)"
+    elif not folder_made or not run_dir.is_dir():
+        what = "nothing was saved, the run folder was not made yet; run the same command again"
+    elif last.is_file():
+        what = f"saved {last}; continue with: pyro-vae train --resume {run_dir}"
+    elif (run_dir / "config.yaml").is_file():
+        what = (f"no epoch was saved yet; start over with: pyro-vae train {run_dir / 'config.yaml'} "
+                f"--out {run_dir} --overwrite")
+    else:
+        what = "no epoch was saved yet; run the same command again with --overwrite"
+    return Interrupted(f"interrupted by {name} {where}; {what}", signum)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing beside the file and renaming it into place: a kill
+    or a full disk during a save leaves the previous checkpoint whole and loadable."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        save_tensors(checkpoint, path, hint="the previous checkpoint is kept: make room, then continue with: "
+                                            f"pyro-vae train --resume {Path(path).parents[1]}")
+
+
 class EpochRow(Callback):
     """One row per epoch (epoch, losses, held-out metrics, beta, lr, seconds): to the progress bar,
     ModelCheckpoint / EarlyStopping (callback metrics), the loggers, and, without a progress
     bar, one printed line. Also the KL warm-up and the stop flag of SIGINT / SIGTERM."""
 
-    def __init__(self, cfg, print_lines: bool, run_dir: Optional[Path] = None, epochs: Optional[int] = None):
+    def __init__(self, cfg, print_lines: bool, run_dir: Optional[Path] = None, epochs: Optional[int] = None,
+                 state: Optional[dict] = None):
         self.cfg, self.print_lines, self.run_dir = cfg, print_lines, run_dir
+        self.state = state if state is not None else {}  # fit's record of where the run is, for its messages
+        self._handlers = {}
         self.epochs = epochs or cfg.train.epochs
         self.rows = []
         self.stop_signal = None
@@ -157,17 +190,24 @@ class EpochRow(Callback):
         # after Lightning's own signal handlers: stop at the end of the step, save, say how to resume
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                signal.signal(sig, self._request_stop)
+                self._handlers[sig] = signal.signal(sig, self._request_stop)
             except ValueError:  # not the main thread
                 pass
 
+    def teardown(self, trainer, pl_module, stage):
+        for sig, handler in self._handlers.items():  # a signal after the last step raises again
+            if handler is not None:
+                signal.signal(sig, handler)
+        self._handlers = {}
+
     def _request_stop(self, signum, frame):
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now
-            raise KeyboardInterrupt
+        if self.stop_signal is not None:  # a second Ctrl-C: stop now, keeping the last epoch's checkpoint
+            raise SignalReceived(signum)
         self.stop_signal = signum
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
+        self.state["where"] = f"in epoch {trainer.current_epoch + 1}"
 
     def on_validation_start(self, trainer, pl_module):
         self._tv = time.perf_counter()
@@ -189,17 +229,9 @@ class EpochRow(Callback):
 
     def interrupt(self, trainer, where: str, mid_epoch: bool):
         """Save what can be saved and stop with a one-line message (exit 128 + signal)."""
-        name = signal.Signals(self.stop_signal).name
-        if self.run_dir is None:
-            raise Interrupted(f"interrupted by {name} {where}", self.stop_signal)
-        last = self.run_dir / "checkpoints" / "last.ckpt"
-        if mid_epoch and trainer.world_size == 1:  # a checkpoint inside the epoch; resume continues it
-            trainer.save_checkpoint(str(last))
-        if not last.is_file():
-            raise Interrupted(f"interrupted by {name} {where}, before a checkpoint was saved: nothing to "
-                              "resume", self.stop_signal)
-        raise Interrupted(f"interrupted by {name} {where}; saved {last}; continue with: pyro-vae train "
-                          f"--resume {self.run_dir}", self.stop_signal)
+        if self.run_dir is not None and mid_epoch and trainer.world_size == 1:
+            trainer.save_checkpoint(str(self.run_dir / "checkpoints" / "last.ckpt"))  # resume continues the epoch
+        raise interrupted(self.stop_signal, where, self.run_dir)
 
     def on_train_epoch_end(self, trainer, pl_module):
         seconds = time.perf_counter() - self._t0
@@ -277,17 +309,35 @@ def launched_rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) * 1000 + int(os.environ.get("LOCAL_RANK", 0))
 
 
-def _resume_config(resume, overrides):
+@dataclass
+class _Resume:
+    """What ``--resume`` continues: the checkpoint, its config, where it stopped, its data's checksum."""
+
+    cfg: object
+    ckpt: Path
+    done_epochs: int
+    mid_epoch: Optional[tuple]  # (epoch, steps done) when the checkpoint was taken inside an epoch
+    data_fingerprint: Optional[str]
+
+
+def _resume_config(resume, overrides) -> _Resume:
     ckpt = Path(resume) / "checkpoints" / "last.ckpt"
     if not Path(resume).is_dir():
         raise PyroVAEError(f"--resume {resume}: no such run directory")
     if not ckpt.is_file():
+        fresh = Path(resume) / "config.yaml"
+        again = (f"pyro-vae train {fresh} --out {resume} --overwrite" if fresh.is_file()
+                 else "the run's own command with --overwrite")
         raise PyroVAEError(f"--resume {resume}: no checkpoints/last.ckpt there (the run saved no epoch yet); "
-                           "start it again instead")
+                           f"start it again instead: {again}")
     payload = rundir.read_payload(ckpt)
     meta = payload.get("pyro_vae")
     if not isinstance(meta, dict) or "config" not in meta:
         raise PyroVAEError(f"{ckpt} is not a pyro_vae training checkpoint")
+    if meta.get("format") != rundir.FORMAT:
+        raise PyroVAEError(f"{ckpt} was written by pyro_vae {meta.get('version', 'before 0.3')} "
+                           f"(format {meta.get('format')!r}, this version reads {rundir.FORMAT!r}); "
+                           f"resume it with that version, or start over with --overwrite")
     cfg = config_mod.load_config(None, overrides, base=OmegaConf.create(meta["config"]))
     try:  # epochs whose batches were all processed (a checkpoint taken mid-epoch excludes that epoch)
         loops = payload["loops"]["fit_loop"]
@@ -296,7 +346,14 @@ def _resume_config(resume, overrides):
         mid = (int(payload["epoch"]), int(batches["current"]["processed"])) if not batches["is_last_batch"] else None
     except (KeyError, TypeError, ValueError):
         raise PyroVAEError(f"{ckpt} is not a pyro_vae training checkpoint (no loop state)") from None
-    return cfg, ckpt, done, (mid if mid and mid[1] > 0 else None)
+    return _Resume(cfg, ckpt, done, mid if mid and mid[1] > 0 else None, meta.get("data"))
+
+
+def _check_same_data(resume: _Resume, fingerprint: str, run_dir) -> None:
+    if resume.data_fingerprint is not None and resume.data_fingerprint != fingerprint:
+        raise PyroVAEError(f"--resume {run_dir}: the data differ from those the run was trained on (checksum "
+                           f"{fingerprint}, the run's {resume.data_fingerprint}): a data file changed since; "
+                           "restore it, or start over with --overwrite")
 
 
 def _rows_before(path: Path, last_epoch: int) -> list:
@@ -334,19 +391,26 @@ def _loggers(cfg, run_dir):
     return loggers
 
 
+def _checkpoints(folder: Path, selection) -> list:
+    """``best.ckpt`` when there is a selection metric, then ``last.ckpt`` after every epoch.
+
+    ``last`` is a checkpoint of its own (no monitor, top 1: the newest epoch) rather than
+    ``save_last``, which Lightning 2.6 writes only in a step that also saved a top-k file.
+    ``best`` comes first so that ``last.ckpt`` holds its updated state."""
+    common = dict(dirpath=str(folder), save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True,
+                  auto_insert_metric_name=False)
+    best = []
+    if selection is not None:
+        key, mode = selection
+        best = [ModelCheckpoint(filename="best", monitor=f"val_{key}", mode=mode, **common)]
+    return best + [ModelCheckpoint(filename="last", monitor=None, **common)]
+
+
 def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: Optional[int] = None):
     t = cfg.trainer
     callbacks = [rows]
     if run_dir is not None:
-        key, mode = selection
-        if has_val:
-            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="best",
-                                             monitor=f"val_{key}", mode=mode, save_top_k=1, save_last=True,
-                                             enable_version_counter=False, save_on_train_epoch_end=True,
-                                             auto_insert_metric_name=False))
-        else:
-            callbacks.append(ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), save_top_k=0, save_last=True,
-                                             save_on_train_epoch_end=True))
+        callbacks += _checkpoints(run_dir / "checkpoints", selection if has_val else None)
     if cfg.train.early_stopping_patience is not None and has_val:
         key, mode = selection
         callbacks.append(EarlyStopping(monitor=f"val_{key}", mode=mode, patience=cfg.train.early_stopping_patience,
@@ -363,6 +427,7 @@ def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: Opt
                   logger=_loggers(cfg, run_dir) or False, enable_checkpointing=run_dir is not None,
                   enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
                   callbacks=callbacks, use_distributed_sampler=False, deterministic=False,
+                  plugins=[AtomicCheckpointIO()] if run_dir is not None else None,
                   limit_val_batches=1.0 if has_val else 0)
     extra = OmegaConf.to_container(t.extra)
     clash = sorted(set(extra) & set(kwargs))
@@ -384,23 +449,38 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     directory's last checkpoint with its own config (same optimizer and schedule state,
     epoch counter and data order). ``out`` must be new or empty unless ``overwrite``.
     Returns a :class:`FitResult` (None in the extra processes of a multi-process run).
+
+    SIGINT / SIGTERM at any moment end it with :class:`~pyro_vae.errors.Interrupted`, whose
+    message says what was saved and the command that continues or restarts the run.
     """
-    ckpt_path, done_epochs, mid_epoch = None, 0, None
-    if resume is not None:
-        cfg, ckpt_path, done_epochs, mid_epoch = _resume_config(resume, overrides)
-        out = resume
+    state = {"where": "while starting", "run_dir": None, "made": False}
+    with signals_raise():
+        try:
+            return _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite)
+        except SignalReceived as e:
+            raise interrupted(e.signum, state["where"], state["run_dir"], state["made"]) from None
+
+
+def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite):
+    resumed = _resume_config(resume, overrides) if resume is not None else None
+    if resumed is not None:
+        cfg, out = resumed.cfg, resume
     elif cfg is None or isinstance(cfg, (str, Path)):
         cfg = config_mod.load_config(cfg, overrides)
-    elif overrides:
-        cfg = config_mod.load_config(None, overrides, base=cfg)
     else:
-        cfg = config_mod.load_config(None, (), base=cfg)
+        cfg = config_mod.load_config(None, overrides, base=cfg)
     check_precision(cfg)
     rank_zero = launched_rank() == 0
     pyro.set_rng_seed(int(cfg.seed))
+    run_dir = Path(os.environ.get("PYRO_VAE_RUN_DIR") or out or default_run_dir(cfg)) if save else None
+    state.update(run_dir=run_dir, made=resumed is not None, where="while loading the data")
     with PROFILE.phase("data"):
         data = data if data is not None else load_data(cfg)
+    fingerprint = data.fingerprint()
+    if resumed is not None:
+        _check_same_data(resumed, fingerprint, run_dir)
     info = data.info()
+    state["where"] = "while building the model"
     with PROFILE.phase("model and training plan"):
         model = build_model(cfg, info)
         plan = plan_for(model, cfg)
@@ -409,10 +489,7 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     has_val = data.val is not None and len(data.val) > 0
     selection = plan.selection_for(data.val) if has_val else plan.selection
 
-    run_dir = None
-    if save:
-        run_dir = Path(os.environ.get("PYRO_VAE_RUN_DIR") or out or default_run_dir(cfg))
-    rows = EpochRow(cfg, print_lines=False, run_dir=run_dir, epochs=plan.epochs())
+    rows = EpochRow(cfg, print_lines=False, run_dir=run_dir, epochs=plan.epochs(), state=state)
     with warnings.catch_warnings():
         for pattern in (".*does not have many workers.*", ".*TPU available but not used.*", ".*LeafSpec.*",
                         ".*Experiment logs directory.*", ".*Checkpoint directory.*exists and is not empty.*",
@@ -424,47 +501,56 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
         with PROFILE.phase("Lightning Trainer"):
             trainer = _trainer(cfg, run_dir, rows, selection, has_val, plan.epochs())  # validates trainer.* first
         if run_dir is not None and rank_zero:
-            rundir.prepare(run_dir, overwrite=overwrite, resume=resume is not None)
+            rundir.prepare(run_dir, overwrite=overwrite, resume=resumed is not None)
+            state["made"] = True
             os.environ["PYRO_VAE_RUN_DIR"] = str(run_dir)  # the same folder in DDP's extra processes
         try:
+            state["where"] = "before the first epoch"
             if run_dir is not None and rank_zero:
                 write_text(run_dir / "config.yaml", config_mod.to_yaml(cfg))
-                if resume is not None:  # Lightning's CSVLogger starts a fresh file: carry the earlier rows over
-                    rows.rows = _rows_before(run_dir / "metrics.csv", done_epochs)
+                if resumed is not None:  # Lightning's CSVLogger starts a fresh file: carry the earlier rows over
+                    rows.rows = _rows_before(run_dir / "metrics.csv", resumed.done_epochs)
                     for logger in trainer.loggers:
                         for row in rows.rows:
                             logger.log_metrics(row, step=row["epoch"])
                         logger.save()
-            module = SVIModule(plan, cfg, info)
-            rank, world = trainer.global_rank, trainer.world_size
-            loader = plan.train_dataloader(data, int(cfg.seed), rank, world)
-            if mid_epoch is not None:
-                loader.sampler.resume_at(*mid_epoch)
-            val_loader = plan.eval_dataloader(data.val, cfg.train.eval_batch_size, rank, world) if has_val else None
-            t_fit = time.perf_counter()
-            try:
-                trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
-                            ckpt_path=str(ckpt_path) if ckpt_path else None, weights_only=True)
-            except TrainingDiverged:
-                raise
-            except (RuntimeError, KeyError, ValueError) as e:
-                if ckpt_path is not None:
-                    raise PyroVAEError(f"could not resume from {ckpt_path}: {str(e).strip().splitlines()[0][:200]}") from None
-                raise
-            fit_seconds = time.perf_counter() - t_fit
-            PROFILE.add("training epochs (steps)", rows.step_seconds)
-            PROFILE.add("validation", rows.val_seconds)
-            PROFILE.add("Lightning loop (checkpoints, logging, start/stop)",
-                        max(0.0, fit_seconds - rows.step_seconds - rows.val_seconds))
+            module = SVIModule(plan, cfg, info, fingerprint)
+            _train(trainer, module, plan, data, cfg, rows, has_val, resumed)
             if rows.stop_signal is not None:  # the signal came after the last step: that epoch is saved
                 rows.interrupt(trainer, f"after epoch {trainer.current_epoch}", mid_epoch=False)
             if not trainer.is_global_zero:
                 return None
+            state["where"] = "after training, while evaluating and writing model.pt (every epoch is saved)"
             return _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots)
         finally:
             if run_dir is not None and rank_zero:
                 rundir.release(run_dir)
                 os.environ.pop("PYRO_VAE_RUN_DIR", None)
+
+
+def _train(trainer, module, plan, data, cfg, rows, has_val, resumed) -> None:
+    """``trainer.fit`` on the plan's index batches (continuing ``resumed``); times it for --profile."""
+    rank, world = trainer.global_rank, trainer.world_size
+    loader = plan.train_dataloader(data, int(cfg.seed), rank, world)
+    if resumed is not None and resumed.mid_epoch is not None:
+        loader.sampler.resume_at(*resumed.mid_epoch)
+    val_loader = plan.eval_dataloader(data.val, cfg.train.eval_batch_size, rank, world) if has_val else None
+    ckpt_path = str(resumed.ckpt) if resumed is not None else None
+    t_fit = time.perf_counter()
+    try:
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
+                    weights_only=True)
+    except (TrainingDiverged, PyroVAEError):
+        raise
+    except (RuntimeError, KeyError, ValueError) as e:
+        if ckpt_path is not None:
+            raise PyroVAEError(f"could not resume from {ckpt_path}: {str(e).strip().splitlines()[0][:200]}") from None
+        raise
+    fit_seconds = time.perf_counter() - t_fit
+    PROFILE.add("training epochs (steps)", rows.step_seconds)
+    PROFILE.add("validation", rows.val_seconds)
+    PROFILE.add("Lightning loop (checkpoints, logging, start/stop)",
+                max(0.0, fit_seconds - rows.step_seconds - rows.val_seconds))
 
 
 def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):

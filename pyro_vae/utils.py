@@ -35,6 +35,31 @@ def atomic_path(path):
         raise
 
 
+@contextlib.contextmanager
+def signals_raise():
+    """SIGINT and SIGTERM raise :class:`~pyro_vae.errors.SignalReceived` inside the block (in the
+    main thread; elsewhere the handlers stay as they are); the previous handlers come back after."""
+    import signal
+    import threading
+
+    from .errors import SignalReceived
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise SignalReceived(signum)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            if h is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(s, h)
+
+
 def read_weights(path):
     """``torch.load(path, weights_only=True)`` (loading never runs code) on the CPU; a missing,
     damaged or foreign file is a one-line :class:`~pyro_vae.errors.PyroVAEError` naming it."""
@@ -53,6 +78,26 @@ def read_weights(path):
     except Exception as e:
         raise PyroVAEError(f"could not read checkpoint {path} (damaged or not a checkpoint): "
                            f"{str(e).strip().splitlines()[0][:200]}") from None
+
+
+def save_tensors(obj, path, hint: str = "") -> None:
+    """``torch.save(obj)`` to ``path`` atomically. The bytes are made in memory first, so a full
+    disk or a read-only folder is an ``OSError`` of the write (torch's own file writer reports it
+    as a RuntimeError), turned into a one-line error naming the file, ``hint`` appended."""
+    import io
+
+    import torch
+
+    from .errors import PyroVAEError
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(buffer.getbuffer())
+    except OSError as e:
+        raise PyroVAEError(f"could not write {path}: {e.strerror or e}{'; ' + hint if hint else ''}") from None
 
 
 def write_text(path, text: str) -> None:

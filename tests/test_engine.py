@@ -32,8 +32,37 @@ def _done_epochs(ckpt):
     return p["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
 
 
+@pytest.mark.parametrize("validation", [None, 100], ids=["no-validation", "validation"])
+def test_last_ckpt_holds_every_epoch_with_and_without_validation(tmp_path, validation):
+    """After each epoch, last.ckpt is that epoch, also when the selection metric does not improve
+    (a learning rate of 1e-9 keeps the validation loss flat: best.ckpt stays at epoch 1)."""
+    from lightning.pytorch.callbacks import Checkpoint
+
+    import pyro_vae.train as engine
+
+    folder, seen = tmp_path / "run" / "checkpoints", []
+
+    class Spy(Checkpoint):  # a Checkpoint callback: Lightning runs it after the run's own ones
+        def on_train_epoch_end(self, trainer, pl_module):
+            best = folder / "best.ckpt"
+            seen.append((trainer.current_epoch + 1, _done_epochs(folder / "last.ckpt"),
+                         torch.load(best, weights_only=True)["epoch"] + 1 if best.is_file() else None))
+
+    checkpoints = engine._checkpoints
+    extra = [f"data.validation={validation}"] if validation else []
+    try:
+        engine._checkpoints = lambda *a: checkpoints(*a) + [Spy()]
+        engine.fit(None, out=tmp_path / "run", plots=False,
+                   overrides=[*QUICK, "train.epochs=5", "train.lr=1e-9", *extra])
+    finally:
+        engine._checkpoints = checkpoints
+    assert [(epoch, last) for epoch, last, _ in seen] == [(e, e) for e in range(1, 6)]
+    assert [best for *_, best in seen] == ([1] * 5 if validation else [None] * 5)
+
+
 def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path):
-    args = ["train.epochs=20", "train.batch_size=32", "data.validation=100"]
+    """The default path (no validation split), killed at a random epoch."""
+    args = ["train.epochs=20", "train.batch_size=32"]
     whole = _train(args + ["--out", str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr[-800:]
     run = tmp_path / "killed"
@@ -58,7 +87,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path):
     # single process on a CPU: the resumed run repeats the uninterrupted one (same data order,
     # optimizer state and random state)
     assert b["test_loss"] == pytest.approx(a["test_loss"], abs=1e-4)
-    assert b["best_epoch"] == a["best_epoch"] and b["epochs"] == 20
+    assert b["epochs"] == 20
     assert (run / "model.pt").is_file() and not (run / ".lock").exists()
 
 

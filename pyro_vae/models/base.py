@@ -24,7 +24,7 @@ from pyro.nn import PyroModule
 
 from ..errors import PyroVAEError
 from ..registry import Registry
-from ..utils import atomic_path
+from ..utils import save_tensors
 
 # parameters live in their modules, not Pyro's global store: two models never share them
 pyro.settings.set(module_local_params=True)
@@ -161,11 +161,7 @@ class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
             path = path / "model.pt"
         if path.exists() and not overwrite:
             raise PyroVAEError(f"{path} exists; choose another path or pass overwrite=True")
-        try:
-            with atomic_path(path) as tmp:
-                torch.save(export_payload(self, cfg, info), tmp)
-        except OSError as e:
-            raise PyroVAEError(f"cannot write {path}: {e.strerror or e}") from None
+        save_tensors(export_payload(self, cfg, info), path)
         return path
 
     @property

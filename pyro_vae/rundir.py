@@ -17,7 +17,6 @@ import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
 from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError

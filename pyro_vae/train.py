@@ -119,12 +119,16 @@ class SVIModule(L.LightningModule):
         # same z noise as an uninterrupted one (the batch order is a function of seed and epoch)
         checkpoint["pyro_vae"] = {"format": rundir.FORMAT, "version": rundir.package_version(),
                                   "config": OmegaConf.to_yaml(self.cfg), "info": self.info.to_dict(),
-                                  "data": self.data_fingerprint, "torch_rng": torch.get_rng_state()}
+                                  "data": self.data_fingerprint, "torch_rng": torch.get_rng_state(),
+                                  "epoch_loss": None if self._loss_sum is None else [float(self._loss_sum), self._count]}
         if torch.cuda.is_available():
             checkpoint["pyro_vae"]["cuda_rng"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint):
         meta = checkpoint.get("pyro_vae", {})
+        if meta.get("epoch_loss"):  # taken inside an epoch: its loss so far, for the epoch's row
+            self._loss_sum = torch.tensor(meta["epoch_loss"][0], device=self.device)
+            self._count = int(meta["epoch_loss"][1])
         if "torch_rng" in meta:
             torch.set_rng_state(meta["torch_rng"])
         if "cuda_rng" in meta and torch.cuda.is_available() and len(meta["cuda_rng"]) == torch.cuda.device_count():
@@ -223,7 +227,8 @@ class EpochRow(Callback):
             pl_module.model.beta = min(1.0, max(progress, 0.01) / warm)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.stop_signal is not None:
+        # after an epoch's last step, the epoch ends as usual (its row, its checkpoint) and then stops
+        if self.stop_signal is not None and batch_idx + 1 < trainer.num_training_batches:
             self.interrupt(trainer, f"in epoch {trainer.current_epoch + 1} after step {batch_idx + 1}/"
                                     f"{trainer.num_training_batches}", mid_epoch=True)
 
@@ -243,6 +248,8 @@ class EpochRow(Callback):
                     "seconds": round(seconds, 3)})
         pl_module.val_metrics = {}
         pl_module._loss_sum = None
+        if self.stop_signal is not None:  # the checkpoints save this epoch, then fit returns
+            trainer.should_stop = True
         self.rows.append(row)
         shown = {k: v for k, v in row.items() if k != "epoch"}
         pl_module.log_dict(shown, logger=False, prog_bar=False)

@@ -23,11 +23,9 @@ CLI = [sys.executable, "-m", "pyro_vae.cli"]
 
 # imported as a plugin: stops the run at one stage (PAUSE_AT), says so in PAUSE_MARK and waits
 PAUSER = '''
-import os, pathlib, time
+import contextlib, os, pathlib, time
 
-import torch
-
-import pyro_vae.data, pyro_vae.evaluate, pyro_vae.rundir, pyro_vae.train
+import pyro_vae.data, pyro_vae.evaluate, pyro_vae.train, pyro_vae.utils
 
 STAGE, MARK = os.environ.get("PAUSE_AT", ""), pathlib.Path(os.environ.get("PAUSE_MARK", "mark"))  # resume: none
 GO = MARK.with_suffix(".go")
@@ -57,18 +55,30 @@ elif STAGE == "model":
     before(pyro_vae.train, "build_model")
 elif STAGE == "first-step":
     before(pyro_vae.train.SVIModule, "training_step")
+elif STAGE in ("last-step", "mid-epoch"):  # the last step of epoch 2, or its eighth
+    step = pyro_vae.train.SVIModule.training_step
+
+    def at_a_step(self, batch, batch_idx):
+        last = self.trainer.num_training_batches - 1
+        if self.current_epoch == 1 and batch_idx == (last if STAGE == "last-step" else 7):
+            pause()
+        return step(self, batch, batch_idx)
+
+    pyro_vae.train.SVIModule.training_step = at_a_step
 elif STAGE == "evaluation":
     before(pyro_vae.evaluate, "test_metrics")
 elif STAGE == "model.pt":  # half the file written, then the signal
-    save = torch.save
+    write = pyro_vae.utils.atomic_path
 
-    def half_then_pause(obj, f, *args, **kwargs):
-        if pathlib.Path(f).name.startswith(".model"):
-            pathlib.Path(f).write_bytes(b"half a file")
-            pause()
-        return save(obj, f, *args, **kwargs)
+    @contextlib.contextmanager
+    def half_then_pause(path):
+        with write(path) as tmp:
+            if pathlib.Path(path).name == "model.pt":
+                tmp.write_bytes(b"half a file")
+                pause()
+            yield tmp
 
-    pyro_vae.rundir.torch.save = half_then_pause
+    pyro_vae.utils.atomic_path = half_then_pause
 '''
 
 
@@ -112,7 +122,8 @@ def _loadable(ckpt):
 
 
 # ---------------------------------------------------------------- signals at every stage
-STAGES = [(stage, signal.SIGTERM) for stage in ("imports", "data", "model", "first-step", "evaluation", "model.pt")]
+STAGES = [(stage, signal.SIGTERM)
+          for stage in ("imports", "data", "model", "first-step", "last-step", "evaluation", "model.pt")]
 STAGES += [(stage, signal.SIGINT) for stage in ("imports", "data", "evaluation")]  # Ctrl-C: the same paths
 
 
@@ -139,12 +150,39 @@ def test_a_signal_at_any_stage_is_one_line_and_the_folder_resumes_or_refuses_in_
         return
     assert not [p for p in run.rglob("*") if ".tmp." in p.name or p.name == ".lock"]
     assert f"--resume {run}" in line, line
-    if stage != "first-step":  # (there: a checkpoint inside the first epoch) every epoch was saved
+    if stage == "last-step":  # the epoch ends as usual, with its row and its checkpoint
+        assert "after epoch 2" in line and _loadable(run / "checkpoints" / "last.ckpt") == 2
+        assert _epochs_in_csv(run) == [1, 2]
+    elif stage != "first-step":  # (there: a checkpoint inside the first epoch) every epoch was saved
         assert _loadable(run / "checkpoints" / "last.ckpt") == 3 and not (run / "model.pt").exists()
     resumed = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-1500:]
     assert _epochs_in_csv(run) == [1, 2, 3] and (run / "model.pt").is_file()
     assert json.loads((run / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_a_run_stopped_inside_an_epoch_resumes_to_the_uninterrupted_run(tmp_path):
+    """The loss of the stopped epoch and every later number match (one thread, same draws)."""
+    plugin = tmp_path / "pauser.py"
+    plugin.write_text(textwrap.dedent(PAUSER))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole, run, mark = tmp_path / "whole", tmp_path / "run", tmp_path / "mark"
+    subprocess.run(_train_cmd(whole, "train.epochs=4"), capture_output=True, check=True, env=env)
+    proc = subprocess.Popen(_train_cmd(run, "train.epochs=4", f"plugins=[{plugin}]"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**env, "PAUSE_AT": "mid-epoch",
+                                                                    "PAUSE_MARK": str(mark)})
+    assert _wait_for(mark.is_file, proc), proc.communicate()[1][-1500:]
+    proc.send_signal(signal.SIGTERM)
+    mark.with_suffix(".go").write_text("")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and "in epoch 2 after step 8/" in _last_line(err), err[-1500:]
+    r = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr[-1500:]
+    with open(whole / "metrics.csv") as a, open(run / "metrics.csv") as b:
+        losses = [[float(row["train_loss"]) for row in csv.DictReader(f)] for f in (a, b)]
+    assert losses[1] == pytest.approx(losses[0], abs=1e-6)
+    a, b = (json.loads((r / "metrics.json").read_text())["test_loss"] for r in (whole, run))
+    assert b == pytest.approx(a, abs=1e-6)
 
 
 def test_a_folder_without_any_epoch_refuses_resume_in_one_line_and_starts_over_as_it_says(tmp_path):

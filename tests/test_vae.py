@@ -189,7 +189,8 @@ def test_early_stopping_and_checkpoint_selection_are_lightnings_own_callbacks(tm
     stop = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
     ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert stop and stop[0].monitor == "val_loss" and stop[0].patience == 2
-    assert ckpt and ckpt[0].monitor == "val_loss" and ckpt[0].save_last
+    # the best epoch by the validation metric, and `last` after every epoch whatever it scored
+    assert [(c.monitor, c.filename) for c in ckpt] == [("val_loss", "best"), (None, "last")]
 
 
 def test_fit_with_validation_keeps_and_reports_the_best_epoch(tmp_path, quick):

@@ -9,7 +9,7 @@ from ..errors import ConfigError, DataError
 from ..likelihoods import Mixed
 from ..models.base import LatentVariableModel
 from ..sparse import is_sparse
-from .batches import IndexBatchSampler, RowBatches
+from .batches import IndexBatchSampler, RowBatches, index_loader
 
 _PLANS: Dict[type, type] = {}
 
@@ -110,7 +110,7 @@ class TrainingPlan(abc.ABC):
         """Batches of ``(x, y)`` (y = -1 where unknown) over ``split`` in order, sharded."""
         y = split.y if split.y is not None else torch.full((len(split),), -1, dtype=torch.long)
         sampler = IndexBatchSampler(len(split), batch_size, rank=rank, world_size=world_size, shuffle=False)
-        return DataLoader(RowBatches(split.x, y), batch_size=None, sampler=sampler)
+        return index_loader(RowBatches(split.x, y), sampler)
 
     # ---- objective -------------------------------------------------------------
     @abc.abstractmethod

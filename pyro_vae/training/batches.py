@@ -13,7 +13,7 @@ step too short to give every process a row is folded into the one before).
 from typing import Iterator, List, Tuple
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..sparse import take
 
@@ -141,3 +141,11 @@ class RowBatches(Dataset):
             return xb if self.y is None else (xb, self.y[item["rows"]])
         yu, yl = item["u"], item["l"]
         return {"xu": self.rows(yu, item["seed"]), "xl": self.rows(yl, item["seed"] + 1), "yl": self.y[yl]}
+
+
+def index_loader(rows: Dataset, sampler: Sampler) -> DataLoader:
+    """The loader of ``sampler``'s index batches over ``rows``. It draws its (unused) worker seed
+    from a generator of its own, not torch's global one, so the noise a run draws does not depend
+    on where an epoch's loader was started: a run resumed inside an epoch draws what the
+    uninterrupted run drew."""
+    return DataLoader(rows, batch_size=None, sampler=sampler, generator=torch.Generator())

@@ -15,12 +15,11 @@ import math
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError
 from ..models.m1m2 import M1M2, m2_config
 from .base import TrainingPlan, register_plan
-from .batches import RowBatches, SemiSupervisedBatchSampler, _generator
+from .batches import RowBatches, SemiSupervisedBatchSampler, _generator, index_loader
 from .ssvae import SemiSupervisedPlan, check_labels
 
 
@@ -93,7 +92,7 @@ class M1M2Plan(TrainingPlan):
         sampler = StagedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
                                      self.m2_plan.labelled_batch_size(), self.cfg.model.m1_epochs, seed, rank,
                                      world_size)
-        return DataLoader(RowBatches(data.train.x, y, data.binarize == "dynamic"), batch_size=None, sampler=sampler)
+        return index_loader(RowBatches(data.train.x, y, data.binarize == "dynamic"), sampler)
 
     def loss(self, batch):
         if isinstance(batch, dict):  # the second stage: M2 on M1's codes q(z1|x)

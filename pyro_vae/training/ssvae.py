@@ -14,7 +14,6 @@ from typing import Dict
 import torch
 import torch.nn.functional as F
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
-from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
 from ..models.ssvae import SSVAE, augment_shift, pseudo_label_weight
@@ -22,7 +21,7 @@ from ..networks import ConvClassifier
 from ..registry import Registry
 from .augment import augment_images, strong_augment
 from .base import TrainingPlan, register_plan
-from .batches import RowBatches, SemiSupervisedBatchSampler
+from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader
 
 LOSS_TERMS = Registry("loss term")
 
@@ -181,7 +180,7 @@ class SemiSupervisedPlan(TrainingPlan):
         rows = torch.arange(len(y))
         sampler = SemiSupervisedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
                                              self.labelled_batch_size(), seed, rank, world_size)
-        return DataLoader(RowBatches(data.train.x, y, data.binarize == "dynamic"), batch_size=None, sampler=sampler)
+        return index_loader(RowBatches(data.train.x, y, data.binarize == "dynamic"), sampler)
 
     def loss(self, batch):
         try:

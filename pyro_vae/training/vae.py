@@ -1,9 +1,7 @@
 """Training the VAE: the ELBO as a torch module on index-batched rows."""
-from torch.utils.data import DataLoader
-
 from ..models.vae import VAE
 from .base import TrainingPlan, register_plan
-from .batches import IndexBatchSampler, RowBatches
+from .batches import IndexBatchSampler, RowBatches, index_loader
 
 
 @register_plan(VAE)
@@ -26,7 +24,7 @@ class ELBOPlan(TrainingPlan):
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size)
         rows = RowBatches(data.train.x, dynamic_binarize=data.binarize == "dynamic")
-        return DataLoader(rows, batch_size=None, sampler=sampler)
+        return index_loader(rows, sampler)
 
     def loss(self, batch):
         return self.loss_module(batch)

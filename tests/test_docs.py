@@ -133,6 +133,7 @@ def _params():
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("line,lang,code,markers", _params())
 def test_readme_block_runs(line, lang, code, markers, workdir):
     if "not-run" in markers:

@@ -135,6 +135,7 @@ def test_score_evaluate_and_generation_from_the_cli(trained, tmp_path, capsys):
     assert main(["score", run, "--out", str(tmp_path / "s.txt")]) == 2
 
 
+@pytest.mark.slow
 def test_scores_and_log_likelihood_of_the_semi_supervised_model(tmp_path, capsys):
     """For model=ssvae the label is summed out of both the ELBO and the IWAE estimate."""
     pytest.importorskip("pyro_vae.models.ssvae")

@@ -9,6 +9,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script, args, made", [
     ("anomaly_detection.py", ["--epochs", "3"], "anomaly.json"),
     ("dimensionality_reduction.py", ["--epochs", "3", "--latent-dim", "2"], "dimred.json"),

@@ -27,6 +27,7 @@ def tiny(extra=()):
     return build_model(cfg, DataInfo(64, (1, 8, 8), 4, None)), cfg
 
 
+@pytest.mark.slow
 def test_the_elbo_is_the_stacked_programs_and_bounds_the_likelihood():
     from pyro_vae.evaluate import iwae_log_likelihood
 
@@ -108,6 +109,7 @@ def _test_x(run):
     return load_data(cfg).test.x
 
 
+@pytest.mark.slow
 def test_a_run_stopped_in_stage_one_resumes_into_stage_two_as_if_never_stopped(tmp_path):
     args = SMALL + ["model.m1_epochs=2", "train.epochs=2"]
     whole = fit(None, out=tmp_path / "whole", overrides=args, plots=False)

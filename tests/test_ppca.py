@@ -27,6 +27,7 @@ def _ppca_data(n, g):
     return z @ W_TRUE.T + B_TRUE + SIGMA * torch.randn(n, D, generator=g)
 
 
+@pytest.mark.slow
 def test_iwae_matches_the_exact_ppca_log_likelihood():
     g = torch.Generator().manual_seed(0)
     data = Dataset("ppca", Split(_ppca_data(4000, g)), Split(_ppca_data(500, g)))

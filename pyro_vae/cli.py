@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from .errors import Interrupted, PyroVAEError, SignalReceived
-from .utils import PROFILE, signals_raise
+from .utils import PROFILE, signals_raise, take_pending_signal
 
 EPILOG_TRAIN = """\
 Overrides are dotted key=value pairs applied after the YAML file, e.g.
@@ -512,6 +512,8 @@ def main(argv=None) -> int:
         return args.func(args)
     except SignalReceived as e:  # before the engine started: nothing was written
         import signal
+
+        take_pending_signal()
 
         print(f"pyro-vae: interrupted by {signal.Signals(e.signum).name} while starting; nothing was saved; "
               "run the same command again", file=sys.stderr)

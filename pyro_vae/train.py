@@ -33,7 +33,7 @@ from .errors import ConfigError, Interrupted, PyroVAEError, SignalReceived, Trai
 from .fastmath import cpu_has_native_bf16
 from .models import MODELS
 from .training import TrainingPlan, plan_for
-from .utils import PROFILE, save_tensors, signals_raise, write_json, write_text
+from .utils import PROFILE, save_tensors, signals_raise, take_pending_signal, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,9 @@ class EpochRow(Callback):
                 self._handlers[sig] = signal.signal(sig, self._request_stop)
             except ValueError:  # not the main thread
                 pass
+        dropped = take_pending_signal()  # a signal during start-up whose exception Python dropped
+        if dropped is not None:
+            self.stop_signal = dropped  # stops after the first step, saved
 
     def teardown(self, trainer, pl_module, stage):
         for sig, handler in self._handlers.items():  # a signal after the last step raises again
@@ -460,11 +463,14 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     SIGINT / SIGTERM at any moment end it with :class:`~pyro_vae.errors.Interrupted`, whose
     message says what was saved and the command that continues or restarts the run.
     """
-    state = {"where": "while starting", "run_dir": None, "made": False}
+    # a resumed run's folder is there from the start: a signal at any moment says how to go on
+    state = {"where": "while starting", "run_dir": Path(resume) if resume is not None and save else None,
+             "made": resume is not None}
     with signals_raise():
         try:
             return _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite)
         except SignalReceived as e:
+            take_pending_signal()
             raise interrupted(e.signum, state["where"], state["run_dir"], state["made"]) from None
 
 

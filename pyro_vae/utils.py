@@ -3,6 +3,7 @@ per-phase wall-time profile of a command."""
 import contextlib
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +36,17 @@ def atomic_path(path):
         raise
 
 
+PENDING_SIGNALS: list = []  # SIGINT / SIGTERM received inside signals_raise and not yet reported
+_DEPTH = [0]  # signals_raise blocks open (the command line's holds fit's)
+
+
+def take_pending_signal():
+    """The first signal :func:`signals_raise` received since the last call, or None; clears them."""
+    signum = PENDING_SIGNALS[0] if PENDING_SIGNALS else None
+    PENDING_SIGNALS.clear()
+    return signum
+
+
 @contextlib.contextmanager
 def signals_raise():
     """SIGINT and SIGTERM raise :class:`~pyro_vae.errors.SignalReceived` inside the block (in the
@@ -49,15 +61,28 @@ def signals_raise():
         return
 
     def handler(signum, frame):
+        # kept as well as raised: Python drops an exception raised inside a finalizer (``__del__``,
+        # a weakref callback), so the training loop also looks here before its first step
+        PENDING_SIGNALS.append(signum)
         raise SignalReceived(signum)
 
+    def unraisable(info, previous=sys.unraisablehook):  # a dropped signal is not a traceback to show
+        if not isinstance(info.exc_value, SignalReceived):
+            previous(info)
+
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    _DEPTH[0] += 1
     try:
         yield
     finally:
+        _DEPTH[0] -= 1
+        sys.unraisablehook = old_hook
         for s, h in old.items():
             if h is not None:  # None: a handler set outside Python, which cannot be put back
                 signal.signal(s, h)
+        if not _DEPTH[0]:  # the outermost block: what it did not report is not carried further
+            PENDING_SIGNALS.clear()
 
 
 def read_weights(path):

@@ -23,7 +23,7 @@ CLI = [sys.executable, "-m", "pyro_vae.cli"]
 
 # imported as a plugin: stops the run at one stage (PAUSE_AT), says so in PAUSE_MARK and waits
 PAUSER = '''
-import contextlib, os, pathlib, time
+import contextlib, os, pathlib, signal, time
 
 import pyro_vae.data, pyro_vae.evaluate, pyro_vae.train, pyro_vae.utils
 
@@ -65,6 +65,20 @@ elif STAGE in ("last-step", "mid-epoch"):  # the last step of epoch 2, or its ei
         return step(self, batch, batch_idx)
 
     pyro_vae.train.SVIModule.training_step = at_a_step
+elif STAGE == "dropped":  # a SIGTERM whose exception Python drops: raised inside a finalizer
+    class SignalsInFinalizer:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10000):  # the handler runs in here
+                pass
+
+    build = pyro_vae.train.build_model
+
+    def build_after_a_dropped_signal(*args, **kwargs):
+        SignalsInFinalizer()
+        return build(*args, **kwargs)
+
+    pyro_vae.train.build_model = build_after_a_dropped_signal
 elif STAGE == "evaluation":
     before(pyro_vae.evaluate, "test_metrics")
 elif STAGE == "model.pt":  # half the file written, then the signal
@@ -183,6 +197,21 @@ def test_a_run_stopped_inside_an_epoch_resumes_to_the_uninterrupted_run(tmp_path
     assert losses[1] == pytest.approx(losses[0], abs=1e-6)
     a, b = (json.loads((r / "metrics.json").read_text())["test_loss"] for r in (whole, run))
     assert b == pytest.approx(a, abs=1e-6)
+
+
+def test_a_signal_whose_exception_python_dropped_still_stops_the_run_saved(tmp_path):
+    """A signal raised inside a finalizer is printed and dropped by Python; the run must not
+    then train to its end as if nothing came: it stops after its first step, saved."""
+    plugin = tmp_path / "pauser.py"
+    plugin.write_text(textwrap.dedent(PAUSER))
+    run = tmp_path / "run"
+    r = subprocess.run(_train_cmd(run, f"plugins=[{plugin}]"), capture_output=True, text=True,
+                       env={**os.environ, "PAUSE_AT": "dropped"})
+    # past the model build (the exception did not reach fit), stopped after the first step
+    assert r.returncode == 143 and "in epoch 1 after step 1/" in _last_line(r.stderr), r.stderr[-1500:]
+    assert _loadable(run / "checkpoints" / "last.ckpt") is not None and not (run / "model.pt").exists()
+    resumed = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True)
+    assert resumed.returncode == 0 and _epochs_in_csv(run) == [1, 2, 3], resumed.stderr[-1500:]
 
 
 def test_a_folder_without_any_epoch_refuses_resume_in_one_line_and_starts_over_as_it_says(tmp_path):

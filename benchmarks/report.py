@@ -1457,6 +1457,47 @@ distribution, cannot add by itself; scvi-tools' default is the observed library 
 """
 
 
+def faults():
+    d = load("faults.json")
+    if not d:
+        return ""
+    v = d["versions"]
+    lines = [f"{d['held']} of {d['tried']} cases held (`{d['command']}`; torch {v['torch']}, Lightning "
+             f"{v['lightning']}, Python {v['python']}).", "",
+             "| case | outcome | seconds |", "|---|---|---|"]
+    for r in d["rows"]:
+        case = r["case"].split("::", 1)[1].replace("test_", "", 1).replace("_", " ")
+        lines.append(f"| {case} | {r['outcome']} | {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def soak():
+    d = load("soak.json")
+    if not d:
+        return ""
+    return (f"`python benchmarks/soak.py`: `{d['command']}` (one thread) stopped {d['interruptions']} times at "
+            f"random moments ({d['sigterm']} SIGTERM, {d['sigkill']} kill -9; "
+            f"{sum(r.get('when') == 'start-up' for r in d['log'] if r['signal'])} during start-up) and resumed each "
+            f"time; stops that ended with the signal's exit (143, or killed): "
+            f"{d.get('stops_ended_as_signalled', '?')} of {d['interruptions']}; every epoch "
+            f"once in metrics.csv: {'yes' if d['every_epoch_once'] else 'NO'}; final test loss "
+            f"{d['test_loss_stopped']:.6f} against {d['test_loss_uninterrupted']:.6f} uninterrupted (difference "
+            f"{d['test_loss_difference']:.1e}, goal 1e-4); wall time {d['wall_seconds_stopped']:.0f} s against "
+            f"{d['wall_seconds_uninterrupted']:.0f} s (each restart pays the start-up again). Lightning "
+            f"{d['versions']['lightning']}.")
+
+
+RELIABILITY_SETUP = r"""
+What a run keeps when things go wrong. Each case below is a test in the suite (`tests/test_faults.py`,
+`tests/test_engine.py`) that fails unless the run keeps its last good checkpoint, ends with one
+line and a non-zero exit that says what was saved and the command that goes on, and leaves a
+folder that `--resume` continues or refuses in one line. Signals are sent at each stage of a run
+(start-up imports, data loading, model building, the first step, inside an epoch, an epoch's last
+step, the test evaluation, halfway through writing `model.pt`); a full disk is a file-size limit set on the running process
+(`prlimit`), a read-only folder a read-only bind mount of the run folder made while it trains.
+"""
+
+
 def results():
     """The whole of benchmarks/RESULTS.md."""
     parts = ["# Benchmark results",
@@ -1490,7 +1531,9 @@ def results():
              "### Latent-space variants (`benchmarks/anomaly_explore.py`)", ANOMALY_EXPLORE_SETUP.strip(),
              anomaly_explore(), ANOMALY_EXPLORE_NOTES.strip(),
              "## Count data against scvi-tools (`benchmarks/counts.py`)", COUNTS_SETUP.strip(), counts(),
-             COUNTS_NOTES.strip()]
+             COUNTS_NOTES.strip(),
+             "## Reliability (`benchmarks/faults.py`, `benchmarks/soak.py`)", RELIABILITY_SETUP.strip(), faults(),
+             soak()]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 

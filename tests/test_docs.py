@@ -84,6 +84,39 @@ def test_readme_tables_are_what_report_renders():
             assert body.strip(), f"README table {name} is empty: its benchmark JSON is missing"
 
 
+def test_results_template_placeholders_blocks_and_empty_paragraphs():
+    report = _report()
+    parts = {"table": lambda: report.table(["a", "b"], [[1, None], ["", 2]]), "gone": lambda: "",
+             "v": lambda: {"x": 2.5, "none": None, "in": {"k": "deep"}}}
+    template = ("{{# a note for editors }}\n# Title\n\n{{ table }}\n\n{{ gone }}\n\n{{ if gone }}\nhidden\n\nalso\n"
+                "{{ end }}\n\nx = {{ v.x:.2f }}{{ if v.none }} never{{ end }}{{ if v }}, {{ v.in.k }}"
+                "{{ if v.in }} (nested){{ end }}{{ end }}.\n")
+    assert report.fill(template, parts) == ("# Title\n\n| a | b |\n|---|---|\n| 1 | |\n|  | 2 |\n\n"
+                                            "x = 2.50, deep (nested).\n")
+
+
+@pytest.mark.parametrize("template,names,error", [
+    ("{{ v.x }} {{ nobody }}", ["v"], r"no renderer for \['nobody'\], no placeholder for \[\]"),
+    ("{{ v.x }}", ["v", "s"], r"no placeholder for \['s'\]"),
+    ("{{ v.y }}", ["v"], r"v rendered no 'y'"),
+    ("{{ v }}", ["v"], r"is a dict"),
+    ("{{ s:.2f }}", ["s"], r"\{\{ s:.2f \}\}: Unknown format code"),
+    ("{{ if v }}{{ v.x }}", ["v"], r"without its"),
+])
+def test_results_template_errors_are_one_line(template, names, error):
+    report = _report()
+    parts = {"v": lambda: {"x": 1}, "s": lambda: "text"}
+    with pytest.raises(ValueError, match=error) as e:
+        report.fill(template, {n: parts[n] for n in names})
+    assert "\n" not in str(e.value)
+
+
+def test_readme_markers_and_readme_tables_must_match():
+    report = _report()
+    with pytest.raises(ValueError, match=r"no renderer for tables \['nope'\]"):
+        report.render_readme(README.read_text() + "<!-- TABLE:nope -->\n<!-- /TABLE:nope -->\n")
+
+
 # ---------------------------------------------------------------- documentation, not a journal
 
 def test_readme_is_short_and_has_no_benchmark_journal():

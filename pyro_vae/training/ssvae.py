@@ -13,14 +13,14 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import TraceEnum_ELBO
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models.ssvae import SSVAE, augment_shift, pseudo_label_weight
 from ..networks import ConvClassifier
 from ..registry import Registry
 from .augment import augment_images, strong_augment
-from .base import TrainingPlan, register_plan
+from .base import TrainingPlan, make_elbo, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader
 
 LOSS_TERMS = Registry("loss term")
@@ -64,9 +64,7 @@ class LabelledELBO(LossTerm):
 
     def __init__(self, plan):
         super().__init__(plan)
-        t = plan.cfg.train
-        self.elbo = (TraceMeanField_ELBO(num_particles=t.num_particles, vectorize_particles=False)
-                     if t.elbo == "meanfield" else Trace_ELBO(num_particles=t.num_particles))
+        self.elbo = make_elbo(plan.cfg.train)
 
     def __call__(self, batch):
         m = self.plan.model
@@ -102,7 +100,7 @@ class PseudoLabel(LossTerm):
         return self.weight > 0 and self.plan.num_unlabelled > 0
 
     def __call__(self, batch):
-        plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
+        m, c = self.plan.model, self.plan.cfg.model
         xu, clf = batch["xu"], m.classifier
         if not m.training or not xu.shape[0]:
             return xu.new_zeros(())

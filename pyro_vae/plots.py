@@ -132,7 +132,7 @@ def run_report(model, data, run_dir, rows, plan=None):
     """Write the standard PNGs of a run into ``run_dir``; the model kind's plan adds its own.
     The model computes on its own device; images come back to the CPU to be drawn."""
     run_dir = Path(run_dir)
-    device = next(model.parameters()).device
+    device = model.device
     torch.manual_seed(0)
     if rows:
         with PROFILE.phase("plot: loss_curves.png"):
@@ -192,7 +192,7 @@ def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusi
 def ssvae_report(model, data, run_dir, n_styles: int = 10):
     """Semi-supervised plots: confusion matrix, conditional generation, style transfer."""
     run_dir = Path(run_dir)
-    device = next(model.parameters()).device
+    device = model.device
     test = data.test
     if test.y is not None and bool((test.y >= 0).any()):
         mask = test.y >= 0

@@ -56,10 +56,6 @@ SCORES_DIR = "scores"
 STATE_FORMAT = "pyro_vae.scores/1"
 
 
-def _device(model):
-    return next(model.parameters()).device
-
-
 class AnomalyScore:
     """Base class: ``score(model, x) -> (batch,)``, higher = more anomalous.
 
@@ -473,14 +469,14 @@ def prepare(score: AnomalyScore, model, train_x: Optional[torch.Tensor] = None, 
 def compute_fn(fn, model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """``fn(model, batch)`` over ``x`` in batches on the model's device, concatenated on the CPU."""
     model.eval()
-    device = _device(model)
+    device = model.device
     out = [fn(model, take(x, slice(i, i + batch_size)).to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out)
 
 
 def compute_parts(fn, model, x, batch_size: int = 1000):
     parts = []
-    device = _device(model)
+    device = model.device
     for i in range(0, x.shape[0], batch_size):
         parts.append([p.cpu() for p in fn(model, take(x, slice(i, i + batch_size)).to(device))])
     return [torch.cat(p) for p in zip(*parts)]

@@ -19,6 +19,7 @@ import inspect
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from .errors import ConfigError
+from .utils import first_line
 
 
 def option(default=dataclasses.MISSING, help: str = "", factory=None):
@@ -115,8 +116,7 @@ class Registry:
             values = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as e:
             key = getattr(e, "key", None) or getattr(e, "full_key", "")
-            msg = str(e).strip().splitlines()[0]
-            raise ConfigError(f"{self.kind} {name!r}: bad value for {key}: {msg}") from None
+            raise ConfigError(f"{self.kind} {name!r}: bad value for {key}: {first_line(e)}") from None
         check = getattr(conf, "check", None)
         if check is not None:  # the dataclass's own cross-field checks
             check(typed)

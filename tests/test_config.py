@@ -81,6 +81,15 @@ def test_missing_config_file_and_yaml_errors_name_file_and_line(tmp_path):
         load_config(p)
 
 
+def test_first_line_quotes_one_line_of_any_exception():
+    from pyro_vae.utils import first_line
+
+    assert first_line(ValueError("\n  bad value\n  detail on the next line")) == "bad value"
+    assert first_line(RuntimeError("")) == "RuntimeError"  # no text: the type names it
+    assert first_line(ValueError("x" * 500)) == "x" * 200 and first_line(ValueError("abc"), 2) == "ab"
+    assert first_line(ValueError("y" * 500), None) == "y" * 500
+
+
 def test_printed_config_has_every_key_with_a_comment_and_loads_back(tmp_path):
     from pyro_vae.config import commented_yaml
 

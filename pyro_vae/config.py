@@ -301,10 +301,6 @@ def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
 
 
-def to_dict(cfg: DictConfig) -> Dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)
-
-
 def commented_yaml(cfg: DictConfig) -> str:
     """The resolved config as YAML with one comment per key (``pyro-vae config``)."""
     regs = registries()

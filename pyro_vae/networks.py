@@ -14,13 +14,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import ConfigError
 from .fastmath import Dropout, Softplus, cpu_has_native_bf16, softplus as fast_softplus
 from .registry import Registry, option
 
-ACTIVATIONS = Registry("activation")
+ACTIVATIONS = Registry("activation", configurable=False)  # `encoder.activation: relu`: a name, no parameters
 for _name, _cls in (("softplus", Softplus), ("relu", nn.ReLU), ("elu", nn.ELU), ("gelu", nn.GELU),
                     ("tanh", nn.Tanh), ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)):
     ACTIVATIONS.register(_name)(_cls)  # softplus: same function as nn.Softplus, vectorised (fastmath.py)

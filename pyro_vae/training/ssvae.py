@@ -29,6 +29,8 @@ LOSS_TERMS = Registry("loss term")
 class LossTerm(abc.ABC):
     """One term of the semi-supervised loss; ``active`` says whether the config turns it on."""
 
+    context_args = ("plan",)  # the library passes the plan; a term has no parameters of its own
+
     def __init__(self, plan: "SemiSupervisedPlan"):
         self.plan = plan
 
@@ -73,8 +75,9 @@ class LabelledELBO(LossTerm):
 
 @LOSS_TERMS.register("aux")
 class AuxClassification(LossTerm):
-    """alpha * -log q(y|x) on the labelled pairs (augmented copies in training), scaled per labelled
-    example (``aux_scaling: labelled``, Pyro's example) or to the data size (``total``)."""
+    """alpha * -log q(y|x) on the labelled pairs (augmented copies in training).
+
+    Scaled per labelled example (``aux_scaling: labelled``, Pyro's example) or to the data size (``total``)."""
 
     def __call__(self, batch):
         plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
@@ -86,11 +89,13 @@ class AuxClassification(LossTerm):
 
 @LOSS_TERMS.register("pseudo_label")
 class PseudoLabel(LossTerm):
-    """w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))] (FixMatch-style,
-    Sohn et al. 2020): q(y|x) without dropout labels each unlabelled image, and where its top class
-    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`); on a CPU
-    a conv q(y|x) runs its body on the confident copies only. Not part of
-    M2's ELBO; weighed like the aux term (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
+    """Pseudo-labels (FixMatch-style, Sohn et al. 2020): q(y|x)'s confident labels taught to augmented copies.
+
+    w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))]: q(y|x) without
+    dropout labels each unlabelled image, and where its top class y_hat is confident it is taught to a
+    strongly augmented copy (:func:`strong_augment`); on a CPU a conv q(y|x) runs its body on the
+    confident copies only. Not part of M2's ELBO; weighed like the aux term
+    (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
 
     def __init__(self, plan):
         super().__init__(plan)

@@ -58,9 +58,8 @@ class MLP(nn.Sequential):
 
 
 def _conv_autocast():
-    """CPU bf16 autocast reaches the convolutions only where oneDNN has native bf16 kernels: there
-    they run about twice as fast as in float32; elsewhere bf16 is emulated and slow, so they stay
-    float32 (see benchmarks/RESULTS.md). GPU autocast is left alone."""
+    """CPU bf16 autocast reaches the convolutions only where oneDNN has native bf16 kernels; on
+    other CPUs (bf16 emulated) they run in float32. GPU autocast is left alone."""
     return contextlib.nullcontext() if cpu_has_native_bf16() else torch.autocast("cpu", enabled=False)
 
 

@@ -75,8 +75,7 @@ def build_from_payload(payload: dict, where, plugins: Optional[Sequence[str]] = 
         model.data_info = info
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise PyroVAEError(f"{where}: its weights do not fit its config ({first_line(e, 120)}); "
-                           "a model saved by another pyro_vae version (0.3 changed the count likelihoods' "
-                           "networks) must be trained again") from None
+                           "a model saved by another pyro_vae version must be trained again") from None
     return model, cfg
 
 

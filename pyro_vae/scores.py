@@ -18,10 +18,7 @@ Use::
 A score that needs statistics of the training data has ``needs_fit = True``;
 :meth:`AnomalyScore.fit` computes them and :meth:`AnomalyScore.state_dict` returns them as
 plain tensors, numbers and strings, saved to ``RUN/scores/NAME.pt`` and read back with
-``torch.load(..., weights_only=True)`` (loading never runs code). Likelihood ratios against a
-second model (Ren et al. 2019's background model, a smaller generic VAE) scored below chance
-on average over the ten held-out Fashion-MNIST classes (benchmarks/anomaly.json) and are not
-offered.
+``torch.load(..., weights_only=True)`` (loading never runs code).
 
 Register your own::
 
@@ -49,8 +46,7 @@ from .utils import read_weights, save_tensors, write_json
 ANOMALY_SCORES = Registry("anomaly score")
 register = ANOMALY_SCORES.register
 
-#: the score `pyro-vae score` uses when none is named: the best measured over the ten held-out
-#: Fashion-MNIST classes of benchmarks/anomaly.py (mean and worst-class AUROC; benchmarks/RESULTS.md)
+#: the score `pyro-vae score` uses when none is named (benchmarks/RESULTS.md compares the scores)
 DEFAULT_SCORE = "latent_knn"
 
 SCORES_DIR = "scores"

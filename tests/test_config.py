@@ -63,6 +63,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["model=m1m2", "model.m1_epochs=0"], "at least 1"),
     (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),
     (["model.aux_loss_multiplier=3"], "model 'vae' has no parameter"),
+    (["model=ssvae", "ssvae.aux_loss_multiplier=3"], "unknown config key ssvae"),  # M2's keys are model.*
     (["train.lr_schedule=step"], "constant, cosine"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
@@ -70,6 +71,14 @@ def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
         load_config(None, overrides)
     msg = str(e.value)
     assert words in msg and "\n" not in msg
+
+
+def test_an_ssvae_section_in_a_file_is_an_unknown_key_naming_the_file(tmp_path):
+    p = tmp_path / "m2.yaml"
+    p.write_text("model: ssvae\nssvae: {augment_shift: 1}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "unknown config key ssvae" in str(e.value) and "m2.yaml" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_config_file_and_yaml_errors_name_file_and_line(tmp_path):

@@ -251,7 +251,7 @@ def cmd_score(args):
             raise PyroVAEError(f"AUROC needs rows both in and outside classes {classes}")
     torch.manual_seed(args.seed)
     score = S.build(_plain(cfg.score))
-    if score.needs_fit:  # statistics of the training data (and any second model), kept in RUN/scores/
+    if score.needs_fit:  # statistics of the training data, kept in RUN/scores/
         run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
         score = S.prepare(score, model, train_x=get_data().train.x, run_dir=run_dir, seed=args.seed)
     values = S.compute(score, model, split.x)

@@ -24,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .networks import ACTIVATIONS, NETWORKS, NetConfig
 from .registry import field_help, option
+from .utils import first_line
 
 #: config sections that name a registry entry: section -> (registry, default entry)
 NAMED_SECTIONS = ("model", "data", "prior", "likelihood", "score")
@@ -141,11 +142,6 @@ def _choice(key, value, choices):
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
 
 
-def _one_line(e: Exception) -> str:
-    msg = str(e).strip().splitlines()
-    return msg[0] if msg else type(e).__name__
-
-
 def registries():
     """section -> registry, for the sections that name an entry (imported late: they import the math)."""
     from .data import DATASETS
@@ -183,7 +179,7 @@ def _yaml_layer(path) -> Dict[str, Any]:
     except Exception as e:  # YAML syntax errors carry the line
         mark = getattr(e, "problem_mark", None)
         where = f"{p}, line {mark.line + 1}" if mark is not None else str(p)
-        raise ConfigError(f"could not read {where}: {getattr(e, 'problem', None) or _one_line(e)}") from None
+        raise ConfigError(f"could not read {where}: {getattr(e, 'problem', None) or first_line(e)}") from None
     if not isinstance(loaded, DictConfig):
         raise ConfigError(f"{p} must hold a YAML mapping (key: value lines)")
     return OmegaConf.to_container(loaded)
@@ -199,7 +195,7 @@ def _merge(cfg: Dict[str, Any], layer: Dict[str, Any], where: str) -> Dict[str, 
         merged = OmegaConf.merge(OmegaConf.structured(Config), cfg, layer)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        msg = _one_line(e)
+        msg = first_line(e)
         if "ConfigKeyError" in type(e).__name__ or "not in" in msg:
             raise ConfigError(f"unknown config key {key or msg} ({where}); `pyro-vae config` prints every key") from None
         raise ConfigError(f"bad config value for {key} ({where}): {msg}" if key else f"bad config ({where}): {msg}") from None
@@ -296,17 +292,13 @@ def load_plugins(modules: Sequence[str]) -> None:
                     line = tb.tb_lineno
                 tb = tb.tb_next
             where = f"{mod}, line {line}" if line else mod
-            raise ConfigError(f"plugin {where} failed to import: {type(e).__name__}: {_one_line(e)}") from None
+            raise ConfigError(f"plugin {where} failed to import: {type(e).__name__}: {first_line(e)}") from None
         _LOADED.add(mod)
 
 
 # ---------------------------------------------------------------- printing
 def to_yaml(cfg: DictConfig) -> str:
     return OmegaConf.to_yaml(cfg)
-
-
-def to_dict(cfg: DictConfig) -> Dict[str, Any]:
-    return OmegaConf.to_container(cfg, resolve=True)
 
 
 def commented_yaml(cfg: DictConfig) -> str:

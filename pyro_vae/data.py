@@ -49,6 +49,7 @@ from .errors import ConfigError, DataError
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
+from .utils import first_line
 
 DATASETS = Registry("data set")
 
@@ -416,7 +417,7 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv "
                             "(.h5ad: data.name=anndata)")
     except (OSError, ValueError) as e:
-        raise DataError(f"could not read {path}: {str(e).splitlines()[0]}") from None
+        raise DataError(f"could not read {path}: {first_line(e)}") from None
     xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
     rows = torch.arange(xt.shape[0]) + first  # csv: the file's line numbers; arrays: row indices
     if cfg.labels_path:
@@ -426,7 +427,7 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
         try:
             y = np.load(lp, allow_pickle=False) if lp.suffix == ".npy" else _read_csv(lp)[0]
         except (OSError, ValueError) as e:
-            raise DataError(f"could not read {lp}: {str(e).splitlines()[0]}") from None
+            raise DataError(f"could not read {lp}: {first_line(e)}") from None
     yt = None if y is None else labels_from_array(y, xt.shape[0], str(cfg.labels_path or path))
     return xt, yt, rows
 
@@ -471,7 +472,7 @@ def load_image_folder(root, image_size: Optional[int] = None, channels: int = 1)
                     im = im.resize((image_size, image_size), Image.BILINEAR)
                 a = np.asarray(im, dtype=np.uint8)
         except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f"could not read image {path}: {str(e).splitlines()[0][:160]}") from None
+            raise DataError(f"could not read image {path}: {first_line(e, 160)}") from None
         if out is None:
             size = a.shape[:2]
             out = np.empty((len(files), channels) + size, dtype=np.uint8)
@@ -503,7 +504,7 @@ def read_h5ad(path: Path):
     try:
         return anndata.read_h5ad(path)
     except Exception as e:  # h5py / anndata raise many kinds
-        raise DataError(f"could not read {path} as AnnData: {str(e).strip().splitlines()[0][:200]}") from None
+        raise DataError(f"could not read {path} as AnnData: {first_line(e)}") from None
 
 
 def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[torch.Tensor, list]:

@@ -19,10 +19,6 @@ from .models.base import Classifier
 from .sparse import batched, take
 
 
-def _device(model):
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Optional[int] = None) -> torch.Tensor:
     """Importance-weighted estimate of log p(x) per row (nats), shape (batch,).
@@ -37,7 +33,7 @@ def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Opti
     if max_rows is None:
         per_row = model.likelihood.output_size * (model.num_classes if isinstance(model, Classifier) else 1)
         max_rows = int(max(1, min(65536, 5e7 // per_row)))
-    device = _device(model)
+    device = model.device
     out = []
     rows_per_datum = max(1, max_rows // max(1, num_samples))
     for i in range(0, x.shape[0], rows_per_datum):
@@ -61,7 +57,7 @@ def iwae_log_likelihood(model, x: torch.Tensor, num_samples: int, max_rows: Opti
 @torch.no_grad()
 def latent_diagnostics(model, x: torch.Tensor, threshold: float = 0.01, batch_size: int = 1000) -> dict:
     """Active units and (for factorised priors with an analytic KL) the KL per latent dimension."""
-    device = _device(model)
+    device = model.device
     loc, scale = (t.to(device) for t in batched(model.encode, x, batch_size, device))
     var = loc.float().var(0)
     result = {"active_units": int((var > threshold).sum()), "latent_dim": int(loc.shape[1]),

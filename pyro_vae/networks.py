@@ -14,13 +14,12 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .errors import ConfigError
 from .fastmath import Dropout, Softplus, cpu_has_native_bf16, softplus as fast_softplus
 from .registry import Registry, option
 
-ACTIVATIONS = Registry("activation")
+ACTIVATIONS = Registry("activation", configurable=False)  # `encoder.activation: relu`: a name, no parameters
 for _name, _cls in (("softplus", Softplus), ("relu", nn.ReLU), ("elu", nn.ELU), ("gelu", nn.GELU),
                     ("tanh", nn.Tanh), ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)):
     ACTIVATIONS.register(_name)(_cls)  # softplus: same function as nn.Softplus, vectorised (fastmath.py)
@@ -59,9 +58,8 @@ class MLP(nn.Sequential):
 
 
 def _conv_autocast():
-    """CPU bf16 autocast reaches the convolutions only where oneDNN has native bf16 kernels: there
-    they run about twice as fast as in float32; elsewhere bf16 is emulated and slow, so they stay
-    float32 (see benchmarks/RESULTS.md). GPU autocast is left alone."""
+    """CPU bf16 autocast reaches the convolutions only where oneDNN has native bf16 kernels; on
+    other CPUs (bf16 emulated) they run in float32. GPU autocast is left alone."""
     return contextlib.nullcontext() if cpu_has_native_bf16() else torch.autocast("cpu", enabled=False)
 
 

@@ -1,10 +1,11 @@
-"""Pictures of a run: sample grids, reconstructions, latent maps, loss curves.
+"""Pictures of a run: sample grids, reconstructions, latent maps, loss curves, a classifier's
+confusion matrix and class-conditional samples, and anomaly scores' ROC curves and histograms.
 
 Every figure is written atomically (temp file, then rename) with the Agg backend.
 """
 import math
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +29,12 @@ def save_figure(fig, path) -> Path:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     _plt().close(fig)
     return path
+
+
+def class_name(class_names: Optional[Sequence[str]], c) -> str:
+    """The name of class ``c``: its entry in ``class_names`` when there is one, else the number."""
+    c = int(c)
+    return class_names[c] if class_names and 0 <= c < len(class_names) else str(c)
 
 
 def tile(images: torch.Tensor, image_shape, ncol: int) -> np.ndarray:
@@ -100,8 +107,7 @@ def latent_map(codes, labels, path, class_names: Optional[Sequence[str]] = None,
         lab = labels.cpu().numpy()
         sc = ax.scatter(z[:, 0], z[:, 1], c=lab, cmap="tab10", s=4, alpha=0.7)
         classes = np.unique(lab[lab >= 0])
-        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c)),
-                              label=class_names[c] if class_names and c < len(class_names) else str(c))
+        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c)), label=class_name(class_names, c))
                    for c in classes]
         ax.legend(handles=handles, fontsize=7, markerscale=1.5, loc="best", ncol=2)
     else:
@@ -132,7 +138,7 @@ def run_report(model, data, run_dir, rows, plan=None):
     """Write the standard PNGs of a run into ``run_dir``; the model kind's plan adds its own.
     The model computes on its own device; images come back to the CPU to be drawn."""
     run_dir = Path(run_dir)
-    device = next(model.parameters()).device
+    device = model.device
     torch.manual_seed(0)
     if rows:
         with PROFILE.phase("plot: loss_curves.png"):
@@ -170,7 +176,7 @@ def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusi
     norm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = [class_names[i] if class_names and i < len(class_names) else str(i) for i in labels]
+    names = [class_name(class_names, i) for i in labels]
     ax.set_xticks(labels)
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(labels)
@@ -189,31 +195,46 @@ def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusi
 
 
 @torch.no_grad()
+def confusion_matrix_report(model, data, run_dir):
+    """``confusion_matrix.png``: a classifier's ``predict`` against the test rows' known labels
+    (nothing when no test label is known)."""
+    test = data.test
+    if test.y is None or not bool((test.y >= 0).any()):
+        return None
+    mask = test.y >= 0
+    predicted = batched(model.predict, test.x[mask], 1000, model.device).numpy()
+    return confusion_matrix_plot(test.y[mask].numpy(), predicted, Path(run_dir) / "confusion_matrix.png",
+                                 data.class_names)
+
+
+def conditional_generation(images, num_classes: int, data, run_dir, ncol: int, title: str):
+    """``conditional_generation.png``: ``images`` (num_classes * ncol, data_dim) drawn for class 0,
+    then 1, ...: one row per class, labelled with its name."""
+    names = [class_name(data.class_names, k) for k in range(num_classes)]
+    return image_grid(images, data.image_shape, Path(run_dir) / "conditional_generation.png", ncol=ncol, title=title,
+                      row_labels=names)
+
+
+@torch.no_grad()
 def ssvae_report(model, data, run_dir, n_styles: int = 10):
     """Semi-supervised plots: confusion matrix, conditional generation, style transfer."""
     run_dir = Path(run_dir)
-    device = next(model.parameters()).device
-    test = data.test
-    if test.y is not None and bool((test.y >= 0).any()):
-        mask = test.y >= 0
-        confusion_matrix_plot(test.y[mask].numpy(), batched(model.predict, test.x[mask], 1000, device).numpy(),
-                              run_dir / "confusion_matrix.png", data.class_names)
+    device = model.device
+    confusion_matrix_report(model, data, run_dir)
     if data.image_shape is None:
         return
     c = model.num_classes
-    names = [data.class_names[k] if data.class_names else str(k) for k in range(c)]
     # conditional generation: rows = classes, columns = one shared style z each
-    g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     z = model.prior().sample((n_styles,))
-    zz = z.repeat(c, 1)
     yy = torch.arange(c, device=device).repeat_interleave(n_styles)
-    image_grid(model.decode(zz, yy).cpu(), data.image_shape, run_dir / "conditional_generation.png",
-               ncol=n_styles, title="rows: class; columns: one shared style z", row_labels=names)
+    conditional_generation(model.decode(z.repeat(c, 1), yy).cpu(), c, data, run_dir, n_styles,
+                           "rows: class; columns: one shared style z")
     # style transfer: each test image's style z = E[q(z|x, predicted y)], re-decoded under every label
-    x = take(test.x, slice(0, n_styles))
+    x = take(data.test.x, slice(0, n_styles))
     zs = model.encode(x.to(device))[0]
     out = model.decode(zs.repeat(c, 1), torch.arange(c, device=device).repeat_interleave(len(x))).cpu()
+    names = [class_name(data.class_names, k) for k in range(c)]
     image_grid(torch.cat([x, out]), data.image_shape, run_dir / "style_transfer.png", ncol=len(x),
                title="top: test images; below: their style under each label", row_labels=["input"] + names)
 
@@ -259,27 +280,49 @@ def traversal_grid(model, path, x=None, dims=None, values=None, image_shape=None
     return imgs
 
 
-def score_histogram(scores, labels, path, highlight=(), class_names: Optional[Sequence[str]] = None,
-                    xlabel: str = "anomaly score (nats)", title: Optional[str] = None, bins: int = 60):
-    """Density histogram of per-example scores, one outline per class; classes in ``highlight``
-    (e.g. the ones held out of training) drawn thick and black. The x range covers the
-    0.5-99.5 percentiles so a few extreme scores do not squash the rest (scores outside it
-    are counted in the end bins)."""
+def roc_curves(scores: Dict[str, torch.Tensor], is_anomaly, auroc: Dict[str, float], path):
+    """ROC curves of detecting ``is_anomaly`` by each score (NaN scores count as most anomalous),
+    one line per score with its AUROC (``auroc[name]``) in the legend."""
+    from sklearn.metrics import roc_curve
+
     plt = _plt()
-    s = torch.as_tensor(scores).detach().float().cpu().numpy()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    y = torch.as_tensor(is_anomaly).bool().cpu().numpy()
+    for name, s in scores.items():
+        s = torch.nan_to_num(torch.as_tensor(s).float(), nan=float("inf")).cpu().numpy()
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{name}: AUROC {auroc[name]:.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
+def score_histograms(scores: Dict[str, torch.Tensor], labels, path, highlight=(),
+                     class_names: Optional[Sequence[str]] = None, note: str = " (held out)",
+                     xlabel: str = "anomaly score (higher = more anomalous)", bins: int = 60):
+    """Density histograms of per-row scores: one panel per entry of ``scores`` (titled with its
+    key), one outline per value of ``labels``; the classes in ``highlight`` (e.g. the ones held out
+    of training) drawn thick and black, ``note`` after their names. A panel's x range covers the
+    0.5-99.5 percentiles of its finite scores, so a few extreme scores do not squash the rest
+    (scores outside it are counted in the end bins)."""
+    plt = _plt()
     lab = torch.as_tensor(labels).cpu().numpy()
-    edges = np.linspace(float(np.percentile(s, 0.5)), float(np.percentile(s, 99.5)), bins)
-    highlight = set(int(c) for c in highlight)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for c in np.unique(lab[lab >= 0]):
-        name = class_names[c] if class_names and c < len(class_names) else str(c)
-        held = int(c) in highlight
-        style = dict(lw=2.5, color="black") if held else dict(lw=1, alpha=0.8)
-        ax.hist(np.clip(s[lab == c], edges[0], edges[-1]), bins=edges, histtype="step", density=True,
-                label=name + (" (held out)" if held else ""), **style)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("density")
-    if title:
-        ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    highlight = {int(c) for c in highlight}
+    fig, axes = plt.subplots(len(scores), 1, figsize=(8, 3.2 * len(scores)), squeeze=False)
+    for ax, (name, values) in zip(axes[:, 0], scores.items()):
+        s = torch.as_tensor(values).detach().float().cpu().numpy()
+        finite = s[np.isfinite(s)]
+        lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins)
+        for c in np.unique(lab):
+            held = int(c) in highlight
+            style = dict(lw=2.5, color="black") if held else dict(lw=1, alpha=0.8)
+            ax.hist(np.clip(s[lab == c], edges[0], edges[-1]), bins=edges, histtype="step", density=True,
+                    label=class_name(class_names, c) + (note if held else ""), **style)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("density")
+        ax.legend(fontsize=7, ncol=2)
+    axes[-1, 0].set_xlabel(xlabel)
     return save_figure(fig, path)

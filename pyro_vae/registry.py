@@ -19,6 +19,7 @@ import inspect
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
 from .errors import ConfigError
+from .utils import first_line
 
 
 def option(default=dataclasses.MISSING, help: str = "", factory=None):
@@ -34,11 +35,14 @@ def field_help(config_cls) -> Dict[str, str]:
 
 class Registry:
     """Names -> classes (with each one's config dataclass): ``@REGISTRY.register("name", config=...)``,
-    ``.get(name)``, ``.names()``; the config's ``name`` key picks an entry."""
+    ``.get(name)``, ``.names()``; the config's ``name`` key picks an entry. ``configurable=False``:
+    a config only names an entry, which is built without arguments (e.g. activations), so no
+    parameter of it is settable or listed."""
 
-    def __init__(self, kind: str, key: str = "name"):
+    def __init__(self, kind: str, key: str = "name", configurable: bool = True):
         self.kind = kind
         self.key = key  # the config key that names an entry ("name", or "type" for networks)
+        self.configurable = configurable
         self._classes: Dict[str, Any] = {}
 
     def register(self, name: str, config: Optional[type] = None) -> Callable[[Any], Any]:
@@ -73,6 +77,8 @@ class Registry:
     def user_params(self, name: str) -> Dict[str, inspect.Parameter]:
         """The parameters a config may set for ``name`` (the signature minus context args)."""
         cls = self.get(name)
+        if not self.configurable:
+            return {}
         conf = self.config_class(name)
         if conf is not None:
             return {f.name: inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
@@ -84,10 +90,6 @@ class Registry:
             for k, p in sig.parameters.items()
             if k != "self" and k not in context and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
         }
-
-    def check(self, spec: Mapping[str, Any]) -> None:
-        """Raise ConfigError unless ``spec`` names a registered entry with valid parameters."""
-        self.resolve(spec)
 
     def resolve(self, spec: Mapping[str, Any]) -> Dict[str, Any]:
         """``spec`` with every parameter present (defaults filled in), checked and typed."""
@@ -115,8 +117,7 @@ class Registry:
             values = OmegaConf.to_container(typed, resolve=True, throw_on_missing=True)
         except OmegaConfBaseException as e:
             key = getattr(e, "key", None) or getattr(e, "full_key", "")
-            msg = str(e).strip().splitlines()[0]
-            raise ConfigError(f"{self.kind} {name!r}: bad value for {key}: {msg}") from None
+            raise ConfigError(f"{self.kind} {name!r}: bad value for {key}: {first_line(e)}") from None
         check = getattr(conf, "check", None)
         if check is not None:  # the dataclass's own cross-field checks
             check(typed)

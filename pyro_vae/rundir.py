@@ -21,7 +21,7 @@ from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError
 from .models.base import CHECKPOINT_FORMAT as FORMAT, export_payload
-from .utils import read_weights, save_tensors
+from .utils import first_line, read_weights, save_tensors
 
 CHECKPOINT = "model.pt"
 LOCK = ".lock"
@@ -74,9 +74,8 @@ def build_from_payload(payload: dict, where, plugins: Optional[Sequence[str]] = 
         model.load_state_dict(payload["state_dict"])
         model.data_info = info
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise PyroVAEError(f"{where}: its weights do not fit its config ({str(e).strip().splitlines()[0][:120]}); "
-                           "a model saved by another pyro_vae version (0.3 changed the count likelihoods' "
-                           "networks) must be trained again") from None
+        raise PyroVAEError(f"{where}: its weights do not fit its config ({first_line(e, 120)}); "
+                           "a model saved by another pyro_vae version must be trained again") from None
     return model, cfg
 
 
@@ -102,7 +101,7 @@ def load(run_dir, plugins: Optional[Sequence[str]] = None, device="cpu"):
     try:
         return model.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise PyroVAEError(f"cannot move the model to device {device!r}: {str(e).splitlines()[0]}") from None
+        raise PyroVAEError(f"cannot move the model to device {device!r}: {first_line(e)}") from None
 
 
 def _warn_if_config_edited(run_dir: Path, cfg) -> None:

@@ -18,10 +18,7 @@ Use::
 A score that needs statistics of the training data has ``needs_fit = True``;
 :meth:`AnomalyScore.fit` computes them and :meth:`AnomalyScore.state_dict` returns them as
 plain tensors, numbers and strings, saved to ``RUN/scores/NAME.pt`` and read back with
-``torch.load(..., weights_only=True)`` (loading never runs code). Likelihood ratios against a
-second model (Ren et al. 2019's background model, a smaller generic VAE) scored below chance
-on average over the ten held-out Fashion-MNIST classes (benchmarks/anomaly.json) and are not
-offered.
+``torch.load(..., weights_only=True)`` (loading never runs code).
 
 Register your own::
 
@@ -41,23 +38,19 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
+from .plots import roc_curves, score_histograms
 from .registry import Registry
 from .sparse import take
-from .utils import atomic_path, read_weights, save_tensors, write_json
+from .utils import read_weights, save_tensors, write_json
 
 ANOMALY_SCORES = Registry("anomaly score")
 register = ANOMALY_SCORES.register
 
-#: the score `pyro-vae score` uses when none is named: the best measured over the ten held-out
-#: Fashion-MNIST classes of benchmarks/anomaly.py (mean and worst-class AUROC; benchmarks/RESULTS.md)
+#: the score `pyro-vae score` uses when none is named (benchmarks/RESULTS.md compares the scores)
 DEFAULT_SCORE = "latent_knn"
 
 SCORES_DIR = "scores"
 STATE_FORMAT = "pyro_vae.scores/1"
-
-
-def _device(model):
-    return next(model.parameters()).device
 
 
 class AnomalyScore:
@@ -473,14 +466,14 @@ def prepare(score: AnomalyScore, model, train_x: Optional[torch.Tensor] = None, 
 def compute_fn(fn, model, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """``fn(model, batch)`` over ``x`` in batches on the model's device, concatenated on the CPU."""
     model.eval()
-    device = _device(model)
+    device = model.device
     out = [fn(model, take(x, slice(i, i + batch_size)).to(device)).cpu() for i in range(0, x.shape[0], batch_size)]
     return torch.cat(out)
 
 
 def compute_parts(fn, model, x, batch_size: int = 1000):
     parts = []
-    device = _device(model)
+    device = model.device
     for i in range(0, x.shape[0], batch_size):
         parts.append([p.cpu() for p in fn(model, take(x, slice(i, i + batch_size)).to(device))])
     return [torch.cat(p) for p in zip(*parts)]
@@ -505,78 +498,20 @@ def auroc_auprc(scores, is_anomaly) -> Dict[str, float]:
 def score_report(scores: Dict[str, torch.Tensor], is_anomaly, labels=None, out_dir=None,
                  class_names: Optional[Sequence[str]] = None, prefix: str = "") -> dict:
     """AUROC / AUPRC per score; with ``out_dir`` also ``roc.png`` (one curve per score) and
-    ``score_histograms.png`` (per class, one panel per score; anomalies drawn thick black when
-    there are no labels). Returns ``{name: {"auroc": .., "auprc": ..}}``."""
+    ``score_histograms.png`` (one panel per score, one outline per class of ``labels`` or, without
+    labels, for the normal rows and the anomalies; classes of anomalies only drawn thick and black).
+    Returns ``{name: {"auroc": .., "auprc": ..}}``."""
     is_anomaly = torch.as_tensor(is_anomaly).bool().cpu()
     result = {name: auroc_auprc(s, is_anomaly) for name, s in scores.items()}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _roc_plot(scores, is_anomaly, result, out_dir / f"{prefix}roc.png")
-        _histograms(scores, is_anomaly, labels, out_dir / f"{prefix}score_histograms.png", class_names)
+        roc_curves(scores, is_anomaly, {name: r["auroc"] for name, r in result.items()}, out_dir / f"{prefix}roc.png")
+        note = " (anomaly)"
+        if labels is None:  # two groups: the normal rows and the anomalies
+            labels, class_names, note = is_anomaly.long(), ["normal", "anomaly"], ""
+        labels = torch.as_tensor(labels).cpu()
+        anomalous = [c for c in torch.unique(labels).tolist() if bool(is_anomaly[labels == c].all())]
+        score_histograms(scores, labels, out_dir / f"{prefix}score_histograms.png", anomalous, class_names, note)
         write_json(out_dir / f"{prefix}score_metrics.json", result)
     return result
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path):
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-    _plt().close(fig)
-
-
-def _roc_plot(scores, is_anomaly, result, path):
-    from sklearn.metrics import roc_curve
-
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    y = is_anomaly.numpy()
-    for name, s in scores.items():
-        s = torch.nan_to_num(torch.as_tensor(s).float(), nan=float("inf")).numpy()
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name}: AUROC {result[name]['auroc']:.3f}")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate")
-    ax.legend(fontsize=7, loc="lower right")
-    _save(fig, path)
-
-
-def _histograms(scores, is_anomaly, labels, path, class_names):
-    import numpy as np
-
-    plt = _plt()
-    names = list(scores)
-    fig, axes = plt.subplots(len(names), 1, figsize=(8, 2.8 * len(names)), squeeze=False)
-    if labels is None:
-        groups = [("normal", ~is_anomaly, False), ("anomaly", is_anomaly, True)]
-    else:
-        lab = torch.as_tensor(labels).cpu()
-        groups = []
-        for c in torch.unique(lab).tolist():
-            m = lab == c
-            name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
-            groups.append((name, m, bool(is_anomaly[m].all())))
-    for ax, name in zip(axes[:, 0], names):
-        s = torch.as_tensor(scores[name]).float().cpu().numpy()
-        finite = s[np.isfinite(s)]
-        lo, hi = np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0)
-        edges = np.linspace(lo, hi if hi > lo else lo + 1, 60)
-        for gname, m, anomalous in groups:
-            vals = np.clip(s[m.numpy()], edges[0], edges[-1])
-            style = dict(lw=2.5, color="black") if anomalous else dict(lw=1, alpha=0.8)
-            ax.hist(vals, bins=edges, histtype="step", density=True,
-                    label=gname + (" (anomaly)" if anomalous else ""), **style)
-        ax.set_title(name, fontsize=9)
-        ax.set_ylabel("density")
-        ax.legend(fontsize=6, ncol=2)
-    axes[-1, 0].set_xlabel("anomaly score (higher = more anomalous)")
-    _save(fig, path)

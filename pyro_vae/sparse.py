@@ -79,11 +79,6 @@ class SparseRows:
     def __repr__(self) -> str:
         return f"SparseRows({self.shape[0]} x {self.shape[1]}, {self.nnz} non-zeros)"
 
-    def row_of_values(self) -> torch.Tensor:
-        """The row index of every stored value, shape (nnz,)."""
-        counts = (self.crow[1:] - self.crow[:-1]).long()
-        return torch.repeat_interleave(torch.arange(self.shape[0], device=self.device), counts)
-
     def columns(self, idx) -> "SparseRows":
         """Columns ``idx`` (numbered 0.. in that order) of every row, again sparse: e.g. one column
         group of a ``mixed`` likelihood."""
@@ -92,7 +87,9 @@ class SparseRows:
         new[idx] = torch.arange(len(idx), device=self.device)
         col = new[self.col.long()]
         keep = col >= 0
-        row, col = self.row_of_values()[keep], col[keep]
+        row_of_value = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device),
+                                               (self.crow[1:] - self.crow[:-1]).long())
+        row, col = row_of_value[keep], col[keep]
         order = torch.argsort(row * len(idx) + col)  # row by row, columns ascending within a row
         counts = torch.bincount(row, minlength=self.shape[0])
         crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)]).to(self.crow.dtype)

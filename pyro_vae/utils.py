@@ -1,5 +1,5 @@
-"""Small helpers: atomic file writes (nothing a user saved is ever half-written) and the
-per-phase wall-time profile of a command."""
+"""Small helpers: atomic file writes (nothing a user saved is ever half-written), the first line
+of an exception for one-line errors, and the per-phase wall-time profile of a command."""
 import contextlib
 import json
 import os
@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 
 def _umask() -> int:
@@ -85,6 +86,14 @@ def signals_raise():
             PENDING_SIGNALS.clear()
 
 
+def first_line(e: BaseException, limit: Optional[int] = 200) -> str:
+    """The first non-blank line of ``str(e)`` (the exception's type name when it has no text), at
+    most ``limit`` characters: the part of a library's exception that a one-line error quotes."""
+    lines = str(e).strip().splitlines()
+    line = lines[0] if lines else type(e).__name__
+    return line if limit is None else line[:limit]
+
+
 def read_weights(path):
     """``torch.load(path, weights_only=True)`` (loading never runs code) on the CPU; a missing,
     damaged or foreign file is a one-line :class:`~pyro_vae.errors.PyroVAEError` naming it."""
@@ -101,8 +110,7 @@ def read_weights(path):
     except FileNotFoundError:
         raise PyroVAEError(f"no checkpoint at {path}") from None
     except Exception as e:
-        raise PyroVAEError(f"could not read checkpoint {path} (damaged or not a checkpoint): "
-                           f"{str(e).strip().splitlines()[0][:200]}") from None
+        raise PyroVAEError(f"could not read checkpoint {path} (damaged or not a checkpoint): {first_line(e)}") from None
 
 
 def save_tensors(obj, path, hint: str = "") -> None:

@@ -118,6 +118,22 @@ def test_list_answers_without_importing_torch_and_its_text_is_current(capsys):
     assert TEXT == render_listing(), "a built-in registry changed: run `make listing`"
 
 
+def test_list_shows_no_parameter_that_no_config_key_sets():
+    """Activations are named by a string key (encoder.activation=relu) and built without arguments;
+    loss terms get only the plan from the library: `pyro-vae list` shows them without parameters."""
+    from pyro_vae._listing import TEXT
+
+    sections, title = {}, None
+    for line in TEXT.splitlines():
+        if not line.startswith(" "):
+            title = line.rstrip(":")
+        else:
+            sections.setdefault(title, []).append(line.strip())
+    for title in ("activations", "semi-supervised loss terms"):
+        assert sections[title] and all(entry.split(":")[0].endswith("()") for entry in sections[title]), title
+    assert any(entry.startswith("mog(components=10") for entry in sections["priors"])  # settable ones stay
+
+
 PLUGIN = '''
 """A user's own model kind and data set, in their own file."""
 from dataclasses import dataclass

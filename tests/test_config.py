@@ -63,6 +63,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
     (["model=m1m2", "model.m1_epochs=0"], "at least 1"),
     (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),
     (["model.aux_loss_multiplier=3"], "model 'vae' has no parameter"),
+    (["model=ssvae", "ssvae.aux_loss_multiplier=3"], "unknown config key ssvae"),  # M2's keys are model.*
     (["train.lr_schedule=step"], "constant, cosine"),
 ])
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
@@ -72,6 +73,14 @@ def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     assert words in msg and "\n" not in msg
 
 
+def test_an_ssvae_section_in_a_file_is_an_unknown_key_naming_the_file(tmp_path):
+    p = tmp_path / "m2.yaml"
+    p.write_text("model: ssvae\nssvae: {augment_shift: 1}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "unknown config key ssvae" in str(e.value) and "m2.yaml" in str(e.value) and "\n" not in str(e.value)
+
+
 def test_missing_config_file_and_yaml_errors_name_file_and_line(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.yaml")
@@ -79,6 +88,15 @@ def test_missing_config_file_and_yaml_errors_name_file_and_line(tmp_path):
     p.write_text("train:\n  epochs: 3\n lr: [1\n")
     with pytest.raises(ConfigError, match=r"bad.yaml, line \d"):
         load_config(p)
+
+
+def test_first_line_quotes_one_line_of_any_exception():
+    from pyro_vae.utils import first_line
+
+    assert first_line(ValueError("\n  bad value\n  detail on the next line")) == "bad value"
+    assert first_line(RuntimeError("")) == "RuntimeError"  # no text: the type names it
+    assert first_line(ValueError("x" * 500)) == "x" * 200 and first_line(ValueError("abc"), 2) == "ab"
+    assert first_line(ValueError("y" * 500), None) == "y" * 500
 
 
 def test_printed_config_has_every_key_with_a_comment_and_loads_back(tmp_path):

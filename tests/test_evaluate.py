@@ -12,7 +12,7 @@ import torch
 from pyro_vae.cli import main
 from pyro_vae import scores as S
 from pyro_vae.evaluate import iwae_log_likelihood
-from pyro_vae.plots import interpolation_grid, score_histogram, traversal_grid
+from pyro_vae.plots import interpolation_grid, score_histograms, traversal_grid
 from pyro_vae.train import fit
 
 from conftest import QUICK
@@ -90,7 +90,7 @@ def test_latent_path_and_histogram_plots_from_python(trained, tmp_path):
     assert torch.allclose(line[[0, -1]], ends, atol=1e-5)
     imgs = traversal_grid(vae, tmp_path / "t.png", x=test.x[0], dims=[0, 2], values=[-2.0, 0.0, 2.0])
     assert imgs.shape == (6, 64)
-    score_histogram(torch.randn(len(test)), test.y, tmp_path / "h.png", highlight=[0])
+    score_histograms({"noise": torch.randn(len(test))}, test.y, tmp_path / "h.png", highlight=[0])
     for name in ("i.png", "t.png", "h.png"):
         assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC
 

@@ -120,3 +120,29 @@ def test_score_report_writes_plots(run, tmp_path):
     assert all(0 <= v["auroc"] <= 1 and 0 <= v["auprc"] <= 1 for v in m.values())
     assert (tmp_path / "roc.png").stat().st_size > 0
     assert (tmp_path / "score_histograms.png").stat().st_size > 0
+
+
+def test_score_histograms_draw_each_class_and_mark_the_anomalies(run, tmp_path, monkeypatch):
+    import pyro_vae.plots as P
+
+    figures = []
+    monkeypatch.setattr(P, "save_figure", lambda fig, path: figures.append(fig))
+    y = run.data.test.y
+    values = {"a": torch.randn(len(y)), "b": torch.randn(len(y))}
+
+    def legends(fig):  # per panel: (title, [(outline label, line width)])
+        return [(ax.get_title(), [(t.get_text(), h.get_linewidth()) for t, h in
+                                  zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)])
+                for ax in fig.axes]
+
+    try:
+        S.score_report(values, y == 3, y, tmp_path, class_names=[f"c{i}" for i in range(10)])
+        S.score_report(values, y == 3, None, tmp_path)
+        by_class, by_group = legends(figures[1]), legends(figures[3])
+    finally:
+        for fig in figures:
+            P._plt().close(fig)
+    assert [title for title, _ in by_class] == ["a", "b"]
+    assert by_class[0][1] == [(f"c{i}", 1.0) for i in range(3)] + [("c3 (anomaly)", 2.5)] + \
+        [(f"c{i}", 1.0) for i in range(4, 10)]
+    assert by_group[0][1] == [("normal", 1.0), ("anomaly", 2.5)]

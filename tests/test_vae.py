@@ -111,6 +111,28 @@ def test_meanfield_elbo_agrees_with_monte_carlo_elbo():
     assert float(mc) == pytest.approx(float(analytic), rel=2e-3)
 
 
+@pytest.mark.parametrize("elbo, name", [("meanfield", "TraceMeanField_ELBO"), ("trace", "Trace_ELBO")])
+def test_every_model_kind_trains_with_the_elbo_train_elbo_names(elbo, name):
+    """The VAE's loss, M2's labelled term and M1+M2's first stage all follow train.elbo and
+    train.num_particles."""
+    from pyro_vae.training import plan_for
+    from pyro_vae.training.ssvae import LabelledELBO
+
+    small = ["latent_dim=3", "encoder.hidden=[8]", "decoder.hidden=[8]", f"train.elbo={elbo}", "train.num_particles=2"]
+    kinds = {  # kind: (its keys, where its plan keeps the ELBO)
+        "vae": ([], lambda plan: plan.loss_module.elbo),
+        "ssvae": (["model.classifier_hidden=[8]"], lambda plan: LabelledELBO(plan).elbo),
+        "m1m2": (["model.z1_dim=3", "model.z2_dim=2", "model.m2_hidden=[8]", "model.classifier_hidden=[8]"],
+                 lambda plan: plan.m1_loss.elbo),
+    }
+    found = []
+    for kind, (extra, elbo_of) in kinds.items():
+        cfg = load_config(None, [f"model={kind}", *small, *extra])
+        found.append(elbo_of(plan_for(build_model(cfg, DataInfo(64, (1, 8, 8), 4, None)), cfg)))
+    assert [type(e).__name__ for e in found] == [name] * 3
+    assert [e.num_particles for e in found] == [2] * 3
+
+
 def test_two_models_in_one_process_do_not_share_parameters():
     a, _ = _model()
     b, _ = _model()

@@ -3,6 +3,7 @@ import abc
 from typing import Dict, Optional, Tuple
 
 import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
@@ -31,6 +32,15 @@ def plan_for(model: LatentVariableModel, cfg) -> "TrainingPlan":
             return _PLANS[cls](model, cfg)
     raise ConfigError(f"model kind {type(model).__name__} has no training plan; register one with "
                       "@pyro_vae.training.register_plan(YourModel)")
+
+
+def make_elbo(train_cfg):
+    """The ELBO that ``train.elbo`` names: ``TraceMeanField_ELBO`` (meanfield: the KL in closed form
+    where torch knows it for the prior, a Monte-Carlo estimate otherwise) or ``Trace_ELBO`` (trace:
+    Monte-Carlo KL), with ``train.num_particles`` samples of z per row."""
+    if train_cfg.elbo == "meanfield":
+        return TraceMeanField_ELBO(num_particles=train_cfg.num_particles, vectorize_particles=False)
+    return Trace_ELBO(num_particles=train_cfg.num_particles)
 
 
 class _RowOfValue:

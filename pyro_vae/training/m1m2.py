@@ -18,7 +18,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.m1m2 import M1M2, m2_config
-from .base import TrainingPlan, register_plan
+from .base import TrainingPlan, make_elbo, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, _generator, index_loader
 from .ssvae import SemiSupervisedPlan, check_labels
 
@@ -58,15 +58,11 @@ class M1M2Plan(TrainingPlan):
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
-        from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
-
         t = cfg.train
         if t.early_stopping_patience is not None:
             raise ConfigError("model=m1m2 trains its stages for fixed epochs (model.m1_epochs, train.epochs); "
                               "set train.early_stopping_patience=null")
-        elbo = (TraceMeanField_ELBO(num_particles=t.num_particles, vectorize_particles=False)
-                if t.elbo == "meanfield" else Trace_ELBO(num_particles=t.num_particles))
-        self.m1_loss = elbo(model.m1_model, model.m1_guide)
+        self.m1_loss = make_elbo(t)(model.m1_model, model.m1_guide)
         self.m2_plan = SemiSupervisedPlan(model.m2, m2_config(cfg))
         self.stage = 2  # of the last training step; a trained model is evaluated as a whole
 

@@ -13,14 +13,14 @@ from typing import Dict
 
 import torch
 import torch.nn.functional as F
-from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import TraceEnum_ELBO
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..models.ssvae import SSVAE, augment_shift, pseudo_label_weight
 from ..networks import ConvClassifier
 from ..registry import Registry
 from .augment import augment_images, strong_augment
-from .base import TrainingPlan, register_plan
+from .base import TrainingPlan, make_elbo, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader
 
 LOSS_TERMS = Registry("loss term")
@@ -28,6 +28,8 @@ LOSS_TERMS = Registry("loss term")
 
 class LossTerm(abc.ABC):
     """One term of the semi-supervised loss; ``active`` says whether the config turns it on."""
+
+    context_args = ("plan",)  # the library passes the plan; a term has no parameters of its own
 
     def __init__(self, plan: "SemiSupervisedPlan"):
         self.plan = plan
@@ -64,9 +66,7 @@ class LabelledELBO(LossTerm):
 
     def __init__(self, plan):
         super().__init__(plan)
-        t = plan.cfg.train
-        self.elbo = (TraceMeanField_ELBO(num_particles=t.num_particles, vectorize_particles=False)
-                     if t.elbo == "meanfield" else Trace_ELBO(num_particles=t.num_particles))
+        self.elbo = make_elbo(plan.cfg.train)
 
     def __call__(self, batch):
         m = self.plan.model
@@ -75,8 +75,9 @@ class LabelledELBO(LossTerm):
 
 @LOSS_TERMS.register("aux")
 class AuxClassification(LossTerm):
-    """alpha * -log q(y|x) on the labelled pairs (augmented copies in training), scaled per labelled
-    example (``aux_scaling: labelled``, Pyro's example) or to the data size (``total``)."""
+    """alpha * -log q(y|x) on the labelled pairs (augmented copies in training).
+
+    Scaled per labelled example (``aux_scaling: labelled``, Pyro's example) or to the data size (``total``)."""
 
     def __call__(self, batch):
         plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
@@ -88,11 +89,13 @@ class AuxClassification(LossTerm):
 
 @LOSS_TERMS.register("pseudo_label")
 class PseudoLabel(LossTerm):
-    """w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))] (FixMatch-style,
-    Sohn et al. 2020): q(y|x) without dropout labels each unlabelled image, and where its top class
-    y_hat is confident it is taught to a strongly augmented copy (:func:`strong_augment`); on a CPU
-    a conv q(y|x) runs its body on the confident copies only. Not part of
-    M2's ELBO; weighed like the aux term (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
+    """Pseudo-labels (FixMatch-style, Sohn et al. 2020): q(y|x)'s confident labels taught to augmented copies.
+
+    w * alpha * N * mean_unlabelled[1(max_y q(y|x) >= t) * -log q(y_hat | strong(x))]: q(y|x) without
+    dropout labels each unlabelled image, and where its top class y_hat is confident it is taught to a
+    strongly augmented copy (:func:`strong_augment`); on a CPU a conv q(y|x) runs its body on the
+    confident copies only. Not part of M2's ELBO; weighed like the aux term
+    (w = ``model.pseudo_label_weight``, t = ``pseudo_label_threshold``)."""
 
     def __init__(self, plan):
         super().__init__(plan)
@@ -102,7 +105,7 @@ class PseudoLabel(LossTerm):
         return self.weight > 0 and self.plan.num_unlabelled > 0
 
     def __call__(self, batch):
-        plan, m, c = self.plan, self.plan.model, self.plan.cfg.model
+        m, c = self.plan.model, self.plan.cfg.model
         xu, clf = batch["xu"], m.classifier
         if not m.training or not xu.shape[0]:
             return xu.new_zeros(())
@@ -168,8 +171,8 @@ class SemiSupervisedPlan(TrainingPlan):
         self.terms = [t for t in (cls(self) for cls in (LOSS_TERMS.get(n) for n in LOSS_TERMS.names())) if t.active()]
 
     def default_batch_size(self, rows):
-        # as accurate as 64 on Fashion-MNIST and about a quarter faster per epoch; on small sets (the
-        # 1,438 digits) it leaves too few steps and loses accuracy (benchmarks/RESULTS.md)
+        """128 rows a step on training sets of 10,000 rows or more; 64 on smaller ones, which need the
+        extra steps per epoch."""
         return 128 if rows >= 10_000 else 64
 
     def labelled_batch_size(self) -> int:

@@ -394,9 +394,8 @@ def test_the_defaults_pick_a_conv_q_y_with_shifts_and_pseudo_labels_for_images_a
 
 def test_m2_defaults_on_50_digit_labels():
     """`model=ssvae data.labels=50` with no other key (20 epochs, 200 labelled validation images;
-    pseudo-labels on). Seeds 0-5 on a Xeon with AMX gave 0.85-0.91 (mean 0.88; bf16 and float32
-    alike; 0.81-0.91 before the loader had its own generator), so one seed is held to the
-    bottom of that spread: a broken M2 falls far below."""
+    pseudo-labels on). Seeds 0-5 give 0.85-0.91 (mean 0.88, in bf16 and float32 alike), so one
+    seed is held to the bottom of that spread."""
     r = fit(None, save=False, overrides=["model=ssvae", "data.labels=50", "data.validation=200", "train.epochs=20",
                                          "trainer.progress_bar=false"])
     assert r.metrics["test_accuracy"] >= 0.84, r.metrics["test_accuracy"]

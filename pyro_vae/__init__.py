@@ -12,7 +12,8 @@ Public API::
 Models keep their parameters local to the module
 (``pyro.settings.set(module_local_params=True)``, set when the models are imported), so
 two models in one process never share Pyro's global parameter store. The names below are
-imported on first use, so ``pyro-vae --help`` does not wait for torch.
+imported on first use, so ``pyro-vae --help`` does not wait for torch; ``__init__.pyi`` shows
+them to type checkers and editors.
 """
 import importlib
 

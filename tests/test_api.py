@@ -89,6 +89,31 @@ def test_every_public_name_is_listed_and_documented():
         assert name in pyro_vae.__all__
 
 
+def test_the_type_stub_names_the_public_api_and_where_each_name_lives():
+    """Editors and type checkers read pyro_vae/__init__.pyi; at run time the names load lazily.
+    Each name the stub imports is __all__'s and resolves to the same object at run time."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    package = Path(pyro_vae.__file__).parent
+    stub = ast.parse((package / "__init__.pyi").read_text())
+    names = {}
+    for node in stub.body:
+        if isinstance(node, ast.ImportFrom) and node.level == 1:  # from the package (not typing)
+            for alias in node.names:
+                names[alias.asname or alias.name] = (node.module, alias.name)
+        elif isinstance(node, ast.FunctionDef):
+            names[node.name] = (None, node.name)
+    assert set(names) == set(pyro_vae.__all__)
+    for name, (module, attr) in names.items():
+        if module is None and name not in ("fit", "save"):  # `from . import data as data`
+            assert getattr(pyro_vae, name) is importlib.import_module(f"pyro_vae.{attr}"), name
+        elif module is not None:
+            assert getattr(pyro_vae, name) is getattr(importlib.import_module(f"pyro_vae.{module}"), attr), name
+    assert (package / "py.typed").is_file()
+
+
 def test_examples_use_only_the_public_api():
     import ast
     from pathlib import Path

@@ -7,6 +7,7 @@ precision, gradient clipping, checkpoints (``ModelCheckpoint``: ``last.ckpt`` an
 and guide also train with a plain ``pyro.infer.SVI`` loop (see the tests). Only this
 module imports Lightning.
 """
+import contextlib
 import logging
 import math
 import os
@@ -82,8 +83,11 @@ class SVIModule(L.LightningModule):
                     "or a likelihood that fits the data")
         return loss
 
-    def epoch_train_loss(self) -> float:
-        return float(self._loss_sum) / max(1, self._count) if self._loss_sum is not None else float("nan")
+    def take_epoch_loss(self) -> float:
+        """The epoch's mean loss per datum; the sum starts again."""
+        loss = float(self._loss_sum) / max(1, self._count) if self._loss_sum is not None else float("nan")
+        self._loss_sum = None
+        return loss
 
     # ---- validation ----------------------------------------------------------------
     def on_validation_epoch_start(self):
@@ -100,8 +104,13 @@ class SVIModule(L.LightningModule):
             v = self._val_sums[k]
             sums[k] = self.trainer.strategy.reduce(v, reduce_op="sum") if self.trainer.world_size > 1 else v
         self.val_metrics = {f"val_{k}": v for k, v in self.plan.metrics(sums).items()}
-        if self.trainer.state.fn == "validate":  # trainer.validate(); in fit, EpochRow reports once per epoch
+        if self.trainer.state.fn == "validate":  # trainer.validate(); in fit, EpochMetrics reports once per epoch
             self.log_dict(self.val_metrics)
+
+    def take_val_metrics(self) -> dict:
+        """The last validation's metrics (empty in an epoch without validation); cleared."""
+        metrics, self.val_metrics = {k: float(v) for k, v in self.val_metrics.items()}, {}
+        return metrics
 
     # ---- optimiser and checkpoints -------------------------------------------------
     def configure_optimizers(self):
@@ -162,19 +171,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                                             f"pyro-vae train --resume {Path(path).parents[1]}")
 
 
-class EpochRow(Callback):
+class EpochMetrics(Callback):
     """One row per epoch (epoch, losses, held-out metrics, beta, lr, seconds): to the progress bar,
     ModelCheckpoint / EarlyStopping (callback metrics), the loggers, and, without a progress
-    bar, one printed line. Also the KL warm-up and the stop flag of SIGINT / SIGTERM."""
+    bar, one printed line. Keeps the run's training seconds across resumes."""
 
-    def __init__(self, cfg, print_lines: bool, run_dir: Optional[Path] = None, epochs: Optional[int] = None,
-                 state: Optional[dict] = None):
-        self.cfg, self.print_lines, self.run_dir = cfg, print_lines, run_dir
-        self.state = state if state is not None else {}  # fit's record of where the run is, for its messages
-        self._handlers = {}
-        self.epochs = epochs or cfg.train.epochs
+    def __init__(self, epochs: int, print_lines: bool = False):
+        self.epochs, self.print_lines = epochs, print_lines
         self.rows = []
-        self.stop_signal = None
         self.train_seconds = 0.0  # epochs of the whole run, validation included (kept across resumes)
         self.epoch_seconds = self.val_seconds = 0.0  # of this process, for --profile
 
@@ -191,8 +195,63 @@ class EpochRow(Callback):
 
     def on_train_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()  # also for a run resumed inside an epoch (no epoch start)
-        # after Lightning's own signal handlers: stop at the end of the step, save, say how to resume
-        for sig in (signal.SIGINT, signal.SIGTERM):
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t0 = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        self._tv = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module):
+        self.val_seconds += time.perf_counter() - self._tv
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        seconds = time.perf_counter() - self._t0
+        self.train_seconds += seconds
+        self.epoch_seconds += seconds
+        row = {"epoch": trainer.current_epoch + 1, "train_loss": pl_module.take_epoch_loss()}
+        row.update(pl_module.take_val_metrics())
+        row.update({"beta": float(pl_module.model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                    "seconds": round(seconds, 3)})
+        self.rows.append(row)
+        pl_module.log_dict({k: v for k, v in row.items() if k != "epoch"}, logger=False, prog_bar=False)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(row, step=row["epoch"])
+                logger.save()
+            if self.print_lines:
+                parts = [f"epoch {row['epoch']}/{self.epochs}"]
+                parts += [f"{k} {v:.4g}" for k, v in row.items() if k.endswith(("loss", "accuracy"))]
+                parts.append(f"{seconds:.1f} s")
+                print("  ".join(parts), file=sys.stderr, flush=True)
+
+
+class KLWarmup(Callback):
+    """The KL term's weight beta, from just above 0 (Pyro's scale must be positive) to 1 over the
+    first ``epochs`` epochs, set before every step."""
+
+    def __init__(self, epochs: float):
+        self.epochs = epochs
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        progress = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
+        pl_module.model.beta = min(1.0, max(progress, 0.01) / self.epochs)
+
+
+class StopOnSignal(Callback):
+    """SIGINT / SIGTERM while training: the step in flight finishes, the run is saved (inside an
+    epoch: a checkpoint of the steps so far; at an epoch's last step: that epoch, as usual) and
+    training stops with one line saying what was saved and how to go on. A second signal stops
+    at once, keeping the last epoch's checkpoint."""
+
+    def __init__(self, run_dir: Optional[Path] = None, state: Optional[dict] = None):
+        self.run_dir = run_dir
+        self.state = state if state is not None else {}  # fit's record of where the run is, for its messages
+        self.stop_signal = None
+        self._handlers = {}
+
+    def on_train_start(self, trainer, pl_module):
+        for sig in (signal.SIGINT, signal.SIGTERM):  # after Lightning's own handlers
             try:
                 self._handlers[sig] = signal.signal(sig, self._request_stop)
             except ValueError:  # not the main thread
@@ -208,63 +267,27 @@ class EpochRow(Callback):
         self._handlers = {}
 
     def _request_stop(self, signum, frame):
-        if self.stop_signal is not None:  # a second Ctrl-C: stop now, keeping the last epoch's checkpoint
+        if self.stop_signal is not None:
             raise SignalReceived(signum)
         self.stop_signal = signum
 
     def on_train_epoch_start(self, trainer, pl_module):
-        self._t0 = time.perf_counter()
         self.state["where"] = f"in epoch {trainer.current_epoch + 1}"
 
-    def on_validation_start(self, trainer, pl_module):
-        self._tv = time.perf_counter()
-
-    def on_validation_end(self, trainer, pl_module):
-        self.val_seconds += time.perf_counter() - self._tv
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        warm = self.cfg.train.kl_warmup_epochs
-        if warm:
-            progress = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
-            # beta starts just above 0 (Pyro's scale must be positive) and reaches 1 after `warm` epochs
-            pl_module.model.beta = min(1.0, max(progress, 0.01) / warm)
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        # after an epoch's last step, the epoch ends as usual (its row, its checkpoint) and then stops
         if self.stop_signal is not None and batch_idx + 1 < trainer.num_training_batches:
             self.interrupt(trainer, f"in epoch {trainer.current_epoch + 1} after step {batch_idx + 1}/"
                                     f"{trainer.num_training_batches}", mid_epoch=True)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if self.stop_signal is not None:  # the checkpoints save this epoch, then fit stops
+            trainer.should_stop = True
 
     def interrupt(self, trainer, where: str, mid_epoch: bool):
         """Save what can be saved and stop with a one-line message (exit 128 + signal)."""
         if self.run_dir is not None and mid_epoch and trainer.world_size == 1:
             trainer.save_checkpoint(str(self.run_dir / "checkpoints" / "last.ckpt"))  # resume continues the epoch
         raise interrupted(self.stop_signal, where, self.run_dir)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        seconds = time.perf_counter() - self._t0
-        self.train_seconds += seconds
-        self.epoch_seconds += seconds
-        row = {"epoch": trainer.current_epoch + 1, "train_loss": pl_module.epoch_train_loss()}
-        row.update({k: float(v) for k, v in pl_module.val_metrics.items()})
-        row.update({"beta": float(pl_module.model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                    "seconds": round(seconds, 3)})
-        pl_module.val_metrics = {}
-        pl_module._loss_sum = None
-        if self.stop_signal is not None:  # the checkpoints save this epoch, then fit returns
-            trainer.should_stop = True
-        self.rows.append(row)
-        shown = {k: v for k, v in row.items() if k != "epoch"}
-        pl_module.log_dict(shown, logger=False, prog_bar=False)
-        if trainer.is_global_zero:
-            for logger in trainer.loggers:
-                logger.log_metrics(row, step=row["epoch"])
-                logger.save()
-            if self.print_lines:
-                parts = [f"epoch {row['epoch']}/{self.epochs}"]
-                parts += [f"{k} {v:.4g}" for k, v in row.items() if k.endswith(("loss", "accuracy"))]
-                parts.append(f"{seconds:.1f} s")
-                print("  ".join(parts), file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -416,21 +439,22 @@ def _checkpoints(folder: Path, selection) -> list:
     return best + [ModelCheckpoint(filename="last", monitor=None, **common)]
 
 
-def _trainer(cfg, run_dir, rows: EpochRow, selection, has_val: bool, epochs: Optional[int] = None):
+def _trainer(cfg, run_dir, metrics: EpochMetrics, selection, has_val: bool, epochs: Optional[int] = None,
+             extra_callbacks=()):
     t = cfg.trainer
-    callbacks = [rows]
+    callbacks = [metrics, *extra_callbacks]
     if run_dir is not None:
         callbacks += _checkpoints(run_dir / "checkpoints", selection if has_val else None)
     if cfg.train.early_stopping_patience is not None and has_val:
         key, mode = selection
         callbacks.append(EarlyStopping(monitor=f"val_{key}", mode=mode, patience=cfg.train.early_stopping_patience,
                                        check_on_train_epoch_end=True))
-    # no LearningRateMonitor: EpochRow's one row per epoch carries lr to every logger, and the
+    # no LearningRateMonitor: EpochMetrics' one row per epoch carries lr to every logger, and the
     # monitor's own rows would break metrics.csv's one-row-per-epoch layout
     bar = t.progress_bar if t.progress_bar is not None else sys.stderr.isatty()
     if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
-    rows.print_lines = not bar
+    metrics.print_lines = not bar
     kwargs = dict(max_epochs=epochs or cfg.train.epochs, accelerator=t.accelerator, devices=t.devices,
                   num_nodes=t.num_nodes, strategy=t.strategy, precision=resolve_precision(t),
                   gradient_clip_val=cfg.train.gradient_clip_val,
@@ -474,7 +498,49 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
             raise interrupted(e.signum, state["where"], state["run_dir"], state["made"]) from None
 
 
+@dataclass
+class _Run:
+    """What ``_prepare`` settles before anything is built: the config, the data and the folder."""
+
+    cfg: object
+    data: Dataset
+    run_dir: Optional[Path]
+    resumed: Optional[_Resume]
+    info: object  # DataInfo: what the model is built for
+    fingerprint: str
+    rank_zero: bool
+
+
+@dataclass
+class _Built:
+    """The model, its training plan and how its epochs are selected."""
+
+    model: torch.nn.Module
+    plan: TrainingPlan
+    has_val: bool
+    selection: Optional[tuple]
+
+
 def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite):
+    run = _prepare(state, cfg, out, overrides, data, save, resume)
+    built = _build(state, run)
+    with warnings.catch_warnings():
+        _quiet_lightning()
+        metrics, stop = EpochMetrics(built.plan.epochs()), StopOnSignal(run.run_dir, state)
+        extra = [stop] + ([KLWarmup(run.cfg.train.kl_warmup_epochs)] if run.cfg.train.kl_warmup_epochs else [])
+        with PROFILE.phase("Lightning Trainer"):  # validates trainer.* before the folder is touched
+            trainer = _trainer(run.cfg, run.run_dir, metrics, built.selection, built.has_val, built.plan.epochs(),
+                               extra)
+        with _run_folder(state, run, overwrite):
+            module = _run(state, trainer, run, built, metrics, stop)
+            if not trainer.is_global_zero:
+                return None
+            state["where"] = "after training, while evaluating and writing model.pt (every epoch is saved)"
+            return _finish(trainer, module, run, built, metrics, plots)
+
+
+def _prepare(state, cfg, out, overrides, data, save, resume) -> _Run:
+    """The config (a resumed run's own), the seed, the data (checked against a resumed run's)."""
     resumed = _resume_config(resume, overrides) if resume is not None else None
     if resumed is not None:
         cfg, out = resumed.cfg, resume
@@ -483,7 +549,6 @@ def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite):
     else:
         cfg = config_mod.load_config(None, overrides, base=cfg)
     check_precision(cfg)
-    rank_zero = launched_rank() == 0
     pyro.set_rng_seed(int(cfg.seed))
     run_dir = Path(os.environ.get("PYRO_VAE_RUN_DIR") or out or default_run_dir(cfg)) if save else None
     state.update(run_dir=run_dir, made=resumed is not None, where="while loading the data")
@@ -492,63 +557,63 @@ def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite):
     fingerprint = data.fingerprint()
     if resumed is not None:
         _check_same_data(resumed, fingerprint, run_dir)
-    info = data.info()
+    return _Run(cfg, data, run_dir, resumed, data.info(), fingerprint, launched_rank() == 0)
+
+
+def _build(state, run: _Run) -> _Built:
     state["where"] = "while building the model"
     with PROFILE.phase("model and training plan"):
-        model = build_model(cfg, info)
-        plan = plan_for(model, cfg)
-        plan.check_data(data)
-        plan.setup(data)
-    has_val = data.val is not None and len(data.val) > 0
-    selection = plan.selection_for(data.val) if has_val else plan.selection
-
-    rows = EpochRow(cfg, print_lines=False, run_dir=run_dir, epochs=plan.epochs(), state=state)
-    with warnings.catch_warnings():
-        for pattern in (".*does not have many workers.*", ".*TPU available but not used.*", ".*LeafSpec.*",
-                        ".*Experiment logs directory.*", ".*Checkpoint directory.*exists and is not empty.*",
-                        ".*that ended before the epoch ended.*", ".*`training_step` returned `None`.*",
-                        ".*no `val_dataloader`.*", ".*smaller than the logging interval.*",
-                        "Encountered NaN.*"):  # the divergence check reports it in one line
-            warnings.filterwarnings("ignore", pattern)
-        _quiet_lightning()
-        with PROFILE.phase("Lightning Trainer"):
-            trainer = _trainer(cfg, run_dir, rows, selection, has_val, plan.epochs())  # validates trainer.* first
-        if run_dir is not None and rank_zero:
-            rundir.prepare(run_dir, overwrite=overwrite, resume=resumed is not None)
-            state["made"] = True
-            os.environ["PYRO_VAE_RUN_DIR"] = str(run_dir)  # the same folder in DDP's extra processes
-        try:
-            state["where"] = "before the first epoch"
-            if run_dir is not None and rank_zero:
-                write_text(run_dir / "config.yaml", config_mod.to_yaml(cfg))
-                if resumed is not None:  # Lightning's CSVLogger starts a fresh file: carry the earlier rows over
-                    rows.rows = _rows_before(run_dir / "metrics.csv", resumed.done_epochs)
-                    for logger in trainer.loggers:
-                        for row in rows.rows:
-                            logger.log_metrics(row, step=row["epoch"])
-                        logger.save()
-            module = SVIModule(plan, cfg, info, fingerprint)
-            _train(trainer, module, plan, data, cfg, rows, has_val, resumed)
-            if rows.stop_signal is not None:  # the signal came after the last step: that epoch is saved
-                rows.interrupt(trainer, f"after epoch {trainer.current_epoch}", mid_epoch=False)
-            if not trainer.is_global_zero:
-                return None
-            state["where"] = "after training, while evaluating and writing model.pt (every epoch is saved)"
-            return _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots)
-        finally:
-            if run_dir is not None and rank_zero:
-                rundir.release(run_dir)
-                os.environ.pop("PYRO_VAE_RUN_DIR", None)
+        model = build_model(run.cfg, run.info)
+        plan = plan_for(model, run.cfg)
+        plan.check_data(run.data)
+        plan.setup(run.data)
+    has_val = run.data.val is not None and len(run.data.val) > 0
+    return _Built(model, plan, has_val, plan.selection_for(run.data.val) if has_val else plan.selection)
 
 
-def _train(trainer, module, plan, data, cfg, rows, has_val, resumed) -> None:
-    """``trainer.fit`` on the plan's index batches (continuing ``resumed``); times it for --profile."""
-    rank, world = trainer.global_rank, trainer.world_size
-    loader = plan.train_dataloader(data, int(cfg.seed), rank, world)
-    if resumed is not None and resumed.mid_epoch is not None:
-        loader.sampler.resume_at(*resumed.mid_epoch)
-    val_loader = plan.eval_dataloader(data.val, cfg.train.eval_batch_size, rank, world) if has_val else None
-    ckpt_path = str(resumed.ckpt) if resumed is not None else None
+@contextlib.contextmanager
+def _run_folder(state, run: _Run, overwrite: bool):
+    """The run folder made (or reopened by --resume) and locked for the block; rank zero only."""
+    owner = run.run_dir is not None and run.rank_zero
+    if owner:
+        rundir.prepare(run.run_dir, overwrite=overwrite, resume=run.resumed is not None)
+        state["made"] = True
+        os.environ["PYRO_VAE_RUN_DIR"] = str(run.run_dir)  # the same folder in DDP's extra processes
+    try:
+        yield
+    finally:
+        if owner:
+            rundir.release(run.run_dir)
+            os.environ.pop("PYRO_VAE_RUN_DIR", None)
+
+
+def _run(state, trainer, run: _Run, built: _Built, metrics: EpochMetrics, stop: StopOnSignal) -> "SVIModule":
+    """The config written, earlier rows carried over on --resume, then ``trainer.fit``."""
+    state["where"] = "before the first epoch"
+    if run.run_dir is not None and run.rank_zero:
+        write_text(run.run_dir / "config.yaml", config_mod.to_yaml(run.cfg))
+        if run.resumed is not None:  # Lightning's CSVLogger starts a fresh file: carry the earlier rows over
+            metrics.rows = _rows_before(run.run_dir / "metrics.csv", run.resumed.done_epochs)
+            for logger in trainer.loggers:
+                for row in metrics.rows:
+                    logger.log_metrics(row, step=row["epoch"])
+                logger.save()
+    module = SVIModule(built.plan, run.cfg, run.info, run.fingerprint)
+    _train(trainer, module, run, built, metrics)
+    if stop.stop_signal is not None:  # the signal came after the last step: that epoch is saved
+        stop.interrupt(trainer, f"after epoch {trainer.current_epoch}", mid_epoch=False)
+    return module
+
+
+def _train(trainer, module, run: _Run, built: _Built, metrics: EpochMetrics) -> None:
+    """``trainer.fit`` on the plan's index batches (continuing a resumed run); times it for --profile."""
+    rank, world, cfg = trainer.global_rank, trainer.world_size, run.cfg
+    loader = built.plan.train_dataloader(run.data, int(cfg.seed), rank, world)
+    if run.resumed is not None and run.resumed.mid_epoch is not None:
+        loader.sampler.resume_at(*run.resumed.mid_epoch)
+    val_loader = (built.plan.eval_dataloader(run.data.val, cfg.train.eval_batch_size, rank, world)
+                  if built.has_val else None)
+    ckpt_path = str(run.resumed.ckpt) if run.resumed is not None else None
     t_fit = time.perf_counter()
     try:
         trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
@@ -560,13 +625,15 @@ def _train(trainer, module, plan, data, cfg, rows, has_val, resumed) -> None:
             raise PyroVAEError(f"could not resume from {ckpt_path}: {str(e).strip().splitlines()[0][:200]}") from None
         raise
     fit_seconds = time.perf_counter() - t_fit
-    PROFILE.add("training epochs (steps)", rows.step_seconds)
-    PROFILE.add("validation", rows.val_seconds)
+    PROFILE.add("training epochs (steps)", metrics.step_seconds)
+    PROFILE.add("validation", metrics.val_seconds)
     PROFILE.add("Lightning loop (checkpoints, logging, start/stop)",
-                max(0.0, fit_seconds - rows.step_seconds - rows.val_seconds))
+                max(0.0, fit_seconds - metrics.step_seconds - metrics.val_seconds))
 
 
-def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
+def _finish(trainer, module, run: _Run, built: _Built, rows: EpochMetrics, plots: bool) -> FitResult:
+    """The best epoch's weights, the test metrics, model.pt, metrics.json and the pictures."""
+    cfg, data, run_dir, plan, info = run.cfg, run.data, run.run_dir, built.plan, run.info
     model = module.model
     device = trainer.strategy.root_device
     best = run_dir / "checkpoints" / "best.ckpt" if run_dir is not None else None
@@ -608,7 +675,17 @@ def _finish(trainer, module, plan, data, cfg, info, run_dir, rows, plots):
     return FitResult(model, data, cfg, run_dir, metrics, rows.rows)
 
 
+#: Lightning's warnings that do not apply to how pyro_vae runs it (the last: the divergence check says it in one line)
+LIGHTNING_NOISE = (".*does not have many workers.*", ".*TPU available but not used.*", ".*LeafSpec.*",
+                   ".*Experiment logs directory.*", ".*Checkpoint directory.*exists and is not empty.*",
+                   ".*that ended before the epoch ended.*", ".*`training_step` returned `None`.*",
+                   ".*no `val_dataloader`.*", ".*smaller than the logging interval.*", "Encountered NaN.*")
+
+
 def _quiet_lightning():
+    """Inside a ``warnings.catch_warnings()`` block: Lightning's noise off, its info logs too."""
+    for pattern in LIGHTNING_NOISE:
+        warnings.filterwarnings("ignore", pattern)
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
                  "lightning.fabric.utilities.seed", "lightning.pytorch"):
         logging.getLogger(name).setLevel(logging.WARNING)

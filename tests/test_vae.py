@@ -204,10 +204,10 @@ def test_nan_loss_stops_with_an_actionable_error(quick):
 def test_early_stopping_and_checkpoint_selection_are_lightnings_own_callbacks(tmp_path):
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from pyro_vae.train import EpochRow, _trainer
+    from pyro_vae.train import EpochMetrics, _trainer
 
     cfg = load_config(None, ["data.validation=100", "train.early_stopping_patience=2"])
-    trainer = _trainer(cfg, tmp_path, EpochRow(cfg, False), ("loss", "min"), has_val=True)
+    trainer = _trainer(cfg, tmp_path, EpochMetrics(cfg.train.epochs), ("loss", "min"), has_val=True)
     stop = [c for c in trainer.callbacks if isinstance(c, EarlyStopping)]
     ckpt = [c for c in trainer.callbacks if isinstance(c, ModelCheckpoint)]
     assert stop and stop[0].monitor == "val_loss" and stop[0].patience == 2

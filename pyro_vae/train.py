@@ -34,7 +34,7 @@ from .errors import ConfigError, Interrupted, PyroVAEError, SignalReceived, Trai
 from .fastmath import cpu_has_native_bf16
 from .models import MODELS
 from .training import TrainingPlan, plan_for
-from .utils import PROFILE, save_tensors, signals_raise, take_pending_signal, write_json, write_text
+from .utils import PROFILE, first_line, save_tensors, signals_raise, take_pending_signal, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -471,7 +471,7 @@ def _trainer(cfg, run_dir, metrics: EpochMetrics, selection, has_val: bool, epoc
     try:
         return L.Trainer(**kwargs, **extra)
     except Exception as e:  # ValueError, Lightning's MisconfigurationException and the like
-        raise ConfigError(f"bad trainer setting: {str(e).strip().splitlines()[0]}") from None
+        raise ConfigError(f"bad trainer setting: {first_line(e)}") from None
 
 
 def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots: bool = True,
@@ -622,7 +622,7 @@ def _train(trainer, module, run: _Run, built: _Built, metrics: EpochMetrics) -> 
         raise
     except (RuntimeError, KeyError, ValueError) as e:
         if ckpt_path is not None:
-            raise PyroVAEError(f"could not resume from {ckpt_path}: {str(e).strip().splitlines()[0][:200]}") from None
+            raise PyroVAEError(f"could not resume from {ckpt_path}: {first_line(e)}") from None
         raise
     fit_seconds = time.perf_counter() - t_fit
     PROFILE.add("training epochs (steps)", metrics.step_seconds)

@@ -5,14 +5,20 @@ Each likelihood knows how many decoder outputs it needs per feature
 the decoder output of shape ``(batch, outputs_per_feature * data_dim)`` into a
 distribution with ``event_shape == (data_dim,)``. The decoder output is laid out
 as ``outputs_per_feature`` consecutive blocks of ``data_dim`` values.
+
+One entry point scores and samples: ``likelihood(out, x=None)`` is the distribution of x
+given the decoder output ``out``, and ``likelihood.mean(out, x=None)`` its mean. The models
+pass the observed rows ``x`` wherever they score data (count likelihoods with
+``library_size=observed`` scale by each row's own total); sampling and decoding pass none.
 """
+import inspect
 import math
 
 import torch
 import pyro.distributions as dist
 from pyro.nn import PyroModule
 
-from .errors import DataError
+from .errors import ConfigError, DataError
 from .fastmath import BernoulliLogits, softplus
 from .registry import Registry
 from .sparse import SparseRows
@@ -22,7 +28,9 @@ register = LIKELIHOODS.register
 
 
 class Likelihood(PyroModule):
-    """Base class. Subclasses take ``data_dim`` plus their own config parameters."""
+    """Base class. Subclasses take ``data_dim`` plus their own config parameters and define
+    ``forward(self, out)`` (optionally ``mean(self, out)``), or ``forward(self, out, x=None)``
+    when the distribution depends on the observed rows ``x``."""
 
     context_args = ("data_dim",)
     outputs_per_feature = 1
@@ -30,6 +38,15 @@ class Likelihood(PyroModule):
     log_input = False
     #: a short hint for data that does not fit, shown in the error message
     fix_hint = "choose a likelihood that fits the data (see `pyro-vae list`)"
+
+    def __init_subclass__(cls, **kwargs):
+        """Give a subclass's ``forward`` / ``mean`` the signature ``(out, x=None)``: one written as
+        ``(self, out)`` (the distribution does not depend on the observed row) is wrapped to
+        accept and ignore ``x``; any other signature is a ConfigError."""
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "mean"):
+            if name in cls.__dict__:
+                setattr(cls, name, _taking_x(cls, name, cls.__dict__[name]))
 
     def __init__(self, data_dim: int):
         super().__init__()
@@ -43,22 +60,15 @@ class Likelihood(PyroModule):
         """Split decoder output into ``outputs_per_feature`` tensors of shape (..., data_dim)."""
         return out.reshape(out.shape[:-1] + (self.outputs_per_feature, self.data_dim)).unbind(-2)
 
-    def forward(self, out: torch.Tensor) -> dist.TorchDistribution:  # pragma: no cover
+    def forward(self, out: torch.Tensor, x=None) -> dist.TorchDistribution:  # pragma: no cover
+        """p(x | decoder output ``out``). ``x``: the observed rows being scored, None when sampling
+        or decoding; only a likelihood whose parameters depend on the observed row reads it."""
         raise NotImplementedError
 
-    def mean(self, out: torch.Tensor) -> torch.Tensor:
-        """E[x | decoder output]: what reconstructions and sample grids show."""
-        return self(out).mean
-
-    def given(self, out: torch.Tensor, x: torch.Tensor) -> dist.TorchDistribution:
-        """p(x | decoder output) scored at the observed rows ``x``: the models call this, so a
-        likelihood whose parameters depend on the observed row itself (count likelihoods with
-        ``library_size=observed``) reads it here. Default: ``self(out)``."""
-        return self(out)
-
-    def mean_given(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """E[x | decoder output] for the observed rows ``x`` (reconstructions). Default: ``mean(out)``."""
-        return self.mean(out)
+    def mean(self, out: torch.Tensor, x=None) -> torch.Tensor:
+        """E[x | decoder output] (at the observed rows ``x`` when given): what reconstructions and
+        sample grids show."""
+        return self(out, x).mean
 
     def fit_data(self, x: torch.Tensor) -> None:
         """Called once with the training rows before training: statistics kept with the model
@@ -85,6 +95,34 @@ class Likelihood(PyroModule):
                 f"likelihood {self.registry_name!r} needs {what}, but {where} has {int(bad.sum())} "
                 f"values that are not (first at row {rows}: {example:g}); {self.fix_hint}"
             )
+
+
+def _taking_x(cls, name: str, fn):
+    """``fn`` (``cls``'s own ``forward`` or ``mean``) callable as ``fn(self, out, x=None)``."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None and _binds(sig, 3) and _binds(sig, 2):
+        return fn
+    if sig is not None and _binds(sig, 2):
+        def ignoring_x(self, out, x=None):
+            return fn(self, out)
+
+        for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
+            setattr(ignoring_x, attr, getattr(fn, attr, None))
+        return ignoring_x
+    raise ConfigError(f"likelihood class {cls.__qualname__}: {name}{sig if sig is not None else ''} must be "
+                      f"{name}(self, out) or {name}(self, out, x=None) (x: the observed rows, None when sampling)")
+
+
+def _binds(sig: inspect.Signature, n: int) -> bool:
+    """Whether a call with ``n`` positional arguments fits ``sig``."""
+    try:
+        sig.bind(*range(n))
+    except TypeError:
+        return False
+    return True
 
 
 def _check_unit_interval(lik: "Likelihood", x: torch.Tensor, where: str, rows=None) -> None:
@@ -344,12 +382,6 @@ class _LibraryCounts(_Counts):
             log_l = self.typical_library.clamp_min(1e-8).log()
         return torch.log_softmax(a.float(), -1) + log_l
 
-    def given(self, out, x):
-        return self(out, x)
-
-    def mean_given(self, out, x):
-        return self.mean(out, x)
-
 
 @register("poisson")
 class Poisson(_LibraryCounts):
@@ -537,27 +569,21 @@ class Mixed(Likelihood):
     def output_size(self) -> int:
         return sum(self.sizes)
 
-    def forward(self, out):
-        chunks = out.split(self.sizes, -1)
-        parts = [p(o) for p, o in zip(self.parts, chunks)]
-        return _MixedColumns(parts, self.columns, self.data_dim)
+    def _groups(self, out, x=None):
+        """(part, its decoder outputs, its observed columns or None) for each column group."""
+        xs = [None] * len(self.columns) if x is None else [x[..., c] for c in self.columns]
+        return zip(self.parts, out.split(self.sizes, -1), xs)
 
-    def given(self, out, x):
-        chunks = out.split(self.sizes, -1)
-        parts = [p.given(o, x[..., c]) for p, o, c in zip(self.parts, chunks, self.columns)]
+    def forward(self, out, x=None):
+        parts = [p(o, xc) for p, o, xc in self._groups(out, x)]
         return _MixedColumns(parts, self.columns, self.data_dim)
 
     def fit_data(self, x):
         for p, c in zip(self.parts, self.columns):
             p.fit_data(columns_of(x, c))
 
-    def mean_given(self, out, x):
-        return self.mean(out, x)
-
     def mean(self, out, x=None):
-        chunks = out.split(self.sizes, -1)
-        pieces = [p.mean(o) if x is None else p.mean_given(o, x[..., c])
-                  for p, o, c in zip(self.parts, chunks, self.columns)]
+        pieces = [p.mean(o, xc) for p, o, xc in self._groups(out, x)]
         res = pieces[0].new_empty(out.shape[:-1] + (self.data_dim,))
         for piece, c in zip(pieces, self.columns):
             res[..., c] = piece.to(res.dtype)

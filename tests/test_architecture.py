@@ -188,7 +188,7 @@ class BetaVAE(VAE):
         with self._plate(x):
             with poutine.scale(scale=self.beta * self.kl_weight):
                 z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
+            pyro.sample("x", self.likelihood(self.decoder(z), x), obs=x)
 
     @pyro_method
     def guide(self, x):

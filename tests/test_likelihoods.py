@@ -1,4 +1,6 @@
+import inspect
 import math
+import types
 
 import pytest
 import torch
@@ -7,7 +9,7 @@ import pyro.distributions as dist
 
 from pyro_vae.cli import main
 from pyro_vae.errors import ConfigError, DataError
-from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.likelihoods import LIKELIHOODS, Likelihood
 
 torch.manual_seed(0)
 OUT = torch.randn(4, 6)
@@ -119,3 +121,56 @@ def test_cli_refuses_counts_likelihood_on_scaled_data(capsys):
     assert main(["train", "likelihood.name=poisson", "trainer.progress_bar=false", "train.epochs=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "data.normalize=false" in err and len(err.splitlines()) == 1
+
+
+def test_a_likelihood_written_without_the_observed_rows_accepts_and_ignores_them():
+    class OneArgument(Likelihood):
+        def forward(self, out):
+            return dist.Normal(out, 1.0).to_event(1)
+
+        def mean(self, out):
+            return 2 * out
+
+    lk = OneArgument(6)
+    x = torch.randn(4, 6)
+    assert torch.equal(lk(OUT, x).log_prob(x), lk(OUT).log_prob(x))
+    assert torch.equal(lk.mean(OUT, x), 2 * OUT) and torch.equal(lk.mean(OUT), 2 * OUT)
+    for name in ("forward", "mean"):
+        method = getattr(OneArgument, name)
+        assert list(inspect.signature(method).parameters) == ["self", "out", "x"]
+        assert method.__qualname__.endswith(f"OneArgument.{name}")
+
+
+def test_a_likelihood_whose_mean_comes_from_its_distribution_passes_the_observed_rows_on():
+    class RowScaled(Likelihood):
+        def forward(self, out, x=None):
+            return dist.Poisson(out.exp() * (1.0 if x is None else x.sum(-1, keepdim=True))).to_event(1)
+
+    lk = RowScaled(6)
+    x = torch.ones(4, 6)
+    assert torch.allclose(lk.mean(OUT, x), 6 * OUT.exp()) and torch.allclose(lk.mean(OUT), OUT.exp())
+
+
+def _no_arguments(self):
+    pass
+
+
+def _x_required(self, out, x):
+    pass
+
+
+def _extra_required(self, out, x=None, *, scale):
+    pass
+
+
+def _three_positional(self, out, x, y):
+    pass
+
+
+@pytest.mark.parametrize("name", ["forward", "mean"])
+@pytest.mark.parametrize("fn", [_no_arguments, _x_required, _extra_required, _three_positional])
+def test_any_other_forward_or_mean_signature_is_a_one_line_config_error(name, fn):
+    with pytest.raises(ConfigError, match=rf"likelihood class Odd: {name}\(self.*\) must be {name}\(self, out\) "
+                                          rf"or {name}\(self, out, x=None\)") as e:
+        types.new_class("Odd", (Likelihood,), exec_body=lambda ns: ns.update({name: fn}))
+    assert "\n" not in str(e.value)

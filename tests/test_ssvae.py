@@ -1,14 +1,13 @@
 import numpy as np
 import pytest
 import torch
-import pyro
 import pyro.distributions as dist
 import torch.nn.functional as F
 from pyro.infer import TraceEnum_ELBO
 
 from pyro_vae.cli import main
 from pyro_vae.config import load_config
-from pyro_vae.data import Dataset, Split, load_data, select_labels
+from pyro_vae.data import Dataset, Split, select_labels
 from pyro_vae.errors import DataError
 from pyro_vae.models import DataInfo
 from pyro_vae.train import build_model, fit
@@ -45,7 +44,7 @@ def _hand_terms(m, x, y, eps):
     z = loc + scale * eps
     q = dist.Normal(loc, scale).to_event(1)
     log_py = torch.log_softmax(m.class_logits, -1)[y]
-    return m.likelihood(m.decoder(z, y)).log_prob(x) + m.prior().log_prob(z) + log_py - q.log_prob(z)
+    return m.likelihood(m.decoder(z, y), x).log_prob(x) + m.prior().log_prob(z) + log_py - q.log_prob(z)
 
 
 @pytest.mark.parametrize("classifier", [[], ["model.classifier_type=conv"]])

@@ -120,7 +120,7 @@ class M1M2(VAE, Classifier):
             with poutine.scale(scale=self.beta):
                 z2 = pyro.sample("z2", m2.prior())
             z1 = pyro.sample("z1", m2.likelihood(m2.decoder(z2, y)))
-            pyro.sample("x", self.likelihood.given(self.decoder(z1), x), obs=x)
+            pyro.sample("x", self.likelihood(self.decoder(z1), x), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor):
@@ -159,7 +159,7 @@ class M1M2(VAE, Classifier):
         loc, scale = self.encoder(x)
         q = dist.Normal(loc, scale).to_event(1)
         z1 = q.rsample()
-        w1 = self.likelihood.given(self.decoder(z1), x).log_prob(x) - q.log_prob(z1)
+        w1 = self.likelihood(self.decoder(z1), x).log_prob(x) - q.log_prob(z1)
         return w1[:, None] + self.m2.log_weights(z1, cond=loc)
 
     @torch.no_grad()
@@ -171,7 +171,7 @@ class M1M2(VAE, Classifier):
             loc, scale = self.encoder(x)
             q = dist.Normal(loc, scale).to_event(1)
             z1 = q.sample()
-            log_px = self.likelihood.given(self.decoder(z1), x).log_prob(x)
+            log_px = self.likelihood(self.decoder(z1), x).log_prob(x)
             out.append(log_px - q.log_prob(z1) + self.m2.elbo(z1, cond=loc))
         return torch.stack(out).mean(0)
 

@@ -183,7 +183,7 @@ class SSVAE(LatentVariableModel, Classifier):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior())
             y = pyro.sample("y", dist.Categorical(logits=self.class_logits), obs=y)
-            pyro.sample("x", self.likelihood.given(self.decoder(z, y), x), obs=x)
+            pyro.sample("x", self.likelihood(self.decoder(z, y), x), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None):
@@ -218,7 +218,7 @@ class SSVAE(LatentVariableModel, Classifier):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.predict(x) if y is None else y
-        return self.likelihood.mean_given(self.decoder(self._q_z(x, y)[0], y), x)
+        return self.likelihood.mean(self.decoder(self._q_z(x, y)[0], y), x)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -240,7 +240,7 @@ class SSVAE(LatentVariableModel, Classifier):
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
         log_py = torch.log_softmax(self.class_logits, -1)[ys]
-        w = self.likelihood.given(self.decoder(z, ys), xs).log_prob(xs) + self.prior().log_prob(z) + log_py - q.log_prob(z)
+        w = self.likelihood(self.decoder(z, ys), xs).log_prob(xs) + self.prior().log_prob(z) + log_py - q.log_prob(z)
         return w.reshape(c, b).T
 
     @torch.no_grad()

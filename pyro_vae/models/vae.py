@@ -64,7 +64,7 @@ class VAE(LatentVariableModel, LatentPaths):
         with self._plate(x):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior())
-            pyro.sample("x", self.likelihood.given(self.decoder(z), x), obs=x)
+            pyro.sample("x", self.likelihood(self.decoder(z), x), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor):
@@ -94,7 +94,7 @@ class VAE(LatentVariableModel, LatentPaths):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x|z] at the posterior mean of each input (count likelihoods: at the input's total count)."""
-        return self.likelihood.mean_given(self.decoder(self.encoder(x)[0]), x)
+        return self.likelihood.mean(self.decoder(self.encoder(x)[0]), x)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True) -> torch.Tensor:
@@ -108,7 +108,7 @@ class VAE(LatentVariableModel, LatentPaths):
         loc, scale = self.encoder(x)
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
-        w = self.likelihood.given(self.decoder(z), x).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
+        w = self.likelihood(self.decoder(z), x).log_prob(x) + self.prior().log_prob(z) - q.log_prob(z)
         return w[:, None]
 
     @torch.no_grad()

@@ -524,6 +524,16 @@ class _Built:
 def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite):
     run = _prepare(state, cfg, out, overrides, data, save, resume)
     built = _build(state, run)
+    # the plan has filled in the data-dependent defaults: from here on config.yaml, the checkpoints
+    # and model.pt hold this config, and nothing may change it
+    OmegaConf.set_readonly(run.cfg, True)
+    try:
+        return _train_and_finish(state, run, built, overwrite, plots)
+    finally:
+        OmegaConf.set_readonly(run.cfg, None)  # the caller's to use as it likes
+
+
+def _train_and_finish(state, run, built, overwrite, plots):
     with warnings.catch_warnings():
         _quiet_lightning()
         metrics, stop = EpochMetrics(built.plan.epochs()), StopOnSignal(run.run_dir, state)

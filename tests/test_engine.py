@@ -201,3 +201,26 @@ def test_trainer_validate_reports_the_held_out_metrics(quick):
     out = trainer.validate(module, dataloaders=plan.eval_dataloader(r.data.val, 64), verbose=False)
     torch.manual_seed(0)
     assert out[0]["val_loss"] == pytest.approx(plan.evaluate(r.data.val, 64)["loss"], rel=1e-4)
+
+
+def test_the_config_is_resolved_before_training_and_read_only_during_it(quick, monkeypatch):
+    """The plan fills in data-dependent defaults (train.batch_size: null) before config.yaml is
+    written; a change to the config during training is refused; the caller gets it back writable."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ReadonlyConfigError
+
+    from pyro_vae.train import SVIModule, fit
+
+    seen, step = {}, SVIModule.training_step
+
+    def try_to_change_the_config(self, batch, batch_idx):
+        seen["batch_size"] = self.cfg.train.batch_size
+        with pytest.raises(ReadonlyConfigError):
+            self.cfg.train.lr = 1.0
+        seen["refused"] = True
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(SVIModule, "training_step", try_to_change_the_config)
+    r = fit(None, save=False, overrides=[*quick, "train.epochs=1", "train.batch_size=null"])
+    assert seen == {"batch_size": 64, "refused": True} and r.config.train.batch_size == 64
+    assert not OmegaConf.is_readonly(r.config)

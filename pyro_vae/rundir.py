@@ -20,8 +20,8 @@ from typing import Optional, Sequence
 from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError
-from .models.base import CHECKPOINT_FORMAT as FORMAT, export_payload
-from .utils import first_line, read_weights, save_tensors
+from .models.base import CHECKPOINT_FORMAT as FORMAT
+from .utils import first_line, read_weights
 
 CHECKPOINT = "model.pt"
 LOCK = ".lock"
@@ -37,14 +37,6 @@ def package_version() -> str:
         return version("pyro_vae")
     except PackageNotFoundError:
         return "unknown"
-
-
-def save_model(run_dir, model, cfg, info) -> Path:
-    """Write ``model.pt`` (plain tensors + the config) atomically."""
-    path = Path(run_dir) / CHECKPOINT
-    save_tensors(export_payload(model, cfg, info), path,
-                 hint=f"checkpoints/last.ckpt holds every epoch: make room, then pyro-vae train --resume {run_dir}")
-    return path
 
 
 def read_payload(path: Path) -> dict:

@@ -672,17 +672,20 @@ def _finish(trainer, module, run: _Run, built: _Built, rows: EpochMetrics, plots
 
     with PROFILE.phase("test metrics"):
         metrics.update(test_metrics(plan, data.test, cfg, seed=int(cfg.seed)))
+    model.config, model.data_info = cfg, info  # what model.save and pyro_vae.load need
     if run_dir is not None:
         with PROFILE.phase("save model.pt, metrics.json"):
-            rundir.save_model(run_dir, model, cfg, info)
+            try:
+                model.save(run_dir / rundir.CHECKPOINT, overwrite=True)
+            except PyroVAEError as e:
+                raise PyroVAEError(f"{e}; checkpoints/last.ckpt holds every epoch: make room, then "
+                                   f"pyro-vae train --resume {run_dir}") from None
             write_json(run_dir / "metrics.json", metrics)
         if plots:
             from .plots import run_report
 
             run_report(model, data, run_dir, rows.rows, plan)
-    model = model.cpu()
-    model.config, model.data_info = cfg, info
-    return FitResult(model, data, cfg, run_dir, metrics, rows.rows)
+    return FitResult(model.cpu(), data, cfg, run_dir, metrics, rows.rows)
 
 
 #: Lightning's warnings that do not apply to how pyro_vae runs it (the last: the divergence check says it in one line)

@@ -72,6 +72,47 @@ def test_stage_one_walks_all_rows_and_both_stages_have_the_same_steps():
     assert plan.epochs() == 5
 
 
+def test_m1_and_m2_are_parts_whose_weights_keep_the_files_names():
+    """M1+M2 holds a VAE (m1) and an SSVAE (m2); model.pt names M1's weights encoder.*, decoder.*, ...
+    (no m1. prefix) and M2's m2.*, and loads them back; beta and num_data are M1's."""
+    from pyro_vae.models import SSVAE, VAE
+
+    m, _ = tiny()
+    assert isinstance(m.m1, VAE) and isinstance(m.m2, SSVAE) and m.likelihood is m.m1.likelihood
+    keys = list(m.state_dict())
+    assert keys[0].startswith("encoder.") and any(k.startswith("decoder.") for k in keys)
+    assert all(k.split(".")[0] in ("encoder", "decoder", "prior", "likelihood", "m2") for k in keys)
+    other, _ = tiny()
+    other.load_state_dict(m.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(m.parameters(), other.parameters()))
+    with pytest.raises(RuntimeError):
+        other.load_state_dict({"m1." + k: v for k, v in m.state_dict().items()})
+    m.beta, m.num_data = 0.25, 77
+    assert (m.m1.beta, m.m1.num_data) == (0.25, 77)
+
+
+def test_the_stage_is_the_training_epochs_and_picks_the_loss_and_the_validation_elbo():
+    m, cfg = tiny()
+    plan = plan_for(m, cfg)
+    y = torch.full((100,), -1)
+    y[:12] = torch.arange(12) % 4
+    data = Dataset("t", Split(torch.rand(100, 64), y), Split(torch.rand(5, 64)))
+    plan.setup(data)
+    assert plan.stage() == 2  # no training loader: a model is evaluated as a whole
+    loader = plan.train_dataloader(data, seed=0)
+    x, yv = data.train.x[:7], y[:7]
+    for epoch, stage, elbo in ((0, 1, m.m1.elbo), (2, 1, m.m1.elbo), (3, 2, m.elbo)):
+        loader.sampler.set_epoch(epoch)
+        assert plan.stage() == stage
+        batch = next(iter(loader))
+        assert plan.batch_size_of(batch) == (len(batch[0]) if stage == 1 else len(batch["xu"]) + len(batch["xl"]))
+        assert torch.isfinite(plan.loss(batch))
+        torch.manual_seed(0)
+        got = plan.validation_sums(x, yv)["loss"]
+        torch.manual_seed(0)
+        assert torch.equal(got, -elbo(x).sum())
+
+
 def test_train_classify_encode_sample_evaluate_and_load(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *SMALL, "--out", str(run)]) == 0

@@ -40,7 +40,7 @@ def tiny_plan(labelled, unlabelled, extra=()):
 
 def _hand_terms(m, x, y, eps):
     """log p(x, y, z) - log q(z | x, y) for given labels y and standard-normal noise eps."""
-    loc, scale = m._q_z(x, y)
+    loc, scale = m.q_z_given_y(x, y)
     z = loc + scale * eps
     q = dist.Normal(loc, scale).to_event(1)
     log_py = torch.log_softmax(m.class_logits, -1)[y]

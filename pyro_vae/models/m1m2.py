@@ -15,8 +15,10 @@ and its variational posterior (``guide``)::
     y_n ~ q(y | mu1(x_n))  (enumerated)                          M2's classifier, on the code mean
     z2_n ~ q(z2 | mu1(x_n), y_n)                                 M2's encoder, on the code mean
 
-Training is in two stages (:class:`pyro_vae.training.M1M2Plan`): ``model.m1_epochs``
-epochs of M1's own ELBO (z1 ~ its prior), then ``train.epochs`` epochs of M2's
+The model holds M1 (``m1``, a :class:`~pyro_vae.models.vae.VAE` on x) and M2 (``m2``, an
+:class:`~pyro_vae.models.ssvae.SSVAE` on z1) and delegates to them. Training is in two stages
+(:class:`pyro_vae.training.M1M2Plan`): ``model.m1_epochs`` epochs of M1's own ELBO (z1 ~ its prior,
+``m1.model`` / ``m1.guide``), then ``train.epochs`` epochs of M2's
 semi-supervised objective on M1's code means mu1(x), M1 held fixed. With M2's guide reading the
 code mean, the z1 sample enters the ELBO only through log p(z1|z2,y), whose expectation under
 q(z1|x) is M2's Gaussian log-density at mu1(x) minus sum_d s1_d^2 / (2 s_d^2) (s: M2's scale per
@@ -31,11 +33,12 @@ import pyro
 import pyro.distributions as dist
 from omegaconf import OmegaConf
 from pyro import poutine
+from pyro.nn import PyroModule
 from pyro.nn.module import pyro_method
 
 from ..errors import ConfigError
 from ..registry import option
-from .base import MODELS, Classifier, DataInfo
+from .base import MODELS, Classifier, DataInfo, LatentPaths, LatentVariableModel
 from .ssvae import SSVAE, SSVAEConfig
 from .vae import VAE
 
@@ -66,8 +69,8 @@ class M1M2Config:
             raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
 
 
-def m2_config(cfg):
-    """The ``model: ssvae`` config of M2 inside a ``model: m1m2`` config: an MLP q(y|z1), no image
+def m2_model_config(cfg):
+    """The ``model: ssvae`` config that builds M2 inside a ``model: m1m2`` config: an MLP q(y|z1), no image
     augmentation or pseudo-labels, a Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
     m = cfg.model
     ssvae = dict(asdict(SSVAEConfig()), name="ssvae", classifier_type="mlp", augment_shift=0, pseudo_label_weight=0.0,
@@ -75,66 +78,114 @@ def m2_config(cfg):
                  classifier_activation="relu", aux_loss_multiplier=float(m.aux_loss_multiplier))
     net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": cfg.encoder.activation}
     return OmegaConf.create({"model": ssvae, "latent_dim": int(m.z2_dim), "encoder": net, "decoder": net,
-                             "prior": {"name": "normal"}, "likelihood": {"name": "gaussian", "scale": "per_feature"},
-                             "train": OmegaConf.to_container(cfg.train)})
+                             "prior": {"name": "normal"}, "likelihood": {"name": "gaussian", "scale": "per_feature"}})
+
+
+def _m1_keys_at_top_level(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict post-hook: M1's weights are saved without the ``m1.`` in their names
+    (``encoder.*``, ``decoder.*``, ``prior.*``, ``likelihood.*``), M2's under ``m2.*``; the order is kept."""
+    keys = [k for k in state_dict if k.startswith(prefix)]
+    for key in keys:
+        value = state_dict.pop(key)
+        state_dict[prefix + key[len(prefix) + 3:] if key.startswith(prefix + "m1.") else key] = value
+
+
+def _m1_keys_under_m1(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+    """load_state_dict pre-hook, the inverse of :func:`_m1_keys_at_top_level`: every key outside ``m2.`` is M1's."""
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "m2.")]:
+        state_dict[prefix + "m1." + key[len(prefix):]] = state_dict.pop(key)
+
+
+def _m1_attribute(name: str, doc: str, settable: bool = False) -> property:
+    """A property of M1M2 that reads (and with ``settable`` writes) ``self.m1.<name>``."""
+    setter = (lambda self, value: setattr(self.m1, name, value)) if settable else None
+    return property(lambda self: getattr(self.m1, name), setter, doc=doc)
 
 
 @MODELS.register("m1m2", config=M1M2Config)
-class M1M2(VAE, Classifier):
-    """M1+M2: M1 (this VAE: encoder, decoder, prior, likelihood) with M2 (``self.m2``) on its codes."""
+class M1M2(LatentVariableModel, Classifier, LatentPaths):
+    """M1+M2: a VAE on x (M1: encoder, decoder, prior, likelihood; code z1) with M2 on its codes.
 
-    def __init__(self, encoder, decoder, prior, likelihood, latent_dim: int, m2: SSVAE, image_shape=None,
-                 num_data: Optional[int] = None):
-        super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, num_data)
+    The parts are ``m1`` (:class:`VAE`) and ``m2`` (:class:`SSVAE`). ``encoder``, ``decoder``, ``prior`` and ``likelihood`` are M1's; ``beta`` and ``num_data`` are
+    M1's too (the KL weight and plate size of both M1's program and the whole one). ``model.pt``
+    stores M1's weights under their own names (``encoder.*``, ...) and M2's under ``m2.*``."""
+
+    encoder = _m1_attribute("encoder", "M1's q(z1|x) network")
+    decoder = _m1_attribute("decoder", "M1's p(x|z1) network")
+    prior = _m1_attribute("prior", "M1's prior p(z1), what M1 alone learns with")
+    likelihood = _m1_attribute("likelihood", "M1's likelihood p(x|z1)")
+    beta = _m1_attribute("beta", "KL weight of the continuous sites (z1 of M1, z2 of the whole program)", True)
+    num_data = _m1_attribute("num_data", "plate size: the training-set size (None: the minibatch)", True)
+
+    def __init__(self, m1: VAE, m2: SSVAE):
+        PyroModule.__init__(self)  # no parts of its own (LatentVariableModel's): they are m1's and m2's
+        self.m1 = m1
         self.m2 = m2
+        self.latent_dim, self.data_dim, self.image_shape = m1.latent_dim, m1.data_dim, m1.image_shape
         self.num_classes = m2.num_classes
+        self.register_state_dict_post_hook(_m1_keys_at_top_level)
+        self.register_load_state_dict_pre_hook(_m1_keys_under_m1)
 
     @classmethod
     def from_config(cls, cfg, info: DataInfo) -> "M1M2":
         z1 = int(cfg.model.z1_dim)
         m1 = VAE.from_config(OmegaConf.merge(cfg, {"latent_dim": z1}), info)
-        m2 = SSVAE.from_config(m2_config(cfg), DataInfo(z1, None, info.num_classes, info.num_data))
-        return cls(m1.encoder, m1.decoder, m1.prior, m1.likelihood, z1, m2, info.image_shape, info.num_data)
-
-    # ---- the two stages' Pyro programs -------------------------------------------------
-    def m1_model(self, x: torch.Tensor):
-        """M1's generative model p(x, z1) = N(z1; 0, I) p(x|z1) (the first stage)."""
-        return VAE.model(self, x)
-
-    def m1_guide(self, x: torch.Tensor):
-        """M1's q(z1|x) (the first stage)."""
-        return VAE.guide(self, x)
+        m2 = SSVAE.from_config(m2_model_config(cfg), DataInfo(z1, None, info.num_classes, info.num_data))
+        return cls(m1, m2)
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """M1's codes of ``x``, what M2 learns from and classifies: the means E[q(z1|x)]."""
-        return self.encoder(x)[0]
+        return self.m1.encoder(x)[0]
 
     # ---- the whole model as one Pyro program ----------------------------------------------
+    def _plate(self, x):
+        n = x.shape[0]
+        return pyro.plate("data", self.num_data or n, subsample=torch.arange(n, device=x.device))
+
     @pyro_method
     def model(self, x: torch.Tensor):
         """p(x, y, z1, z2) = p(y) p(z2) p(z1|z2,y) p(x|z1), observed at ``x``; y is enumerated."""
-        m2 = self.m2
+        m1, m2 = self.m1, self.m2
         with self._plate(x):
             y = pyro.sample("y", dist.Categorical(logits=m2.class_logits))
             with poutine.scale(scale=self.beta):
                 z2 = pyro.sample("z2", m2.prior())
             z1 = pyro.sample("z1", m2.likelihood(m2.decoder(z2, y)))
-            pyro.sample("x", self.likelihood(self.decoder(z1), x), obs=x)
+            pyro.sample("x", m1.likelihood(m1.decoder(z1), x), obs=x)
 
     @pyro_method
     def guide(self, x: torch.Tensor):
         """q(z1|x) q(y|mu1(x)) q(z2|mu1(x),y), y enumerated in parallel; mu1(x) = E[q(z1|x)]."""
         m2 = self.m2
         with self._plate(x):
-            loc, scale = self.encoder(x)
+            loc, scale = self.m1.encoder(x)
             pyro.sample("z1", dist.Normal(loc, scale).to_event(1))
             y = pyro.sample("y", dist.Categorical(logits=m2.classifier(loc).float()), infer={"enumerate": "parallel"})
-            loc2, scale2 = m2._q_z(loc, y)
+            loc2, scale2 = m2.q_z_given_y(loc, y)
             with poutine.scale(scale=self.beta):
                 pyro.sample("z2", dist.Normal(loc2, scale2).to_event(1))
 
     # ---- the user API -----------------------------------------------------------------
+    def q_z(self, x: torch.Tensor):
+        """M1's q(z1|x), with gradients."""
+        return self.m1.q_z(x)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor):
+        """Mean and scale of M1's q(z1|x): the code z1."""
+        return self.m1.encode(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x|z1] under M1's likelihood."""
+        return self.m1.decode(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """M1's reconstruction: E[x|z1] at the mean of q(z1|x)."""
+        return self.m1.reconstruct(x)
+
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """q(y|z1) at z1 = the mean of q(z1|x): class probabilities, rows sum to 1."""
@@ -150,32 +201,29 @@ class M1M2(VAE, Classifier):
         """New data through both decoders: y ~ p(y) (or the given labels), z2 ~ p(z2), z1 ~ p(z1|z2,y)
         (its mean with ``mean=True``), then E[x|z1] (``mean=True``) or x ~ p(x|z1)."""
         z1 = self.m2.sample(n, mean=mean, y=y)
-        out = self.decoder(z1)
-        return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
+        out = self.m1.decoder(z1)
+        return self.m1.likelihood.mean(out) if mean else self.m1.likelihood(out).sample()
 
     def log_weights(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, C): log p(x, y=c, z1, z2_c) - log q(z1, z2_c | x, y=c) with one z1 ~ q(z1|x) per
         row shared by the classes and one z2_c ~ q(z2|mu1(x),c) per class (M2's weights on z1)."""
-        loc, scale = self.encoder(x)
+        m1 = self.m1
+        loc, scale = m1.encoder(x)
         q = dist.Normal(loc, scale).to_event(1)
         z1 = q.rsample()
-        w1 = self.likelihood(self.decoder(z1), x).log_prob(x) - q.log_prob(z1)
+        w1 = m1.likelihood(m1.decoder(z1), x).log_prob(x) - q.log_prob(z1)
         return w1[:, None] + self.m2.log_weights(z1, cond=loc)
 
     @torch.no_grad()
     def elbo(self, x: torch.Tensor, num_particles: int = 1) -> torch.Tensor:
         """Per-datum ELBO of the whole model, y summed out: E_q(z1|x)[log p(x|z1) - log q(z1|x)
         + sum_y q(y|mu1) (log p(z1, y, z2) - log q(z2|mu1,y) - log q(y|mu1))], mu1 = E[q(z1|x)]."""
+        m1 = self.m1
         out = []
         for _ in range(num_particles):
-            loc, scale = self.encoder(x)
+            loc, scale = m1.encoder(x)
             q = dist.Normal(loc, scale).to_event(1)
             z1 = q.sample()
-            log_px = self.likelihood(self.decoder(z1), x).log_prob(x)
+            log_px = m1.likelihood(m1.decoder(z1), x).log_prob(x)
             out.append(log_px - q.log_prob(z1) + self.m2.elbo(z1, cond=loc))
         return torch.stack(out).mean(0)
-
-    @torch.no_grad()
-    def m1_elbo(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-datum ELBO of M1 alone (z1 ~ prior): the first stage's objective."""
-        return VAE.log_weights(self, x)[:, 0]

@@ -161,14 +161,16 @@ class SSVAE(LatentVariableModel, Classifier):
         return cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape)
 
     # ---- networks --------------------------------------------------------------
-    def _q_z(self, x, y, x_part=None):
+    def q_z_given_y(self, x, y, x_part=None):
+        """loc and scale of q(z|x,y), with gradients; ``x_part``: the first layer's x part when already
+        computed (then ``x`` is not read)."""
         loc, raw = self.encoder(x, y, x_part).float().split(self.latent_dim, -1)
         return loc, softplus(raw) + 1e-5  # float32 also under bf16 autocast: densities stay exact
 
     def q_z(self, x):
         """q(z|x) with the label set to its most likely value under q(y|x) (with gradients;
         priors built from the encoder, such as the VampPrior, use it)."""
-        return self._q_z(x, self.classifier(x).argmax(-1))
+        return self.q_z_given_y(x, self.classifier(x).argmax(-1))
 
     # ---- the Pyro program ------------------------------------------------------
     def _plate(self, x, size=None):
@@ -193,7 +195,7 @@ class SSVAE(LatentVariableModel, Classifier):
             if y is None:
                 logits = self.classifier(x).float()
                 y = pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
-            loc, scale = self._q_z(x, y, x_part)
+            loc, scale = self.q_z_given_y(x, y, x_part)
             with poutine.scale(scale=self.beta):
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
@@ -206,7 +208,7 @@ class SSVAE(LatentVariableModel, Classifier):
     @torch.no_grad()
     def encode(self, x: torch.Tensor, y: Optional[torch.Tensor] = None):
         """Posterior mean and scale of q(z|x,y), with y the predicted label when not given."""
-        return self._q_z(x, self.predict(x) if y is None else y)
+        return self.q_z_given_y(x, self.predict(x) if y is None else y)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -218,7 +220,7 @@ class SSVAE(LatentVariableModel, Classifier):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
         y = self.predict(x) if y is None else y
-        return self.likelihood.mean(self.decoder(self._q_z(x, y)[0], y), x)
+        return self.likelihood.mean(self.decoder(self.q_z_given_y(x, y)[0], y), x)
 
     @torch.no_grad()
     def sample(self, n: int, mean: bool = True, y: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -236,7 +238,7 @@ class SSVAE(LatentVariableModel, Classifier):
         ys = torch.arange(c, device=x.device).repeat_interleave(b)  # (C*B,)
         xs = x.repeat(c, 1)
         x_part = self.encoder.first(x if cond is None else cond).repeat(c, 1)  # once per row, not per class
-        loc, scale = self._q_z(None, ys, x_part)
+        loc, scale = self.q_z_given_y(None, ys, x_part)
         q = dist.Normal(loc, scale).to_event(1)
         z = q.rsample()
         log_py = torch.log_softmax(self.class_logits, -1)[ys]

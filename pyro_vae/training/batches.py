@@ -30,7 +30,9 @@ def step_bounds(n: int, per_step: int, world_size: int = 1) -> List[Tuple[int, i
     return bounds
 
 
-def _generator(*keys: int) -> torch.Generator:
+def seeded_generator(*keys: int) -> torch.Generator:
+    """A torch generator seeded by the sequence ``keys`` (e.g. seed, epoch, step): the same keys give
+    the same draws on every process and after a resume."""
     seed = 0
     for k in keys:
         seed = (seed * 1_000_003 + int(k) + 1) % (2 ** 62)
@@ -64,7 +66,7 @@ class IndexBatchSampler(Sampler):
         return len(self.bounds)
 
     def __iter__(self) -> Iterator[dict]:
-        g = _generator(self.seed, self.epoch)
+        g = seeded_generator(self.seed, self.epoch)
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         for step, (a, b) in enumerate(self.bounds):
             if step >= self._first_step():
@@ -96,13 +98,13 @@ class SemiSupervisedBatchSampler(IndexBatchSampler):
         cycle, buf = 0, self.l[:0]
         while True:
             while len(buf) < per_step:
-                perm = torch.randperm(len(self.l), generator=_generator(self.seed, self.epoch, 7, cycle))
+                perm = torch.randperm(len(self.l), generator=seeded_generator(self.seed, self.epoch, 7, cycle))
                 buf, cycle = torch.cat([buf, self.l[perm]]), cycle + 1
             yield buf[:per_step]
             buf = buf[per_step:]
 
     def __iter__(self):
-        g = _generator(self.seed, self.epoch)
+        g = seeded_generator(self.seed, self.epoch)
         order = self.u[torch.randperm(len(self.u), generator=g)]
         per_step = self.lbatch * self.world_size
         stream = self._labelled_steps(per_step)
@@ -132,7 +134,7 @@ class RowBatches(Dataset):
     def rows(self, idx, seed):
         xb = take(self.x, idx)
         if self.dynamic_binarize:
-            xb = torch.bernoulli(xb, generator=_generator(seed))
+            xb = torch.bernoulli(xb, generator=seeded_generator(seed))
         return xb
 
     def __getitem__(self, item):

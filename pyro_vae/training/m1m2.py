@@ -1,30 +1,36 @@
 """Training M1+M2 in two stages within one run (one Trainer, one checkpoint stream).
 
 Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's ELBO (``TraceMeanField_ELBO`` or ``Trace_ELBO`` on
-``m1_model`` / ``m1_guide``) on minibatches of all training rows. The following
+``model.m1.model`` / ``model.m1.guide``) on minibatches of all training rows. The following
 ``train.epochs`` epochs: M2's semi-supervised objective (the :data:`~pyro_vae.training.ssvae.LOSS_TERMS`
 of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's code means mu1(x), without gradient
 (M1 held fixed), plus the codes' spread (``_spread``): together the whole program's ELBO, whose guide
 reads the code mean (:mod:`pyro_vae.models.m1m2`), in closed form over z1. The stage of an epoch is a function
-of the epoch number (the batch sampler's), so a resumed run continues in the right stage.
+of the epoch number (the batch sampler's, :meth:`M1M2Plan.stage`), so a resumed run continues in the right stage.
 
 Validation: ``loss`` is M1's -ELBO during the first stage and the whole model's -ELBO after;
 ``accuracy`` (q(y|z1) on E[q(z1|x)]) selects the kept checkpoint, as for M2.
 """
 import math
-from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 from ..errors import ConfigError
-from ..models.m1m2 import M1M2, m2_config
+from ..models.m1m2 import M1M2, m2_model_config
 from .base import TrainingPlan, make_elbo, register_plan
-from .batches import RowBatches, SemiSupervisedBatchSampler, _generator, index_loader
+from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader, seeded_generator
 from .ssvae import SemiSupervisedPlan, check_labels
 
 
 #: ``model.m1_epochs: null`` trains M1 for about this many steps (whole epochs, at least one)
 M1_STEPS = 8000
+
+
+def m2_plan_config(cfg):
+    """The config of M2's plan (:class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) inside a
+    ``model: m1m2`` run: the config that builds M2 with the run's ``train`` section."""
+    return OmegaConf.merge(m2_model_config(cfg), {"train": OmegaConf.to_container(cfg.train)})
 
 
 class StagedBatchSampler(SemiSupervisedBatchSampler):
@@ -37,12 +43,17 @@ class StagedBatchSampler(SemiSupervisedBatchSampler):
         super().__init__(unlabelled, labelled, batch_size, labelled_batch_size, seed, rank, world_size)
         self.first_epochs = int(first_epochs)
 
+    @property
+    def stage(self) -> int:
+        """The stage of this sampler's epoch: 1 (all rows, M1) before ``first_epochs``, then 2 (M2)."""
+        return 1 if self.epoch < self.first_epochs else 2
+
     def __iter__(self):
-        if self.epoch >= self.first_epochs:
+        if self.stage == 2:
             yield from super().__iter__()
             return
         rows = torch.cat([self.u, self.l])
-        order = rows[torch.randperm(len(rows), generator=_generator(self.seed, self.epoch, 1))]
+        order = rows[torch.randperm(len(rows), generator=seeded_generator(self.seed, self.epoch, 1))]
         steps = len(self.bounds)
         cuts = [round(i * len(rows) / steps) for i in range(steps + 1)]
         for step in range(self._first_step(), steps):
@@ -62,9 +73,14 @@ class M1M2Plan(TrainingPlan):
         if t.early_stopping_patience is not None:
             raise ConfigError("model=m1m2 trains its stages for fixed epochs (model.m1_epochs, train.epochs); "
                               "set train.early_stopping_patience=null")
-        self.m1_loss = make_elbo(t)(model.m1_model, model.m1_guide)
-        self.m2_plan = SemiSupervisedPlan(model.m2, m2_config(cfg))
-        self.stage = 2  # of the last training step; a trained model is evaluated as a whole
+        self.m1_loss = make_elbo(t)(model.m1.model, model.m1.guide)
+        self.m2_plan = SemiSupervisedPlan(model.m2, m2_plan_config(cfg))
+        self.sampler = None  # of the training batches (train_dataloader): its epoch says the stage
+
+    def stage(self) -> int:
+        """1 while the training sampler's epoch is one of the first ``model.m1_epochs`` (M1's ELBO),
+        2 after (M2 on M1's codes) and without a training loader (a trained model is evaluated whole)."""
+        return 2 if self.sampler is None else self.sampler.stage
 
     def epochs(self):
         return int(self.cfg.model.m1_epochs) + int(self.cfg.train.epochs)
@@ -85,24 +101,29 @@ class M1M2Plan(TrainingPlan):
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         y = data.train.y
         rows = torch.arange(len(y))
-        sampler = StagedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
-                                     self.m2_plan.labelled_batch_size(), self.cfg.model.m1_epochs, seed, rank,
-                                     world_size)
-        return index_loader(RowBatches(data.train.x, y, data.binarize == "dynamic"), sampler)
+        self.sampler = StagedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
+                                          self.m2_plan.labelled_batch_size(), self.cfg.model.m1_epochs, seed, rank,
+                                          world_size)
+        return index_loader(RowBatches(data.train.x, y, data.binarize == "dynamic"), self.sampler)
 
     def loss(self, batch):
-        if isinstance(batch, dict):  # the second stage: M2 on M1's codes q(z1|x)
-            self.stage = 2
-            (mu_u, var_u), (mu_l, var_l) = self._codes(batch["xu"]), self._codes(batch["xl"])
-            loss = self.m2_plan.loss({"xu": mu_u, "xl": mu_l, "yl": batch["yl"]})
-            return loss + self._spread(var_u, self.m2_plan.num_unlabelled) + self._spread(var_l, self.m2_plan.num_labelled)
-        self.stage = 1
-        return self.m1_loss(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        return self.m1_stage_loss(batch) if self.stage() == 1 else self.m2_stage_loss(batch)
+
+    def m1_stage_loss(self, batch):
+        """The first stage: M1's -ELBO on a batch ``(x, y)`` of all rows (y unused)."""
+        return self.m1_loss(batch[0])
+
+    def m2_stage_loss(self, batch):
+        """The second stage: M2's objective on M1's code means of a semi-supervised batch
+        ``{"xu", "xl", "yl"}``, plus the codes' spread."""
+        (mu_u, var_u), (mu_l, var_l) = self._codes(batch["xu"]), self._codes(batch["xl"])
+        loss = self.m2_plan.loss({"xu": mu_u, "xl": mu_l, "yl": batch["yl"]})
+        return loss + self._spread(var_u, self.m2_plan.num_unlabelled) + self._spread(var_l, self.m2_plan.num_labelled)
 
     @torch.no_grad()
     def _codes(self, x):
         """Mean and variance of q(z1|x) (M1 is fixed in the second stage)."""
-        loc, scale = self.model.encoder(x)
+        loc, scale = self.model.m1.encoder(x)
         return loc, scale.float() ** 2
 
     def _spread(self, var, count):
@@ -111,17 +132,15 @@ class M1M2Plan(TrainingPlan):
         and s cannot shrink below the posterior's own width (without it s collapses to 0)."""
         if not var.shape[0]:
             return var.new_zeros(())
-        _, s = self.model.m2.likelihood._loc_scale(var[:1])
+        s = self.model.m2.likelihood(var[:1]).base_dist.scale  # M2's Gaussian p(z1|z2,y): one scale per code
         return (var / (2 * s.float() ** 2)).sum() * (count / var.shape[0])
 
     def batch_size_of(self, batch):
-        if isinstance(batch, dict):
-            return self.m2_plan.batch_size_of(batch)
-        return (batch[0] if isinstance(batch, (tuple, list)) else batch).shape[0]
+        return batch[0].shape[0] if self.stage() == 1 else self.m2_plan.batch_size_of(batch)
 
     @torch.no_grad()
     def validation_sums(self, x, y):
-        elbo = self.model.m1_elbo(x) if self.stage == 1 else self.model.elbo(x)
+        elbo = self.model.m1.elbo(x) if self.stage() == 1 else self.model.elbo(x)
         known = y >= 0
         return {"loss": -elbo.sum(), "count": torch.tensor(float(x.shape[0]), device=x.device),
                 "correct": (self.model.predict(x)[known] == y[known]).sum().float(), "known": known.sum().float()}
@@ -134,17 +153,13 @@ class M1M2Plan(TrainingPlan):
 
     @torch.no_grad()
     def extra_plots(self, data, run_dir):
-        from ..plots import confusion_matrix_plot, image_grid
+        from ..plots import conditional_generation, confusion_matrix_report
 
-        m, test, run_dir = self.model, data.test, Path(run_dir)
-        if test.y is not None and bool((test.y >= 0).any()):
-            mask = test.y >= 0
-            confusion_matrix_plot(test.y[mask].numpy(), m.predict(test.x[mask].to(m.device)).cpu().numpy(),
-                                  run_dir / "confusion_matrix.png", data.class_names)
+        m = self.model
+        confusion_matrix_report(m, data, run_dir)
         if data.image_shape is not None:
             torch.manual_seed(0)
             c, n = m.num_classes, 10
             y = torch.arange(c, device=m.device).repeat_interleave(n)
-            names = [data.class_names[k] if data.class_names else str(k) for k in range(c)]
-            image_grid(m.sample(c * n, y=y).cpu(), data.image_shape, run_dir / "conditional_generation.png",
-                       ncol=n, title="rows: class y; samples through both decoders", row_labels=names)
+            conditional_generation(m.sample(c * n, y=y).cpu(), c, data, run_dir, n,
+                                   "rows: class y; samples through both decoders")

@@ -92,6 +92,88 @@ def test_no_import_cycles():
             visit(m, [])
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _imported_modules_and_privates(path: Path):
+    """(aliases of pyro_vae modules that ``path`` imports, private names it imports from pyro_vae modules)."""
+    name = _module_name(path)
+    package = "" if name == "__init__" else (name if path.name == "__init__.py" else name.rpartition(".")[0])
+    aliases, privates = set(), []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".") if package else []
+                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif node.module and node.module.startswith("pyro_vae"):
+                target = node.module[len("pyro_vae"):].lstrip(".")
+            else:
+                continue
+            for alias in node.names:
+                candidate = f"{target}.{alias.name}" if target else alias.name
+                if candidate in LAYER_OF:  # a module: `from . import likelihoods as likelihoods_mod`
+                    aliases.add(alias.asname or alias.name)
+                elif _private(alias.name):
+                    privates.append(f"from {target or 'pyro_vae'} import {alias.name}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("pyro_vae"):
+                    aliases.add(alias.asname or alias.name)
+    return aliases, privates
+
+
+def _defined_privates(tree) -> set:
+    """Private names a module defines: functions, classes, module variables and ``self._x`` attributes."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(node.name)
+        elif isinstance(node, (ast.Name, ast.Attribute)) and isinstance(node.ctx, ast.Store):
+            out.add(node.id if isinstance(node, ast.Name) else node.attr)
+    return {n for n in out if _private(n)}
+
+
+def test_no_module_uses_another_modules_private_names():
+    """No ``from pyro_vae.X import _name``, no ``X._name`` on an imported pyro_vae module, and no
+    ``obj._name`` (obj other than self / cls) for a private name that only other pyro_vae modules
+    define: what a module shares with the others has a public name."""
+    trees = {p: ast.parse(p.read_text()) for p in PKG.rglob("*.py")}
+    defined = {p: _defined_privates(t) for p, t in trees.items()}
+    bad = []
+    for path, tree in trees.items():
+        aliases, privates = _imported_modules_and_privates(path)
+        bad += [f"{_module_name(path)}: {p}" for p in privates]
+        elsewhere = set().union(*(d for p, d in defined.items() if p != path)) - defined[path]
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and _private(node.attr)):
+                continue
+            owner = ast.unparse(node.value)
+            if owner in aliases or (owner not in ("self", "cls") and node.attr in elsewhere):
+                bad.append(f"{_module_name(path)}:{node.lineno}: {owner}.{node.attr}")
+    assert not bad, bad
+
+
+def test_the_private_name_check_finds_each_kind_of_use(tmp_path, monkeypatch):
+    """The check above on a small package: an imported private function, a private function of an
+    imported module and a private method of another module's object are each found."""
+    pkg = tmp_path / "pyro_vae"
+    (pkg / "models").mkdir(parents=True)
+    (pkg / "utils.py").write_text("def _helper():\n    pass\n")
+    (pkg / "models" / "vae.py").write_text("class VAE:\n    def _q(self):\n        return self._own()\n"
+                                           "    def _own(self):\n        pass\n")
+    (pkg / "models" / "base.py").write_text("from ..utils import _helper\n")
+    (pkg / "models" / "ssvae.py").write_text("from .. import utils\nutils._helper()\n")
+    (pkg / "models" / "m1m2.py").write_text("def f(m1):\n    return m1._q()\n")
+    monkeypatch.setattr(sys.modules[__name__], "PKG", pkg)
+    with pytest.raises(AssertionError) as e:
+        test_no_module_uses_another_modules_private_names()
+    found = str(e.value)
+    assert "from utils import _helper" in found and "utils._helper" in found and "m1._q" in found
+    assert "self._own" not in found
+
+
 def test_only_the_engine_imports_lightning():
     users = [p.name for p in PKG.rglob("*.py") if "lightning" in p.read_text() and "import lightning" in p.read_text()
              or "from lightning" in p.read_text()]

@@ -17,7 +17,7 @@ KEY_PACKAGES := torch torchvision pyro-ppl lightning numpy scipy omegaconf sciki
 SHOW_VERSIONS := -c "import sys, importlib.metadata as m; have = {d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}; \
 	print('\n'.join(f'  {p:<13} {have.get(p, \"not installed\")}' for p in sys.argv[1:]))" $(KEY_PACKAGES)
 
-.PHONY: install install-oldest demo test test-oldest bench listing clean
+.PHONY: install install-oldest demo test test-oldest lint bench listing clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ test-oldest: install-oldest
 	@echo "resolved versions ($(OLDEST_VENV), lower bounds of pyproject.toml):"
 	@$(OLDEST_PY) $(SHOW_VERSIONS)
 	$(OLDEST_PY) -m pytest tests $(PYTEST_ARGS)
+
+# ruff's lint rules and its formatter (settings in pyproject.toml)
+lint: install
+	@$(PY) -m pip install -q -e ".[lint]" >>$(VENV)/install.log 2>&1 || (tail -20 $(VENV)/install.log; exit 1)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench: install
 	$(PY) benchmarks/vae_speed.py

@@ -6,6 +6,7 @@ Every `name>=X` in [project] dependencies and in the `test` extra becomes `name=
 suite runs on the oldest versions the project claims to support. torch and torchvision are the
 exception: they are pinned to the local build (the arguments), not to their lower bounds.
 """
+
 import re
 import sys
 import tomllib

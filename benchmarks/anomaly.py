@@ -17,6 +17,7 @@ noise with the training set's per-pixel mean and standard deviation, clipped to 
 Writes benchmarks/anomaly.json after every class (a cut-off run keeps what it has) and the
 run directories OUT/run-C with RUN/scores/NAME.pt, roc.png and score_histograms.png.
 """
+
 import argparse
 import json
 import platform
@@ -45,8 +46,13 @@ def train(args, out, exclude=()):
     from pyro_vae.config import load_config
     from pyro_vae.data import load_data
 
-    overrides = [f"data.root={args.root}", f"train.epochs={args.epochs}", "trainer.progress_bar=false",
-                 f"data.exclude_classes=[{','.join(str(c) for c in exclude)}]", f"seed={args.seed}"]
+    overrides = [
+        f"data.root={args.root}",
+        f"train.epochs={args.epochs}",
+        "trainer.progress_bar=false",
+        f"data.exclude_classes=[{','.join(str(c) for c in exclude)}]",
+        f"seed={args.seed}",
+    ]
     cfg = load_config(str(CONFIG), overrides)
     if (Path(out) / "model.pt").is_file():
         model = pyro_vae.load(out)
@@ -80,10 +86,15 @@ def held_out_run(c, args, names):
     values, timing = score_all(model, data.train.x, test.x, run_dir, names, args.seed)
     positive = test.y == c
     metrics = S.score_report(values, positive, test.y, run_dir, class_names=NAMES)
-    row = {"held_out_class": c, "held_out_name": NAMES[c], "epochs": args.epochs,
-           "test_loss_seen_classes": round(float(-model.elbo(test.x[~positive]).mean()), 2),
-           "scores": {n: {"auroc": round(m["auroc"], 4), "auprc": round(m["auprc"], 4), **timing[n]}
-                      for n, m in metrics.items()}}
+    row = {
+        "held_out_class": c,
+        "held_out_name": NAMES[c],
+        "epochs": args.epochs,
+        "test_loss_seen_classes": round(float(-model.elbo(test.x[~positive]).mean()), 2),
+        "scores": {
+            n: {"auroc": round(m["auroc"], 4), "auprc": round(m["auprc"], 4), **timing[n]} for n, m in metrics.items()
+        },
+    }
     if train_s is not None:
         row["train_seconds"] = round(train_s, 1)
     return row
@@ -112,8 +123,7 @@ def dataset_level(args, names):
     fitted = {}
     for name in names:
         torch.manual_seed(args.seed)
-        fitted[name] = S.prepare(S.build(name), model, data.train.x, run_dir=run_dir, seed=args.seed,
-                                 refit=True)
+        fitted[name] = S.prepare(S.build(name), model, data.train.x, run_dir=run_dir, seed=args.seed, refit=True)
     normal = {n: S.compute(s, model, test_x) for n, s in fitted.items()}
     for set_name, x in shifted_sets(test_x, data.train.x, args.seed).items():
         values = {n: torch.cat([normal[n], S.compute(s, model, x)]) for n, s in fitted.items()}
@@ -131,28 +141,37 @@ def summarise(rows, names):
         p = [r["scores"][n]["auprc"] for r in rows if n in r["scores"]]
         if not a:
             continue
-        summary[n] = {"mean_auroc": round(sum(a) / len(a), 4), "min_auroc": round(min(a), 4),
-                      "mean_auprc": round(sum(p) / len(p), 4), "classes": len(a),
-                      "classes_below_0.8": sum(v < GOALS["min_auroc"] for v in a),
-                      "classes_below_0.5": sum(v < GOALS["floor"] for v in a)}
+        summary[n] = {
+            "mean_auroc": round(sum(a) / len(a), 4),
+            "min_auroc": round(min(a), 4),
+            "mean_auprc": round(sum(p) / len(p), 4),
+            "classes": len(a),
+            "classes_below_0.8": sum(v < GOALS["min_auroc"] for v in a),
+            "classes_below_0.5": sum(v < GOALS["floor"] for v in a),
+        }
     return summary
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default="/usr/share/datasets/fashion-mnist")
-    p.add_argument("--classes", type=int, nargs="*", default=list(range(10)),
-                   help="held-out classes (none: only the data-set-level check)")
-    p.add_argument("--epochs", type=int, default=10,
-                   help="the same for every class (default: the config's 10)")
+    p.add_argument(
+        "--classes",
+        type=int,
+        nargs="*",
+        default=list(range(10)),
+        help="held-out classes (none: only the data-set-level check)",
+    )
+    p.add_argument("--epochs", type=int, default=10, help="the same for every class (default: the config's 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scores", nargs="+", default=None, help="default: every registered score")
     p.add_argument("--no-dataset-check", action="store_true")
     p.add_argument("--out", default="runs/anomaly-benchmark")
     p.add_argument("--json", default=str(JSON))
     p.add_argument("--render", action="store_true", help="print the Markdown table of --json and exit")
-    p.add_argument("--merge", action="store_true",
-                   help="add these scores to the rows already in --json (models reused from --out)")
+    p.add_argument(
+        "--merge", action="store_true", help="add these scores to the rows already in --json (models reused from --out)"
+    )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: shared machines)")
     args = p.parse_args()
     if args.render:
@@ -160,13 +179,19 @@ def main():
         return
     names = args.scores or S.ANOMALY_SCORES.names()
     torch.set_num_threads(args.threads)
-    doc = {"benchmark": "anomaly scores, Fashion-MNIST, one class held out of training at a time",
-           "config": str(CONFIG.relative_to(ROOT)), "epochs": args.epochs, "seed": args.seed,
-           "scores": {n: {"params": S.build(n).params()} for n in names},
-           "default_score": S.DEFAULT_SCORE, "goals": GOALS,
-           "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-                      "CPU shared with other jobs (timings are indicative)",
-           "held_out": [], "summary": {}}
+    doc = {
+        "benchmark": "anomaly scores, Fashion-MNIST, one class held out of training at a time",
+        "config": str(CONFIG.relative_to(ROOT)),
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "scores": {n: {"params": S.build(n).params()} for n in names},
+        "default_score": S.DEFAULT_SCORE,
+        "goals": GOALS,
+        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        "CPU shared with other jobs (timings are indicative)",
+        "held_out": [],
+        "summary": {},
+    }
     if args.merge and Path(args.json).is_file():
         old = json.loads(Path(args.json).read_text())
         doc["held_out"], doc["scores"] = old["held_out"], {**old["scores"], **doc["scores"]}
@@ -207,10 +232,14 @@ def render(doc=None) -> str:
     names = sorted(summary, key=lambda n: -summary[n]["mean_auroc"])
     default = S.DEFAULT_SCORE  # the library's default now (the JSON records the one at run time)
     head = ["score"] + [f"{r['held_out_class']} {r['held_out_name']}" for r in rows] + ["mean", "min", "mean AUPRC"]
-    lines = [f"AUROC of each score for the Fashion-MNIST class held out of training "
-             f"({doc['epochs']} epochs, {doc['config']}); **bold** = the default; (removed) = measured, "
-             "then taken out of the library.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = [
+        f"AUROC of each score for the Fashion-MNIST class held out of training "
+        f"({doc['epochs']} epochs, {doc['config']}); **bold** = the default; (removed) = measured, "
+        "then taken out of the library.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
 
     def label(n):
         return f"**{n}**" if n == default else n if n in S.ANOMALY_SCORES else f"{n} (removed)"
@@ -218,14 +247,24 @@ def render(doc=None) -> str:
     for n in names:
         cells = [f"{r['scores'][n]['auroc']:.3f}" if n in r["scores"] else "-" for r in rows]
         s = summary[n]
-        lines.append("| " + " | ".join([label(n)] + cells + [f"{s['mean_auroc']:.3f}", f"{s['min_auroc']:.3f}",
-                                                          f"{s['mean_auprc']:.3f}"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [label(n)] + cells + [f"{s['mean_auroc']:.3f}", f"{s['min_auroc']:.3f}", f"{s['mean_auprc']:.3f}"]
+            )
+            + " |"
+        )
     level = doc.get("dataset_level")
     if level:
         sets = list(level["aurocs"])
-        lines += ["", f"Trained on all of Fashion-MNIST ({level['epochs']} epochs): AUROC of its test set "
-                      "against transformed copies / matched noise.", "",
-                  "| score | " + " | ".join(s.replace("_", " ") for s in sets) + " |", "|---|" + "---|" * len(sets)]
+        lines += [
+            "",
+            f"Trained on all of Fashion-MNIST ({level['epochs']} epochs): AUROC of its test set "
+            "against transformed copies / matched noise.",
+            "",
+            "| score | " + " | ".join(s.replace("_", " ") for s in sets) + " |",
+            "|---|" + "---|" * len(sets),
+        ]
         for n in (n for n in names if all(n in level["aurocs"][s] for s in sets)):
             lines.append("| " + " | ".join([label(n)] + [f"{level['aurocs'][s][n]:.3f}" for s in sets]) + " |")
     return "\n".join(lines)

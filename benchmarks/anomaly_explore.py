@@ -32,6 +32,7 @@ Variants (higher = more anomalous), each a principled guess, not a grid:
 
 Writes benchmarks/anomaly_explore.json.
 """
+
 import argparse
 import json
 import math
@@ -56,7 +57,7 @@ def features(model, x, batch=1000):
     out = {"x": [], "mu": [], "sigma": [], "hidden": [], "recon_error": [], "recon_code": []}
     model.eval()
     for i in range(0, x.shape[0], batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         h = model.encoder.body(xb)
         mu, sigma = model.encoder(xb)
         rec = model.reconstruct(xb)
@@ -72,7 +73,7 @@ def features(model, x, batch=1000):
 def kth(d_fn, q, bank, k, batch=500):
     out = []
     for i in range(0, q.shape[0], batch):
-        d = d_fn(q[i:i + batch], bank)
+        d = d_fn(q[i : i + batch], bank)
         out.append(d.topk(k, dim=1, largest=False).values[:, -1])
     return torch.cat(out)
 
@@ -95,25 +96,26 @@ def whitener(z):
 
 def bhattacharyya_kth(mq, sq, mb, sb, k, batch=50):
     """k-th smallest Bhattacharyya distance between diagonal Gaussians N(mq, sq^2) and the bank's."""
-    vq, vb = sq ** 2, sb ** 2
+    vq, vb = sq**2, sb**2
     out = []
     for i in range(0, mq.shape[0], batch):
-        m, v = mq[i:i + batch, None], vq[i:i + batch, None]
+        m, v = mq[i : i + batch, None], vq[i : i + batch, None]
         avg = (v + vb[None]) / 2
         d = ((m - mb[None]) ** 2 / avg).sum(-1) / 8 + 0.5 * (
-            avg.log().sum(-1) - 0.5 * (v.log().sum(-1) + vb.log().sum(-1)[None]))
+            avg.log().sum(-1) - 0.5 * (v.log().sum(-1) + vb.log().sum(-1)[None])
+        )
         out.append(d.topk(k, dim=1, largest=False).values[:, -1])
     return torch.cat(out)
 
 
 def agg_posterior(z, mb, sb, batch=1000):
     """-log (1/N) sum_n N(z; mb_n, sb_n^2)."""
-    prec = sb ** -2  # (N, D)
-    const = -sb.log().sum(-1) - 0.5 * mb.shape[1] * math.log(2 * math.pi) - 0.5 * (mb ** 2 * prec).sum(-1)
+    prec = sb**-2  # (N, D)
+    const = -sb.log().sum(-1) - 0.5 * mb.shape[1] * math.log(2 * math.pi) - 0.5 * (mb**2 * prec).sum(-1)
     out = []
     for i in range(0, z.shape[0], batch):
-        zb = z[i:i + batch]
-        lp = -0.5 * (zb ** 2) @ prec.T + zb @ (mb * prec).T + const[None]
+        zb = z[i : i + batch]
+        lp = -0.5 * (zb**2) @ prec.T + zb @ (mb * prec).T + const[None]
         out.append(-(torch.logsumexp(lp, 1) - math.log(mb.shape[0])))
     return torch.cat(out)
 
@@ -178,7 +180,7 @@ def variants(tr, tr_y, te, cal):
 def split_rows(n, seed):
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=g)
-    return perm[:min(BANK, n - CALIBRATION)], perm[-CALIBRATION:]
+    return perm[: min(BANK, n - CALIBRATION)], perm[-CALIBRATION:]
 
 
 def fashion(args):
@@ -219,8 +221,11 @@ def digits(args):
             te = features(model, data.test.x)
             v = variants(tr, data.train.y[bank_i], te, cal)
             positive = data.test.y == c
-            row = {"held_out_class": c, "seed": seed,
-                   "aurocs": {n: round(S.auroc_auprc(s, positive)["auroc"], 4) for n, s in v.items()}}
+            row = {
+                "held_out_class": c,
+                "seed": seed,
+                "aurocs": {n: round(S.auroc_auprc(s, positive)["auroc"], 4) for n, s in v.items()},
+            }
             rows.append(row)
             print(json.dumps({"digit": c, "seed": seed, **row["aurocs"]}), flush=True)
     return rows
@@ -239,14 +244,21 @@ def k_check(args):
         positive = data.test.y == c
         for seed in seeds:
             bank = codes[torch.randperm(len(codes), generator=torch.Generator().manual_seed(seed))[:BANK]]
-            d = torch.cat([torch.cdist(te[i:i + 500], bank).topk(max(ks), dim=1, largest=False).values
-                           for i in range(0, len(te), 500)])
+            d = torch.cat(
+                [
+                    torch.cdist(te[i : i + 500], bank).topk(max(ks), dim=1, largest=False).values
+                    for i in range(0, len(te), 500)
+                ]
+            )
             for k in ks:
                 aurocs.setdefault(str(k), {}).setdefault(str(seed), []).append(
-                    round(S.auroc_auprc(d[:, k - 1], positive)["auroc"], 4))
+                    round(S.auroc_auprc(d[:, k - 1], positive)["auroc"], 4)
+                )
         print(json.dumps({"class": c, **{k: v["0"][-1] for k, v in aurocs.items()}}), flush=True)
-    summary = {k: {s: {"mean_auroc": round(sum(a) / len(a), 4), "min_auroc": round(min(a), 4)} for s, a in v.items()}
-               for k, v in aurocs.items()}
+    summary = {
+        k: {s: {"mean_auroc": round(sum(a) / len(a), 4), "min_auroc": round(min(a), 4)} for s, a in v.items()}
+        for k, v in aurocs.items()
+    }
     return {"epochs": args.epochs, "classes": args.classes, "bank_rows": BANK, "aurocs": aurocs, "summary": summary}
 
 
@@ -268,16 +280,23 @@ def main():
     p.add_argument("--out", default="runs/anomaly-benchmark")
     p.add_argument("--digits", action="store_true", help="the held-out digits check instead")
     p.add_argument("--digit-seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--k-check", action="store_true",
-                   help="only the plain code kNN for k in 1 3 5 10 20 over three random banks (seeds 0 1 2)")
+    p.add_argument(
+        "--k-check",
+        action="store_true",
+        help="only the plain code kNN for k in 1 3 5 10 20 over three random banks (seeds 0 1 2)",
+    )
     p.add_argument("--json", default=str(JSON))
     args = p.parse_args()
     torch.set_num_threads(1)
     doc = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     if args.digits:
         rows = digits(args)
-        doc["digits"] = {"config": "the default digits VAE (pyro-vae train with no config)",
-                         "seeds": args.digit_seeds, "held_out": rows, "summary": summarise(rows)}
+        doc["digits"] = {
+            "config": "the default digits VAE (pyro-vae train with no config)",
+            "seeds": args.digit_seeds,
+            "held_out": rows,
+            "summary": summarise(rows),
+        }
     elif args.k_check:
         doc[f"fashion_mnist_{args.epochs}_epochs_k_by_bank_seed"] = k_check(args)
     else:
@@ -286,13 +305,21 @@ def main():
         kept.update({r["held_out_class"]: r for r in fashion(args)})
         rows = [kept[c] for c in sorted(kept)]
         doc[key] = {
-            "config": "examples/configs/fashion_vae.yaml", "epochs": args.epochs, "seed": args.seed,
-            "bank_rows": BANK, "calibration_rows": CALIBRATION, "held_out": rows, "summary": summarise(rows)}
+            "config": "examples/configs/fashion_vae.yaml",
+            "epochs": args.epochs,
+            "seed": args.seed,
+            "bank_rows": BANK,
+            "calibration_rows": CALIBRATION,
+            "held_out": rows,
+            "summary": summarise(rows),
+        }
     write_json(args.json, doc)
     if args.k_check:
         for k, v in doc[f"fashion_mnist_{args.epochs}_epochs_k_by_bank_seed"]["summary"].items():
-            print(f"k={k}: " + "  ".join(f"bank seed {s}: mean {m['mean_auroc']:.3f} min {m['min_auroc']:.3f}"
-                                          for s, m in v.items()))
+            print(
+                f"k={k}: "
+                + "  ".join(f"bank seed {s}: mean {m['mean_auroc']:.3f} min {m['min_auroc']:.3f}" for s, m in v.items())
+            )
         return
     key = "digits" if args.digits else f"fashion_mnist_{args.epochs}_epochs"
     for n, s in doc[key]["summary"].items():

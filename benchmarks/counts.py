@@ -33,6 +33,7 @@ scvi-tools runs from its own environment (--scvi-python, default /work/venvs/scv
 or $SCVI_PYTHON) through benchmarks/counts_scvi.py, so pyro_vae never depends on it.
 Results are merged into benchmarks/counts.json (by variant name, written atomically).
 """
+
 import argparse
 import json
 import os
@@ -50,8 +51,15 @@ ROOT = HERE.parent
 OUT = HERE / "counts.json"
 
 # the architecture both libraries use: scVI's default shape (1 hidden layer of 128, latent 10)
-PYRO_SETTING = ["model=vae", "likelihood=zinb", "latent_dim=10", "encoder.hidden=[128]", "decoder.hidden=[128]",
-                "encoder.activation=relu", "decoder.activation=relu"]
+PYRO_SETTING = [
+    "model=vae",
+    "likelihood=zinb",
+    "latent_dim=10",
+    "encoder.hidden=[128]",
+    "decoder.hidden=[128]",
+    "encoder.activation=relu",
+    "decoder.activation=relu",
+]
 
 
 def make_counts(n_cells=10000, n_genes=2000, n_types=8, seed=0):
@@ -97,9 +105,18 @@ def run_pyro(args, overrides):
 
     d = np.load(args.data)
     x, y = d["x"], d["y"]
-    settings = PYRO_SETTING + [f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
-                               "seed=0", "trainer.progress_bar=false", "trainer.logger=none",
-                               "trainer.accelerator=cpu"] + list(overrides)
+    settings = (
+        PYRO_SETTING
+        + [
+            f"train.epochs={args.epochs}",
+            f"train.batch_size={args.batch_size}",
+            "seed=0",
+            "trainer.progress_bar=false",
+            "trainer.logger=none",
+            "trainer.accelerator=cpu",
+        ]
+        + list(overrides)
+    )
     t0 = time.perf_counter()
     r = pyro_vae.fit(x, y, overrides=settings, save=False, plots=False)
     wall = time.perf_counter() - t0
@@ -108,13 +125,22 @@ def run_pyro(args, overrides):
     torch.manual_seed(0)
     ll = iwae_log_likelihood(model, test.x, args.iwae_samples)
     z_tr, z_te = model.encode(train.x)[0].numpy(), model.encode(test.x)[0].numpy()
-    row = {"library": "pyro_vae", "setting": settings, "epochs": r.metrics["epochs"],
-           "seconds_per_epoch": r.metrics["seconds_per_epoch"], "fit_wall_seconds": round(wall, 1),
-           "test_log_likelihood": round(float(ll.mean()), 2), "iwae_samples": args.iwae_samples,
-           "test_elbo": round(float(model.elbo(test.x).mean()), 2),
-           "knn5_accuracy": round(knn_accuracy(z_tr, train.y.numpy(), z_te, test.y.numpy()), 4),
-           "active_units": r.metrics.get("active_units"), "peak_rss_mb": round(peak_rss_mb(), 1), "torch": torch.__version__,
-           "train_rows": train.rows.tolist(), "test_rows": test.rows.tolist()}
+    row = {
+        "library": "pyro_vae",
+        "setting": settings,
+        "epochs": r.metrics["epochs"],
+        "seconds_per_epoch": r.metrics["seconds_per_epoch"],
+        "fit_wall_seconds": round(wall, 1),
+        "test_log_likelihood": round(float(ll.mean()), 2),
+        "iwae_samples": args.iwae_samples,
+        "test_elbo": round(float(model.elbo(test.x).mean()), 2),
+        "knn5_accuracy": round(knn_accuracy(z_tr, train.y.numpy(), z_te, test.y.numpy()), 4),
+        "active_units": r.metrics.get("active_units"),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch": torch.__version__,
+        "train_rows": train.rows.tolist(),
+        "test_rows": test.rows.tolist(),
+    }
     print("RESULT " + json.dumps(row))
 
 
@@ -125,7 +151,7 @@ def _child(cmd, env=None):
     if proc.returncode or not lines:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
         raise SystemExit(f"{cmd[1]} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main():
@@ -138,8 +164,11 @@ def main():
     p.add_argument("--only", choices=["pyro_vae", "scvi"])
     p.add_argument("--variant", default="default", help="name of this row in counts.json")
     p.add_argument("--scvi-python", default=os.environ.get("SCVI_PYTHON", "/work/venvs/scvi/bin/python"))
-    p.add_argument("--scvi-args", default="", help="extra key=value for SCVI(...) / .train(...), e.g. "
-                                                   "train:n_epochs_kl_warmup=null")
+    p.add_argument(
+        "--scvi-args",
+        default="",
+        help="extra key=value for SCVI(...) / .train(...), e.g. train:n_epochs_kl_warmup=null",
+    )
     p.add_argument("--side", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true")
@@ -156,9 +185,14 @@ def main():
     record = json.loads(OUT.read_text()) if OUT.exists() else {"variants": {}}
     entry = record["variants"].get(args.variant, {})
     lib = x.sum(1)
-    entry["data"] = {"cells": int(x.shape[0]), "genes": int(x.shape[1]), "cell_types": int(y.max() + 1),
-                     "zeros": round(float((x == 0).mean()), 3), "library_median": float(np.median(lib)),
-                     "library_p2_5_p97_5": [float(np.percentile(lib, 2.5)), float(np.percentile(lib, 97.5))]}
+    entry["data"] = {
+        "cells": int(x.shape[0]),
+        "genes": int(x.shape[1]),
+        "cell_types": int(y.max() + 1),
+        "zeros": round(float((x == 0).mean()), 3),
+        "library_median": float(np.median(lib)),
+        "library_p2_5_p97_5": [float(np.percentile(lib, 2.5)), float(np.percentile(lib, 97.5))],
+    }
     pyro = None
     if args.only in (None, "pyro_vae"):
         pyro = _child([sys.executable, __file__, "--side=pyro_vae", f"--data={data}", *common, *overrides])
@@ -166,11 +200,27 @@ def main():
         print({k: v for k, v in entry["pyro_vae"].items() if k != "setting"}, flush=True)
     if args.only in (None, "scvi"):
         if pyro is None:  # the split of the last pyro_vae run of this variant is not stored: redo it
-            pyro = _child([sys.executable, __file__, "--side=pyro_vae", f"--data={data}", "--epochs=1",
-                           "--iwae-samples=1", *overrides])
+            pyro = _child(
+                [
+                    sys.executable,
+                    __file__,
+                    "--side=pyro_vae",
+                    f"--data={data}",
+                    "--epochs=1",
+                    "--iwae-samples=1",
+                    *overrides,
+                ]
+            )
         np.savez(data, x=x, y=y, train_rows=np.array(pyro["train_rows"]), test_rows=np.array(pyro["test_rows"]))
-        scvi = _child([args.scvi_python, str(HERE / "counts_scvi.py"), f"--data={data}", *common,
-                       *([f"--extra={args.scvi_args}"] if args.scvi_args else [])])
+        scvi = _child(
+            [
+                args.scvi_python,
+                str(HERE / "counts_scvi.py"),
+                f"--data={data}",
+                *common,
+                *([f"--extra={args.scvi_args}"] if args.scvi_args else []),
+            ]
+        )
         entry["scvi"] = scvi
         print({k: v for k, v in scvi.items() if k != "setting"}, flush=True)
     entry["machine"] = {"cpu": _cpu(), "threads": 1, "cores": os.cpu_count()}

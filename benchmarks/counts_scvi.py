@@ -10,6 +10,7 @@ time, peak RSS and 5-NN accuracy of the latent means.
 
     python benchmarks/counts_scvi.py --data counts.npz --epochs 50 [--extra train:n_epochs_kl_warmup=null]
 """
+
 import argparse
 import json
 import resource
@@ -24,8 +25,12 @@ def main():
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--iwae-samples", type=int, default=100)
-    p.add_argument("--extra", default="", help="comma-separated model:key=value / train:key=value "
-                                              "(plan keys of SCVI.train's plan_kwargs); value parsed as JSON")
+    p.add_argument(
+        "--extra",
+        default="",
+        help="comma-separated model:key=value / train:key=value "
+        "(plan keys of SCVI.train's plan_kwargs); value parsed as JSON",
+    )
     args = p.parse_args()
 
     import torch
@@ -62,22 +67,37 @@ def main():
     scvi.model.SCVI.setup_anndata(train)
     model = scvi.model.SCVI(train, gene_likelihood="zinb", n_latent=10, **model_kw)
     timer = EpochTimer()
-    model.train(max_epochs=args.epochs, batch_size=args.batch_size, train_size=1.0, accelerator="cpu",
-                enable_progress_bar=False, callbacks=[timer], plan_kwargs=plan_kw or None)
+    model.train(
+        max_epochs=args.epochs,
+        batch_size=args.batch_size,
+        train_size=1.0,
+        accelerator="cpu",
+        enable_progress_bar=False,
+        callbacks=[timer],
+        plan_kwargs=plan_kw or None,
+    )
     wall = time.perf_counter() - t0
     model.module.eval()
     torch.manual_seed(0)
-    ll = model.get_marginal_ll(test, n_mc_samples=args.iwae_samples, return_mean=False,
-                               n_mc_samples_per_pass=min(args.iwae_samples, 100))
+    ll = model.get_marginal_ll(
+        test, n_mc_samples=args.iwae_samples, return_mean=False, n_mc_samples_per_pass=min(args.iwae_samples, 100)
+    )
     z_tr = model.get_latent_representation(train)
     z_te = model.get_latent_representation(test)
     knn = KNeighborsClassifier(5).fit(z_tr, y[tr]).score(z_te, y[te])
-    row = {"library": "scvi-tools", "version": scvi.__version__, "torch": torch.__version__,
-           "setting": {"gene_likelihood": "zinb", "n_latent": 10, **model_kw, **plan_kw},
-           "epochs": len(timer.seconds), "seconds_per_epoch": round(float(np.mean(timer.seconds)), 3),
-           "fit_wall_seconds": round(wall, 1), "test_log_likelihood": round(float(np.mean(np.asarray(ll))), 2),
-           "iwae_samples": args.iwae_samples, "knn5_accuracy": round(float(knn), 4),
-           "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    row = {
+        "library": "scvi-tools",
+        "version": scvi.__version__,
+        "torch": torch.__version__,
+        "setting": {"gene_likelihood": "zinb", "n_latent": 10, **model_kw, **plan_kw},
+        "epochs": len(timer.seconds),
+        "seconds_per_epoch": round(float(np.mean(timer.seconds)), 3),
+        "fit_wall_seconds": round(wall, 1),
+        "test_log_likelihood": round(float(np.mean(np.asarray(ll))), 2),
+        "iwae_samples": args.iwae_samples,
+        "knn5_accuracy": round(float(knn), 4),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
     print("RESULT " + json.dumps(row))
 
 

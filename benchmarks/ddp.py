@@ -8,6 +8,7 @@ seconds per epoch fall roughly as 1/N plus the gradient all-reduce).
 
     .venv/bin/python benchmarks/ddp.py [--epochs 2] [--root /usr/share/datasets/fashion-mnist]
 """
+
 import argparse
 import json
 import os
@@ -22,9 +23,20 @@ HERE = Path(__file__).parent
 
 
 def run(args, out, processes, extra_env=None):
-    cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "examples/configs/fashion_vae.yaml",
-           f"data.root={args.root}", f"train.epochs={args.epochs}", "trainer.progress_bar=false",
-           "trainer.accelerator=cpu", f"train.batch_size={256 // processes}", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pyro_vae.cli",
+        "train",
+        "examples/configs/fashion_vae.yaml",
+        f"data.root={args.root}",
+        f"train.epochs={args.epochs}",
+        "trainer.progress_bar=false",
+        "trainer.accelerator=cpu",
+        f"train.batch_size={256 // processes}",
+        "--out",
+        str(out),
+    ]
     if processes > 1:
         cmd += [f"trainer.devices={processes}", "trainer.strategy=ddp"]
     env = dict(os.environ, **(extra_env or {}))
@@ -34,9 +46,16 @@ def run(args, out, processes, extra_env=None):
     if r.returncode:
         raise SystemExit(f"{processes} process(es) failed:\n{r.stderr[-2000:]}")
     m = json.loads((out / "metrics.json").read_text())
-    return {"processes": processes, "global_batch": 256, "epochs": m["epochs"], "world_size": m["world_size"],
-            "steps_per_epoch": m["steps_per_epoch"], "seconds_per_epoch": m["seconds_per_epoch"],
-            "whole_command_seconds": round(wall, 1), "test_loss": round(m["test_loss"], 2)}
+    return {
+        "processes": processes,
+        "global_batch": 256,
+        "epochs": m["epochs"],
+        "world_size": m["world_size"],
+        "steps_per_epoch": m["steps_per_epoch"],
+        "seconds_per_epoch": m["seconds_per_epoch"],
+        "whole_command_seconds": round(wall, 1),
+        "test_loss": round(m["test_loss"], 2),
+    }
 
 
 def main():
@@ -49,9 +68,13 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(run(args, Path(tmp) / "one", 1))
         rows.append(run(args, Path(tmp) / "two", 2, {"OMP_NUM_THREADS": "1"}))
-    result = {"benchmark": "ddp", "data": "fashion-mnist", "model": "examples/configs/fashion_vae.yaml",
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "rows": rows}
+    result = {
+        "benchmark": "ddp",
+        "data": "fashion-mnist",
+        "model": "examples/configs/fashion_vae.yaml",
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+        "rows": rows,
+    }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for r in rows:
         print(r)

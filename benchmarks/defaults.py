@@ -19,6 +19,7 @@ benchmarks/defaults.json; rows already there are not run again.
     python benchmarks/defaults.py                 # all stages (screen, confirm, fashion, speed)
     python benchmarks/defaults.py --top 4         # how many screened settings to confirm
 """
+
 import argparse
 import inspect
 import itertools
@@ -42,8 +43,15 @@ DIGITS_EPOCHS = 20
 FASHION_EPOCHS = 3
 
 # today's defaults, spelled out so that a run on top of fashion_vae.yaml uses them too
-BASELINE = {"train.elbo": "trace", "train.lr": "1e-3", "train.batch_size": "128", "latent_dim": "16",
-            "encoder.hidden": "[400]", "decoder.hidden": "[400]", "train.kl_warmup_epochs": "0"}
+BASELINE = {
+    "train.elbo": "trace",
+    "train.lr": "1e-3",
+    "train.batch_size": "128",
+    "latent_dim": "16",
+    "encoder.hidden": "[400]",
+    "decoder.hidden": "[400]",
+    "train.kl_warmup_epochs": "0",
+}
 GRID = {
     "train.elbo": ["trace", "meanfield"],
     "train.lr": ["1e-3", "3e-3"],
@@ -89,10 +97,17 @@ def run(overrides, dataset, seed, epochs, reference_shape=False):
             res = pyro_vae.fit(config, overrides=ov, out=str(Path(tmp) / "run"))
         wall = time.time() - t0
     m = res.metrics
-    return {"overrides": list(overrides), "dataset": dataset, "seed": seed, "epochs": epochs,
-            "test_loss": round(float(m["test_loss"]), 3), "seconds_per_epoch": m["seconds_per_epoch"],
-            "active_units": m.get("active_units"), "wall_seconds": round(wall, 1),
-            "threads": torch.get_num_threads()}
+    return {
+        "overrides": list(overrides),
+        "dataset": dataset,
+        "seed": seed,
+        "epochs": epochs,
+        "test_loss": round(float(m["test_loss"]), 3),
+        "seconds_per_epoch": m["seconds_per_epoch"],
+        "active_units": m.get("active_units"),
+        "wall_seconds": round(wall, 1),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def winner(summary, slack=1.0, max_slowdown=2.0):
@@ -119,8 +134,9 @@ def winner(summary, slack=1.0, max_slowdown=2.0):
     # term fully, so the twin without it wins unless the warm-up is better by more than the
     # seed spread (the larger of the two standard deviations)
     if "train.kl_warmup_epochs=0" not in best["overrides"]:
-        twin = [o if not o.startswith("train.kl_warmup_epochs=") else "train.kl_warmup_epochs=0"
-                for o in best["overrides"]]
+        twin = [
+            o if not o.startswith("train.kl_warmup_epochs=") else "train.kl_warmup_epochs=0" for o in best["overrides"]
+        ]
         t = next((s for s in fine if s["overrides"] == twin), None)
         if t is not None:
             spread = max(t["digits_test_loss_sd"], best["digits_test_loss_sd"])
@@ -141,8 +157,11 @@ def main():
 
     doc = json.loads(OUT.read_text()) if OUT.exists() else {"rows": []}
     doc["benchmark"] = "defaults"
-    doc["machine"] = {"cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
-                      "torch": torch.__version__}
+    doc["machine"] = {
+        "cpu_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
     doc["baseline"] = overrides_of(BASELINE)
     done = {key(r) for r in doc["rows"]}
 
@@ -156,15 +175,18 @@ def main():
         doc["rows"].append(row)
         done.add(row_key)
         OUT.write_text(json.dumps(doc, indent=1) + "\n")
-        print(f"{stage:8s} {dataset:13s} seed {seed} {row['test_loss']:8.2f} nats "
-              f"{row['seconds_per_epoch']:6.2f} s/epoch  {' '.join(overrides)}", flush=True)
+        print(
+            f"{stage:8s} {dataset:13s} seed {seed} {row['test_loss']:8.2f} nats "
+            f"{row['seconds_per_epoch']:6.2f} s/epoch  {' '.join(overrides)}",
+            flush=True,
+        )
 
     stages = args.stages.split(",")
     if "screen" in stages:
         for s in settings():
             record("screen", overrides_of(s), "digits", 0, DIGITS_EPOCHS)
     screened = sorted((r for r in doc["rows"] if r["stage"] == "screen"), key=lambda r: r["test_loss"])
-    chosen = [r["overrides"] for r in screened[:args.top]]
+    chosen = [r["overrides"] for r in screened[: args.top]]
     # and the best of each batch size, so that the speed a smaller batch costs on a larger
     # data set is weighed against what it gains
     for b in GRID["train.batch_size"]:
@@ -174,8 +196,12 @@ def main():
         # and its twin with the other warm-up: a warm-up longer than a short run leaves the KL
         # term under-weighted to the end, so it must earn its place
         if best is not None:
-            twin = [o if not o.startswith("train.kl_warmup_epochs=") else
-                    "train.kl_warmup_epochs=" + ("0" if o.endswith("=5") else "5") for o in best["overrides"]]
+            twin = [
+                o
+                if not o.startswith("train.kl_warmup_epochs=")
+                else "train.kl_warmup_epochs=" + ("0" if o.endswith("=5") else "5")
+                for o in best["overrides"]
+            ]
             if twin not in chosen:
                 chosen.append(twin)
     baseline = overrides_of(BASELINE)
@@ -205,15 +231,20 @@ def main():
         if not d:
             continue
         losses = [r["test_loss"] for r in d]
-        summary.append({"overrides": c, "digits_seeds": len(d),
-                        "digits_test_loss_mean": round(statistics.mean(losses), 3),
-                        "digits_test_loss_sd": round(statistics.stdev(losses), 3) if len(d) > 1 else 0.0,
-                        "digits_seconds_per_epoch": round(statistics.mean(r["seconds_per_epoch"] for r in d), 3),
-                        "fashion_test_loss": f[0]["test_loss"] if f else None,
-                        "fashion_seconds_per_epoch": f[0]["seconds_per_epoch"] if f else None,
-                        "fashion_plain_test_loss": fp[0]["test_loss"] if fp else None,
-                        "fashion_plain_seconds_per_epoch": fp[0]["seconds_per_epoch"] if fp else None,
-                        "fashion_seconds_per_epoch_back_to_back": min(sp) if sp else None})
+        summary.append(
+            {
+                "overrides": c,
+                "digits_seeds": len(d),
+                "digits_test_loss_mean": round(statistics.mean(losses), 3),
+                "digits_test_loss_sd": round(statistics.stdev(losses), 3) if len(d) > 1 else 0.0,
+                "digits_seconds_per_epoch": round(statistics.mean(r["seconds_per_epoch"] for r in d), 3),
+                "fashion_test_loss": f[0]["test_loss"] if f else None,
+                "fashion_seconds_per_epoch": f[0]["seconds_per_epoch"] if f else None,
+                "fashion_plain_test_loss": fp[0]["test_loss"] if fp else None,
+                "fashion_plain_seconds_per_epoch": fp[0]["seconds_per_epoch"] if fp else None,
+                "fashion_seconds_per_epoch_back_to_back": min(sp) if sp else None,
+            }
+        )
     doc["summary"] = summary
     doc["fashion_epochs"] = FASHION_EPOCHS
     doc["winner"] = winner(summary)

@@ -16,6 +16,7 @@ at its cheapest (a trained M2 sends 65-75% of the unlabelled copies through q(y|
 
     .venv/bin/python benchmarks/m1m2_cost.py      # under a minute -> benchmarks/m1m2_cost.json
 """
+
 import argparse
 import contextlib
 import statistics
@@ -37,8 +38,16 @@ ROOT = "/usr/share/datasets/fashion-mnist"
 
 
 def setup(kind, labels, root, second_stage):
-    cfg = load_config(None, [f"model={kind}", "data.name=fashion-mnist", f"data.root={root}",
-                             f"data.labels={labels}", "data.validation=1000"])
+    cfg = load_config(
+        None,
+        [
+            f"model={kind}",
+            "data.name=fashion-mnist",
+            f"data.root={root}",
+            f"data.labels={labels}",
+            "data.validation=1000",
+        ],
+    )
     data = load_data(cfg)
     model = build_model(cfg, data.info())
     plan = plan_for(model, cfg)
@@ -52,8 +61,13 @@ def setup(kind, labels, root, second_stage):
     if not second_stage and kind == "m1m2":
         assert not isinstance(batches[0], dict), "expected M1's batches"
     params = [p for p in model.parameters() if p.requires_grad]
-    return {"plan": plan, "batches": batches, "steps_per_epoch": len(loader), "batch_size": int(cfg.train.batch_size),
-            "opt": torch.optim.Adam(params, lr=float(cfg.train.lr))}
+    return {
+        "plan": plan,
+        "batches": batches,
+        "steps_per_epoch": len(loader),
+        "batch_size": int(cfg.train.batch_size),
+        "opt": torch.optim.Adam(params, lr=float(cfg.train.lr)),
+    }
 
 
 def block(r, autocast, n=10):
@@ -78,8 +92,11 @@ def main():
     torch.manual_seed(0)
     bf16 = cpu_has_native_bf16()
     autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-    runs = {"m2": setup("ssvae", args.labels, args.root, False), "m1": setup("m1m2", args.labels, args.root, False),
-            "m1m2-m2": setup("m1m2", args.labels, args.root, True)}
+    runs = {
+        "m2": setup("ssvae", args.labels, args.root, False),
+        "m1": setup("m1m2", args.labels, args.root, False),
+        "m1m2-m2": setup("m1m2", args.labels, args.root, True),
+    }
     for r in runs.values():
         block(r, autocast, 5)
     times = {k: [] for k in runs}
@@ -89,13 +106,32 @@ def main():
     rows = []
     for k, r in runs.items():
         ms = statistics.median(times[k])
-        rows.append({"kind": k, "batch_size": r["batch_size"], "steps_per_epoch": r["steps_per_epoch"],
-                     "ms_per_step": round(ms, 1), "seconds_per_epoch": round(ms * r["steps_per_epoch"] / 1000, 1),
-                     "blocks_ms": [round(t, 1) for t in times[k]]})
-        print(f"{k:8s} batch {r['batch_size']:4d}  {r['steps_per_epoch']:4d} steps  {ms:6.1f} ms/step  "
-              f"{rows[-1]['seconds_per_epoch']:6.1f} s/epoch", flush=True)
-    write_json(args.out, {"benchmark": "m1m2 cost", "labels": args.labels, "threads": 1,
-                          "precision": "bf16 autocast" if bf16 else "float32", "cpu": _cpu(), "rows": rows})
+        rows.append(
+            {
+                "kind": k,
+                "batch_size": r["batch_size"],
+                "steps_per_epoch": r["steps_per_epoch"],
+                "ms_per_step": round(ms, 1),
+                "seconds_per_epoch": round(ms * r["steps_per_epoch"] / 1000, 1),
+                "blocks_ms": [round(t, 1) for t in times[k]],
+            }
+        )
+        print(
+            f"{k:8s} batch {r['batch_size']:4d}  {r['steps_per_epoch']:4d} steps  {ms:6.1f} ms/step  "
+            f"{rows[-1]['seconds_per_epoch']:6.1f} s/epoch",
+            flush=True,
+        )
+    write_json(
+        args.out,
+        {
+            "benchmark": "m1m2 cost",
+            "labels": args.labels,
+            "threads": 1,
+            "precision": "bf16 autocast" if bf16 else "float32",
+            "cpu": _cpu(),
+            "rows": rows,
+        },
+    )
 
 
 def _cpu():

@@ -33,6 +33,7 @@ benchmarks/vae_speed.py takes about 5 more:
 Quick check of the plumbing (4-8 minutes: one epoch of each):
     .venv/bin/python benchmarks/m2_speed.py --epochs 1 --out /tmp/m2_speed.json
 """
+
 import argparse
 import json
 import re
@@ -47,13 +48,26 @@ from peers import harness as H  # noqa: E402
 
 LABELS = 3000
 OURS_PYRO_SETUP = [
-    "data.validation=10000", "latent_dim=50",
-    "encoder.type=mlp", "encoder.hidden=[500]", "encoder.activation=softplus",
-    "decoder.type=mlp", "decoder.hidden=[500]", "decoder.activation=softplus",
-    "model.classifier_type=mlp", "model.classifier_hidden=[500]", "model.classifier_activation=softplus",
-    "model.classifier_dropout=0", "model.augment_shift=0", "model.pseudo_label_weight=0",
-    "model.aux_scaling=labelled", "model.aux_loss_multiplier=46",
-    "train.batch_size=200", "train.lr=4.2e-4", "train.elbo=trace", "train.lr_schedule=constant",
+    "data.validation=10000",
+    "latent_dim=50",
+    "encoder.type=mlp",
+    "encoder.hidden=[500]",
+    "encoder.activation=softplus",
+    "decoder.type=mlp",
+    "decoder.hidden=[500]",
+    "decoder.activation=softplus",
+    "model.classifier_type=mlp",
+    "model.classifier_hidden=[500]",
+    "model.classifier_activation=softplus",
+    "model.classifier_dropout=0",
+    "model.augment_shift=0",
+    "model.pseudo_label_weight=0",
+    "model.aux_scaling=labelled",
+    "model.aux_loss_multiplier=46",
+    "train.batch_size=200",
+    "train.lr=4.2e-4",
+    "train.elbo=trace",
+    "train.lr_schedule=constant",
 ]  # trainer.precision stays the default (auto: bf16-mixed on CPUs with bf16 units), as a user runs it
 SAME_SPLIT = ["data.validation=10000"]  # Pyro's script holds out 10,000 labelled images: the same epoch
 NAMES = ["ours-pyro-setup", "ours-defaults", "pyro-ss_vae_M2"]
@@ -61,10 +75,22 @@ NAMES = ["ours-pyro-setup", "ours-defaults", "pyro-ss_vae_M2"]
 
 def run_ours(name, args, workdir, rep):
     out = Path(workdir) / f"{name}-{rep}"
-    cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "model.name=ssvae", "data.name=fashion-mnist",
-           f"data.root={args.root}", f"data.labels={LABELS}", f"train.epochs={args.epochs}",
-           *(OURS_PYRO_SETUP if name == "ours-pyro-setup" else SAME_SPLIT),
-           "trainer.progress_bar=false", "--out", str(out), "--profile"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pyro_vae.cli",
+        "train",
+        "model.name=ssvae",
+        "data.name=fashion-mnist",
+        f"data.root={args.root}",
+        f"data.labels={LABELS}",
+        f"train.epochs={args.epochs}",
+        *(OURS_PYRO_SETUP if name == "ours-pyro-setup" else SAME_SPLIT),
+        "trainer.progress_bar=false",
+        "--out",
+        str(out),
+        "--profile",
+    ]
     if args.cuda:
         cmd.append("trainer.accelerator=gpu")
     res = H.run_timed(cmd, H.REPO, H.thread_env(args.threads, {"PYTHONPATH": str(H.REPO)}), args.timeout)
@@ -75,13 +101,19 @@ def run_ours(name, args, workdir, rep):
     profile = H.parse_profile(res["stderr"])
     epochs = int(metrics.get("epochs") or args.epochs)
     steps = profile.get("training epochs (steps)")
-    row.update({"test_accuracy": round(metrics["test_accuracy"], 4), "epochs": epochs,
-                "best_epoch": metrics.get("best_epoch"), "num_train": metrics.get("num_train"),
-                "precision": metrics.get("precision"),
-                "steps_per_epoch": metrics.get("steps_per_epoch"), "profile": profile,
-                "seconds_per_epoch_with_validation": metrics.get("seconds_per_epoch"),
-                "seconds_per_epoch": round(steps / epochs, 3) if steps is not None
-                else metrics.get("seconds_per_epoch")})
+    row.update(
+        {
+            "test_accuracy": round(metrics["test_accuracy"], 4),
+            "epochs": epochs,
+            "best_epoch": metrics.get("best_epoch"),
+            "num_train": metrics.get("num_train"),
+            "precision": metrics.get("precision"),
+            "steps_per_epoch": metrics.get("steps_per_epoch"),
+            "profile": profile,
+            "seconds_per_epoch_with_validation": metrics.get("seconds_per_epoch"),
+            "seconds_per_epoch": round(steps / epochs, 3) if steps is not None else metrics.get("seconds_per_epoch"),
+        }
+    )
     return row
 
 
@@ -93,14 +125,29 @@ def run_pyro(args, workdir, rep, vae_dir):
         cmd.append("--cuda")
     res = H.run_timed(cmd, cwd, H.thread_env(args.threads), args.timeout)
     row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
-    last = [m for _, ln in res["lines"] if (m := re.search(
-        r"best validation accuracy ([\d.]+) corresponding testing accuracy ([\d.]+) last testing accuracy ([\d.]+)", ln))]
+    last = [
+        m
+        for _, ln in res["lines"]
+        if (
+            m := re.search(
+                r"best validation accuracy ([\d.]+) corresponding testing accuracy ([\d.]+) last testing accuracy ([\d.]+)",
+                ln,
+            )
+        )
+    ]
     if res["rc"] != 0 or not last:
         return {**row, "error": H.failure(res)}
     gaps = H.epoch_seconds_from_lines(res["lines"], r"^\d+ epoch: avg losses")
-    row.update({"test_accuracy": float(last[-1].group(2)), "last_epoch_test_accuracy": float(last[-1].group(3)),
-                "best_validation_accuracy": float(last[-1].group(1)), "epochs": args.epochs,
-                "epoch_seconds_from_output": gaps, "seconds_per_epoch": H.median(gaps)})
+    row.update(
+        {
+            "test_accuracy": float(last[-1].group(2)),
+            "last_epoch_test_accuracy": float(last[-1].group(3)),
+            "best_validation_accuracy": float(last[-1].group(1)),
+            "epochs": args.epochs,
+            "epoch_seconds_from_output": gaps,
+            "seconds_per_epoch": H.median(gaps),
+        }
+    )
     return row
 
 
@@ -112,10 +159,14 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1, help="rounds of the interleaved commands (default 1)")
-    p.add_argument("--threads", type=int, default=H.default_threads(), help="threads of every command (default: all cores)")
+    p.add_argument(
+        "--threads", type=int, default=H.default_threads(), help="threads of every command (default: all cores)"
+    )
     p.add_argument("--only", nargs="+", choices=NAMES, help="run only these commands")
     p.add_argument("--root", default=H.FASHION, help="folder with Fashion-MNIST's four IDX .gz files")
-    p.add_argument("--peer-python", default=H.PEER_PYTHON, help="Python of the environment with pyro-ppl 1.9.1 and visdom")
+    p.add_argument(
+        "--peer-python", default=H.PEER_PYTHON, help="Python of the environment with pyro-ppl 1.9.1 and visdom"
+    )
     p.add_argument("--pyro-git", default=H.PYRO_GIT, help="a git clone (or bare mirror) of github.com/pyro-ppl/pyro")
     p.add_argument("--pyro-tag", default=H.PYRO_TAG)
     p.add_argument("--cache", default=str(H.CACHE), help="where Pyro's examples and their data are extracted")
@@ -145,29 +196,39 @@ def main(argv=None):
     with tempfile.TemporaryDirectory(prefix="m2_speed-") as workdir:
         for rep in range(args.repeats):
             for name in names:
-                row = run_pyro(args, workdir, rep, vae_dir) if name == "pyro-ss_vae_M2" else \
-                    run_ours(name, args, workdir, rep)
+                row = (
+                    run_pyro(args, workdir, rep, vae_dir)
+                    if name == "pyro-ss_vae_M2"
+                    else run_ours(name, args, workdir, rep)
+                )
                 row = {"name": name, "repeat": rep, **row}
                 runs.append(row)
-                H.log(f"[{rep + 1}/{args.repeats}] {name}: {row['wall_seconds']:.1f} s whole job, test accuracy "
-                      f"{row.get('test_accuracy')}, {row.get('seconds_per_epoch')} s/epoch"
-                      + (f"  FAILED {row['error']}" if "error" in row else ""))
+                H.log(
+                    f"[{rep + 1}/{args.repeats}] {name}: {row['wall_seconds']:.1f} s whole job, test accuracy "
+                    f"{row.get('test_accuracy')}, {row.get('seconds_per_epoch')} s/epoch"
+                    + (f"  FAILED {row['error']}" if "error" in row else "")
+                )
     summary, speedup = H.summarise(runs, "test_accuracy")
     out = {
         "benchmark": "m2_speed",
         "setup": f"Fashion-MNIST, {LABELS} labels, Pyro's ss_vae_M2.py setup (see ours_pyro_setup) and "
-                 "the project's M2 defaults",
+        "the project's M2 defaults",
         "command": "python benchmarks/m2_speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "epochs": args.epochs, "repeats": args.repeats, "threads": args.threads,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "threads": args.threads,
         "device": "cuda" if args.cuda else "cpu",
         "pyro_examples": {"git": args.pyro_git, "tag": args.pyro_tag},
-        "ours_pyro_setup": OURS_PYRO_SETUP, "ours_defaults_overrides": SAME_SPLIT,
+        "ours_pyro_setup": OURS_PYRO_SETUP,
+        "ours_defaults_overrides": SAME_SPLIT,
         "machine": mach,
         "test_accuracy": "ours: test accuracy of the epoch with the best validation accuracy; Pyro: its "
-                         "'corresponding testing accuracy' (the same selection)",
+        "'corresponding testing accuracy' (the same selection)",
         "speedup_definition": "peer whole-job wall seconds / ours (median over repeats); > 1: ours is faster",
         "seconds": round(time.perf_counter() - t_start, 1),
-        "runs": runs, "summary": summary, "speedup": speedup,
+        "runs": runs,
+        "summary": summary,
+        "speedup": speedup,
     }
     return H.finish(args.out, out)
 

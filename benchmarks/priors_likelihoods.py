@@ -15,13 +15,13 @@ densities on [0,1], categorical-256 is a probability over integer levels 0..255.
 
 Results are merged into benchmarks/priors_likelihoods.json (written atomically after each run).
 """
+
 import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pyro_vae  # noqa: E402,F401
@@ -31,10 +31,13 @@ from pyro_vae.train import fit  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402
 
 PRIORS = {
-    "normal": [], "learned_normal": [], "mog (10)": ["prior.name=mog", "prior.components=10"],
+    "normal": [],
+    "learned_normal": [],
+    "mog (10)": ["prior.name=mog", "prior.components=10"],
     "vamp (500)": ["prior.name=vamp", "prior.components=500"],
     "flow (affine x2)": ["prior.name=flow", "prior.layers=2", "prior.transform=affine"],
-    "laplace": ["prior.name=laplace"], "student_t (df 3)": ["prior.name=student_t", "prior.df=3.0"],
+    "laplace": ["prior.name=laplace"],
+    "student_t (df 3)": ["prior.name=student_t", "prior.df=3.0"],
 }
 LIKELIHOODS = {
     "bernoulli": ["likelihood.name=bernoulli"],
@@ -45,9 +48,18 @@ LIKELIHOODS = {
 
 
 def run(name, overrides, args, section):
-    base = [f"data.root={args.root}", "data.name=fashion-mnist", "latent_dim=50", "encoder.hidden=[400]",
-            "decoder.hidden=[400]", "train.batch_size=256", "train.lr=1e-3", f"train.epochs={args.epochs}",
-            "trainer.progress_bar=false", f"trainer.precision={args.precision}"]
+    base = [
+        f"data.root={args.root}",
+        "data.name=fashion-mnist",
+        "latent_dim=50",
+        "encoder.hidden=[400]",
+        "decoder.hidden=[400]",
+        "train.batch_size=256",
+        "train.lr=1e-3",
+        f"train.epochs={args.epochs}",
+        "trainer.progress_bar=false",
+        f"trainer.precision={args.precision}",
+    ]
     if name not in PRIORS:
         pass
     elif not any(o.startswith("prior.name") for o in overrides) and name != "normal":
@@ -55,9 +67,14 @@ def run(name, overrides, args, section):
     cfg = load_config(None, base + overrides)
     t0 = time.perf_counter()
     r = fit(cfg, save=False)
-    row = {"section": section, "name": name, "epochs": r.metrics["epochs"],
-           "test_loss": round(r.metrics["test_loss"], 2), "seconds_per_epoch": r.metrics["seconds_per_epoch"],
-           "active_units": r.metrics.get("active_units")}
+    row = {
+        "section": section,
+        "name": name,
+        "epochs": r.metrics["epochs"],
+        "test_loss": round(r.metrics["test_loss"], 2),
+        "seconds_per_epoch": r.metrics["seconds_per_epoch"],
+        "active_units": r.metrics.get("active_units"),
+    }
     if args.iwae_samples:
         x = r.data.test.x[: args.iwae_images]
         ll = iwae_log_likelihood(r.model, x, args.iwae_samples)
@@ -89,8 +106,7 @@ def main():
         data = json.loads(out.read_text()) if out.exists() else {"benchmark": "priors_likelihoods", "rows": []}
         data["rows"] = [r for r in data["rows"] if not (r["section"] == row["section"] and r["name"] == name)]
         data["rows"].append(row)
-        data["setup"] = ("Fashion-MNIST 60k/10k, MLP 784-400-50 softplus, batch 256, Adam 1e-3, Trace_ELBO; "
-                         "2 CPU cores")
+        data["setup"] = "Fashion-MNIST 60k/10k, MLP 784-400-50 softplus, batch 256, Adam 1e-3, Trace_ELBO; 2 CPU cores"
         write_json(out, data)
 
 

@@ -25,6 +25,7 @@ The README holds user documentation and, per capability, one short table of what
 defaults achieve, between ``<!-- TABLE:name -->`` and ``<!-- /TABLE:name -->`` markers,
 rendered by the README_TABLES functions here.
 """
+
 import functools
 import json
 import re
@@ -47,6 +48,7 @@ def load(name):
 def reads(name=None, need=None, into=None):
     """Call the decorated renderer with the JSON file ``name`` (if any); render "" when the file is
     missing or its key ``need`` is empty. ``into``: a dict to register the renderer in, by its name."""
+
     def wrap(fn):
         @functools.wraps(fn)
         def render():
@@ -54,9 +56,11 @@ def reads(name=None, need=None, into=None):
                 return fn()
             d = load(name)
             return fn(d) if d and (need is None or d.get(need)) else ""
+
         if into is not None:
             into[fn.__name__] = render
         return render
+
     return wrap
 
 
@@ -68,8 +72,10 @@ def part(name=None, need=None):
 def table(head, rows):
     """A Markdown table: a line of column titles, then a line per row of cells (a cell of None
     is written `| |`, one of "" `|  |`)."""
+
     def line(cells):
         return "|" + "".join(" |" if c is None else f" {c} |" for c in cells)
+
     return "\n".join([line(head), "|" + "---|" * len(head), *map(line, rows)])
 
 
@@ -121,6 +127,7 @@ def _digits_first(key):
 
 # ---------------------------------------------------------------- default VAE setting
 
+
 def _winner(d):
     w = d.get("winner")
     return next((s for s in d["summary"] if s["overrides"] == w), None)
@@ -129,8 +136,13 @@ def _winner(d):
 def _short(overrides):
     """A grid setting as a short label: meanfield, lr 3e-3, batch 64, z 8, hidden [400], no warm-up."""
     o = _options(overrides)
-    parts = [o.get("train.elbo", "?"), f"lr {o.get('train.lr', '?')}", f"batch {o.get('train.batch_size', '?')}",
-             f"z {o.get('latent_dim', '?')}", f"hidden {o.get('encoder.hidden', '?')}"]
+    parts = [
+        o.get("train.elbo", "?"),
+        f"lr {o.get('train.lr', '?')}",
+        f"batch {o.get('train.batch_size', '?')}",
+        f"z {o.get('latent_dim', '?')}",
+        f"hidden {o.get('encoder.hidden', '?')}",
+    ]
     w = o.get("train.kl_warmup_epochs", "0")
     parts.append("no warm-up" if w == "0" else f"warm-up {w}")
     return ", ".join(parts)
@@ -139,16 +151,39 @@ def _short(overrides):
 @part("defaults.json", need="summary")
 def defaults_summary(d):
     e = d.get("fashion_epochs", 3)
-    head = ["setting", "digits test loss, 20 epochs (mean ± sd)", "seeds", "digits s/epoch",
-            f"Fashion-MNIST, reference shape: test loss, {e} epochs", "s/epoch",
-            f"Fashion-MNIST, whole setting: test loss, {e} epochs", "s/epoch",
-            "Fashion-MNIST s/epoch, whole setting, timed back to back"]
-    fashion = ("fashion_test_loss", "fashion_seconds_per_epoch", "fashion_plain_test_loss",
-               "fashion_plain_seconds_per_epoch", "fashion_seconds_per_epoch_back_to_back")
-    return table(head, [[("**chosen:** " if s["overrides"] == d.get("winner") else "")
-                         + ("previous defaults: " if i == 0 else "") + _short(s["overrides"]),
-                         _pm(s, "digits_test_loss", ".2f"), s["digits_seeds"], f"{s['digits_seconds_per_epoch']:.2f}",
-                         *(_fmt(s.get(k), ".1f") for k in fashion)] for i, s in enumerate(d["summary"])])
+    head = [
+        "setting",
+        "digits test loss, 20 epochs (mean ± sd)",
+        "seeds",
+        "digits s/epoch",
+        f"Fashion-MNIST, reference shape: test loss, {e} epochs",
+        "s/epoch",
+        f"Fashion-MNIST, whole setting: test loss, {e} epochs",
+        "s/epoch",
+        "Fashion-MNIST s/epoch, whole setting, timed back to back",
+    ]
+    fashion = (
+        "fashion_test_loss",
+        "fashion_seconds_per_epoch",
+        "fashion_plain_test_loss",
+        "fashion_plain_seconds_per_epoch",
+        "fashion_seconds_per_epoch_back_to_back",
+    )
+    return table(
+        head,
+        [
+            [
+                ("**chosen:** " if s["overrides"] == d.get("winner") else "")
+                + ("previous defaults: " if i == 0 else "")
+                + _short(s["overrides"]),
+                _pm(s, "digits_test_loss", ".2f"),
+                s["digits_seeds"],
+                f"{s['digits_seconds_per_epoch']:.2f}",
+                *(_fmt(s.get(k), ".1f") for k in fashion),
+            ]
+            for i, s in enumerate(d["summary"])
+        ],
+    )
 
 
 @part("defaults.json")
@@ -156,11 +191,23 @@ def defaults_screen(d):
     rows = sorted((r for r in d["rows"] if r["stage"] == "screen"), key=lambda r: r["test_loss"])
     if not rows:
         return ""
-    best = table(["rank", "setting", "test loss (nats)", "active units", "s/epoch"],
-                 [[i, _short(r["overrides"]), f"{r['test_loss']:.2f}", r.get("active_units", "-"),
-                   f"{r['seconds_per_epoch']:.2f}"] for i, r in enumerate(rows[:16], 1)])
-    return (f"{best}\n\n({len(rows)} settings screened on seed 0; {sum(r['test_loss'] > 26.5 for r in rows)} of them "
-            "end above 26.5 nats, on the collapsed plateau. Every row is in `benchmarks/defaults.json`.)")
+    best = table(
+        ["rank", "setting", "test loss (nats)", "active units", "s/epoch"],
+        [
+            [
+                i,
+                _short(r["overrides"]),
+                f"{r['test_loss']:.2f}",
+                r.get("active_units", "-"),
+                f"{r['seconds_per_epoch']:.2f}",
+            ]
+            for i, r in enumerate(rows[:16], 1)
+        ],
+    )
+    return (
+        f"{best}\n\n({len(rows)} settings screened on seed 0; {sum(r['test_loss'] > 26.5 for r in rows)} of them "
+        "end above 26.5 nats, on the collapsed plateau. Every row is in `benchmarks/defaults.json`.)"
+    )
 
 
 @reads("defaults.json", need="summary")
@@ -169,12 +216,26 @@ def vae_defaults(d):
     w = _winner(d)
     if w is None:
         return ""
-    rows = [["digits (8x8)", 20, w["digits_seeds"], _pm(w, "digits_test_loss", ".2f"),
-             f"{w['digits_seconds_per_epoch']:.2f}"]]
+    rows = [
+        [
+            "digits (8x8)",
+            20,
+            w["digits_seeds"],
+            _pm(w, "digits_test_loss", ".2f"),
+            f"{w['digits_seconds_per_epoch']:.2f}",
+        ]
+    ]
     if w.get("fashion_plain_test_loss") is not None:
         sec = w.get("fashion_seconds_per_epoch_back_to_back") or w["fashion_plain_seconds_per_epoch"]
-        rows.append(["Fashion-MNIST (28x28)", d.get("fashion_epochs", 3), 1, f"{w['fashion_plain_test_loss']:.1f}",
-                     f"{sec:.1f}"])
+        rows.append(
+            [
+                "Fashion-MNIST (28x28)",
+                d.get("fashion_epochs", 3),
+                1,
+                f"{w['fashion_plain_test_loss']:.1f}",
+                f"{sec:.1f}",
+            ]
+        )
     return table(["data", "epochs", "seeds", "test loss (-ELBO, nats per image)", "s/epoch (a 2-core CPU VM)"], rows)
 
 
@@ -183,10 +244,15 @@ def vae_defaults(d):
 # issue 18's `pyro-vae train` before the whole-job work (the template's "Before" paragraphs):
 # 10 epochs on a 2-core AMD EPYC with AVX2 only, the whole process 77.7 s, 6.0 s per training epoch
 SPEED_BEFORE = {"epochs": 10, "wall": 77.7, "epoch": 6.0}
-SPEED_LABELS = {"ours-fp32": "`pyro-vae train`, fp32", "ours-bf16": "`pyro-vae train`, bf16-mixed",
-                "pyro-vae.py": "Pyro's `examples/vae/vae.py`", "pythae": "pythae's `VAE` + `TrainingPipeline`",
-                "ours-pyro-setup": "`pyro-vae train`, Pyro's setup", "ours-defaults": "`pyro-vae train`, M2 defaults",
-                "pyro-ss_vae_M2": "Pyro's `examples/vae/ss_vae_M2.py`"}
+SPEED_LABELS = {
+    "ours-fp32": "`pyro-vae train`, fp32",
+    "ours-bf16": "`pyro-vae train`, bf16-mixed",
+    "pyro-vae.py": "Pyro's `examples/vae/vae.py`",
+    "pythae": "pythae's `VAE` + `TrainingPipeline`",
+    "ours-pyro-setup": "`pyro-vae train`, Pyro's setup",
+    "ours-defaults": "`pyro-vae train`, M2 defaults",
+    "pyro-ss_vae_M2": "Pyro's `examples/vae/ss_vae_M2.py`",
+}
 
 
 def _peaks(gflops):
@@ -197,11 +263,14 @@ def _machine_line(d):
     m = d["machine"]
     peaks = _peaks((d.get("matmul_peak") or {}).get("gflops") or {})
     peer = ", ".join(f"{k} {v}" for k, v in (m.get("peer_env") or {}).items() if v)
-    return (f"{m['cpu']} ({', '.join(m.get('cpu_flags', [])) or 'flags unknown'}; oneDNN native bf16: "
-            f"{_yes(m.get('cpu_native_bf16'))}), {_n(d['threads'], 'thread')} for every command"
-            + (f", matrix-product peak {peaks} GFLOP/s" if peaks else "")
-            + f"; torch {m.get('torch')}, pyro-ppl {m.get('pyro')}" + (f"; peers: {peer}" if peer else "")
-            + f". {_n(d['repeats'], 'round')} of the commands, interleaved; medians.")
+    return (
+        f"{m['cpu']} ({', '.join(m.get('cpu_flags', [])) or 'flags unknown'}; oneDNN native bf16: "
+        f"{_yes(m.get('cpu_native_bf16'))}), {_n(d['threads'], 'thread')} for every command"
+        + (f", matrix-product peak {peaks} GFLOP/s" if peaks else "")
+        + f"; torch {m.get('torch')}, pyro-ppl {m.get('pyro')}"
+        + (f"; peers: {peer}" if peer else "")
+        + f". {_n(d['repeats'], 'round')} of the commands, interleaved; medians."
+    )
 
 
 def _command(name, s):
@@ -216,12 +285,29 @@ def speed_whole_jobs(d):
         ups = [d["speedup"].get(f"{name} / {o}") for o in ("ours-fp32", "ours-bf16")]
         up = " / ".join(f"{u:.2f}x" for u in ups if u is not None) or "-"
         pct = s.get("percent_of_peak")
-        rows.append([_command(name, s), _fmt(s["wall_seconds_median"], ".1f"), "-" if name.startswith("ours") else up,
-                     _fmt(s.get("test_loss"), ".1f"), _fmt(s.get("seconds_per_epoch"), ".2f"),
-                     _fmt(s.get("gflops_achieved"), ".0f"), _fmt(pct, ".0f") + ("%" if pct else "")])
-    return (f"Reference VAE, {_n(d['epochs'], 'epoch')}. {_machine_line(d)}\n\n"
-            + table(["command", "whole job (s)", "speed-up of `pyro-vae train` (fp32 / bf16)", "test loss (nats)",
-                     "s/epoch (training)", "GFLOP/s", "% of matmul peak"], rows))
+        rows.append(
+            [
+                _command(name, s),
+                _fmt(s["wall_seconds_median"], ".1f"),
+                "-" if name.startswith("ours") else up,
+                _fmt(s.get("test_loss"), ".1f"),
+                _fmt(s.get("seconds_per_epoch"), ".2f"),
+                _fmt(s.get("gflops_achieved"), ".0f"),
+                _fmt(pct, ".0f") + ("%" if pct else ""),
+            ]
+        )
+    return f"Reference VAE, {_n(d['epochs'], 'epoch')}. {_machine_line(d)}\n\n" + table(
+        [
+            "command",
+            "whole job (s)",
+            "speed-up of `pyro-vae train` (fp32 / bf16)",
+            "test loss (nats)",
+            "s/epoch (training)",
+            "GFLOP/s",
+            "% of matmul peak",
+        ],
+        rows,
+    )
 
 
 @part("m2_speed.json", need="summary")
@@ -230,14 +316,28 @@ def speed_whole_jobs_m2(d):
     rows = []
     for name, s in d["summary"].items():
         up = d["speedup"].get(f"{name} / ours-pyro-setup")
-        rows.append([_command(name, s), _fmt(s["wall_seconds_median"], ".1f"), _fmt(up, ".2f") + ("x" if up else ""),
-                     _fmt(s.get("test_accuracy"), ".3f"), _fmt(s.get("seconds_per_epoch"), ".2f")])
+        rows.append(
+            [
+                _command(name, s),
+                _fmt(s["wall_seconds_median"], ".1f"),
+                _fmt(up, ".2f") + ("x" if up else ""),
+                _fmt(s.get("test_accuracy"), ".3f"),
+                _fmt(s.get("seconds_per_epoch"), ".2f"),
+            ]
+        )
     settings = f"`pyro-vae train`, Pyro's setup: {_code(d['ours_pyro_setup'])}."
     if d.get("ours_defaults_overrides"):
         settings += f" M2 defaults: {_code(d['ours_defaults_overrides'])} (the script's split), nothing else."
-    return "\n\n".join([f"M2, 3000 labels, {_n(d['epochs'], 'epoch')}. {_machine_line(d)}",
-                        table(["command", "whole job (s)", "speed-up of `pyro-vae train`, Pyro's setup",
-                               "test accuracy", "s/epoch"], rows), settings])
+    return "\n\n".join(
+        [
+            f"M2, 3000 labels, {_n(d['epochs'], 'epoch')}. {_machine_line(d)}",
+            table(
+                ["command", "whole job (s)", "speed-up of `pyro-vae train`, Pyro's setup", "test accuracy", "s/epoch"],
+                rows,
+            ),
+            settings,
+        ]
+    )
 
 
 def _default_ours(d):
@@ -261,55 +361,117 @@ def speed_breakdown(d):
         return ""
     b, wall, steps = SPEED_BEFORE, s["wall_seconds_median"], prof.get("training epochs (steps)", 0.0)
     prof.pop("total", None)
-    rows = [[k, f"{b['epoch'] * b['epochs']:.1f}" if k == "training epochs (steps)" else "", f"{v:.2f}",
-             f"{100 * v / wall:.1f}%"] for k, v in prof.items()]
+    rows = [
+        [
+            k,
+            f"{b['epoch'] * b['epochs']:.1f}" if k == "training epochs (steps)" else "",
+            f"{v:.2f}",
+            f"{100 * v / wall:.1f}%",
+        ]
+        for k, v in prof.items()
+    ]
     if s.get("wall_minus_profile_total") is not None:
         v = s["wall_minus_profile_total"]
-        rows.append(["outside the process's own clock (exec, interpreter exit)", None, f"{v:.2f}",
-                     f"{100 * v / wall:.1f}%"])
-    rows += [["**everything but the training steps**", f"{b['wall'] - b['epoch'] * b['epochs']:.1f}",
-              f"{wall - steps:.2f}", f"{100 * (wall - steps) / wall:.1f}%"],
-             ["**whole job** (wall, measured outside)", f"{b['wall']:.1f}", f"{wall:.2f}", "100%"]]
-    return table(["phase", f"before: {_n(b['epochs'], 'epoch')} (s)", f"after: {_n(d['epochs'], 'epoch')} (s)",
-                  "after (% of the whole job)"], rows)
+        rows.append(
+            ["outside the process's own clock (exec, interpreter exit)", None, f"{v:.2f}", f"{100 * v / wall:.1f}%"]
+        )
+    rows += [
+        [
+            "**everything but the training steps**",
+            f"{b['wall'] - b['epoch'] * b['epochs']:.1f}",
+            f"{wall - steps:.2f}",
+            f"{100 * (wall - steps) / wall:.1f}%",
+        ],
+        ["**whole job** (wall, measured outside)", f"{b['wall']:.1f}", f"{wall:.2f}", "100%"],
+    ]
+    return table(
+        [
+            "phase",
+            f"before: {_n(b['epochs'], 'epoch')} (s)",
+            f"after: {_n(d['epochs'], 'epoch')} (s)",
+            "after (% of the whole job)",
+        ],
+        rows,
+    )
 
 
 @part("speed_floor.json")
 def speed_floor(d):
     """The floors of a whole job on this machine (imports, eager steps, compile) and the bound they set."""
-    label = {"pyro": "Pyro's `Trace_ELBO` on the VAE (this project's loss)",
-             "torch": "the same estimator in plain torch (no Pyro)"}
+    label = {
+        "pyro": "Pyro's `Trace_ELBO` on the VAE (this project's loss)",
+        "torch": "the same estimator in plain torch (no Pyro)",
+    }
     steps = []
     for k, s in d["steps"].items():
         what, precision = k.split(" ", 1)
-        steps.append([f"{label[what]}, {precision}", f"{s['ms_per_step']:.2f}", f"{2350 * s['ms_per_step'] / 1000:.1f}",
-                      f"{s['gflops']:.0f}", f"{s['percent_of_peak']:.0f}%"])
+        steps.append(
+            [
+                f"{label[what]}, {precision}",
+                f"{s['ms_per_step']:.2f}",
+                f"{2350 * s['ms_per_step'] / 1000:.1f}",
+                f"{s['gflops']:.0f}",
+                f"{s['percent_of_peak']:.0f}%",
+            ]
+        )
     c = d["torch_compile"]
     if "error" in c:
         steps.append(["`torch.compile` of the Pyro loss, float32", f"failed: {c['error']}", None, None, None])
     else:
-        steps.append([f"`torch.compile` of the Pyro loss, float32 (first step: {c['first_step_seconds']:.0f} s of "
-                      f"compiling)", f"{c['ms_per_step']:.2f}", f"{2350 * c['ms_per_step'] / 1000:.1f}",
-                      f"{d['gflop_per_step'] / c['ms_per_step'] * 1000:.0f}", None])
+        steps.append(
+            [
+                f"`torch.compile` of the Pyro loss, float32 (first step: {c['first_step_seconds']:.0f} s of compiling)",
+                f"{c['ms_per_step']:.2f}",
+                f"{2350 * c['ms_per_step'] / 1000:.1f}",
+                f"{d['gflop_per_step'] / c['ms_per_step'] * 1000:.0f}",
+                None,
+            ]
+        )
     j, b, m2 = d["jit_trace_elbo"], d["bound"], d.get("m2_step_ms")
     f32, p32 = d["steps"].get("torch float32"), d["steps"].get("pyro float32")
     if m2:
-        m2 = {"float32": m2["float32 convolutions"], "bf16": m2["bf16 convolutions"],
-              "less": 100 * (1 - m2["bf16 convolutions"] / m2["float32 convolutions"])}
-    return {**d, "native_bf16": _yes(d["machine"].get("cpu_native_bf16")), "threads": _n(d["threads"], "thread"),
-            "peak": _peaks(d["matmul_peak"]["gflops"]),
-            "imports": table(["`python -c`", "wall (s)"], [
+        m2 = {
+            "float32": m2["float32 convolutions"],
+            "bf16": m2["bf16 convolutions"],
+            "less": 100 * (1 - m2["bf16 convolutions"] / m2["float32 convolutions"]),
+        }
+    return {
+        **d,
+        "native_bf16": _yes(d["machine"].get("cpu_native_bf16")),
+        "threads": _n(d["threads"], "thread"),
+        "peak": _peaks(d["matmul_peak"]["gflops"]),
+        "imports": table(
+            ["`python -c`", "wall (s)"],
+            [
                 [f"`{'pass' if k == 'python' else 'import ' + k.replace(' + ', ', ')}`", f"{v:.2f}"]
-                for k, v in d["imports_seconds"].items()]),
-            "steps": table(["training step (batch 256, fused Adam)", "ms/step", "s per 10 epochs (2350 steps)",
-                            "GFLOP/s", "% of matmul peak (same precision)"], steps),
-            "jit": ("runs on the model." if j["runs"] else
-                    f"does not run on the model's `PyroModule` parameters (`{j['error']}`)."),
-            "dynamo_import": d["imports_seconds"]["torch + pyro + torch._dynamo"], "m2": m2,
-            "ours": "ours_wall_seconds" in b and "peer_wall_seconds" in b and {
-                "ratio": b["peer_wall_seconds"] / b["ours_wall_seconds"],
-                "above_floor": b["ours_wall_seconds"] - b["floor_seconds_with_pyro_loss"]},
-            "float32": f32 and p32 and {"torch": f32["percent_of_peak"], "pyro": p32["percent_of_peak"]}}
+                for k, v in d["imports_seconds"].items()
+            ],
+        ),
+        "steps": table(
+            [
+                "training step (batch 256, fused Adam)",
+                "ms/step",
+                "s per 10 epochs (2350 steps)",
+                "GFLOP/s",
+                "% of matmul peak (same precision)",
+            ],
+            steps,
+        ),
+        "jit": (
+            "runs on the model."
+            if j["runs"]
+            else f"does not run on the model's `PyroModule` parameters (`{j['error']}`)."
+        ),
+        "dynamo_import": d["imports_seconds"]["torch + pyro + torch._dynamo"],
+        "m2": m2,
+        "ours": "ours_wall_seconds" in b
+        and "peer_wall_seconds" in b
+        and {
+            "ratio": b["peer_wall_seconds"] / b["ours_wall_seconds"],
+            "above_floor": b["ours_wall_seconds"] - b["floor_seconds_with_pyro_loss"],
+        },
+        "float32": f32 and p32 and {"torch": f32["percent_of_peak"], "pyro": p32["percent_of_peak"]},
+    }
 
 
 @reads("vae_speed.json", need="summary")
@@ -317,36 +479,59 @@ def speed_readme(d):
     """README: the whole-job ratios, one line (empty until the whole-job benchmarks have run)."""
     d2 = load("m2_speed.json")
     up, ours = d["speedup"], _default_ours(d)
-    peers = [f"{label} {up[k]:.2f}x as long" for k, label in
-             ((f"pyro-vae.py / {ours}", "Pyro's `examples/vae/vae.py` takes"), (f"pythae / {ours}", "pythae's VAE"))
-             if k in up]
+    peers = [
+        f"{label} {up[k]:.2f}x as long"
+        for k, label in (
+            (f"pyro-vae.py / {ours}", "Pyro's `examples/vae/vae.py` takes"),
+            (f"pythae / {ours}", "pythae's VAE"),
+        )
+        if k in up
+    ]
     if not peers:
         return ""
-    text = (f"Whole commands, timed side by side on one CPU ({d['machine']['cpu']}, {_n(d['threads'], 'thread')}): "
-            f"against `pyro-vae train examples/configs/fashion_vae.yaml` ({_n(d['epochs'], 'epoch')}), "
-            + ", ".join(peers))
+    text = (
+        f"Whole commands, timed side by side on one CPU ({d['machine']['cpu']}, {_n(d['threads'], 'thread')}): "
+        f"against `pyro-vae train examples/configs/fashion_vae.yaml` ({_n(d['epochs'], 'epoch')}), " + ", ".join(peers)
+    )
     if d2 and "summary" in d2 and "pyro-ss_vae_M2 / ours-pyro-setup" in d2["speedup"]:
-        text += (f"; for M2 in `ss_vae_M2.py`'s setup ({_n(d2['epochs'], 'epoch')}) that script takes "
-                 f"{d2['speedup']['pyro-ss_vae_M2 / ours-pyro-setup']:.2f}x as long")
+        text += (
+            f"; for M2 in `ss_vae_M2.py`'s setup ({_n(d2['epochs'], 'epoch')}) that script takes "
+            f"{d2['speedup']['pyro-ss_vae_M2 / ours-pyro-setup']:.2f}x as long"
+        )
     return text + " (`benchmarks/RESULTS.md`)."
 
 
 # ---------------------------------------------------------------- priors and likelihoods
 
+
 @part("priors_likelihoods.json")
 def priors_likelihoods(d):
     out = []
     for section, title in (("priors", "prior"), ("likelihoods", "likelihood")):
-        rows = [[r["name"], r["epochs"], f"{r['test_loss']:.1f}", _fmt(r.get("test_log_likelihood"), ".1f"),
-                 r.get("active_units", "-"), f"{r['seconds_per_epoch']:.1f}"]
-                for r in d["rows"] if r["section"] == section]
+        rows = [
+            [
+                r["name"],
+                r["epochs"],
+                f"{r['test_loss']:.1f}",
+                _fmt(r.get("test_log_likelihood"), ".1f"),
+                r.get("active_units", "-"),
+                f"{r['seconds_per_epoch']:.1f}",
+            ]
+            for r in d["rows"]
+            if r["section"] == section
+        ]
         if rows:
-            out.append(table([title, "epochs", "test loss (-ELBO)", "test log-likelihood (IWAE)", "active units",
-                              "s/epoch"], rows))
+            out.append(
+                table(
+                    [title, "epochs", "test loss (-ELBO)", "test log-likelihood (IWAE)", "active units", "s/epoch"],
+                    rows,
+                )
+            )
     return "\n\n".join(out)
 
 
 # ---------------------------------------------------------------- M2
+
 
 def _ssvae_setup(overrides):
     """A row of the M2 exploration as its q(y|x) setting and precision (its overrides use the
@@ -378,10 +563,30 @@ def _is_default(s):
 
 @part("ssvae.json", need="summary")
 def ssvae(d):
-    return table(["labels", "q(y\\|x), precision", "epochs", "seeds", "M2 test accuracy (mean ± sd)",
-                  "same classifier, labels only", "s/epoch"],
-                 [[s["labels"], _ssvae_setup(s["overrides"]), s["epochs"], s["seeds"], _pm(s, "ssvae"),
-                   _pm(s, "supervised"), s["seconds_per_epoch"]] for s in d["summary"] if not _is_default(s)])
+    return table(
+        [
+            "labels",
+            "q(y\\|x), precision",
+            "epochs",
+            "seeds",
+            "M2 test accuracy (mean ± sd)",
+            "same classifier, labels only",
+            "s/epoch",
+        ],
+        [
+            [
+                s["labels"],
+                _ssvae_setup(s["overrides"]),
+                s["epochs"],
+                s["seeds"],
+                _pm(s, "ssvae"),
+                _pm(s, "supervised"),
+                s["seconds_per_epoch"],
+            ]
+            for s in d["summary"]
+            if not _is_default(s)
+        ],
+    )
 
 
 def _epochs(s):
@@ -414,29 +619,72 @@ def _kind(s):
 def ssvae_m1m2():
     """Every row run with a model kind's defaults (no overrides but the data)."""
     rows = _defaults_rows(every=True)
-    return table(["data", "labels", "model", "epochs (M1 + M2)", "seeds", "test accuracy (mean ± sd)",
-                  "M2's classifier, labels only", "s/epoch (M1 / M2 stage)", "train s"],
-                 [[s["data"], s["labels"], _kind(s), _epochs(s), _seeds(s), _pm(s, "ssvae"), _pm(s, "supervised"),
-                   _speed(s), s.get("train_seconds", round(s["seconds_per_epoch"] * s["epochs"]))] for s in rows]
-                 ) if rows else ""
+    return (
+        table(
+            [
+                "data",
+                "labels",
+                "model",
+                "epochs (M1 + M2)",
+                "seeds",
+                "test accuracy (mean ± sd)",
+                "M2's classifier, labels only",
+                "s/epoch (M1 / M2 stage)",
+                "train s",
+            ],
+            [
+                [
+                    s["data"],
+                    s["labels"],
+                    _kind(s),
+                    _epochs(s),
+                    _seeds(s),
+                    _pm(s, "ssvae"),
+                    _pm(s, "supervised"),
+                    _speed(s),
+                    s.get("train_seconds", round(s["seconds_per_epoch"] * s["epochs"])),
+                ]
+                for s in rows
+            ],
+        )
+        if rows
+        else ""
+    )
 
 
 @reads("ssvae.json", need="summary")
 def ssvae_defaults(d):
     """README: the defaults of model=m1m2 and model=ssvae per data set and label count."""
     rows = _defaults_rows()
-    return table(["data", "labels", "model", "test accuracy (mean ± sd)", "M2's classifier on the labels alone",
-                  "seeds", "epochs (M1 + M2)"],
-                 [[s["data"], s["labels"], _kind(s), _pm(s, "ssvae"), _pm(s, "supervised"), _seeds(s), _epochs(s)]
-                  for s in rows]) if rows else ""
+    return (
+        table(
+            [
+                "data",
+                "labels",
+                "model",
+                "test accuracy (mean ± sd)",
+                "M2's classifier on the labels alone",
+                "seeds",
+                "epochs (M1 + M2)",
+            ],
+            [
+                [s["data"], s["labels"], _kind(s), _pm(s, "ssvae"), _pm(s, "supervised"), _seeds(s), _epochs(s)]
+                for s in rows
+            ],
+        )
+        if rows
+        else ""
+    )
 
 
 @part("ssvae_m1m2_explore.json", need="pseudo_labels_on_codes")
 def m1m2_pseudo_labels(d):
     """M2's pseudo-label term moved onto M1+M2's codes (not kept): the accuracies per seed."""
     runs = d["pseudo_labels_on_codes"]
-    return {k: " / ".join(f"{a:.3f}" for a in runs[k]["test_accuracy"])
-            for k in ("strong_augment", "code_sample", "defaults_same_code")}
+    return {
+        k: " / ".join(f"{a:.3f}" for a in runs[k]["test_accuracy"])
+        for k in ("strong_augment", "code_sample", "defaults_same_code")
+    }
 
 
 @part()
@@ -448,9 +696,16 @@ def ssvae_goals():
     if not f100 or not f3000:
         return ""
     lead = f100["ssvae_mean"] - f100["supervised_mean"]
-    return {"f100": f100, "f3000": f3000, "lead": lead, "met_100": _met(f100["ssvae_mean"] >= 0.80 and lead >= 0.06),
-            "met_3000": _met(f3000["ssvae_mean"] >= 0.89), "digits": _goal_digits(), "speed": _goal_speed(),
-            "cost": _goal_cost()}
+    return {
+        "f100": f100,
+        "f3000": f3000,
+        "lead": lead,
+        "met_100": _met(f100["ssvae_mean"] >= 0.80 and lead >= 0.06),
+        "met_3000": _met(f3000["ssvae_mean"] >= 0.89),
+        "digits": _goal_digits(),
+        "speed": _goal_speed(),
+        "cost": _goal_cost(),
+    }
 
 
 def _goal_digits():
@@ -466,10 +721,17 @@ def _goal_digits():
     def per_seed(model, key="test_accuracy"):
         return " / ".join(f"{by[k][model][key]:.3f}" for k in seeds)
 
-    ok = all(by[k]["m1m2"]["test_accuracy"] > max(by[k]["ssvae"]["test_accuracy"],
-                                                  by[k]["m1m2"]["supervised_only_accuracy"]) for k in seeds)
-    return {"met": _met(ok), "seeds": " / ".join(map(str, seeds)), "m1m2": per_seed("m1m2"),
-            "m2": per_seed("ssvae"), "alone": per_seed("ssvae", "supervised_only_accuracy")}
+    ok = all(
+        by[k]["m1m2"]["test_accuracy"] > max(by[k]["ssvae"]["test_accuracy"], by[k]["m1m2"]["supervised_only_accuracy"])
+        for k in seeds
+    )
+    return {
+        "met": _met(ok),
+        "seeds": " / ".join(map(str, seeds)),
+        "m1m2": per_seed("m1m2"),
+        "m2": per_seed("ssvae"),
+        "alone": per_seed("ssvae", "supervised_only_accuracy"),
+    }
 
 
 def _goal_speed():
@@ -479,15 +741,28 @@ def _goal_speed():
         return None
     ours, peer = d["summary"]["ours-defaults"], d["summary"]["pyro-ss_vae_M2"]
     r, same = peer["seconds_per_epoch"] / ours["seconds_per_epoch"], d.get("ours_defaults_overrides")
-    out = {"ours": ours, "peer": peer, "ratio": r, "epochs": d["epochs"], "epochs_n": _n(d["epochs"], "epoch"),
-           "repeats": d["repeats"], "split": same and _code(same, ", "), "verdict": _met(r >= 1), "validation": None}
-    with_val = [x["seconds_per_epoch_with_validation"] for x in d["runs"] if x["name"] == "ours-defaults"
-                and x.get("seconds_per_epoch_with_validation")]
+    out = {
+        "ours": ours,
+        "peer": peer,
+        "ratio": r,
+        "epochs": d["epochs"],
+        "epochs_n": _n(d["epochs"], "epoch"),
+        "repeats": d["repeats"],
+        "split": same and _code(same, ", "),
+        "verdict": _met(r >= 1),
+        "validation": None,
+    }
+    with_val = [
+        x["seconds_per_epoch_with_validation"]
+        for x in d["runs"]
+        if x["name"] == "ours-defaults" and x.get("seconds_per_epoch_with_validation")
+    ]
     if same and with_val:
         v = statistics.median(with_val)
         rv = peer["seconds_per_epoch"] / v
-        out.update(validation={"seconds": v, "ratio": rv},
-                   verdict="even" if min(r, rv) < 1 <= max(r, rv) else _met(rv >= 1))
+        out.update(
+            validation={"seconds": v, "ratio": rv}, verdict="even" if min(r, rv) < 1 <= max(r, rv) else _met(rv >= 1)
+        )
     return out
 
 
@@ -497,8 +772,13 @@ def _goal_cost():
     if not cost:
         return None
     k = {r["kind"]: r for r in cost["rows"]}
-    return {**cost, "m1": k["m1"], "m2": k["m2"], "stage": k["m1m2-m2"],
-            "met": _met(k["m1m2-m2"]["seconds_per_epoch"] < k["m2"]["seconds_per_epoch"])}
+    return {
+        **cost,
+        "m1": k["m1"],
+        "m2": k["m2"],
+        "stage": k["m1m2-m2"],
+        "met": _met(k["m1m2-m2"]["seconds_per_epoch"] < k["m2"]["seconds_per_epoch"]),
+    }
 
 
 def _pseudo_pairs():
@@ -520,13 +800,33 @@ def _pseudo_pairs():
 def ssvae_pseudo_default():
     """M2's defaults (with the pseudo-label term) against the same runs without it, per seed."""
     pairs = sorted(_pseudo_pairs().items(), key=lambda kv: _digits_first(kv[0]))
-    return table(["data", "labels", "seed", "M2's defaults (pseudo-labels)", "without pseudo-labels", "difference",
-                  "classifier alone", "s/epoch: with / without"],
-                 [[*k, f"{v['on']['test_accuracy']:.3f}", f"{v['off']['test_accuracy']:.3f}",
-                   f"{v['on']['test_accuracy'] - v['off']['test_accuracy']:+.3f}",
-                   f"{v['on']['supervised_only_accuracy']:.3f}",
-                   f"{v['on']['seconds_per_epoch']:.1f} / {v['off']['seconds_per_epoch']:.1f}"] for k, v in pairs]
-                 ) if pairs else ""
+    return (
+        table(
+            [
+                "data",
+                "labels",
+                "seed",
+                "M2's defaults (pseudo-labels)",
+                "without pseudo-labels",
+                "difference",
+                "classifier alone",
+                "s/epoch: with / without",
+            ],
+            [
+                [
+                    *k,
+                    f"{v['on']['test_accuracy']:.3f}",
+                    f"{v['off']['test_accuracy']:.3f}",
+                    f"{v['on']['test_accuracy'] - v['off']['test_accuracy']:+.3f}",
+                    f"{v['on']['supervised_only_accuracy']:.3f}",
+                    f"{v['on']['seconds_per_epoch']:.1f} / {v['off']['seconds_per_epoch']:.1f}",
+                ]
+                for k, v in pairs
+            ],
+        )
+        if pairs
+        else ""
+    )
 
 
 @part()
@@ -535,8 +835,10 @@ def ssvae_pseudo_findings():
     by = {}
     for (data, n, _), v in _pseudo_pairs().items():
         by.setdefault((data, n), []).append(v["on"]["test_accuracy"] - v["off"]["test_accuracy"])
-    parts = [f"{data} {n} labels {sum(x > 0 for x in d)} of {len(d)} seeds ahead, {sum(d) / len(d):+.3f} on average"
-             for (data, n), d in sorted(by.items(), key=lambda kv: _digits_first(kv[0]))]
+    parts = [
+        f"{data} {n} labels {sum(x > 0 for x in d)} of {len(d)} seeds ahead, {sum(d) / len(d):+.3f} on average"
+        for (data, n), d in sorted(by.items(), key=lambda kv: _digits_first(kv[0]))
+    ]
     return ("With pseudo-labels against without, same seeds: " + "; ".join(parts) + ".") if parts else ""
 
 
@@ -544,14 +846,39 @@ def ssvae_pseudo_findings():
 def ssvae_bf16_convs(d):
     """M2's defaults with the convolutions in bf16 (native bf16 CPUs) beside the same rows run with
     them in float32 (the default runs at batch 64 before convolutions followed autocast)."""
-    old = {_key(r): r for r in _runs("ssvae.json") + _runs("ssvae_batch.json")
-           if r.get("config") == "defaults" and r.get("model") == "ssvae" and r.get("epochs") == 20
-           and r.get("batch_size", 64) == 64 and r.get("convolutions") != "bf16"}
-    return table(["data", "labels", "seed", "M2 test accuracy: bf16 / float32 convolutions",
-                  "classifier alone: bf16 / float32", "s/epoch: bf16 / float32"],
-                 [[*_key(r), *(_pair(r, old.get(_key(r), {}), k, f) for k, f in (
-                     ("test_accuracy", ".3f"), ("supervised_only_accuracy", ".3f"), ("seconds_per_epoch", ".1f")))]
-                  for r in sorted(d["runs"], key=_key)])
+    old = {
+        _key(r): r
+        for r in _runs("ssvae.json") + _runs("ssvae_batch.json")
+        if r.get("config") == "defaults"
+        and r.get("model") == "ssvae"
+        and r.get("epochs") == 20
+        and r.get("batch_size", 64) == 64
+        and r.get("convolutions") != "bf16"
+    }
+    return table(
+        [
+            "data",
+            "labels",
+            "seed",
+            "M2 test accuracy: bf16 / float32 convolutions",
+            "classifier alone: bf16 / float32",
+            "s/epoch: bf16 / float32",
+        ],
+        [
+            [
+                *_key(r),
+                *(
+                    _pair(r, old.get(_key(r), {}), k, f)
+                    for k, f in (
+                        ("test_accuracy", ".3f"),
+                        ("supervised_only_accuracy", ".3f"),
+                        ("seconds_per_epoch", ".1f"),
+                    )
+                ),
+            ]
+            for r in sorted(d["runs"], key=_key)
+        ],
+    )
 
 
 @part("ssvae_batch.json", need="runs")
@@ -560,22 +887,51 @@ def ssvae_batch(d):
     by = {}
     for r in d["runs"]:
         by.setdefault(_key(r), {})[r["batch_size"]] = r
-    return table(["data", "labels", "seed", "M2 test accuracy: batch 64 / 128", "classifier alone (its run of each)",
-                  "best epoch: 64 / 128", "s/epoch: 64 / 128"],
-                 [[*k, *(_pair(rs.get(64, {}), rs.get(128, {}), key, f) for key, f in (
-                     ("test_accuracy", ".3f"), ("supervised_only_accuracy", ".3f"), ("best_epoch", ""),
-                     ("seconds_per_epoch", ".1f")))]
-                  for k, rs in sorted(by.items(), key=lambda kv: _digits_first(kv[0]))])
+    return table(
+        [
+            "data",
+            "labels",
+            "seed",
+            "M2 test accuracy: batch 64 / 128",
+            "classifier alone (its run of each)",
+            "best epoch: 64 / 128",
+            "s/epoch: 64 / 128",
+        ],
+        [
+            [
+                *k,
+                *(
+                    _pair(rs.get(64, {}), rs.get(128, {}), key, f)
+                    for key, f in (
+                        ("test_accuracy", ".3f"),
+                        ("supervised_only_accuracy", ".3f"),
+                        ("best_epoch", ""),
+                        ("seconds_per_epoch", ".1f"),
+                    )
+                ),
+            ]
+            for k, rs in sorted(by.items(), key=lambda kv: _digits_first(kv[0]))
+        ],
+    )
 
 
 @part("ssvae_adgm.json", need="runs")
 def ssvae_adgm(d):
     """M2 with Maaloe et al.'s auxiliary variable (ADGM) against M2's defaults, the digits."""
     ref = {_key(r): r for r in _runs("ssvae_bf16_convs.json")}
-    return table(["data", "labels", "seed", "ADGM test accuracy", "M2 (defaults)", "classifier alone", "ADGM s/epoch"],
-                 [[*_key(r), f"{r['test_accuracy']:.3f}", _fmt(ref.get(_key(r), {}).get("test_accuracy"), ".3f"),
-                   f"{r['supervised_only_accuracy']:.3f}", f"{r['seconds_per_epoch']:.1f}"]
-                  for r in sorted(d["runs"], key=_key)])
+    return table(
+        ["data", "labels", "seed", "ADGM test accuracy", "M2 (defaults)", "classifier alone", "ADGM s/epoch"],
+        [
+            [
+                *_key(r),
+                f"{r['test_accuracy']:.3f}",
+                _fmt(ref.get(_key(r), {}).get("test_accuracy"), ".3f"),
+                f"{r['supervised_only_accuracy']:.3f}",
+                f"{r['seconds_per_epoch']:.1f}",
+            ]
+            for r in sorted(d["runs"], key=_key)
+        ],
+    )
 
 
 def _pl_setting(overrides):
@@ -595,8 +951,11 @@ def _pl_setting(overrides):
 def _variant_pairs():
     """[(run, the defaults' run with the same pseudo-label setting, data, labels and seed, or {})] for
     the runs of ssvae_pseudo_label.json, ordered by setting, data, labels and seed."""
-    ref = {(*_key(r), "model.pseudo_label_weight=0" in r["overrides"]): r for r in _runs("ssvae.json")
-           if r.get("model") == "ssvae" and r.get("config") == "defaults"}
+    ref = {
+        (*_key(r), "model.pseudo_label_weight=0" in r["overrides"]): r
+        for r in _runs("ssvae.json")
+        if r.get("model") == "ssvae" and r.get("config") == "defaults"
+    }
     out = []
     runs = _runs("ssvae_pseudo_label.json")
     for r in sorted(runs, key=lambda r: (_pl_setting(r["overrides"]), *_digits_first(_key(r)))):
@@ -611,12 +970,37 @@ def ssvae_pseudo_label():
     pseudo-labels, against the run of the defaults with the same pseudo-label setting at the same
     data, labels and seed (ssvae.json)."""
     pairs = _variant_pairs()
-    return table(["data", "labels", "seed", "setting", "test accuracy", "the defaults (same pseudo-label setting)",
-                  "difference", "classifier alone", "best epoch: setting / defaults", "s/epoch"],
-                 [[*_key(r), _pl_setting(r["overrides"]), f"{r['test_accuracy']:.3f}",
-                   _fmt(o.get("test_accuracy"), ".3f"), f"{r['test_accuracy'] - o['test_accuracy']:+.3f}" if o else "-",
-                   f"{r['supervised_only_accuracy']:.3f}", f"{r['best_epoch']} / {o.get('best_epoch', '-')}",
-                   f"{r['seconds_per_epoch']:.1f}"] for r, o in pairs]) if pairs else ""
+    return (
+        table(
+            [
+                "data",
+                "labels",
+                "seed",
+                "setting",
+                "test accuracy",
+                "the defaults (same pseudo-label setting)",
+                "difference",
+                "classifier alone",
+                "best epoch: setting / defaults",
+                "s/epoch",
+            ],
+            [
+                [
+                    *_key(r),
+                    _pl_setting(r["overrides"]),
+                    f"{r['test_accuracy']:.3f}",
+                    _fmt(o.get("test_accuracy"), ".3f"),
+                    f"{r['test_accuracy'] - o['test_accuracy']:+.3f}" if o else "-",
+                    f"{r['supervised_only_accuracy']:.3f}",
+                    f"{r['best_epoch']} / {o.get('best_epoch', '-')}",
+                    f"{r['seconds_per_epoch']:.1f}",
+                ]
+                for r, o in pairs
+            ],
+        )
+        if pairs
+        else ""
+    )
 
 
 @part()
@@ -626,42 +1010,86 @@ def ssvae_variant_findings():
     for r, o in _variant_pairs():
         if o:
             by.setdefault((_pl_setting(r["overrides"]), r["data"], r["labels"]), []).append(
-                r["test_accuracy"] - o["test_accuracy"])
-    parts = [f"{setting}, {data} {n} labels: {sum(x > 0 for x in v)} of {len(v)} seeds ahead, {sum(v) / len(v):+.3f} "
-             "on average" for (setting, data, n), v in sorted(by.items(), key=lambda kv: (kv[0][0], *_digits_first(
-                 kv[0][1:])))]
+                r["test_accuracy"] - o["test_accuracy"]
+            )
+    parts = [
+        f"{setting}, {data} {n} labels: {sum(x > 0 for x in v)} of {len(v)} seeds ahead, {sum(v) / len(v):+.3f} "
+        "on average"
+        for (setting, data, n), v in sorted(by.items(), key=lambda kv: (kv[0][0], *_digits_first(kv[0][1:])))
+    ]
     return ("Against the defaults, same seeds: " + "; ".join(parts) + ".") if parts else ""
 
 
 # ---------------------------------------------------------------- uses
 
+
 @part("dimred.json")
 def dimred(d):
-    return (table(["dimensions", "k-NN accuracy on VAE latent means", "k-NN accuracy on PCA", "VAE epochs",
-                   "active units"],
-                  [[r["dims"], f"{r['knn_accuracy_vae']:.3f}", f"{r['knn_accuracy_pca']:.3f}", r["epochs"],
-                    r["active_units"]] for r in d["results"]])
-            + f"\n\n(Fashion-MNIST; k={d['results'][0]['k']} neighbours fitted on {d['train_subset_for_knn']} "
-            "training codes, scored on the 10k test set.)")
+    return (
+        table(
+            ["dimensions", "k-NN accuracy on VAE latent means", "k-NN accuracy on PCA", "VAE epochs", "active units"],
+            [
+                [
+                    r["dims"],
+                    f"{r['knn_accuracy_vae']:.3f}",
+                    f"{r['knn_accuracy_pca']:.3f}",
+                    r["epochs"],
+                    r["active_units"],
+                ]
+                for r in d["results"]
+            ],
+        )
+        + f"\n\n(Fashion-MNIST; k={d['results'][0]['k']} neighbours fitted on {d['train_subset_for_knn']} "
+        "training codes, scored on the 10k test set.)"
+    )
 
 
 @part("ddp.json")
 def ddp(d):
-    return table(["processes", "threads each", "global batch", "steps/epoch", "s/epoch", "whole command (s)",
-                  "test loss"],
-                 [[r["processes"], 2 if r["processes"] == 1 else 1, r["global_batch"], r["steps_per_epoch"],
-                   f"{r['seconds_per_epoch']:.2f}", f"{r['whole_command_seconds']:.1f}", f"{r['test_loss']:.1f}"]
-                  for r in d["rows"]])
+    return table(
+        ["processes", "threads each", "global batch", "steps/epoch", "s/epoch", "whole command (s)", "test loss"],
+        [
+            [
+                r["processes"],
+                2 if r["processes"] == 1 else 1,
+                r["global_batch"],
+                r["steps_per_epoch"],
+                f"{r['seconds_per_epoch']:.2f}",
+                f"{r['whole_command_seconds']:.1f}",
+                f"{r['test_loss']:.1f}",
+            ]
+            for r in d["rows"]
+        ],
+    )
 
 
 @part("sparse_memory.json")
 def sparse_memory(d):
-    return table(["rows x columns", "non-zeros", "input", "CSR (MB)", "dense would be (MB)", "peak RSS (MB)",
-                  "peak - imports (MB)", "train_is_sparse"],
-                 [[f"{r['rows']:,} x {r['columns']:,} ({r['density']:.0%})", f"{r['nnz'] / 1e6:.0f}M", r["input"],
-                   f"{r['csr_mb']:,.0f}", f"{r['dense_mb']:,.0f}", f"{r['peak_rss_mb']:,.0f}",
-                   f"{r['peak_rss_mb'] - r['rss_after_imports_mb']:,.0f}", _yes(r["train_is_sparse"])]
-                  for r in d["rows"]])
+    return table(
+        [
+            "rows x columns",
+            "non-zeros",
+            "input",
+            "CSR (MB)",
+            "dense would be (MB)",
+            "peak RSS (MB)",
+            "peak - imports (MB)",
+            "train_is_sparse",
+        ],
+        [
+            [
+                f"{r['rows']:,} x {r['columns']:,} ({r['density']:.0%})",
+                f"{r['nnz'] / 1e6:.0f}M",
+                r["input"],
+                f"{r['csr_mb']:,.0f}",
+                f"{r['dense_mb']:,.0f}",
+                f"{r['peak_rss_mb']:,.0f}",
+                f"{r['peak_rss_mb'] - r['rss_after_imports_mb']:,.0f}",
+                _yes(r["train_is_sparse"]),
+            ]
+            for r in d["rows"]
+        ],
+    )
 
 
 @reads("anomaly.json", need="summary")
@@ -669,10 +1097,19 @@ def anomaly(d):
     """README: the default score against -ELBO and the reconstruction error, over the ten held-out classes."""
     from pyro_vae.scores import DEFAULT_SCORE
 
-    return table(["score", "mean AUROC (10 held-out classes)", "worst class", "classes >= 0.8", "epochs"],
-                 [[f"`{name}` (default)" if name == DEFAULT_SCORE else f"`{name}`", f"{r['mean_auroc']:.3f}",
-                   f"{r['min_auroc']:.3f}", r["classes"] - r["classes_below_0.8"], d["epochs"]]
-                  for name, r in ((n, d["summary"][n]) for n in (DEFAULT_SCORE, "recon_error", "neg_elbo"))])
+    return table(
+        ["score", "mean AUROC (10 held-out classes)", "worst class", "classes >= 0.8", "epochs"],
+        [
+            [
+                f"`{name}` (default)" if name == DEFAULT_SCORE else f"`{name}`",
+                f"{r['mean_auroc']:.3f}",
+                f"{r['min_auroc']:.3f}",
+                r["classes"] - r["classes_below_0.8"],
+                d["epochs"],
+            ]
+            for name, r in ((n, d["summary"][n]) for n in (DEFAULT_SCORE, "recon_error", "neg_elbo"))
+        ],
+    )
 
 
 @part("anomaly.json", need="held_out")
@@ -692,23 +1129,46 @@ def anomaly_explore(d):
     f, g = d["fashion_mnist_10_epochs"], d.get("digits")
     fs, gs = f["summary"], (g or {}).get("summary", {})
     cls = {r["held_out_class"]: r["aurocs"] for r in f["held_out"]}
-    out = [f"Fashion-MNIST ({f['epochs']} epochs, one class held out at a time, columns 0-9 = the held-out "
-           f"class) and the default digits VAE (each digit held out, seeds {', '.join(map(str, g['seeds']))}: "
-           "mean and worst of the 30 runs); best Fashion-MNIST mean first." if g else "",
-           table(["variant", "F-MNIST mean", "F-MNIST min", *map(str, sorted(cls)), "digits mean", "digits min"],
-                 [[n, f"{fs[n]['mean_auroc']:.3f}", f"{fs[n]['min_auroc']:.3f}",
-                   *(f"{cls[c][n]:.2f}" for c in sorted(cls)),
-                   *((f"{gs[n]['mean_auroc']:.3f}", f"{gs[n]['min_auroc']:.3f}") if n in gs else ("-", "-"))]
-                  for n in sorted(fs, key=lambda n: -fs[n]["mean_auroc"])])]
+    out = [
+        f"Fashion-MNIST ({f['epochs']} epochs, one class held out at a time, columns 0-9 = the held-out "
+        f"class) and the default digits VAE (each digit held out, seeds {', '.join(map(str, g['seeds']))}: "
+        "mean and worst of the 30 runs); best Fashion-MNIST mean first."
+        if g
+        else "",
+        table(
+            ["variant", "F-MNIST mean", "F-MNIST min", *map(str, sorted(cls)), "digits mean", "digits min"],
+            [
+                [
+                    n,
+                    f"{fs[n]['mean_auroc']:.3f}",
+                    f"{fs[n]['min_auroc']:.3f}",
+                    *(f"{cls[c][n]:.2f}" for c in sorted(cls)),
+                    *((f"{gs[n]['mean_auroc']:.3f}", f"{gs[n]['min_auroc']:.3f}") if n in gs else ("-", "-")),
+                ]
+                for n in sorted(fs, key=lambda n: -fs[n]["mean_auroc"])
+            ],
+        ),
+    ]
     checks = sorted((v for key, v in d.items() if key.endswith("_epochs_k_by_bank_seed")), key=lambda v: v["epochs"])
     if checks:
         seeds = list(checks[0]["summary"]["1"])
-        out += [f"Plain code kNN by k over three random banks of {checks[0]['bank_rows']} training codes "
-                "(Fashion-MNIST, mean / worst class AUROC over the classes measured):",
-                table(["epochs", "classes", "k", *(f"bank seed {s}" for s in seeds)],
-                      [[c["epochs"], len(c["classes"]), k, *(f"{m['mean_auroc']:.3f} / {m['min_auroc']:.3f}"
-                                                              for m in v.values())]
-                       for c in checks for k, v in sorted(c["summary"].items(), key=lambda kv: int(kv[0]))])]
+        out += [
+            f"Plain code kNN by k over three random banks of {checks[0]['bank_rows']} training codes "
+            "(Fashion-MNIST, mean / worst class AUROC over the classes measured):",
+            table(
+                ["epochs", "classes", "k", *(f"bank seed {s}" for s in seeds)],
+                [
+                    [
+                        c["epochs"],
+                        len(c["classes"]),
+                        k,
+                        *(f"{m['mean_auroc']:.3f} / {m['min_auroc']:.3f}" for m in v.values()),
+                    ]
+                    for c in checks
+                    for k, v in sorted(c["summary"].items(), key=lambda kv: int(kv[0]))
+                ],
+            ),
+        ]
     return "\n\n".join(out)
 
 
@@ -725,17 +1185,47 @@ def counts(d):
     first = next(iter(v.values()))
     data = first["data"]
     lo, hi = data["library_p2_5_p97_5"]
-    head = (f"{data['cells']} cells x {data['genes']} genes, {data['cell_types']} cell types, "
-            f"{data['zeros']:.0%} zeros, library sizes median {data['library_median']:.0f} "
-            f"(95% within {lo:.0f}-{hi:.0f}); 20% of the cells held out. Log-likelihood: nats per held-out "
-            f"cell, higher is better, importance-weighted with K={first.get('pyro_vae', {}).get('iwae_samples', '?')} "
-            "samples on both sides.")
-    rows = [[name, r["library"], _counts_setting(side, r), r["epochs"], f"{r['test_log_likelihood']:.1f}",
-             f"{r['knn5_accuracy']:.3f}", f"{r['seconds_per_epoch']:.2f}", f"{r['fit_wall_seconds']:.0f}",
-             f"{r['peak_rss_mb']:.0f}"]
-            for name, variant in v.items() for side in ("pyro_vae", "scvi") if (r := variant.get(side))]
-    return head + "\n\n" + table(["variant", "library", "setting", "epochs", "held-out log p(x) per cell",
-                                  "5-NN accuracy", "s/epoch", "fit wall s", "peak RSS MB"], rows)
+    head = (
+        f"{data['cells']} cells x {data['genes']} genes, {data['cell_types']} cell types, "
+        f"{data['zeros']:.0%} zeros, library sizes median {data['library_median']:.0f} "
+        f"(95% within {lo:.0f}-{hi:.0f}); 20% of the cells held out. Log-likelihood: nats per held-out "
+        f"cell, higher is better, importance-weighted with K={first.get('pyro_vae', {}).get('iwae_samples', '?')} "
+        "samples on both sides."
+    )
+    rows = [
+        [
+            name,
+            r["library"],
+            _counts_setting(side, r),
+            r["epochs"],
+            f"{r['test_log_likelihood']:.1f}",
+            f"{r['knn5_accuracy']:.3f}",
+            f"{r['seconds_per_epoch']:.2f}",
+            f"{r['fit_wall_seconds']:.0f}",
+            f"{r['peak_rss_mb']:.0f}",
+        ]
+        for name, variant in v.items()
+        for side in ("pyro_vae", "scvi")
+        if (r := variant.get(side))
+    ]
+    return (
+        head
+        + "\n\n"
+        + table(
+            [
+                "variant",
+                "library",
+                "setting",
+                "epochs",
+                "held-out log p(x) per cell",
+                "5-NN accuracy",
+                "s/epoch",
+                "fit wall s",
+                "peak RSS MB",
+            ],
+            rows,
+        )
+    )
 
 
 def counts_readme():
@@ -744,34 +1234,56 @@ def counts_readme():
     if not r or "scvi" not in r or "pyro_vae" not in r:
         return ""
     p, s = r["pyro_vae"], r["scvi"]
-    return (f"Against scvi-tools' `SCVI(gene_likelihood=\"zinb\")` on synthetic counts ({r['data']['cells']} cells x "
-            f"{r['data']['genes']} genes, same network shape, {p['epochs']} epochs, 1 thread; `benchmarks/counts.py`): "
-            f"held-out log p(x) {p['test_log_likelihood']:.1f} vs {s['test_log_likelihood']:.1f} nats per cell, "
-            f"5-NN cell-type accuracy {p['knn5_accuracy']:.3f} vs {s['knn5_accuracy']:.3f}, "
-            f"{p['seconds_per_epoch']:.1f} vs {s['seconds_per_epoch']:.1f} s/epoch.")
+    return (
+        f'Against scvi-tools\' `SCVI(gene_likelihood="zinb")` on synthetic counts ({r["data"]["cells"]} cells x '
+        f"{r['data']['genes']} genes, same network shape, {p['epochs']} epochs, 1 thread; `benchmarks/counts.py`): "
+        f"held-out log p(x) {p['test_log_likelihood']:.1f} vs {s['test_log_likelihood']:.1f} nats per cell, "
+        f"5-NN cell-type accuracy {p['knn5_accuracy']:.3f} vs {s['knn5_accuracy']:.3f}, "
+        f"{p['seconds_per_epoch']:.1f} vs {s['seconds_per_epoch']:.1f} s/epoch."
+    )
 
 
 # ---------------------------------------------------------------- reliability
 
+
 @part("faults.json")
 def faults(d):
     v = d["versions"]
-    return (f"{d['held']} of {d['tried']} cases held (`{d['command']}`; torch {v['torch']}, Lightning "
-            f"{v['lightning']}, Python {v['python']}).\n\n"
-            + table(["case", "outcome", "seconds"],
-                    [[r["case"].split("::", 1)[1].replace("test_", "", 1).replace("_", " "), r["outcome"],
-                      f"{r['seconds']:.0f}"] for r in d["rows"]]))
+    return (
+        f"{d['held']} of {d['tried']} cases held (`{d['command']}`; torch {v['torch']}, Lightning "
+        f"{v['lightning']}, Python {v['python']}).\n\n"
+        + table(
+            ["case", "outcome", "seconds"],
+            [
+                [
+                    r["case"].split("::", 1)[1].replace("test_", "", 1).replace("_", " "),
+                    r["outcome"],
+                    f"{r['seconds']:.0f}",
+                ]
+                for r in d["rows"]
+            ],
+        )
+    )
 
 
 @part("soak.json")
 def soak(d):
-    return {**d, "at_start_up": sum(r.get("when") == "start-up" for r in d["log"] if r["signal"]),
-            "stops_ended_as_signalled": d.get("stops_ended_as_signalled", "?"),
-            "every_epoch_once": "yes" if d["every_epoch_once"] else "NO"}
+    return {
+        **d,
+        "at_start_up": sum(r.get("when") == "start-up" for r in d["log"] if r["signal"]),
+        "stops_ended_as_signalled": d.get("stops_ended_as_signalled", "?"),
+        "every_epoch_once": "yes" if d["every_epoch_once"] else "NO",
+    }
 
 
-README_TABLES = {"vae_defaults": vae_defaults, "ssvae_defaults": ssvae_defaults,
-                 "dimred": dimred, "anomaly": anomaly, "speed": speed_readme, "counts": counts_readme}
+README_TABLES = {
+    "vae_defaults": vae_defaults,
+    "ssvae_defaults": ssvae_defaults,
+    "dimred": dimred,
+    "anomaly": anomaly,
+    "speed": speed_readme,
+    "counts": counts_readme,
+}
 
 
 # ---------------------------------------------------------------- filling the template and the README
@@ -786,8 +1298,10 @@ def fill(template, parts):
     text = re.sub(r"\{\{#.*?\}\}\n?", "", template, flags=re.S).strip()
     named = {m.group(1).split(".")[0] for m in re.finditer(r"\{\{ (?:if )?([\w.]+)[ :]", text)} - {"end"}
     if named != set(parts):
-        raise ValueError(f"{TEMPLATE.name}: no renderer for {sorted(named - set(parts))}, "
-                         f"no placeholder for {sorted(set(parts) - named)}")
+        raise ValueError(
+            f"{TEMPLATE.name}: no renderer for {sorted(named - set(parts))}, "
+            f"no placeholder for {sorted(set(parts) - named)}"
+        )
     cache = {}
 
     def value(path, strict=True):
@@ -813,7 +1327,7 @@ def fill(template, parts):
             raise ValueError(f"{TEMPLATE.name}: {{{{ {m.group(0)[3:-3]} }}}}: {e}") from e
 
     while m := IF_BLOCK.search(text):
-        text = text[:m.start()] + (m.group(2) if value(m.group(1), strict=False) else "") + text[m.end():]
+        text = text[: m.start()] + (m.group(2) if value(m.group(1), strict=False) else "") + text[m.end() :]
     if re.search(r"\{\{ (if [\w.]+|end) \}\}", text):
         raise ValueError(f"{TEMPLATE.name}: an {{{{ if }}}} without its {{{{ end }}}}, or the reverse")
     paragraphs = (PLACEHOLDER.sub(render, p) for p in text.split("\n\n"))
@@ -829,19 +1343,28 @@ def render_readme(text):
     """The README text with every <!-- TABLE:name --> block re-rendered."""
     marked = set(re.findall(r"<!-- TABLE:(\w+) -->", text))
     if marked != set(README_TABLES):
-        raise ValueError(f"README: no renderer for tables {sorted(marked - set(README_TABLES))}, "
-                         f"no table for {sorted(set(README_TABLES) - marked)}")
+        raise ValueError(
+            f"README: no renderer for tables {sorted(marked - set(README_TABLES))}, "
+            f"no table for {sorted(set(README_TABLES) - marked)}"
+        )
     for name, fn in README_TABLES.items():
         body = fn()
-        text = re.sub(rf"(<!-- TABLE:{name} -->\n).*?(<!-- /TABLE:{name} -->)",
-                      lambda m: m.group(1) + (body + "\n" if body else "") + m.group(2), text, flags=re.S)
+        text = re.sub(
+            rf"(<!-- TABLE:{name} -->\n).*?(<!-- /TABLE:{name} -->)",
+            lambda m: m.group(1) + (body + "\n" if body else "") + m.group(2),
+            text,
+            flags=re.S,
+        )
     return text
 
 
 def main(argv):
     if "--check" in argv:
-        stale = [p.name for p, want in ((RESULTS, results()), (README, render_readme(README.read_text())))
-                 if not p.exists() or p.read_text() != want]
+        stale = [
+            p.name
+            for p, want in ((RESULTS, results()), (README, render_readme(README.read_text())))
+            if not p.exists() or p.read_text() != want
+        ]
         if stale:
             print("stale (run `python benchmarks/report.py --write`):", ", ".join(stale))
             return 1

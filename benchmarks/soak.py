@@ -8,6 +8,7 @@ has been stopped ``--interruptions`` times and finishes. Checks that ``metrics.c
 every epoch once, in order, and that the final test loss equals the uninterrupted run's
 (one CPU process, one thread: to 1e-4). Writes ``benchmarks/soak.json``.
 """
+
 import argparse
 import csv
 import json
@@ -71,8 +72,16 @@ def stopped_run(command, run: Path, interruptions: int, share: float, rng) -> li
         reader.join(timeout=10)
         done = epochs_in_csv(run)[-1] if (run / "metrics.csv").is_file() and epochs_in_csv(run) else 0
         said = [ln for ln in lines if ln.startswith("pyro-vae:")]
-        log.append({"signal": signal.Signals(sig).name, "when": when, "after_s": round(delay, 2),
-                    "exit": proc.returncode, "epochs_in_csv": done, "said": said[-1] if said else None})
+        log.append(
+            {
+                "signal": signal.Signals(sig).name,
+                "when": when,
+                "after_s": round(delay, 2),
+                "exit": proc.returncode,
+                "epochs_in_csv": done,
+                "said": said[-1] if said else None,
+            }
+        )
         if not (run / "checkpoints" / "last.ckpt").is_file():  # stopped before the first epoch
             fresh = list(command) + ["--overwrite"]
     argv = CLI + ["--resume", str(run)] if (run / "checkpoints" / "last.ckpt").is_file() else fresh
@@ -98,8 +107,7 @@ def main(argv=None):
         whole_s = time.perf_counter() - t0
         train_s = json.loads((whole / "metrics.json").read_text())["train_seconds"]
         t0 = time.perf_counter()
-        log = stopped_run(CLI + base + ["--out", str(run)], run, args.interruptions,
-                          train_s / args.interruptions, rng)
+        log = stopped_run(CLI + base + ["--out", str(run)], run, args.interruptions, train_s / args.interruptions, rng)
         stopped_s = time.perf_counter() - t0
         a = json.loads((whole / "metrics.json").read_text())
         b = json.loads((run / "metrics.json").read_text())
@@ -109,21 +117,28 @@ def main(argv=None):
 
     result = {
         "command": " ".join(["pyro-vae", "train", *base]),
-        "epochs": args.epochs, "seed": args.seed, "threads": 1,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "threads": 1,
         "interruptions": sum(1 for r in log if r["signal"]),
         "stops_ended_as_signalled": sum(1 for r in log if r["signal"] and r["exit"] in (143, -9)),
         "sigterm": sum(1 for r in log if r["signal"] == "SIGTERM"),
         "sigkill": sum(1 for r in log if r["signal"] == "SIGKILL"),
         "every_epoch_once": epochs == list(range(1, args.epochs + 1)),
-        "test_loss_uninterrupted": a["test_loss"], "test_loss_stopped": b["test_loss"],
+        "test_loss_uninterrupted": a["test_loss"],
+        "test_loss_stopped": b["test_loss"],
         "test_loss_difference": abs(a["test_loss"] - b["test_loss"]),
-        "wall_seconds_uninterrupted": round(whole_s, 1), "wall_seconds_stopped": round(stopped_s, 1),
+        "wall_seconds_uninterrupted": round(whole_s, 1),
+        "wall_seconds_stopped": round(stopped_s, 1),
         "log": log,
         "versions": {"torch": torch.__version__, "lightning": lightning.__version__},
         "machine": platform.processor() or platform.machine(),
     }
-    result["held"] = (result["every_epoch_once"] and result["test_loss_difference"] <= 1e-4
-                      and result["interruptions"] == result["stops_ended_as_signalled"] == args.interruptions)
+    result["held"] = (
+        result["every_epoch_once"]
+        and result["test_loss_difference"] <= 1e-4
+        and result["interruptions"] == result["stops_ended_as_signalled"] == args.interruptions
+    )
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "log"}, indent=2))
     return 0 if result["held"] else 1

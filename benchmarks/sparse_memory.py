@@ -11,6 +11,7 @@ pyro_vae. A dense ``.npy`` of the smallest matrix shows the dense path for compa
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sparse_memory.py [--quick]
 """
+
 import argparse
 import json
 import os
@@ -25,10 +26,23 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SHAPES = [(20_000, 20_000, 0.05), (50_000, 20_000, 0.05), (100_000, 20_000, 0.05), (200_000, 20_000, 0.05),
-          (200_000, 20_000, 0.01)]
-TRAIN = ["likelihood=poisson", "data.test_fraction=0.01", "data.limit=2048", "train.epochs=1",
-         "train.batch_size=128", "trainer.progress_bar=false", "trainer.logger=none", "trainer.accelerator=cpu"]
+SHAPES = [
+    (20_000, 20_000, 0.05),
+    (50_000, 20_000, 0.05),
+    (100_000, 20_000, 0.05),
+    (200_000, 20_000, 0.05),
+    (200_000, 20_000, 0.01),
+]
+TRAIN = [
+    "likelihood=poisson",
+    "data.test_fraction=0.01",
+    "data.limit=2048",
+    "train.epochs=1",
+    "train.batch_size=128",
+    "trainer.progress_bar=false",
+    "trainer.logger=none",
+    "trainer.accelerator=cpu",
+]
 
 
 def rss_mb() -> float:
@@ -54,7 +68,7 @@ def write_csr(path: Path, rows: int, cols: int, density: float, seed: int = 0, c
         sl = slice(a * per_row, b * per_row)
         indices[sl] = (starts + rng.integers(0, block, size=(b - a, per_row), dtype=np.int32)).ravel()
         data[sl] = rng.poisson(2.0, size=(b - a) * per_row).astype(np.float32) + 1
-    indptr = np.arange(0, rows * per_row + 1, per_row, dtype=np.int64 if rows * per_row >= 2 ** 31 else np.int32)
+    indptr = np.arange(0, rows * per_row + 1, per_row, dtype=np.int64 if rows * per_row >= 2**31 else np.int32)
     m = sp.csr_matrix((data, indices, indptr), shape=(rows, cols))
     sp.save_npz(path, m, compressed=False)
     return int(m.nnz)
@@ -72,16 +86,25 @@ def child(path: str) -> None:
     r = pyro_vae.fit(None, save=False, overrides=["data=array", f"data.path={path}", *TRAIN])
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_rss_mb": round(peak, 1), "rss_after_imports_mb": round(base, 1),
-                      "fit_seconds": round(seconds, 1), "steps": r.metrics["steps_per_epoch"],
-                      "train_is_sparse": type(r.data.train.x).__name__ == "SparseRows",
-                      "test_loss": round(r.metrics["test_loss"], 2)}))
+    print(
+        json.dumps(
+            {
+                "peak_rss_mb": round(peak, 1),
+                "rss_after_imports_mb": round(base, 1),
+                "fit_seconds": round(seconds, 1),
+                "steps": r.metrics["steps_per_epoch"],
+                "train_is_sparse": type(r.data.train.x).__name__ == "SparseRows",
+                "test_loss": round(r.metrics["test_loss"], 2),
+            }
+        )
+    )
 
 
 def measure(path: Path) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
-    r = subprocess.run([sys.executable, __file__, "--child", str(path)], capture_output=True, text=True,
-                       env=env, cwd=HERE.parent)
+    r = subprocess.run(
+        [sys.executable, __file__, "--child", str(path)], capture_output=True, text=True, env=env, cwd=HERE.parent
+    )
     if r.returncode:
         raise SystemExit(f"training on {path} failed:\n{r.stderr[-2000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -101,10 +124,17 @@ def main():
             path = Path(tmp) / f"x{n}_{d}_{density}.npz"
             t0 = time.perf_counter()
             nnz = write_csr(path, n, d, density)
-            row = {"rows": n, "columns": d, "density": density, "nnz": nnz, "input": "sparse npz",
-                   "file_mb": round(path.stat().st_size / 2 ** 20, 1),
-                   "csr_mb": round((nnz * 8 + (n + 1) * 4) / 2 ** 20, 1),
-                   "dense_mb": round(n * d * 4 / 2 ** 20, 1), "write_seconds": round(time.perf_counter() - t0, 1)}
+            row = {
+                "rows": n,
+                "columns": d,
+                "density": density,
+                "nnz": nnz,
+                "input": "sparse npz",
+                "file_mb": round(path.stat().st_size / 2**20, 1),
+                "csr_mb": round((nnz * 8 + (n + 1) * 4) / 2**20, 1),
+                "dense_mb": round(n * d * 4 / 2**20, 1),
+                "write_seconds": round(time.perf_counter() - t0, 1),
+            }
             row.update(measure(path))
             rows_out.append(row)
             print(json.dumps(row), flush=True)
@@ -113,15 +143,22 @@ def main():
 
                 dense_path = Path(tmp) / "dense.npy"
                 np.save(dense_path, sp.load_npz(path).toarray())
-                dense = dict(row, input="dense npy", file_mb=round(dense_path.stat().st_size / 2 ** 20, 1))
+                dense = dict(row, input="dense npy", file_mb=round(dense_path.stat().st_size / 2**20, 1))
                 dense.update(measure(dense_path))
                 rows_out.append(dense)
                 print(json.dumps(dense), flush=True)
                 dense_path.unlink()
             path.unlink()
-    out = {"rows": rows_out, "train_overrides": TRAIN,
-           "machine": {"cpu": platform.processor() or platform.machine(), "threads": 1,
-                       "python": platform.python_version(), "cores": os.cpu_count()}}
+    out = {
+        "rows": rows_out,
+        "train_overrides": TRAIN,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "threads": 1,
+            "python": platform.python_version(),
+            "cores": os.cpu_count(),
+        },
+    }
     if not args.quick:
         (HERE / "sparse_memory.json").write_text(json.dumps(out, indent=2) + "\n")
         print(f"wrote {HERE / 'sparse_memory.json'}")

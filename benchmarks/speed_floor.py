@@ -32,6 +32,7 @@ network's 687,200 weights x 6 x 256 rows) over its seconds, against the torch.mm
     .venv/bin/python benchmarks/speed_floor.py            # about 4 minutes on 2 cores
     .venv/bin/python benchmarks/speed_floor.py --no-peer --out /tmp/floor.json
 """
+
 import argparse
 import logging
 import math
@@ -103,7 +104,7 @@ def torch_loss(model, torch):
         log_px = (x * logits - softplus(logits)).sum()
         loc, scale, z = loc.float(), scale.float(), z.float()
         log_q = (-0.5 * ((z - loc) / scale) ** 2 - scale.log()).sum()
-        log_p = (-0.5 * z ** 2).sum()  # the 0.5 log(2 pi) terms cancel
+        log_p = (-0.5 * z**2).sum()  # the 0.5 log(2 pi) terms cancel
         return -(log_px + log_p - log_q) * (model.num_data / x.shape[0])
 
     return loss
@@ -137,8 +138,14 @@ def step_times(torch, model, plan, x, bf16_ok, steps, repeats):
             for v, fn in variants.items():
                 runs[f"{v} {p}"].append(step_ms(torch, params, fn, x, p != "float32", steps))
         H.log(f"steps, round {r + 1}/{repeats}: " + ", ".join(f"{k} {ms[-1]:.2f} ms" for k, ms in runs.items()))
-    return {k: {"ms_per_step": round(statistics.median(ms), 3), "rounds": [round(m, 3) for m in ms],
-                "gflops": round(GFLOP_PER_STEP / (statistics.median(ms) / 1000), 1)} for k, ms in runs.items()}
+    return {
+        k: {
+            "ms_per_step": round(statistics.median(ms), 3),
+            "rounds": [round(m, 3) for m in ms],
+            "gflops": round(GFLOP_PER_STEP / (statistics.median(ms) / 1000), 1),
+        }
+        for k, ms in runs.items()
+    }
 
 
 def m2_conv_precision(torch, root, steps, repeats):
@@ -150,8 +157,9 @@ def m2_conv_precision(torch, root, steps, repeats):
     from pyro_vae.train import build_model
     from pyro_vae.training import plan_for
 
-    cfg = load_config(None, ["model=ssvae", "data.name=fashion-mnist", f"data.root={root}", "data.labels=100",
-                             "data.validation=1000"])
+    cfg = load_config(
+        None, ["model=ssvae", "data.name=fashion-mnist", f"data.root={root}", "data.labels=100", "data.validation=1000"]
+    )
     data = load_data(cfg)
     model = build_model(cfg, data.info())
     plan = plan_for(model, cfg)
@@ -162,13 +170,15 @@ def m2_conv_precision(torch, root, steps, repeats):
     try:
         for _ in range(repeats):
             for k in times:
-                networks.cpu_has_native_bf16 = (lambda k=k: k.startswith("bf16"))
+                networks.cpu_has_native_bf16 = lambda k=k: k.startswith("bf16")
                 times[k].append(step_ms(torch, list(model.parameters()), plan.loss, batch, True, max(10, steps // 5)))
     finally:
         networks.cpu_has_native_bf16 = native
     H.log("M2 step: " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in times.items()))
-    return {"batch": {k: list(v.shape) for k, v in batch.items()},
-            **{k: round(statistics.median(v), 2) for k, v in times.items()}}
+    return {
+        "batch": {k: list(v.shape) for k, v in batch.items()},
+        **{k: round(statistics.median(v), 2) for k, v in times.items()},
+    }
 
 
 def compiled(torch, plan, x, steps):
@@ -220,13 +230,16 @@ def run_jobs(args, bf16):
     vae_dir = H.pyro_examples(args.root, args.pyro_git, args.pyro_tag, Path(args.cache))
     H.warm_up(sys.executable, ["torch", "pyro", "lightning", "pyro_vae.train"], args.threads)
     H.warm_up(args.peer_python, ["torch", "pyro", "torchvision"], args.threads)
-    job_args = argparse.Namespace(peer_python=args.peer_python, epochs=EPOCHS, cuda=False, threads=args.threads,
-                                  timeout=900, root=args.root)
+    job_args = argparse.Namespace(
+        peer_python=args.peer_python, epochs=EPOCHS, cuda=False, threads=args.threads, timeout=900, root=args.root
+    )
     with tempfile.TemporaryDirectory(prefix="speed_floor-") as workdir:
         ours = run_ours("ours-bf16" if bf16 else "ours-fp32", job_args, workdir, 0)
         peer = run_pyro(job_args, workdir, 0, vae_dir)
-    H.log(f"{EPOCHS} epochs, whole job: pyro-vae train {ours['wall_seconds']:.1f} s, Pyro's vae.py "
-          f"{peer['wall_seconds']:.1f} s")
+    H.log(
+        f"{EPOCHS} epochs, whole job: pyro-vae train {ours['wall_seconds']:.1f} s, Pyro's vae.py "
+        f"{peer['wall_seconds']:.1f} s"
+    )
     return ours, peer
 
 
@@ -279,7 +292,7 @@ def main(argv=None):
         "floor_seconds": round(floor_imports + EPOCHS * STEPS_PER_EPOCH * fastest[best] / 1000, 1),
         "floor_seconds_with_pyro_loss": round(floor_imports + EPOCHS * STEPS_PER_EPOCH * fastest[pyro_best] / 1000, 1),
         "what": "import floor (torch + pyro + torch._dynamo) + 10 epochs x 235 steps at the fastest eager step "
-                "(its best round); no Lightning, data, evaluation or plots",
+        "(its best round); no Lightning, data, evaluation or plots",
     }
     if ours and ours.get("rc") == 0:
         bound["ours_wall_seconds"] = ours["wall_seconds"]
@@ -291,14 +304,30 @@ def main(argv=None):
     out = {
         "benchmark": "speed_floor",
         "command": "python benchmarks/speed_floor.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "threads": args.threads, "machine": mach, "batch": BATCH, "gflop_per_step": round(GFLOP_PER_STEP, 3),
+        "threads": args.threads,
+        "machine": mach,
+        "batch": BATCH,
+        "gflop_per_step": round(GFLOP_PER_STEP, 3),
         "matmul_peak": {"runs": peaks, "gflops": peak},
-        "imports_seconds": imports, "steps": steps, "m2_step_ms": m2, "torch_compile": comp, "jit_trace_elbo": jit,
-        "ours": ours, "peer": peer, "bound": bound, "seconds": round(time.perf_counter() - t0, 1),
+        "imports_seconds": imports,
+        "steps": steps,
+        "m2_step_ms": m2,
+        "torch_compile": comp,
+        "jit_trace_elbo": jit,
+        "ours": ours,
+        "peer": peer,
+        "bound": bound,
+        "seconds": round(time.perf_counter() - t0, 1),
     }
     H.write_json(args.out, out)
-    H.log(f"wrote {args.out}; whole-job floor {bound['floor_seconds']} s"
-          + (f", Pyro's vae.py {peer['wall_seconds']:.1f} s: at most {bound['max_speedup']}x" if "max_speedup" in bound else ""))
+    H.log(
+        f"wrote {args.out}; whole-job floor {bound['floor_seconds']} s"
+        + (
+            f", Pyro's vae.py {peer['wall_seconds']:.1f} s: at most {bound['max_speedup']}x"
+            if "max_speedup" in bound
+            else ""
+        )
+    )
     return 0
 
 

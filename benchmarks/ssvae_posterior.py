@@ -9,6 +9,7 @@ and how often it agrees with q(y|x). Results are appended to benchmarks/ssvae_po
 
     .venv/bin/python benchmarks/ssvae_posterior.py --set train.epochs=3
 """
+
 import argparse
 import json
 import sys
@@ -28,7 +29,7 @@ def posterior_stats(model, x, y, particles=20, batch=1000):
     model.eval()
     L, q = [], []
     for i in range(0, len(x), batch):
-        xb = x[i:i + batch]
+        xb = x[i : i + batch]
         L.append(torch.stack([model.log_weights(xb) for _ in range(particles)]).mean(0))
         q.append(torch.softmax(model.classifier(xb).float(), -1))
     L, q = torch.cat(L), torch.cat(q)
@@ -57,14 +58,22 @@ def main():
     args = p.parse_args()
     out = Path(args.out)
     data = json.loads(out.read_text()) if out.exists() else {"benchmark": "ssvae_posterior", "runs": []}
-    cfg = load_config(args.config, [f"data.labels={args.labels}", f"seed={args.seed}",
-                                    "trainer.progress_bar=false", *args.set])
+    cfg = load_config(
+        args.config, [f"data.labels={args.labels}", f"seed={args.seed}", "trainer.progress_bar=false", *args.set]
+    )
     t0 = time.perf_counter()
     r = fit(cfg, save=False, plots=False)
     stats = posterior_stats(r.model, r.data.test.x, r.data.test.y, args.particles)
-    row = dict(labels=args.labels, seed=args.seed, overrides=args.set, particles=args.particles,
-               test_accuracy=round(r.metrics["test_accuracy"], 4), best_epoch=r.metrics["best_epoch"],
-               **{k: round(v, 4) for k, v in stats.items()}, wall_seconds=round(time.perf_counter() - t0, 1))
+    row = dict(
+        labels=args.labels,
+        seed=args.seed,
+        overrides=args.set,
+        particles=args.particles,
+        test_accuracy=round(r.metrics["test_accuracy"], 4),
+        best_epoch=r.metrics["best_epoch"],
+        **{k: round(v, 4) for k, v in stats.items()},
+        wall_seconds=round(time.perf_counter() - t0, 1),
+    )
     print(json.dumps(row), flush=True)
     data["runs"].append(row)
     write_json(out, data)

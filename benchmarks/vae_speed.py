@@ -42,6 +42,7 @@ as pyro-vae gets faster:
 Quick check of the plumbing (1.5-2.5 minutes):
     .venv/bin/python benchmarks/vae_speed.py --epochs 1 --out /tmp/vae_speed.json
 """
+
 import argparse
 import json
 import re
@@ -55,8 +56,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import harness as H  # noqa: E402
 
 LAYERS = [(784, 400), (400, 50), (400, 50), (50, 400), (400, 784)]
-FLOP_FORMULA = ("3 (forward + backward) x 2 (multiply-add) x sum(in x out of the linear layers: "
-                "784x400 + 400x50 + 400x50 encoder, 50x400 + 400x784 decoder = 687,200) x training rows")
+FLOP_FORMULA = (
+    "3 (forward + backward) x 2 (multiply-add) x sum(in x out of the linear layers: "
+    "784x400 + 400x50 + 400x50 encoder, 50x400 + 400x784 decoder = 687,200) x training rows"
+)
 TRAIN_ROWS = 60000
 
 
@@ -75,9 +78,20 @@ def commands(args, bf16: bool):
 def run_ours(name, args, workdir, rep):
     out = Path(workdir) / f"{name}-{rep}"
     precision = "bf16-mixed" if name.endswith("bf16") else "32-true"
-    cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "examples/configs/fashion_vae.yaml",
-           f"data.root={args.root}", f"train.epochs={args.epochs}", f"trainer.precision={precision}",
-           "trainer.progress_bar=false", "--out", str(out), "--profile"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pyro_vae.cli",
+        "train",
+        "examples/configs/fashion_vae.yaml",
+        f"data.root={args.root}",
+        f"train.epochs={args.epochs}",
+        f"trainer.precision={precision}",
+        "trainer.progress_bar=false",
+        "--out",
+        str(out),
+        "--profile",
+    ]
     if args.cuda:
         cmd.append("trainer.accelerator=gpu")
     res = H.run_timed(cmd, H.REPO, H.thread_env(args.threads, {"PYTHONPATH": str(H.REPO)}), args.timeout)
@@ -88,11 +102,17 @@ def run_ours(name, args, workdir, rep):
     profile = H.parse_profile(res["stderr"])
     epochs = int(metrics.get("epochs") or args.epochs)
     steps = profile.get("training epochs (steps)")
-    row.update({"test_loss": round(metrics["test_loss"], 2), "epochs": epochs, "precision": metrics.get("precision"),
-                "num_train": metrics.get("num_train"), "profile": profile,
-                "seconds_per_epoch_with_validation": metrics.get("seconds_per_epoch"),
-                "seconds_per_epoch": round(steps / epochs, 3) if steps is not None
-                else metrics.get("seconds_per_epoch")})
+    row.update(
+        {
+            "test_loss": round(metrics["test_loss"], 2),
+            "epochs": epochs,
+            "precision": metrics.get("precision"),
+            "num_train": metrics.get("num_train"),
+            "profile": profile,
+            "seconds_per_epoch_with_validation": metrics.get("seconds_per_epoch"),
+            "seconds_per_epoch": round(steps / epochs, 3) if steps is not None else metrics.get("seconds_per_epoch"),
+        }
+    )
     return row
 
 
@@ -110,26 +130,48 @@ def run_pyro(args, workdir, rep, vae_dir):
     # "[epoch k] average training loss" is printed after epoch k's steps; between lines k-1 and k
     # lies epoch k's training, plus the test pass when epoch k-1 was tested (epoch 0 always is)
     gaps = H.epoch_seconds_from_lines(res["lines"], r"average training loss")
-    row.update({"test_loss": round(tests[-1], 2) if tests else None, "epochs": args.epochs,
-                "epoch_seconds_from_output": gaps,
-                "seconds_per_epoch": H.median(gaps[1:]) if len(gaps) > 1 else None})
+    row.update(
+        {
+            "test_loss": round(tests[-1], 2) if tests else None,
+            "epochs": args.epochs,
+            "epoch_seconds_from_output": gaps,
+            "seconds_per_epoch": H.median(gaps[1:]) if len(gaps) > 1 else None,
+        }
+    )
     return row
 
 
 def run_pythae(args, workdir, rep):
     out = Path(workdir) / f"pythae-{rep}"
-    cmd = [args.peer_python, str(Path(__file__).resolve().parent / "peers" / "pythae_vae.py"),
-           "--root", args.root, "--epochs", str(args.epochs), "--batch-size", "256", "--lr", "1e-3",
-           "--out-dir", str(out)] + (["--cuda"] if args.cuda else [])
+    cmd = [
+        args.peer_python,
+        str(Path(__file__).resolve().parent / "peers" / "pythae_vae.py"),
+        "--root",
+        args.root,
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        "256",
+        "--lr",
+        "1e-3",
+        "--out-dir",
+        str(out),
+    ] + (["--cuda"] if args.cuda else [])
     res = H.run_timed(cmd, Path(workdir), H.thread_env(args.threads), args.timeout)
     row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
     result = [json.loads(ln.split(" ", 1)[1]) for _, ln in res["lines"] if ln.startswith("PYTHAE_RESULT ")]
     if res["rc"] != 0 or not result:
         return {**row, "error": H.failure(res)}
     r = result[-1]
-    row.update({"test_loss": round(r["test_loss"], 2), "epochs": r["epochs"],
-                "epoch_seconds": r["epoch_seconds"], "seconds_per_epoch": H.median(r["epoch_seconds"]),
-                "pythae": r.get("pythae")})
+    row.update(
+        {
+            "test_loss": round(r["test_loss"], 2),
+            "epochs": r["epochs"],
+            "epoch_seconds": r["epoch_seconds"],
+            "seconds_per_epoch": H.median(r["epoch_seconds"]),
+            "pythae": r.get("pythae"),
+        }
+    )
     return row
 
 
@@ -141,11 +183,16 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--repeats", type=int, default=1, help="rounds of the interleaved commands (default 1)")
-    p.add_argument("--threads", type=int, default=H.default_threads(), help="threads of every command (default: all cores)")
-    p.add_argument("--only", nargs="+", choices=["ours-fp32", "ours-bf16", "pyro-vae.py", "pythae"],
-                   help="run only these commands")
+    p.add_argument(
+        "--threads", type=int, default=H.default_threads(), help="threads of every command (default: all cores)"
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=["ours-fp32", "ours-bf16", "pyro-vae.py", "pythae"], help="run only these commands"
+    )
     p.add_argument("--root", default=H.FASHION, help="folder with Fashion-MNIST's four IDX .gz files")
-    p.add_argument("--peer-python", default=H.PEER_PYTHON, help="Python of the environment with pyro-ppl, visdom, pythae")
+    p.add_argument(
+        "--peer-python", default=H.PEER_PYTHON, help="Python of the environment with pyro-ppl, visdom, pythae"
+    )
     p.add_argument("--pyro-git", default=H.PYRO_GIT, help="a git clone (or bare mirror) of github.com/pyro-ppl/pyro")
     p.add_argument("--pyro-tag", default=H.PYRO_TAG)
     p.add_argument("--cache", default=str(H.CACHE), help="where Pyro's examples and their data are extracted")
@@ -161,8 +208,9 @@ def main(argv=None):
         names = commands(args, bf16=mach["cpu_native_bf16"] or args.cuda)
         vae_dir = None
         if "pyro-vae.py" in names or "pythae" in names:
-            mods = (["pyro", "visdom", "seaborn", "pandas"] if "pyro-vae.py" in names else []) + \
-                   (["pythae"] if "pythae" in names else [])
+            mods = (["pyro", "visdom", "seaborn", "pandas"] if "pyro-vae.py" in names else []) + (
+                ["pythae"] if "pythae" in names else []
+            )
             H.peer_python(args.peer_python, mods)
             mach["peer_env"] = H.peer_versions(args.peer_python, ["torch", "pyro-ppl", "pythae", "visdom"])
         if "pyro-vae.py" in names:
@@ -174,8 +222,11 @@ def main(argv=None):
     device = "cuda" if args.cuda else "cpu"
     dtypes = ["float32"] + (["bfloat16"] if any(n.endswith("bf16") for n in names) else [])
     peaks = [H.matmul_peak(args.threads, device=device, dtype=dt) for dt in dtypes]
-    H.log("matmul peak: " + ", ".join(f"{pk['dtype']} {pk['gflops']} GFLOP/s" for pk in peaks)
-          + f" ({args.threads} threads, {mach['cpu']})")
+    H.log(
+        "matmul peak: "
+        + ", ".join(f"{pk['dtype']} {pk['gflops']} GFLOP/s" for pk in peaks)
+        + f" ({args.threads} threads, {mach['cpu']})"
+    )
     H.warm_up(sys.executable, ["torch", "pyro", "lightning", "pyro_vae.train"], args.threads)
     if any(not n.startswith("ours") for n in names):
         H.warm_up(args.peer_python, ["torch", "pyro", "torchvision"], args.threads)
@@ -192,30 +243,42 @@ def main(argv=None):
                     row = run_pythae(args, workdir, rep)
                 row = {"name": name, "repeat": rep, **row}
                 runs.append(row)
-                H.log(f"[{rep + 1}/{args.repeats}] {name}: {row['wall_seconds']:.1f} s whole job, test loss "
-                      f"{row.get('test_loss')}, {row.get('seconds_per_epoch')} s/epoch"
-                      + (f"  FAILED {row['error']}" if "error" in row else ""))
+                H.log(
+                    f"[{rep + 1}/{args.repeats}] {name}: {row['wall_seconds']:.1f} s whole job, test loss "
+                    f"{row.get('test_loss')}, {row.get('seconds_per_epoch')} s/epoch"
+                    + (f"  FAILED {row['error']}" if "error" in row else "")
+                )
     peaks += [H.matmul_peak(args.threads, device=device, dtype=dt) for dt in dtypes]
     peak = {dt: max(pk["gflops"] for pk in peaks if pk["dtype"] == dt) for dt in dtypes}
-    summary, speedup = H.summarise(runs, "test_loss", flops_per_row=flops_per_epoch(1), peak_gflops=peak,
-                                   default_rows=TRAIN_ROWS)
+    summary, speedup = H.summarise(
+        runs, "test_loss", flops_per_row=flops_per_epoch(1), peak_gflops=peak, default_rows=TRAIN_ROWS
+    )
     out = {
         "benchmark": "vae_speed",
         "setup": "Fashion-MNIST 60k/10k, MLP 784-400-50 softplus, Bernoulli on grey levels, batch 256, "
-                 "Adam 1e-3, Trace_ELBO (pythae: its VAE, BCE + analytic KL)",
+        "Adam 1e-3, Trace_ELBO (pythae: its VAE, BCE + analytic KL)",
         "command": "python benchmarks/vae_speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "epochs": args.epochs, "repeats": args.repeats, "threads": args.threads, "device": device,
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "device": device,
         "pyro_examples": {"git": args.pyro_git, "tag": args.pyro_tag},
         "machine": mach,
-        "matmul_peak": {"runs": peaks, "gflops": peak, "what": "torch.mm of 2048 x 2048 matrices, best of "
-                        "the runs before and after the commands; % of peak: fp32 runs against float32, bf16 "
-                        "runs against bfloat16"},
+        "matmul_peak": {
+            "runs": peaks,
+            "gflops": peak,
+            "what": "torch.mm of 2048 x 2048 matrices, best of "
+            "the runs before and after the commands; % of peak: fp32 runs against float32, bf16 "
+            "runs against bfloat16",
+        },
         "flops_per_epoch_formula": FLOP_FORMULA,
         "test_loss": "-ELBO per test image in nats (ours and Pyro: Trace_ELBO, one sample; pythae: "
-                     "its loss, BCE + analytic KL, the same quantity in expectation)",
+        "its loss, BCE + analytic KL, the same quantity in expectation)",
         "speedup_definition": "peer whole-job wall seconds / ours (median over repeats); > 1: ours is faster",
         "seconds": round(time.perf_counter() - t_start, 1),
-        "runs": runs, "summary": summary, "speedup": speedup,
+        "runs": runs,
+        "summary": summary,
+        "speedup": speedup,
     }
     return H.finish(args.out, out)
 

@@ -12,6 +12,7 @@ held-out class this trains a VAE with ``data.exclude_classes=[C]``, scores every
 Writes OUT/anomaly.json (one row per held-out class), OUT/score_histogram_C.png and the run
 folders OUT/run-C (which ``pyro-vae score OUT/run-C --out scores.csv`` reads too).
 """
+
 import argparse
 import json
 import time
@@ -33,7 +34,7 @@ def scores(model, x, batch_size=2000):
     neg_elbo, recon = [], []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = x[i:i + batch_size]
+            xb = x[i : i + batch_size]
             neg_elbo.append(-model.elbo(xb))
             z_mean, _ = model.encode(xb)
             recon.append(((model.decode(z_mean) - xb) ** 2).sum(-1))
@@ -44,8 +45,15 @@ def histogram(values, y, held_out, names, path, xlabel, title):
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(np.percentile(values, 0.5), np.percentile(values, 99.5), 60)
     for c in np.unique(y):
-        ax.hist(values[y == c], bins=bins, histtype="step", density=True, label=names[c],
-                color="black" if c == held_out else None, linewidth=2 if c == held_out else 1)
+        ax.hist(
+            values[y == c],
+            bins=bins,
+            histtype="step",
+            density=True,
+            label=names[c],
+            color="black" if c == held_out else None,
+            linewidth=2 if c == held_out else 1,
+        )
     ax.set_xlabel(xlabel)
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6)
@@ -57,9 +65,18 @@ def histogram(values, y, held_out, names, path, xlabel, title):
 def held_out_run(exclude, args, out):
     data = [f"data.name={args.data}"] + ([f"data.root={args.root}"] if args.root else [])
     t0 = time.perf_counter()
-    r = pyro_vae.fit(args.config, out=str(out / f"run-{exclude}"), overwrite=True, overrides=data + [
-        f"data.exclude_classes=[{exclude}]", f"train.epochs={args.epochs}", "trainer.progress_bar=false",
-        f"name={args.data}-without-{exclude}"])
+    r = pyro_vae.fit(
+        args.config,
+        out=str(out / f"run-{exclude}"),
+        overwrite=True,
+        overrides=data
+        + [
+            f"data.exclude_classes=[{exclude}]",
+            f"train.epochs={args.epochs}",
+            "trainer.progress_bar=false",
+            f"name={args.data}-without-{exclude}",
+        ],
+    )
     train_s = time.perf_counter() - t0
     model = pyro_vae.load(r.run_dir)
     x, y = r.data.test.x, r.data.test.y.numpy()
@@ -68,7 +85,10 @@ def held_out_run(exclude, args, out):
     score, recon = scores(model, x)
     positive = y == exclude
     row = {
-        "data": args.data, "excluded_class": exclude, "excluded_name": names[exclude], "epochs": args.epochs,
+        "data": args.data,
+        "excluded_class": exclude,
+        "excluded_name": names[exclude],
+        "epochs": args.epochs,
         "score": "-ELBO",
         "auroc_score": round(float(roc_auc_score(positive, score)), 4),
         "auroc_recon_error": round(float(roc_auc_score(positive, recon)), 4),
@@ -76,11 +96,24 @@ def held_out_run(exclude, args, out):
         "mean_recon_error_per_class": {names[c]: round(float(recon[y == c].mean()), 1) for c in np.unique(y)},
         "train_seconds": round(train_s, 1),
     }
-    histogram(score, y, exclude, names, out / f"score_histogram_{exclude}.png", "-ELBO (nats)",
-              f"test set, trained without {names[exclude]}: AUROC {row['auroc_score']:.3f}")
-    histogram(recon, y, exclude, names, out / f"recon_error_histogram_{exclude}.png",
-              "squared reconstruction error",
-              f"trained without {names[exclude]}: AUROC {row['auroc_recon_error']:.3f}")
+    histogram(
+        score,
+        y,
+        exclude,
+        names,
+        out / f"score_histogram_{exclude}.png",
+        "-ELBO (nats)",
+        f"test set, trained without {names[exclude]}: AUROC {row['auroc_score']:.3f}",
+    )
+    histogram(
+        recon,
+        y,
+        exclude,
+        names,
+        out / f"recon_error_histogram_{exclude}.png",
+        "squared reconstruction error",
+        f"trained without {names[exclude]}: AUROC {row['auroc_recon_error']:.3f}",
+    )
     return row
 
 
@@ -89,8 +122,13 @@ def main():
     p.add_argument("--data", default="digits", help="data set name: digits (bundled), mnist, fashion-mnist, kmnist")
     p.add_argument("--root", default=None, help="folder with the four IDX files (mnist-like data sets)")
     p.add_argument("--config", default=None, help="YAML config (default: the library defaults)")
-    p.add_argument("--exclude", type=int, nargs="+", default=[0],
-                   help="classes held out of training, one run each (Fashion-MNIST: 1 = Trouser, 8 = Bag)")
+    p.add_argument(
+        "--exclude",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="classes held out of training, one run each (Fashion-MNIST: 1 = Trouser, 8 = Bag)",
+    )
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--out", default="runs/anomaly")
     args = p.parse_args()

@@ -7,6 +7,7 @@ The same class works from a YAML config or the command line, loaded with `plugin
 
     pyro-vae train 'plugins=[examples/custom_prior.py]' prior.name=logistic prior.scale=0.6
 """
+
 import argparse
 
 import torch
@@ -34,7 +35,8 @@ class LogisticPrior(Prior):
         # the inverse CDF of the logistic applied to a uniform: z = scale * logit(u)
         base = dist.Uniform(self.low, self.high)
         logistic = dist.TransformedDistribution(
-            base, [SigmoidTransform().inv, AffineTransform(torch.zeros_like(self.low), self.scale)])
+            base, [SigmoidTransform().inv, AffineTransform(torch.zeros_like(self.low), self.scale)]
+        )
         return logistic.to_event(1)
 
 
@@ -47,11 +49,27 @@ def main():
     args = p.parse_args()
     data = [f"data.name={args.data}"] + ([f"data.root={args.root}"] if args.root else [])
     # no closed-form KL for this prior: Trace_ELBO estimates it by Monte Carlo
-    result = pyro_vae.fit(None, out=args.out, overwrite=True, overrides=data + [
-        "prior.name=logistic", "prior.scale=0.6", "train.elbo=trace", f"train.epochs={args.epochs}",
-        "trainer.progress_bar=false"])
-    print("prior:", type(result.model.prior).__name__, "test loss:", round(result.metrics["test_loss"], 2),
-          "run:", result.run_dir)
+    result = pyro_vae.fit(
+        None,
+        out=args.out,
+        overwrite=True,
+        overrides=data
+        + [
+            "prior.name=logistic",
+            "prior.scale=0.6",
+            "train.elbo=trace",
+            f"train.epochs={args.epochs}",
+            "trainer.progress_bar=false",
+        ],
+    )
+    print(
+        "prior:",
+        type(result.model.prior).__name__,
+        "test loss:",
+        round(result.metrics["test_loss"], 2),
+        "run:",
+        result.run_dir,
+    )
 
 
 if __name__ == "__main__":

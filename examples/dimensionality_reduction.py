@@ -10,6 +10,7 @@ for PCA projections. Also draws the test codes of a 2-D latent space.
 
 Writes OUT/dimred.json and OUT/latent_map_2d.png; the run folders are OUT/vae-zD.
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -44,18 +45,33 @@ def main():
     data = [f"data.name={args.data}"] + ([f"data.root={args.root}"] if args.root else [])
     results = []
     for d in args.latent_dim:
-        r = pyro_vae.fit(args.config, out=str(out / f"vae-z{d}"), overwrite=True, overrides=data + [
-            f"latent_dim={d}", f"train.epochs={args.epochs}", "trainer.progress_bar=false", f"name={args.data}-z{d}"])
+        r = pyro_vae.fit(
+            args.config,
+            out=str(out / f"vae-z{d}"),
+            overwrite=True,
+            overrides=data
+            + [
+                f"latent_dim={d}",
+                f"train.epochs={args.epochs}",
+                "trainer.progress_bar=false",
+                f"name={args.data}-z{d}",
+            ],
+        )
         model = pyro_vae.load(r.run_dir)
-        tr_x, tr_y = r.data.train.x[:args.train_subset], r.data.train.y[:args.train_subset].numpy()
+        tr_x, tr_y = r.data.train.x[: args.train_subset], r.data.train.y[: args.train_subset].numpy()
         te_x, te_y = r.data.test.x, r.data.test.y.numpy()
         z_tr, z_te = model.encode(tr_x)[0].detach().numpy(), model.encode(te_x)[0].detach().numpy()
         pca = PCA(d, random_state=0).fit(tr_x.numpy())
         p_tr, p_te = pca.transform(tr_x.numpy()), pca.transform(te_x.numpy())
-        row = {"dims": d, "epochs": args.epochs, "k": args.k, "active_units": r.metrics.get("active_units"),
-               "knn_accuracy_vae": round(knn_accuracy(z_tr, tr_y, z_te, te_y, args.k), 4),
-               "knn_accuracy_pca": round(knn_accuracy(p_tr, tr_y, p_te, te_y, args.k), 4),
-               "test_loss": round(r.metrics["test_loss"], 2)}
+        row = {
+            "dims": d,
+            "epochs": args.epochs,
+            "k": args.k,
+            "active_units": r.metrics.get("active_units"),
+            "knn_accuracy_vae": round(knn_accuracy(z_tr, tr_y, z_te, te_y, args.k), 4),
+            "knn_accuracy_pca": round(knn_accuracy(p_tr, tr_y, p_te, te_y, args.k), 4),
+            "test_loss": round(r.metrics["test_loss"], 2),
+        }
         results.append(row)
         print(json.dumps(row), flush=True)
         if d == 2:
@@ -66,8 +82,9 @@ def main():
             fig.savefig(out / "latent_map_2d.png", dpi=120)
             plt.close(fig)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "dimred.json").write_text(json.dumps({"data": args.data, "results": results,
-                                                 "train_subset_for_knn": args.train_subset}, indent=2) + "\n")
+    (out / "dimred.json").write_text(
+        json.dumps({"data": args.data, "results": results, "train_subset_for_knn": args.train_subset}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

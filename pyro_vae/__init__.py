@@ -15,15 +15,30 @@ two models in one process never share Pyro's global parameter store. The names b
 imported on first use, so ``pyro-vae --help`` does not wait for torch; ``__init__.pyi`` shows
 them to type checkers and editors.
 """
+
 import importlib
 
 from .errors import ConfigError, DataError, Interrupted, PyroVAEError
 
 _LAZY = {
-    "VAE": "models", "SSVAE": "models", "LatentVariableModel": "models", "Classifier": "models", "MODELS": "models",
-    "load": "rundir", "load_config": "config", "Config": "config", "PRIORS": "priors", "LIKELIHOODS": "likelihoods",
-    "DATASETS": "data", "ANOMALY_SCORES": "scores", "FitResult": "train", "Dataset": "data", "Split": "data",
-    "load_data": "data", "iwae_log_likelihood": "evaluate", "test_metrics": "evaluate",
+    "VAE": "models",
+    "SSVAE": "models",
+    "LatentVariableModel": "models",
+    "Classifier": "models",
+    "MODELS": "models",
+    "load": "rundir",
+    "load_config": "config",
+    "Config": "config",
+    "PRIORS": "priors",
+    "LIKELIHOODS": "likelihoods",
+    "DATASETS": "data",
+    "ANOMALY_SCORES": "scores",
+    "FitResult": "train",
+    "Dataset": "data",
+    "Split": "data",
+    "load_data": "data",
+    "iwae_log_likelihood": "evaluate",
+    "test_metrics": "evaluate",
 }
 _SUBMODULES = {"priors", "likelihoods", "models", "data", "config", "scores", "training", "evaluate", "plots"}
 
@@ -64,8 +79,10 @@ def fit(x=None, y=None, *, config=None, overrides=(), out=None, **kwargs):
 
     cfg = load_config(config, ["data=memory", *overrides])
     if cfg.data.name != "memory":
-        raise ConfigError(f"fit(x) trains on x; drop data.name={cfg.data.name} (the data keys such as "
-                          "data.test_fraction and data.validation still apply)")
+        raise ConfigError(
+            f"fit(x) trains on x; drop data.name={cfg.data.name} (the data keys such as "
+            "data.test_fraction and data.validation still apply)"
+        )
     return _fit(cfg, out=out, data=load_data(cfg, InMemory(x, y)), **kwargs)
 
 
@@ -81,8 +98,36 @@ def _is_config(x) -> bool:
     return isinstance(x, (DictConfig, dict))
 
 
-__all__ = ["fit", "FitResult", "load", "save", "VAE", "SSVAE", "LatentVariableModel", "Classifier",
-           "load_config", "Config", "load_data", "Dataset", "Split", "iwae_log_likelihood", "test_metrics",
-           "PRIORS", "LIKELIHOODS", "MODELS", "DATASETS", "ANOMALY_SCORES", "priors", "likelihoods", "models",
-           "data", "scores", "evaluate", "ConfigError", "DataError", "Interrupted", "PyroVAEError"]
+__all__ = [
+    "fit",
+    "FitResult",
+    "load",
+    "save",
+    "VAE",
+    "SSVAE",
+    "LatentVariableModel",
+    "Classifier",
+    "load_config",
+    "Config",
+    "load_data",
+    "Dataset",
+    "Split",
+    "iwae_log_likelihood",
+    "test_metrics",
+    "PRIORS",
+    "LIKELIHOODS",
+    "MODELS",
+    "DATASETS",
+    "ANOMALY_SCORES",
+    "priors",
+    "likelihoods",
+    "models",
+    "data",
+    "scores",
+    "evaluate",
+    "ConfigError",
+    "DataError",
+    "Interrupted",
+    "PyroVAEError",
+]
 __version__ = "0.3.0"

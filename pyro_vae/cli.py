@@ -4,6 +4,7 @@ Every error the user can fix prints one line (``pyro-vae: error: ...``) and exit
 an interrupted training run saves a checkpoint, says how to resume, and exits 130 / 143.
 Commands that do not train never import Lightning.
 """
+
 import argparse
 import json
 import sys
@@ -51,6 +52,7 @@ def _load_run(args):
     data_spec = getattr(args, "data", None)
     if data_spec and not _is_file_spec(data_spec):
         cfg = load_config(None, _data_overrides(data_spec), base=cfg, import_plugins=False)
+
     def get_data():
         with PROFILE.phase("data"):
             return load_data(cfg)
@@ -72,12 +74,15 @@ def _rows_of(model, cfg, get_data, args):
 
         keys = [f"data.{k}={cfg.data[k]}" for k in ("layer", "label_key", "batch_key") if cfg.data.get(k)]
         file_cfg = load_config(None, ["data.name=anndata", f"data.path={args.data[0]}", *keys], import_plugins=False)
-        x, y, _, batch, _ = from_anndata(read_h5ad(Path(args.data[0]).expanduser()), file_cfg.data, args.data[0],
-                                         getattr(model, "data_info", None) and model.data_info.class_names)
+        x, y, _, batch, _ = from_anndata(
+            read_h5ad(Path(args.data[0]).expanduser()),
+            file_cfg.data,
+            args.data[0],
+            getattr(model, "data_info", None) and model.data_info.class_names,
+        )
         split, where = Split(x, y, torch.arange(x.shape[0]), batch), args.data[0]
     elif _is_file_spec(args.data):
-        file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg,
-                               import_plugins=False)
+        file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg, import_plugins=False)
         x, y, rows = load_array(file_cfg.data)
         split, where = Split(x, y, rows), args.data[0]
     else:
@@ -112,8 +117,9 @@ def cmd_train(args):
     with PROFILE.phase("import Lightning (the engine)"):
         from .train import fit
 
-    result = fit(cfg, out=args.out, overrides=overrides if args.resume else (), resume=args.resume,
-                 overwrite=args.overwrite)
+    result = fit(
+        cfg, out=args.out, overrides=overrides if args.resume else (), resume=args.resume, overwrite=args.overwrite
+    )
     if result is None:  # an extra process of a multi-process run: rank zero reports
         return 0
     m = result.metrics
@@ -188,15 +194,19 @@ def _sample_paths(model, args, out):
 
     if not isinstance(model, LatentPaths):
         # an ssvae decodes (z, y): a path through z alone would draw a random label per image
-        raise PyroVAEError(f"latent paths need a model with a continuous code alone (model=vae); {args.run_dir} "
-                           f"holds model={model.config.model.name}")
+        raise PyroVAEError(
+            f"latent paths need a model with a continuous code alone (model=vae); {args.run_dir} "
+            f"holds model={model.config.model.name}"
+        )
     if args.steps < 2:
         raise PyroVAEError("--steps must be at least 2")
     from .sparse import take
 
     test = load_data(model.config).test
     model = model.cpu()
-    idx = list(args.interpolate or []) + ([args.traverse_from] if args.traverse and args.traverse_from is not None else [])
+    idx = list(args.interpolate or []) + (
+        [args.traverse_from] if args.traverse and args.traverse_from is not None else []
+    )
     for i in idx:
         if not 0 <= i < len(test):
             raise PyroVAEError(f"test index {i} is out of range 0..{len(test) - 1}")
@@ -208,15 +218,21 @@ def _sample_paths(model, args, out):
     if args.interpolate:
         i, j = args.interpolate
         if png:  # the two test images frame the decoded path
-            x = interpolation_grid(model, take(test.x, i), take(test.x, j), out, args.steps,
-                                   title=f"test image {i}, interpolation, test image {j}")
+            x = interpolation_grid(
+                model,
+                take(test.x, i),
+                take(test.x, j),
+                out,
+                args.steps,
+                title=f"test image {i}, interpolation, test image {j}",
+            )
         else:
             x = model.interpolate(take(test.x, i), take(test.x, j), args.steps)
     else:
         x0 = take(test.x, args.traverse_from) if args.traverse_from is not None else None
         # the most active dimensions first: largest variance of E_q[z_d|x] over the test images
         activity = model.encode(take(test.x, slice(0, 2000)))[0].var(0)
-        dims = activity.argsort(descending=True)[:max(1, args.max_dims)].tolist()
+        dims = activity.argsort(descending=True)[: max(1, args.max_dims)].tolist()
         values = torch.linspace(-args.range, args.range, args.steps)
         x = traversal_grid(model, out, x0, dims, values) if png else model.traverse(x0, dims, values)
     if not png:
@@ -240,8 +256,9 @@ def cmd_score(args):
         raise PyroVAEError(f"--out must end in .csv (got {out.name})")
     model, cfg, get_data = _load_run(args)
     if args.score:  # NAME [key=value ...]: checked like any config section
-        cfg = load_config(None, [f"score={args.score[0]}"] + [f"score.{kv}" for kv in args.score[1:]], base=cfg,
-                          import_plugins=False)
+        cfg = load_config(
+            None, [f"score={args.score[0]}"] + [f"score.{kv}" for kv in args.score[1:]], base=cfg, import_plugins=False
+        )
     split = _rows_of(model, cfg, get_data, args)
     classes = args.anomaly_class if args.anomaly_class is not None else list(cfg.data.get("exclude_classes", []))
     positive = None
@@ -321,8 +338,10 @@ def cmd_classify(args):
         raise PyroVAEError(f"--out must end in .csv (got {out.name})")
     model, cfg, get_data = _load_run(args)
     if not isinstance(model, Classifier):
-        raise PyroVAEError(f"{args.run_dir} holds a model={cfg.model.name} run, which does not classify; "
-                           "classify needs a classifier such as model=ssvae")
+        raise PyroVAEError(
+            f"{args.run_dir} holds a model={cfg.model.name} run, which does not classify; "
+            "classify needs a classifier such as model=ssvae"
+        )
     split = _rows_of(model, cfg, get_data, args)
     from .sparse import batched
 
@@ -359,9 +378,16 @@ def render_listing() -> str:
     from .training import LOSS_TERMS
 
     groups = dict(registries())
-    order = [("model kinds", groups["model"]), ("data sets", groups["data"]), ("priors", groups["prior"]),
-             ("likelihoods", groups["likelihood"]), ("network types", NETWORKS), ("activations", ACTIVATIONS),
-             ("anomaly scores", groups["score"]), ("semi-supervised loss terms", LOSS_TERMS)]
+    order = [
+        ("model kinds", groups["model"]),
+        ("data sets", groups["data"]),
+        ("priors", groups["prior"]),
+        ("likelihoods", groups["likelihood"]),
+        ("network types", NETWORKS),
+        ("activations", ACTIVATIONS),
+        ("anomaly scores", groups["score"]),
+        ("semi-supervised loss terms", LOSS_TERMS),
+    ]
     lines = []
     for title, reg in order:
         lines.append(f"{title}:")
@@ -373,9 +399,11 @@ def write_listing(path=None) -> Path:
     """Render the built-in registries into ``pyro_vae/_listing.py`` (``make listing``)."""
     path = Path(path or Path(__file__).with_name("_listing.py"))
     body = "".join(f"    {line!r},\n" for line in render_listing().splitlines())
-    path.write_text('"""The built-in registries as ``pyro-vae list`` prints them, rendered ahead so that `list` '
-                    'answers\nwithout importing torch. Generated by `make listing`; tests/test_architecture.py checks it is '
-                    'current."""\nLINES = [\n' + body + ']\nTEXT = "\\n".join(LINES) + "\\n"\n')
+    path.write_text(
+        '"""The built-in registries as ``pyro-vae list`` prints them, rendered ahead so that `list` '
+        "answers\nwithout importing torch. Generated by `make listing`; tests/test_architecture.py checks it is "
+        'current."""\nLINES = [\n' + body + ']\nTEXT = "\\n".join(LINES) + "\\n"\n'
+    )
     return path
 
 
@@ -391,21 +419,35 @@ def cmd_list(args):
 
 
 def _profile_arg(p):
-    p.add_argument("--profile", action="store_true",
-                   help="print where the wall time went, phase by phase (imports, data, training, evaluation, plots)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print where the wall time went, phase by phase (imports, data, training, evaluation, plots)",
+    )
 
 
 def _run_args(p, data=True, device=True):
     p.add_argument("run_dir", help="a run directory written by `pyro-vae train` (or its model.pt)")
     _profile_arg(p)
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
-                   help="import this plugin file/module first (a run never imports its plugins by itself)")
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="import this plugin file/module first (a run never imports its plugins by itself)",
+    )
     if device:
         p.add_argument("--device", default="cpu", help="where to compute: cpu (default), cuda, cuda:1, mps")
     if data:
-        p.add_argument("--data", nargs="+", help=("data to use instead of the run's test split: an array file "
-                                                  "(.npy/.npz/.csv, every row in order) or data.* overrides such "
-                                                  "as name=fashion-mnist root=/path"))
+        p.add_argument(
+            "--data",
+            nargs="+",
+            help=(
+                "data to use instead of the run's test split: an array file "
+                "(.npy/.npz/.csv, every row in order) or data.* overrides such "
+                "as name=fashion-mnist root=/path"
+            ),
+        )
         p.add_argument("--split", default="test", choices=["train", "val", "test"])
 
 
@@ -417,9 +459,13 @@ def build_parser():
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model from a YAML config and key=value overrides",
-                       description="Train a model; writes a run directory (config, metrics, checkpoints, model, plots).",
-                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train a model from a YAML config and key=value overrides",
+        description="Train a model; writes a run directory (config, metrics, checkpoints, model, plots).",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     t.add_argument("config", nargs="?", help="YAML config file (optional: defaults + overrides are a complete run)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     t.add_argument("--out", help="run directory to write, new or empty (default runs/<name>-<time>)")
@@ -428,16 +474,20 @@ def build_parser():
     _profile_arg(t)
     t.set_defaults(func=cmd_train)
 
-    cf = sub.add_parser("config", help="print the full resolved config, one comment per key",
-                        description="Print the config a `pyro-vae train` with the same arguments would run.")
+    cf = sub.add_parser(
+        "config",
+        help="print the full resolved config, one comment per key",
+        description="Print the config a `pyro-vae train` with the same arguments would run.",
+    )
     cf.add_argument("config", nargs="?", help="YAML config file (optional)")
     cf.add_argument("overrides", nargs="*", help="dotted key=value overrides")
     cf.set_defaults(func=cmd_config)
 
     e = sub.add_parser("evaluate", help="print test metrics of a run as JSON (seeded: repeatable)")
     _run_args(e)
-    e.add_argument("--iwae-samples", type=int, default=None,
-                   help="importance samples for test_log_likelihood (e.g. 1000)")
+    e.add_argument(
+        "--iwae-samples", type=int, default=None, help="importance samples for test_log_likelihood (e.g. 1000)"
+    )
     e.add_argument("--seed", type=int, default=0, help="seed of the Monte-Carlo estimates (default 0, as training)")
     e.set_defaults(func=cmd_evaluate)
 
@@ -447,27 +497,51 @@ def build_parser():
     s.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (array)")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--interpolate", nargs=2, type=int, metavar=("I", "J"),
-                   help="decode the line between the codes of test images I and J")
+    s.add_argument(
+        "--interpolate",
+        nargs=2,
+        type=int,
+        metavar=("I", "J"),
+        help="decode the line between the codes of test images I and J",
+    )
     s.add_argument("--traverse", action="store_true", help="vary each latent dimension in turn")
-    s.add_argument("--traverse-from", type=int, default=None, metavar="I",
-                   help="traverse around the code of test image I (default: z = 0)")
+    s.add_argument(
+        "--traverse-from",
+        type=int,
+        default=None,
+        metavar="I",
+        help="traverse around the code of test image I (default: z = 0)",
+    )
     s.add_argument("--steps", type=int, default=10, help="images per path (default 10)")
     s.add_argument("--range", type=float, default=3.0, help="traversal from -R to R (default 3)")
-    s.add_argument("--max-dims", type=int, default=10, help="traverse this many dimensions, the most active first (default 10)")
+    s.add_argument(
+        "--max-dims", type=int, default=10, help="traverse this many dimensions, the most active first (default 10)"
+    )
     s.set_defaults(func=cmd_sample)
 
-    sc = sub.add_parser("score", help="anomaly scores per example; AUROC, AUPRC, ROC curve and histograms",
-                        description="Anomaly scores (higher = more anomalous). With held-out classes (the run's "
-                                    "data.exclude_classes or --anomaly-class) also AUROC/AUPRC, OUT.roc.png and "
-                                    "OUT.score_histograms.png.")
+    sc = sub.add_parser(
+        "score",
+        help="anomaly scores per example; AUROC, AUPRC, ROC curve and histograms",
+        description="Anomaly scores (higher = more anomalous). With held-out classes (the run's "
+        "data.exclude_classes or --anomaly-class) also AUROC/AUPRC, OUT.roc.png and "
+        "OUT.score_histograms.png.",
+    )
     _run_args(sc)
     sc.add_argument("--out", required=True, help="scores.csv: row, score[, label]")
-    sc.add_argument("--score", nargs="+", metavar="NAME [KEY=VALUE]",
-                    help="which score (`pyro-vae list`; default: the run's score.name) and its parameters, "
-                         "e.g. --score neg_log_likelihood num_samples=1000")
-    sc.add_argument("--anomaly-class", type=int, nargs="+", default=None,
-                    help="print the AUROC of these classes vs the rest (default: the run's data.exclude_classes)")
+    sc.add_argument(
+        "--score",
+        nargs="+",
+        metavar="NAME [KEY=VALUE]",
+        help="which score (`pyro-vae list`; default: the run's score.name) and its parameters, "
+        "e.g. --score neg_log_likelihood num_samples=1000",
+    )
+    sc.add_argument(
+        "--anomaly-class",
+        type=int,
+        nargs="+",
+        default=None,
+        help="print the AUROC of these classes vs the rest (default: the run's data.exclude_classes)",
+    )
     sc.add_argument("--seed", type=int, default=0)
     sc.set_defaults(func=cmd_score)
 
@@ -492,7 +566,9 @@ def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come after options: `train cfg.yaml --out d a.b=1`
-        if getattr(args, "command", None) in ("train", "config") and all("=" in e and not e.startswith("-") for e in extra):
+        if getattr(args, "command", None) in ("train", "config") and all(
+            "=" in e and not e.startswith("-") for e in extra
+        ):
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -515,8 +591,11 @@ def main(argv=None) -> int:
 
         take_pending_signal()
 
-        print(f"pyro-vae: interrupted by {signal.Signals(e.signum).name} while starting; nothing was saved; "
-              "run the same command again", file=sys.stderr)
+        print(
+            f"pyro-vae: interrupted by {signal.Signals(e.signum).name} while starting; nothing was saved; "
+            "run the same command again",
+            file=sys.stderr,
+        )
         return 128 + e.signum
     except Interrupted as e:
         print(f"pyro-vae: {e}", file=sys.stderr)

@@ -9,6 +9,7 @@ short for ``model.name=ssvae``; naming another entry starts that section afresh.
 An unknown key, a value of the wrong type or out of range is a :class:`ConfigError`
 with a one-line message, before anything is written or trained.
 """
+
 import dataclasses
 import importlib
 import importlib.util
@@ -38,17 +39,24 @@ class TrainConfig:
     """``train:``: the optimisation."""
 
     epochs: int = option(20, "passes over the training data")
-    batch_size: Optional[int] = option(None, "rows per step (per process under DDP); null = the model kind's "
-                                             "choice: 64, or 128 for ssvae on 10,000 training rows or more")
+    batch_size: Optional[int] = option(
+        None,
+        "rows per step (per process under DDP); null = the model kind's "
+        "choice: 64, or 128 for ssvae on 10,000 training rows or more",
+    )
     lr: float = option(3.0e-3, "Adam learning rate")
-    elbo: str = option("meanfield", "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, "
-                                    "else Monte Carlo) | trace (Trace_ELBO: Monte-Carlo KL)")
+    elbo: str = option(
+        "meanfield",
+        "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, "
+        "else Monte Carlo) | trace (Trace_ELBO: Monte-Carlo KL)",
+    )
     num_particles: int = option(1, "samples of z per row and step")
     kl_warmup_epochs: int = option(0, "KL weight rises linearly from 0 to 1 over this many epochs")
     lr_schedule: str = option("constant", "constant | cosine (per step from lr down to 0 over train.epochs)")
     gradient_clip_val: Optional[float] = option(None, "clip the gradient norm (null = off)")
-    early_stopping_patience: Optional[int] = option(None, "stop after this many epochs without validation "
-                                                          "improvement (needs data.validation)")
+    early_stopping_patience: Optional[int] = option(
+        None, "stop after this many epochs without validation improvement (needs data.validation)"
+    )
     eval_batch_size: int = option(2000, "rows per batch when evaluating")
 
     @staticmethod
@@ -65,8 +73,9 @@ class TrainConfig:
         if t.gradient_clip_val is not None and not t.gradient_clip_val > 0:
             raise ConfigError(f"train.gradient_clip_val must be positive or null (got {t.gradient_clip_val})")
         if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
-            raise ConfigError(f"train.early_stopping_patience must be at least 1 or null "
-                              f"(got {t.early_stopping_patience})")
+            raise ConfigError(
+                f"train.early_stopping_patience must be at least 1 or null (got {t.early_stopping_patience})"
+            )
 
 
 @dataclass
@@ -77,12 +86,17 @@ class TrainerConfig:
     devices: Any = option(1, "devices per node (a number, a list, or auto); > 1 trains with DDP")
     num_nodes: int = option(1, "machines (multi-node DDP)")
     strategy: str = option("auto", "auto | ddp | ddp_spawn | ... (Lightning's strategies)")
-    precision: str = option("auto", "auto: bf16-mixed on a CPU with bf16 units (AVX512-BF16/AMX), 32-true "
-                                    "elsewhere | 32-true | bf16-mixed | 16-mixed")
+    precision: str = option(
+        "auto",
+        "auto: bf16-mixed on a CPU with bf16 units (AVX512-BF16/AMX), 32-true "
+        "elsewhere | 32-true | bf16-mixed | 16-mixed",
+    )
     progress_bar: Optional[bool] = option(None, "null: a bar on a terminal, one line per epoch otherwise")
     logger: str = option("csv", "csv (metrics.csv) | tensorboard (also TensorBoard logs in the run) | none")
-    extra: Dict[str, Any] = option(help="any other lightning.Trainer argument, e.g. {accumulate_grad_batches: 2, "
-                                        "max_time: '00:01:00:00'}", factory=dict)
+    extra: Dict[str, Any] = option(
+        help="any other lightning.Trainer argument, e.g. {accumulate_grad_batches: 2, max_time: '00:01:00:00'}",
+        factory=dict,
+    )
 
     @staticmethod
     def check(t) -> None:
@@ -93,7 +107,9 @@ class TrainerConfig:
             raise ConfigError(f"trainer.num_nodes must be at least 1 (got {t.num_nodes})")
         d = t.devices
         if not (d == "auto" or (isinstance(d, int) and (d >= 1 or d == -1)) or OmegaConf.is_list(d)):
-            raise ConfigError(f"trainer.devices must be a positive number, a list of device indices or auto (got {d!r})")
+            raise ConfigError(
+                f"trainer.devices must be a positive number, a list of device indices or auto (got {d!r})"
+            )
 
 
 @dataclass
@@ -119,16 +135,20 @@ class Config:
     encoder: NetConfig = field(default_factory=NetConfig, metadata={"help": "q(z|x)'s network"})
     decoder: NetConfig = field(default_factory=NetConfig, metadata={"help": "p(x|z)'s network"})
     prior: Dict[str, Any] = option(help="p(z): registry name + its parameters", factory=lambda: {"name": "normal"})
-    likelihood: Dict[str, Any] = option(help="p(x|z): registry name + its parameters",
-                                        factory=lambda: {"name": "bernoulli"})
+    likelihood: Dict[str, Any] = option(
+        help="p(x|z): registry name + its parameters", factory=lambda: {"name": "bernoulli"}
+    )
     data: Dict[str, Any] = option(help="data set (`pyro-vae list`) and its keys", factory=lambda: {"name": "digits"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimisation"})
     trainer: TrainerConfig = field(default_factory=TrainerConfig, metadata={"help": "lightning.Trainer"})
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig, metadata={"help": "final metrics"})
-    score: Dict[str, Any] = option(help="anomaly score of `pyro-vae score` (`pyro-vae list`) and its parameters",
-                                   factory=lambda: {"name": _default_score()})
-    plugins: List[str] = option(help="your .py files (or modules) imported first: your own registered entries",
-                                factory=list)
+    score: Dict[str, Any] = option(
+        help="anomaly score of `pyro-vae score` (`pyro-vae list`) and its parameters",
+        factory=lambda: {"name": _default_score()},
+    )
+    plugins: List[str] = option(
+        help="your .py files (or modules) imported first: your own registered entries", factory=list
+    )
 
 
 def _default_score() -> str:
@@ -165,8 +185,10 @@ def _overrides_layer(overrides: Sequence[str]) -> Dict[str, Any]:
     bad = [o for o in overrides if "=" not in o or o.startswith("=")]
     if bad:
         raise ConfigError(f"override {bad[0]!r} must look like key=value (e.g. train.epochs=5)")
-    rewritten = [f"{o.split('=', 1)[0]}.name={o.split('=', 1)[1]}" if o.split("=", 1)[0] in NAMED_SECTIONS else o
-                 for o in overrides]
+    rewritten = [
+        f"{o.split('=', 1)[0]}.name={o.split('=', 1)[1]}" if o.split("=", 1)[0] in NAMED_SECTIONS else o
+        for o in overrides
+    ]
     return OmegaConf.to_container(OmegaConf.from_dotlist(rewritten))
 
 
@@ -197,13 +219,18 @@ def _merge(cfg: Dict[str, Any], layer: Dict[str, Any], where: str) -> Dict[str, 
         key = getattr(e, "full_key", None)
         msg = first_line(e)
         if "ConfigKeyError" in type(e).__name__ or "not in" in msg:
-            raise ConfigError(f"unknown config key {key or msg} ({where}); `pyro-vae config` prints every key") from None
-        raise ConfigError(f"bad config value for {key} ({where}): {msg}" if key else f"bad config ({where}): {msg}") from None
+            raise ConfigError(
+                f"unknown config key {key or msg} ({where}); `pyro-vae config` prints every key"
+            ) from None
+        raise ConfigError(
+            f"bad config value for {key} ({where}): {msg}" if key else f"bad config ({where}): {msg}"
+        ) from None
     return OmegaConf.to_container(merged)
 
 
-def load_config(path: Optional[str] = None, overrides: Sequence[str] = (), base=None,
-                import_plugins: bool = True) -> DictConfig:
+def load_config(
+    path: Optional[str] = None, overrides: Sequence[str] = (), base=None, import_plugins: bool = True
+) -> DictConfig:
     """Defaults <- ``base`` <- YAML file <- ``key=value`` overrides, checked and resolved.
 
     ``import_plugins=False`` (loading a saved run) imports nothing: an entry that only a
@@ -230,15 +257,18 @@ def resolve(cfg: Dict[str, Any]) -> DictConfig:
         except ConfigError as e:
             missing = [p for p in cfg["plugins"] if p not in _LOADED]
             if missing and "unknown" in str(e):
-                raise ConfigError(f"{e}; it may come from plugin {', '.join(missing)}, which was not imported: "
-                                  "pass it explicitly (pyro_vae.load(run, plugins=[...]) or --plugin FILE)") from None
+                raise ConfigError(
+                    f"{e}; it may come from plugin {', '.join(missing)}, which was not imported: "
+                    "pass it explicitly (pyro_vae.load(run, plugins=[...]) or --plugin FILE)"
+                ) from None
             raise
     out = OmegaConf.create(cfg)
     for key, net in (("encoder", out.encoder), ("decoder", out.decoder)):
         NETWORKS.get(net.type)
         if net.activation not in ACTIVATIONS:
-            raise ConfigError(f"{key}.activation={net.activation!r} is not valid; choose one of: "
-                              f"{', '.join(ACTIVATIONS.names())}")
+            raise ConfigError(
+                f"{key}.activation={net.activation!r} is not valid; choose one of: {', '.join(ACTIVATIONS.names())}"
+            )
         if any(h < 1 for h in net.hidden):
             raise ConfigError(f"{key}.hidden sizes must be positive integers (got {list(net.hidden)})")
     if out.latent_dim < 1:
@@ -271,7 +301,7 @@ def load_plugins(modules: Sequence[str]) -> None:
                 p = Path(mod)
                 if not p.is_file():
                     raise ConfigError(f"plugin file not found: {mod}")
-                name = f"pyro_vae_plugin_{p.stem}_{abs(hash(mod)) % 10 ** 8}"
+                name = f"pyro_vae_plugin_{p.stem}_{abs(hash(mod)) % 10**8}"
                 spec = importlib.util.spec_from_file_location(name, p)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[name] = module

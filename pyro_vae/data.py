@@ -32,6 +32,7 @@ Add your own in a plugin file::
 Every split is a :class:`Split` of float32 ``x`` (N, D; dense, or SparseRows) and int64 ``y`` (N,) where
 ``-1`` means "label unknown" (``y`` is None when a source has no labels at all).
 """
+
 import abc
 import csv
 import gzip
@@ -99,8 +100,13 @@ class Dataset:
 
     def info(self) -> DataInfo:
         """What a model needs to know about these data to be built."""
-        return DataInfo(self.data_dim, self.image_shape, self.num_classes, len(self.train),
-                        list(self.class_names) if self.class_names else None)
+        return DataInfo(
+            self.data_dim,
+            self.image_shape,
+            self.num_classes,
+            len(self.train),
+            list(self.class_names) if self.class_names else None,
+        )
 
     def splits(self):
         """(name, split) for every split present."""
@@ -144,8 +150,7 @@ class DataConfig:
     validation: int = option(0, "examples held out of train: per-epoch selection, checkpoints, early stopping")
     labels: Optional[int] = option(None, "keep only this many training labels (class balanced; semi-supervised)")
     num_classes: Optional[int] = option(None, "number of classes; inferred from the labels when null")
-    exclude_classes: List[int] = option(help="classes dropped from train/validation (anomaly detection)",
-                                        factory=list)
+    exclude_classes: List[int] = option(help="classes dropped from train/validation (anomaly detection)", factory=list)
     limit: Optional[int] = option(None, "keep only the first N training examples (quick runs)")
 
     @staticmethod
@@ -189,8 +194,9 @@ class ArrayConfig(SplitConfig):
 class MemoryConfig(SplitConfig):
     layer: Optional[str] = option(None, "AnnData input: the layer to train on (null = .X)")
     label_key: Optional[str] = option(None, "AnnData input: obs column of labels (NaN/empty/'unknown' = unlabelled)")
-    batch_key: Optional[str] = option(None, "AnnData input: obs column of batches (kept per row; not used by the "
-                                            "models yet)")
+    batch_key: Optional[str] = option(
+        None, "AnnData input: obs column of batches (kept per row; not used by the models yet)"
+    )
 
 
 @dataclass
@@ -206,10 +212,13 @@ class AnnDataConfig(MemoryConfig):
 
 @dataclass
 class ImageFolderConfig(SplitConfig):
-    root: Optional[str] = option(None, "folder of images: one sub-folder per class (its name = the label), "
-                                       "or images directly inside (unlabelled)")
-    image_size: Optional[int] = option(None, "resize every image to this many pixels square; null = keep "
-                                             "(all images must then have the same size)")
+    root: Optional[str] = option(
+        None,
+        "folder of images: one sub-folder per class (its name = the label), or images directly inside (unlabelled)",
+    )
+    image_size: Optional[int] = option(
+        None, "resize every image to this many pixels square; null = keep (all images must then have the same size)"
+    )
     channels: int = option(1, "1 = grey levels, 3 = colour (RGB)")
 
     @staticmethod
@@ -241,7 +250,7 @@ def read_idx(path: Path) -> np.ndarray:
         zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
         if zero != 0 or dtype_code != 0x08:
             raise ValueError("not an unsigned-byte IDX file")
-        shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
+        shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
         return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
     except (OSError, ValueError, struct.error, EOFError) as e:
         raise DataError(f"could not read IDX file {path}: {e}") from None
@@ -258,23 +267,29 @@ def _find_idx(root: Path, stem: str) -> Optional[Path]:
 def _images_split(x: np.ndarray, y: np.ndarray, where) -> Tuple[Split, Tuple[int, int, int]]:
     if x.ndim != 3:
         raise DataError(f"{where} holds arrays of shape {x.shape}; expected images (N, height, width)")
-    return (Split(torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), torch.from_numpy(y.astype(np.int64))),
-            (1, int(x.shape[1]), int(x.shape[2])))
+    return (
+        Split(torch.from_numpy(x.reshape(x.shape[0], -1).astype(np.float32)), torch.from_numpy(y.astype(np.int64))),
+        (1, int(x.shape[1]), int(x.shape[2])),
+    )
 
 
 def load_idx_folder(root) -> Tuple[Split, Split, Tuple[int, int, int]]:
     """Train and test splits (and the image shape) from a folder holding the four IDX files."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise DataError(f"data.root {root} is not a folder; it should hold the four IDX files "
-                        f"({', '.join(s + '[.gz]' for pair in IDX_FILES.values() for s in pair)})")
+        raise DataError(
+            f"data.root {root} is not a folder; it should hold the four IDX files "
+            f"({', '.join(s + '[.gz]' for pair in IDX_FILES.values() for s in pair)})"
+        )
     splits, shapes = {}, set()
     for split, (img, lab) in IDX_FILES.items():
         paths = [_find_idx(root, img), _find_idx(root, lab)]
         missing = [s for s, p in zip((img, lab), paths) if p is None]
         if missing:
-            raise DataError(f"{root} is missing {missing[0]}(.gz); expected the four IDX files "
-                            f"{', '.join(s for pair in IDX_FILES.values() for s in pair)}")
+            raise DataError(
+                f"{root} is missing {missing[0]}(.gz); expected the four IDX files "
+                f"{', '.join(s for pair in IDX_FILES.values() for s in pair)}"
+            )
         x, y = read_idx(paths[0]), read_idx(paths[1])
         if x.shape[0] != y.shape[0]:
             raise DataError(f"{paths[0]} has {x.shape[0]} images but {paths[1]} {y.shape[0]} labels")
@@ -294,12 +309,16 @@ def _load_npz(path: Path):
             return scipy.sparse.load_npz(path), None  # load_npz reads with allow_pickle=False
         xkey = "x" if "x" in keys else "X" if "X" in keys else None
         if xkey is None:
-            raise DataError(f"{path} has no array named x (found: {', '.join(keys) or 'nothing'}); "
-                            "save it as np.savez(file, x=data, y=labels)")
+            raise DataError(
+                f"{path} has no array named x (found: {', '.join(keys) or 'nothing'}); "
+                "save it as np.savez(file, x=data, y=labels)"
+            )
         unknown = set(keys) - {xkey, "y", "Y"}
         if unknown:
-            raise DataError(f"{path} holds arrays {', '.join(sorted(unknown))} besides x/y; "
-                            "save only x (data) and optionally y (labels)")
+            raise DataError(
+                f"{path} holds arrays {', '.join(sorted(unknown))} besides x/y; "
+                "save only x (data) and optionally y (labels)"
+            )
         ykey = "y" if "y" in keys else "Y" if "Y" in keys else None
         return z[xkey], (z[ykey] if ykey else None)
 
@@ -331,8 +350,10 @@ def _read_csv(path: Path) -> Tuple[np.ndarray, Optional[List[str]], int]:
                 out[i, j] = number(cell)
             except ValueError:
                 name = f"{header[j]!r} (column {j})" if header else f"column {j}"
-                raise DataError(f"{path} line {i + first}: {name} holds {cell.strip()[:20]!r}, not a number; "
-                                "drop text columns (labels must be numbers 0..C-1)") from None
+                raise DataError(
+                    f"{path} line {i + first}: {name} holds {cell.strip()[:20]!r}, not a number; "
+                    "drop text columns (labels must be numbers 0..C-1)"
+                ) from None
     return out, header, first
 
 
@@ -358,10 +379,17 @@ def as_rows(x, where: str, first: int = 0, unit: str = "row"):
         m = SparseRows.from_scipy(x) if hasattr(x, "tocsr") else SparseRows.from_torch(x)
         bad = ~torch.isfinite(m.values)
         if bool(bad.any()):
-            r = int(torch.searchsorted(m.crow, torch.as_tensor(int(bad.nonzero()[0, 0]), dtype=m.crow.dtype),
-                                       right=True)) - 1
-            raise DataError(f"{where} has {int(bad.sum())} NaN/inf values (first: {unit} {r + first}); "
-                            "remove or impute them")
+            r = (
+                int(
+                    torch.searchsorted(
+                        m.crow, torch.as_tensor(int(bad.nonzero()[0, 0]), dtype=m.crow.dtype), right=True
+                    )
+                )
+                - 1
+            )
+            raise DataError(
+                f"{where} has {int(bad.sum())} NaN/inf values (first: {unit} {r + first}); remove or impute them"
+            )
         return m
     return rows_tensor(x, where, first, unit)
 
@@ -386,8 +414,10 @@ def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tenso
     bad = ~torch.isfinite(xt)
     if bool(bad.any()):
         r = int(bad.any(1).nonzero()[0, 0])
-        raise DataError(f"{where} has {int(bad.any(1).sum())} rows with NaN/inf or empty values "
-                        f"(first: {unit} {r + first}); remove or impute them")
+        raise DataError(
+            f"{where} has {int(bad.any(1).sum())} rows with NaN/inf or empty values "
+            f"(first: {unit} {r + first}); remove or impute them"
+        )
     return xt
 
 
@@ -414,8 +444,10 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
         elif path.suffix == ".h5ad":
             raise DataError(f"data.path {path} is an AnnData file: use data.name=anndata data.path={path}")
         else:
-            raise DataError(f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv "
-                            "(.h5ad: data.name=anndata)")
+            raise DataError(
+                f"data.path {path}: unsupported file type {path.suffix!r}; use .npy, .npz or .csv "
+                "(.h5ad: data.name=anndata)"
+            )
     except (OSError, ValueError) as e:
         raise DataError(f"could not read {path}: {first_line(e)}") from None
     xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
@@ -477,8 +509,10 @@ def load_image_folder(root, image_size: Optional[int] = None, channels: int = 1)
             size = a.shape[:2]
             out = np.empty((len(files), channels) + size, dtype=np.uint8)
         elif a.shape[:2] != size:
-            raise DataError(f"{path} is {a.shape[1]}x{a.shape[0]} pixels but {files[0]} is {size[1]}x{size[0]}; "
-                            "set data.image_size=N to resize them all")
+            raise DataError(
+                f"{path} is {a.shape[1]}x{a.shape[0]} pixels but {files[0]} is {size[1]}x{size[0]}; "
+                "set data.image_size=N to resize them all"
+            )
         out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
     y = None if labels is None else np.asarray(labels, dtype=np.int64)
     return out, y, (classes or None)
@@ -533,8 +567,10 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
     layer = cfg.get("layer")
     if layer:
         if layer not in adata.layers:
-            raise DataError(f"{where} has no layer {layer!r} (layers: {', '.join(adata.layers.keys()) or 'none'}); "
-                            "set data.layer to one of them, or null for .X")
+            raise DataError(
+                f"{where} has no layer {layer!r} (layers: {', '.join(adata.layers.keys()) or 'none'}); "
+                "set data.layer to one of them, or null for .X"
+            )
         matrix = adata.layers[layer]
     else:
         matrix = adata.X
@@ -544,8 +580,10 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
 
     def column(key, what):
         if key not in adata.obs.columns:
-            raise DataError(f"{where} has no obs column {key!r} for data.{what} "
-                            f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})")
+            raise DataError(
+                f"{where} has no obs column {key!r} for data.{what} "
+                f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})"
+            )
         return adata.obs[key]
 
     y = names = batch = batch_names = None
@@ -554,8 +592,9 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
     if cfg.get("batch_key"):
         col = column(cfg.batch_key, "batch_key")
         if bool(col.isna().any()):
-            raise DataError(f"{where} obs[{cfg.batch_key!r}] has {int(col.isna().sum())} missing values; every "
-                            "row needs a batch")
+            raise DataError(
+                f"{where} obs[{cfg.batch_key!r}] has {int(col.isna().sum())} missing values; every row needs a batch"
+            )
         batch, batch_names = codes_of(col.astype(str), f"{where} obs[{cfg.batch_key!r}]")
         if bool((batch < 0).any()):
             raise DataError(f"{where} obs[{cfg.batch_key!r}] has empty/'unknown' batch names; every row needs a batch")
@@ -690,8 +729,10 @@ class InMemory(DataSource):
 
     def load(self, cfg, generator):
         if self.x is None:
-            raise DataError("this run was trained on arrays passed to pyro_vae.fit(x): give the data again "
-                            "(--data FILE on the command line, or the arrays in Python)")
+            raise DataError(
+                "this run was trained on arrays passed to pyro_vae.fit(x): give the data again "
+                "(--data FILE on the command line, or the arrays in Python)"
+            )
         names = batch = batch_names = None
         if is_anndata(self.x):
             if self.y is not None:
@@ -752,7 +793,7 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
         if d.validation >= len(train):
             raise DataError(f"data.validation={d.validation} leaves no training data ({len(train)} examples)")
         perm = torch.randperm(len(train), generator=g)
-        val, train = train.subset(perm[: d.validation]), train.subset(perm[d.validation:])
+        val, train = train.subset(perm[: d.validation]), train.subset(perm[d.validation :])
     if d.labels is not None:
         train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g), train.rows, train.batch)
     num_classes = d.num_classes
@@ -791,8 +832,10 @@ def select_labels(y: Optional[torch.Tensor], n: Optional[int], num_classes: Opti
     any n >= C works. ``n=None`` keeps every known label.
     """
     if y is None or not bool((y >= 0).any()):
-        raise DataError("semi-supervised training needs labels, but the training data has none; "
-                        "give labels (e.g. data.labels_path or a label column) for some rows")
+        raise DataError(
+            "semi-supervised training needs labels, but the training data has none; "
+            "give labels (e.g. data.labels_path or a label column) for some rows"
+        )
     known = y >= 0
     classes = torch.unique(y[known])
     c = int(num_classes or int(y.max()) + 1)

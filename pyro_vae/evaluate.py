@@ -9,6 +9,7 @@
   Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2015); ``kl_per_dim`` — KL(q(z_d|x) || p(z_d))
   averaged over the data, for factorised priors with a closed-form KL.
 """
+
 import math
 from typing import Optional
 
@@ -60,8 +61,11 @@ def latent_diagnostics(model, x: torch.Tensor, threshold: float = 0.01, batch_si
     device = model.device
     loc, scale = (t.to(device) for t in batched(model.encode, x, batch_size, device))
     var = loc.float().var(0)
-    result = {"active_units": int((var > threshold).sum()), "latent_dim": int(loc.shape[1]),
-              "posterior_mean_variance": [round(float(v), 5) for v in var]}
+    result = {
+        "active_units": int((var > threshold).sum()),
+        "latent_dim": int(loc.shape[1]),
+        "posterior_mean_variance": [round(float(v), 5) for v in var],
+    }
     prior = model.prior()
     base = prior.base_dist if isinstance(prior, dist.Independent) else None
     if base is not None and model.prior.analytic_kl:

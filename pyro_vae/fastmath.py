@@ -6,6 +6,7 @@ On CPU builds where ``log1p`` is not vectorised, ``F.softplus`` and
 vectorised ``exp``/``log``; the argument of ``log`` lies in (1, 2], so the
 absolute error stays below 1e-6 for every x (checked in the tests).
 """
+
 import functools
 
 import torch

@@ -11,6 +11,7 @@ given the decoder output ``out``, and ``likelihood.mean(out, x=None)`` its mean.
 pass the observed rows ``x`` wherever they score data (count likelihoods with
 ``library_size=observed`` scale by each row's own total); sampling and decoding pass none.
 """
+
 import inspect
 import math
 
@@ -106,14 +107,17 @@ def _taking_x(cls, name: str, fn):
     if sig is not None and _binds(sig, 3) and _binds(sig, 2):
         return fn
     if sig is not None and _binds(sig, 2):
+
         def ignoring_x(self, out, x=None):
             return fn(self, out)
 
         for attr in ("__module__", "__name__", "__qualname__", "__doc__"):
             setattr(ignoring_x, attr, getattr(fn, attr, None))
         return ignoring_x
-    raise ConfigError(f"likelihood class {cls.__qualname__}: {name}{sig if sig is not None else ''} must be "
-                      f"{name}(self, out) or {name}(self, out, x=None) (x: the observed rows, None when sampling)")
+    raise ConfigError(
+        f"likelihood class {cls.__qualname__}: {name}{sig if sig is not None else ''} must be "
+        f"{name}(self, out) or {name}(self, out, x=None) (x: the observed rows, None when sampling)"
+    )
 
 
 def _binds(sig: inspect.Signature, n: int) -> bool:
@@ -145,8 +149,10 @@ def _first_row(mask: torch.Tensor, rows=None) -> int:
 class Bernoulli(Likelihood):
     """Bernoulli on values in [0,1] (binary cross-entropy; grey levels allowed, as in Pyro's example)."""
 
-    fix_hint = ("for real-valued data use likelihood.name=gaussian; for image levels (0..255) keep "
-                "data.normalize=true (images are scaled to [0,1])")
+    fix_hint = (
+        "for real-valued data use likelihood.name=gaussian; for image levels (0..255) keep "
+        "data.normalize=true (images are scaled to [0,1])"
+    )
 
     def forward(self, out):
         # validate_args=False: grey levels in [0,1] are scored with the usual cross-entropy
@@ -244,7 +250,9 @@ class Beta(Likelihood):
     """Beta(a, b) per feature, a and b from the decoder (softplus); values strictly inside (0,1)."""
 
     outputs_per_feature = 2
-    fix_hint = "values of exactly 0 or 1 have no Beta density: squeeze them, e.g. x*0.98+0.01, or use continuous_bernoulli"
+    fix_hint = (
+        "values of exactly 0 or 1 have no Beta density: squeeze them, e.g. x*0.98+0.01, or use continuous_bernoulli"
+    )
 
     def _ab(self, out):
         a, b = self.split(out)
@@ -266,8 +274,10 @@ class Beta(Likelihood):
 class _Counts(Likelihood):
     """Shared check for count likelihoods: non-negative integers."""
 
-    fix_hint = ("count likelihoods need raw integer counts: give the counts themselves (for the "
-                "built-in image sets also data.normalize=false), or use likelihood.name=gaussian for real values")
+    fix_hint = (
+        "count likelihoods need raw integer counts: give the counts themselves (for the "
+        "built-in image sets also data.normalize=false), or use likelihood.name=gaussian for real values"
+    )
     max_value = None
 
     def check_data(self, x, where="data", rows=None):
@@ -377,8 +387,10 @@ class _LibraryCounts(_Counts):
             log_l = row_totals(x).clamp_min(1e-8).log()[..., None]
         else:
             if torch.isnan(self.typical_library):
-                raise DataError(f"likelihood {self.registry_name!r} with library_size=observed needs the "
-                                "observed rows or a trained model (the median training total)")
+                raise DataError(
+                    f"likelihood {self.registry_name!r} with library_size=observed needs the "
+                    "observed rows or a trained model (the median training total)"
+                )
             log_l = self.typical_library.clamp_min(1e-8).log()
         return torch.log_softmax(a.float(), -1) + log_l
 
@@ -428,6 +440,7 @@ class _NBLogits(dist.NegativeBinomial):
 
 def _keep_theta(cls):
     """``expand`` (Pyro's plates call it) keeps the unbroadcast total_count."""
+
     def expand(self, batch_shape, _instance=None):
         new = super(cls, self).expand(batch_shape, _instance)
         new.theta = self.theta
@@ -444,8 +457,8 @@ _keep_theta(_NBLogits)
 class _ZINBLogits(dist.ZeroInflatedNegativeBinomial):
     """Pyro's ZeroInflatedNegativeBinomial (gate logits g) with a faster log_prob (same values)::
 
-        x > 0:  log(1 - pi) + log NB(x)      = -softplus(g) + c + e
-        x = 0:  log(pi + (1 - pi) NB(0))     = -softplus(g) + c + softplus(g - c)
+    x > 0:  log(1 - pi) + log NB(x)      = -softplus(g) + c + e
+    x = 0:  log(pi + (1 - pi) NB(0))     = -softplus(g) + c + softplus(g - c)
     """
 
     theta = None
@@ -486,8 +499,9 @@ class NegativeBinomial(_NB):
 
     def forward(self, out, x=None):
         theta = self.log_total_count.exp()
-        return _with_theta(_NBLogits(total_count=theta, logits=self._logits(out, x), validate_args=False),
-                           theta).to_event(1)
+        return _with_theta(
+            _NBLogits(total_count=theta, logits=self._logits(out, x), validate_args=False), theta
+        ).to_event(1)
 
     def mean(self, out, x=None):
         return self.log_total_count.exp() * torch.exp(self._logits(out, x))
@@ -506,8 +520,9 @@ class ZINB(_NB):
     def forward(self, out, x=None):
         a, gate = self.split(out.float())
         theta = self.log_total_count.exp()
-        return _with_theta(_ZINBLogits(total_count=theta, logits=self._logits(a, x), gate_logits=gate,
-                                       validate_args=False), theta).to_event(1)
+        return _with_theta(
+            _ZINBLogits(total_count=theta, logits=self._logits(a, x), gate_logits=gate, validate_args=False), theta
+        ).to_event(1)
 
     def mean(self, out, x=None):
         a, gate = self.split(out.float())

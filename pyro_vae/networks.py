@@ -8,6 +8,7 @@ width are divisible by 4, e.g. 28x28 MNIST-like or 8x8 digits). A network type t
 * :class:`MLP` — fully connected layers with a chosen activation.
 * :class:`GaussianEncoder` — x -> (loc, scale) of q(z|x) = Normal(loc, scale).
 """
+
 import contextlib
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -20,8 +21,15 @@ from .fastmath import Dropout, Softplus, cpu_has_native_bf16, softplus as fast_s
 from .registry import Registry, option
 
 ACTIVATIONS = Registry("activation", configurable=False)  # `encoder.activation: relu`: a name, no parameters
-for _name, _cls in (("softplus", Softplus), ("relu", nn.ReLU), ("elu", nn.ELU), ("gelu", nn.GELU),
-                    ("tanh", nn.Tanh), ("leaky_relu", nn.LeakyReLU), ("silu", nn.SiLU)):
+for _name, _cls in (
+    ("softplus", Softplus),
+    ("relu", nn.ReLU),
+    ("elu", nn.ELU),
+    ("gelu", nn.GELU),
+    ("tanh", nn.Tanh),
+    ("leaky_relu", nn.LeakyReLU),
+    ("silu", nn.SiLU),
+):
     ACTIVATIONS.register(_name)(_cls)  # softplus: same function as nn.Softplus, vectorised (fastmath.py)
 
 
@@ -72,8 +80,10 @@ class ConvBody(nn.Module):
         act = ACTIVATIONS.get(activation)
         self.image_shape = (c, h, w)
         self.conv = nn.Sequential(
-            nn.Conv2d(c, 32, 4, stride=2, padding=1), act(),
-            nn.Conv2d(32, 64, 4, stride=2, padding=1), act(),
+            nn.Conv2d(c, 32, 4, stride=2, padding=1),
+            act(),
+            nn.Conv2d(32, 64, 4, stride=2, padding=1),
+            act(),
         )
         self.mlp = MLP(64 * (h // 4) * (w // 4), hidden, None, activation)
         self.out_dim = self.mlp.out_dim
@@ -94,7 +104,8 @@ class ConvDecoder(nn.Module):
         self.blocks, self.h4, self.w4 = blocks, h // 4, w // 4
         self.mlp = nn.Sequential(MLP(in_dim, hidden, 64 * self.h4 * self.w4, activation), act())
         self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), act(),
+            nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1),
+            act(),
             nn.ConvTranspose2d(32, blocks * c, 4, stride=2, padding=1),
         )
 
@@ -230,8 +241,15 @@ class ConvClassifier(nn.Sequential):
         return self.head(kept[1] if kept is not None and kept[0] is x else self[0](x))
 
 
-def make_classifier(in_dim: int, num_classes: int, hidden: Sequence[int], type: str = "mlp",
-                    activation="softplus", dropout: float = 0.0, image_shape=None) -> nn.Module:
+def make_classifier(
+    in_dim: int,
+    num_classes: int,
+    hidden: Sequence[int],
+    type: str = "mlp",
+    activation="softplus",
+    dropout: float = 0.0,
+    image_shape=None,
+) -> nn.Module:
     """x -> class logits: the network type's body with a linear head; optional dropout after
     each hidden layer (only active in training mode)."""
     if type == "conv":

@@ -3,6 +3,7 @@ confusion matrix and class-conditional samples, and anomaly scores' ROC curves a
 
 Every figure is written atomically (temp file, then rename) with the Agg backend.
 """
+
 import math
 from pathlib import Path
 from typing import Dict, Optional, Sequence
@@ -46,7 +47,7 @@ def tile(images: torch.Tensor, image_shape, ncol: int) -> np.ndarray:
     canvas = np.ones((c, nrow * (h + 1) - 1, ncol * (w + 1) - 1), dtype=np.float32)
     for i in range(n):
         r, col = divmod(i, ncol)
-        canvas[:, r * (h + 1):r * (h + 1) + h, col * (w + 1):col * (w + 1) + w] = imgs[i]
+        canvas[:, r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = imgs[i]
     return canvas[0] if c == 1 else canvas.transpose(1, 2, 0)
 
 
@@ -107,8 +108,10 @@ def latent_map(codes, labels, path, class_names: Optional[Sequence[str]] = None,
         lab = labels.cpu().numpy()
         sc = ax.scatter(z[:, 0], z[:, 1], c=lab, cmap="tab10", s=4, alpha=0.7)
         classes = np.unique(lab[lab >= 0])
-        handles = [plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c)), label=class_name(class_names, c))
-                   for c in classes]
+        handles = [
+            plt.Line2D([], [], marker="o", ls="", color=sc.cmap(sc.norm(c)), label=class_name(class_names, c))
+            for c in classes
+        ]
         ax.legend(handles=handles, fontsize=7, markerscale=1.5, loc="best", ncol=2)
     else:
         ax.scatter(z[:, 0], z[:, 1], s=4, alpha=0.7)
@@ -146,16 +149,24 @@ def run_report(model, data, run_dir, rows, plan=None):
     test = data.test
     if data.image_shape is not None:
         with PROFILE.phase("plot: samples.png"):
-            image_grid(model.sample(64).cpu(), data.image_shape, run_dir / "samples.png", ncol=8,
-                       title="samples from the prior")
+            image_grid(
+                model.sample(64).cpu(),
+                data.image_shape,
+                run_dir / "samples.png",
+                ncol=8,
+                title="samples from the prior",
+            )
         with PROFILE.phase("plot: reconstructions.png"):
             x = take(test.x, slice(0, 10))
-            reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape,
-                            run_dir / "reconstructions.png")
+            reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape, run_dir / "reconstructions.png")
     with PROFILE.phase("plot: latent_map.png"):
         n = min(len(test), 5000)
-        latent_map(batched(model.encode, test.x[:n], 1000, device)[0], None if test.y is None else test.y[:n],
-                   run_dir / "latent_map.png", data.class_names)
+        latent_map(
+            batched(model.encode, test.x[:n], 1000, device)[0],
+            None if test.y is None else test.y[:n],
+            run_dir / "latent_map.png",
+            data.class_names,
+        )
     if plan is not None:
         with PROFILE.phase("plot: the model kind's own"):
             plan.extra_plots(data, run_dir)
@@ -184,8 +195,15 @@ def confusion_matrix_plot(y_true, y_pred, path, class_names=None, title="confusi
     for i in labels:
         for j in labels:
             if cm[i, j]:
-                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     acc = float(np.trace(cm) / max(cm.sum(), 1))
@@ -203,16 +221,18 @@ def confusion_matrix_report(model, data, run_dir):
         return None
     mask = test.y >= 0
     predicted = batched(model.predict, test.x[mask], 1000, model.device).numpy()
-    return confusion_matrix_plot(test.y[mask].numpy(), predicted, Path(run_dir) / "confusion_matrix.png",
-                                 data.class_names)
+    return confusion_matrix_plot(
+        test.y[mask].numpy(), predicted, Path(run_dir) / "confusion_matrix.png", data.class_names
+    )
 
 
 def conditional_generation(images, num_classes: int, data, run_dir, ncol: int, title: str):
     """``conditional_generation.png``: ``images`` (num_classes * ncol, data_dim) drawn for class 0,
     then 1, ...: one row per class, labelled with its name."""
     names = [class_name(data.class_names, k) for k in range(num_classes)]
-    return image_grid(images, data.image_shape, Path(run_dir) / "conditional_generation.png", ncol=ncol, title=title,
-                      row_labels=names)
+    return image_grid(
+        images, data.image_shape, Path(run_dir) / "conditional_generation.png", ncol=ncol, title=title, row_labels=names
+    )
 
 
 @torch.no_grad()
@@ -228,22 +248,31 @@ def ssvae_report(model, data, run_dir, n_styles: int = 10):
     torch.manual_seed(0)
     z = model.prior().sample((n_styles,))
     yy = torch.arange(c, device=device).repeat_interleave(n_styles)
-    conditional_generation(model.decode(z.repeat(c, 1), yy).cpu(), c, data, run_dir, n_styles,
-                           "rows: class; columns: one shared style z")
+    conditional_generation(
+        model.decode(z.repeat(c, 1), yy).cpu(), c, data, run_dir, n_styles, "rows: class; columns: one shared style z"
+    )
     # style transfer: each test image's style z = E[q(z|x, predicted y)], re-decoded under every label
     x = take(data.test.x, slice(0, n_styles))
     zs = model.encode(x.to(device))[0]
     out = model.decode(zs.repeat(c, 1), torch.arange(c, device=device).repeat_interleave(len(x))).cpu()
     names = [class_name(data.class_names, k) for k in range(c)]
-    image_grid(torch.cat([x, out]), data.image_shape, run_dir / "style_transfer.png", ncol=len(x),
-               title="top: test images; below: their style under each label", row_labels=["input"] + names)
+    image_grid(
+        torch.cat([x, out]),
+        data.image_shape,
+        run_dir / "style_transfer.png",
+        ncol=len(x),
+        title="top: test images; below: their style under each label",
+        row_labels=["input"] + names,
+    )
 
 
 # ---- evaluation uses: latent paths and anomaly scores ------------------------------------
 
+
 @torch.no_grad()
-def interpolation_grid(model, x_a, x_b, path, steps: int = 10, image_shape=None, title: Optional[str] = None,
-                       show_inputs: bool = True):
+def interpolation_grid(
+    model, x_a, x_b, path, steps: int = 10, image_shape=None, title: Optional[str] = None, show_inputs: bool = True
+):
     """One row of images along the straight latent line between two inputs.
 
     z(t) = (1 - t) E_q[z|x_a] + t E_q[z|x_b] for t = 0, 1/(steps-1), ..., 1, each decoded to
@@ -257,8 +286,13 @@ def interpolation_grid(model, x_a, x_b, path, steps: int = 10, image_shape=None,
     line = model.interpolate(x_a, x_b, steps).cpu()
     row = torch.cat([x_a[None], line, x_b[None]]) if show_inputs else line
     what = "input, then " if show_inputs else ""
-    image_grid(row, shape, path, ncol=row.shape[0],
-               title=title or f"latent interpolation ({what}{steps} decoded steps{', input' if show_inputs else ''})")
+    image_grid(
+        row,
+        shape,
+        path,
+        ncol=row.shape[0],
+        title=title or f"latent interpolation ({what}{steps} decoded steps{', input' if show_inputs else ''})",
+    )
     return line
 
 
@@ -275,8 +309,15 @@ def traversal_grid(model, path, x=None, dims=None, values=None, image_shape=None
     x = None if x is None else torch.as_tensor(x, dtype=torch.float32)
     imgs = model.traverse(x, dims, values).cpu()
     lo, hi = float(values.min()), float(values.max())
-    image_grid(imgs, shape, path, ncol=len(values), row_labels=[f"z{d}" for d in dims],
-               title=title or f"latent traversal: z_d from {lo:g} to {hi:g}, others at {'the code of x' if x is not None else '0'}")
+    image_grid(
+        imgs,
+        shape,
+        path,
+        ncol=len(values),
+        row_labels=[f"z{d}" for d in dims],
+        title=title
+        or f"latent traversal: z_d from {lo:g} to {hi:g}, others at {'the code of x' if x is not None else '0'}",
+    )
     return imgs
 
 
@@ -299,9 +340,16 @@ def roc_curves(scores: Dict[str, torch.Tensor], is_anomaly, auroc: Dict[str, flo
     return save_figure(fig, path)
 
 
-def score_histograms(scores: Dict[str, torch.Tensor], labels, path, highlight=(),
-                     class_names: Optional[Sequence[str]] = None, note: str = " (held out)",
-                     xlabel: str = "anomaly score (higher = more anomalous)", bins: int = 60):
+def score_histograms(
+    scores: Dict[str, torch.Tensor],
+    labels,
+    path,
+    highlight=(),
+    class_names: Optional[Sequence[str]] = None,
+    note: str = " (held out)",
+    xlabel: str = "anomaly score (higher = more anomalous)",
+    bins: int = 60,
+):
     """Density histograms of per-row scores: one panel per entry of ``scores`` (titled with its
     key), one outline per value of ``labels``; the classes in ``highlight`` (e.g. the ones held out
     of training) drawn thick and black, ``note`` after their names. A panel's x range covers the
@@ -319,8 +367,14 @@ def score_histograms(scores: Dict[str, torch.Tensor], labels, path, highlight=()
         for c in np.unique(lab):
             held = int(c) in highlight
             style = dict(lw=2.5, color="black") if held else dict(lw=1, alpha=0.8)
-            ax.hist(np.clip(s[lab == c], edges[0], edges[-1]), bins=edges, histtype="step", density=True,
-                    label=class_name(class_names, c) + (note if held else ""), **style)
+            ax.hist(
+                np.clip(s[lab == c], edges[0], edges[-1]),
+                bins=edges,
+                histtype="step",
+                density=True,
+                label=class_name(class_names, c) + (note if held else ""),
+                **style,
+            )
         ax.set_title(name, fontsize=9)
         ax.set_ylabel("density")
         ax.legend(fontsize=7, ncol=2)

@@ -19,6 +19,7 @@ Register your own from your own module::
             loc = self.zeros()  # on the model's device
             return dist.Normal(loc, self.width * torch.ones_like(loc)).to_event(1)
 """
+
 import math
 
 import torch

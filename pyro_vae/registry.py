@@ -14,6 +14,7 @@ own file with the decorator::
     class MyPrior(priors.Prior):
         ...
 """
+
 import dataclasses
 import inspect
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
@@ -81,8 +82,10 @@ class Registry:
             return {}
         conf = self.config_class(name)
         if conf is not None:
-            return {f.name: inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
-                                              default=_default_of(f)) for f in dataclasses.fields(conf)}
+            return {
+                f.name: inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=_default_of(f))
+                for f in dataclasses.fields(conf)
+            }
         sig = inspect.signature(cls.__init__)
         context = set(getattr(cls, "context_args", ()))
         return {

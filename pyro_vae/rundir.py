@@ -10,6 +10,7 @@ A run directory holds ``config.yaml`` (the resolved config, for people), ``metri
 for rebuilding the model. Loading never imports anything the caller did not name:
 a run that needs a plugin is an error naming it until ``plugins=[...]`` is given.
 """
+
 import contextlib
 import os
 import shutil
@@ -66,8 +67,10 @@ def build_from_payload(payload: dict, where, plugins: Optional[Sequence[str]] = 
         model.load_state_dict(payload["state_dict"])
         model.data_info = info
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-        raise PyroVAEError(f"{where}: its weights do not fit its config ({first_line(e, 120)}); "
-                           "a model saved by another pyro_vae version must be trained again") from None
+        raise PyroVAEError(
+            f"{where}: its weights do not fit its config ({first_line(e, 120)}); "
+            "a model saved by another pyro_vae version must be trained again"
+        ) from None
     return model, cfg
 
 
@@ -81,8 +84,10 @@ def load(run_dir, plugins: Optional[Sequence[str]] = None, device="cpu"):
     run_dir = Path(run_dir)
     path = run_dir / CHECKPOINT if run_dir.is_dir() else run_dir
     if not path.is_file():
-        raise PyroVAEError(f"no {CHECKPOINT} at {path.parent if path.name == CHECKPOINT else path}; "
-                           "pass a run directory written by `pyro-vae train`")
+        raise PyroVAEError(
+            f"no {CHECKPOINT} at {path.parent if path.name == CHECKPOINT else path}; "
+            "pass a run directory written by `pyro-vae train`"
+        )
     payload = read_payload(path)
     if payload.get("format") != FORMAT:
         raise PyroVAEError(f"{path} is not a pyro_vae checkpoint of this version ({payload.get('format')!r})")
@@ -105,8 +110,10 @@ def _warn_if_config_edited(run_dir: Path, cfg) -> None:
     except Exception:
         on_disk = None
     if on_disk != OmegaConf.to_container(cfg):
-        warnings.warn(f"{p} differs from the config saved inside {CHECKPOINT}; the model is rebuilt from the "
-                      f"checkpoint's own config (config.yaml is a copy for reading, edits to it have no effect)")
+        warnings.warn(
+            f"{p} differs from the config saved inside {CHECKPOINT}; the model is rebuilt from the "
+            f"checkpoint's own config (config.yaml is a copy for reading, edits to it have no effect)"
+        )
 
 
 # ---------------------------------------------------------------- writing a run
@@ -126,9 +133,11 @@ def prepare(run_dir: Path, overwrite: bool = False, resume: bool = False) -> Non
                     tmp.unlink()
             leftovers = [p.name for p in run_dir.iterdir() if p.name != LOCK]
             if leftovers and not (overwrite or resume):
-                raise PyroVAEError(f"--out {run_dir} already holds files ({', '.join(sorted(leftovers)[:4])}"
-                                   f"{', ...' if len(leftovers) > 4 else ''}); choose a new folder, "
-                                   "add --overwrite to replace that run, or --resume it")
+                raise PyroVAEError(
+                    f"--out {run_dir} already holds files ({', '.join(sorted(leftovers)[:4])}"
+                    f"{', ...' if len(leftovers) > 4 else ''}); choose a new folder, "
+                    "add --overwrite to replace that run, or --resume it"
+                )
             if overwrite and not resume:
                 for name in RUN_FILES:
                     p = run_dir / name
@@ -156,8 +165,9 @@ def _take_lock(run_dir: Path) -> None:
             except (OSError, ValueError):
                 pid = 0
             if pid and _alive(pid):
-                raise PyroVAEError(f"{run_dir} is being written by another process (pid {pid}); "
-                                   "wait for it or choose another --out") from None
+                raise PyroVAEError(
+                    f"{run_dir} is being written by another process (pid {pid}); wait for it or choose another --out"
+                ) from None
             with contextlib.suppress(FileNotFoundError):
                 lock.unlink()  # left by a process that died
             continue

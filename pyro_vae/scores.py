@@ -30,6 +30,7 @@ Register your own::
         def score(self, model, x):
             return (x - model.reconstruct(x)).abs().sum(-1)
 """
+
 import io
 import math
 import zlib
@@ -86,8 +87,12 @@ class AnomalyScore:
     def save(self, run_dir) -> Path:
         """Write ``RUN/scores/NAME.pt`` (plain tensors; read with weights_only=True)."""
         path = state_path(run_dir, self.registry_name)
-        payload = {"format": STATE_FORMAT, "name": self.registry_name, "params": dict(self.params()),
-                   "state": self.state_dict()}
+        payload = {
+            "format": STATE_FORMAT,
+            "name": self.registry_name,
+            "params": dict(self.params()),
+            "state": self.state_dict(),
+        }
         save_tensors(payload, path)
         return path
 
@@ -97,8 +102,10 @@ class AnomalyScore:
         if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
             raise ValueError(f"{path} is not a saved anomaly score")
         if payload.get("params") != dict(self.params()):
-            raise ValueError(f"{path} was fitted with parameters {payload.get('params')}, "
-                             f"not {dict(self.params())}; delete it to refit")
+            raise ValueError(
+                f"{path} was fitted with parameters {payload.get('params')}, "
+                f"not {dict(self.params())}; delete it to refit"
+            )
         self.load_state_dict(payload["state"])
         return self
 
@@ -292,9 +299,12 @@ class DensityOfStates(AnomalyScore):
     @torch.no_grad()
     def statistics(self, model, x):
         loc, scale = model.encode(x)
-        stats = [-model.elbo(x, num_particles=self.num_samples).float(),
-                 ((model.reconstruct(x) - x) ** 2).sum(-1).float(),
-                 loc.float().pow(2).sum(-1), scale.float().log().sum(-1)]
+        stats = [
+            -model.elbo(x, num_particles=self.num_samples).float(),
+            ((model.reconstruct(x) - x) ** 2).sum(-1).float(),
+            loc.float().pow(2).sum(-1),
+            scale.float().log().sum(-1),
+        ]
         return torch.stack(stats, -1).cpu()
 
     @torch.no_grad()
@@ -354,8 +364,7 @@ class LatentKNN(AnomalyScore):
 
     @torch.no_grad()
     def fit(self, model, train_x, run_dir=None, seed=0):
-        self.codes = compute_fn(lambda m, xb: m.encode(xb)[0].float(), model,
-                                _subsample(train_x, self.max_train, seed))
+        self.codes = compute_fn(lambda m, xb: m.encode(xb)[0].float(), model, _subsample(train_x, self.max_train, seed))
         self.fitted = True
         return self
 
@@ -445,8 +454,9 @@ def build(spec=None) -> AnomalyScore:
     return ANOMALY_SCORES.build(spec)
 
 
-def prepare(score: AnomalyScore, model, train_x: Optional[torch.Tensor] = None, run_dir=None,
-            seed: int = 0, refit: bool = False) -> AnomalyScore:
+def prepare(
+    score: AnomalyScore, model, train_x: Optional[torch.Tensor] = None, run_dir=None, seed: int = 0, refit: bool = False
+) -> AnomalyScore:
     """Make ``score`` ready: load ``RUN/scores/NAME.pt`` if it exists (and not ``refit``), else
     fit it on ``train_x`` and save it in ``run_dir`` (when given)."""
     if not score.needs_fit:
@@ -495,8 +505,14 @@ def auroc_auprc(scores, is_anomaly) -> Dict[str, float]:
     return {"auroc": float(roc_auc_score(y, s)), "auprc": float(average_precision_score(y, s))}
 
 
-def score_report(scores: Dict[str, torch.Tensor], is_anomaly, labels=None, out_dir=None,
-                 class_names: Optional[Sequence[str]] = None, prefix: str = "") -> dict:
+def score_report(
+    scores: Dict[str, torch.Tensor],
+    is_anomaly,
+    labels=None,
+    out_dir=None,
+    class_names: Optional[Sequence[str]] = None,
+    prefix: str = "",
+) -> dict:
     """AUROC / AUPRC per score; with ``out_dir`` also ``roc.png`` (one curve per score) and
     ``score_histograms.png`` (one panel per score, one outline per class of ``labels`` or, without
     labels, for the normal rows and the anomalies; classes of anomalies only drawn thick and black).

@@ -7,6 +7,7 @@ again a ``SparseRows`` (splits, subsets); ``x.dense(idx)`` gathers those rows in
 ops, no per-row Python. :func:`take` and :func:`batched` work on dense tensors and
 ``SparseRows`` alike, so code that walks a whole split never densifies all of it.
 """
+
 import warnings
 from typing import Callable, Optional
 
@@ -34,11 +35,14 @@ class SparseRows:
     def from_scipy(cls, m) -> "SparseRows":
         """From any scipy sparse matrix or array (converted to CSR; values as float32)."""
         m = m.tocsr()
-        big = m.nnz >= 2 ** 31 - 1 or m.shape[1] >= 2 ** 31 - 1
+        big = m.nnz >= 2**31 - 1 or m.shape[1] >= 2**31 - 1
         itype = np.int64 if big else np.int32
-        return cls(torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=itype)),
-                   torch.from_numpy(np.ascontiguousarray(m.indices, dtype=itype)),
-                   torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)), m.shape)
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(m.indptr, dtype=itype)),
+            torch.from_numpy(np.ascontiguousarray(m.indices, dtype=itype)),
+            torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
+            m.shape,
+        )
 
     @classmethod
     def from_torch(cls, t: torch.Tensor) -> "SparseRows":
@@ -87,8 +91,9 @@ class SparseRows:
         new[idx] = torch.arange(len(idx), device=self.device)
         col = new[self.col.long()]
         keep = col >= 0
-        row_of_value = torch.repeat_interleave(torch.arange(self.shape[0], device=self.device),
-                                               (self.crow[1:] - self.crow[:-1]).long())
+        row_of_value = torch.repeat_interleave(
+            torch.arange(self.shape[0], device=self.device), (self.crow[1:] - self.crow[:-1]).long()
+        )
         row, col = row_of_value[keep], col[keep]
         order = torch.argsort(row * len(idx) + col)  # row by row, columns ascending within a row
         counts = torch.bincount(row, minlength=self.shape[0])
@@ -118,7 +123,9 @@ class SparseRows:
         counts = crow[idx + 1].long() - start
         total = int(counts.sum())
         first = torch.cumsum(counts, 0) - counts  # where each row's values begin in the output
-        pos = torch.arange(total, device=crow.device) - torch.repeat_interleave(first - start, counts, output_size=total)
+        pos = torch.arange(total, device=crow.device) - torch.repeat_interleave(
+            first - start, counts, output_size=total
+        )
         return pos, counts, total
 
     def __getitem__(self, idx) -> "SparseRows":
@@ -128,7 +135,7 @@ class SparseRows:
         col = torch.empty(int(crow[-1]), dtype=self.col.dtype, device=self.device)
         values = torch.empty(int(crow[-1]), dtype=self.values.dtype, device=self.device)
         for a in range(0, len(idx), self.CHUNK_ROWS):  # chunks bound the int64 temporaries
-            pos, _, _ = self._gather(idx[a:a + self.CHUNK_ROWS])
+            pos, _, _ = self._gather(idx[a : a + self.CHUNK_ROWS])
             lo, hi = int(crow[a]), int(crow[min(len(idx), a + self.CHUNK_ROWS)])
             col[lo:hi] = self.col[pos]
             values[lo:hi] = self.values[pos]

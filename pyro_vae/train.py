@@ -7,6 +7,7 @@ precision, gradient clipping, checkpoints (``ModelCheckpoint``: ``last.ckpt`` an
 and guide also train with a plain ``pyro.infer.SVI`` loop (see the tests). Only this
 module imports Lightning.
 """
+
 import contextlib
 import logging
 import math
@@ -80,7 +81,8 @@ class SVIModule(L.LightningModule):
                 raise TrainingDiverged(
                     f"the loss {'became NaN/inf' if not math.isfinite(value) else f'diverged ({value:.3g} nats per datum)'}"
                     f" in epoch {self.current_epoch + 1}; try a smaller train.lr, train.gradient_clip_val=10, "
-                    "or a likelihood that fits the data")
+                    "or a likelihood that fits the data"
+                )
         return loss
 
     def take_epoch_loss(self) -> float:
@@ -126,10 +128,15 @@ class SVIModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # the config (resume needs nothing else) and the random state, so a resumed run draws the
         # same z noise as an uninterrupted one (the batch order is a function of seed and epoch)
-        checkpoint["pyro_vae"] = {"format": rundir.FORMAT, "version": rundir.package_version(),
-                                  "config": OmegaConf.to_yaml(self.cfg), "info": self.info.to_dict(),
-                                  "data": self.data_fingerprint, "torch_rng": torch.get_rng_state(),
-                                  "epoch_loss": None if self._loss_sum is None else [float(self._loss_sum), self._count]}
+        checkpoint["pyro_vae"] = {
+            "format": rundir.FORMAT,
+            "version": rundir.package_version(),
+            "config": OmegaConf.to_yaml(self.cfg),
+            "info": self.info.to_dict(),
+            "data": self.data_fingerprint,
+            "torch_rng": torch.get_rng_state(),
+            "epoch_loss": None if self._loss_sum is None else [float(self._loss_sum), self._count],
+        }
         if torch.cuda.is_available():
             checkpoint["pyro_vae"]["cuda_rng"] = torch.cuda.get_rng_state_all()
 
@@ -155,8 +162,10 @@ def interrupted(signum: int, where: str, run_dir: Optional[Path], folder_made: b
     elif last.is_file():
         what = f"saved {last}; continue with: pyro-vae train --resume {run_dir}"
     elif (run_dir / "config.yaml").is_file():
-        what = (f"no epoch was saved yet; start over with: pyro-vae train {run_dir / 'config.yaml'} "
-                f"--out {run_dir} --overwrite")
+        what = (
+            f"no epoch was saved yet; start over with: pyro-vae train {run_dir / 'config.yaml'} "
+            f"--out {run_dir} --overwrite"
+        )
     else:
         what = "no epoch was saved yet; run the same command again with --overwrite"
     return Interrupted(f"interrupted by {name} {where}; {what}", signum)
@@ -167,8 +176,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     or a full disk during a save leaves the previous checkpoint whole and loadable."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
-        save_tensors(checkpoint, path, hint="the previous checkpoint is kept: make room, then continue with: "
-                                            f"pyro-vae train --resume {Path(path).parents[1]}")
+        save_tensors(
+            checkpoint,
+            path,
+            hint="the previous checkpoint is kept: make room, then continue with: "
+            f"pyro-vae train --resume {Path(path).parents[1]}",
+        )
 
 
 class EpochMetrics(Callback):
@@ -211,8 +224,13 @@ class EpochMetrics(Callback):
         self.epoch_seconds += seconds
         row = {"epoch": trainer.current_epoch + 1, "train_loss": pl_module.take_epoch_loss()}
         row.update(pl_module.take_val_metrics())
-        row.update({"beta": float(pl_module.model.beta), "lr": trainer.optimizers[0].param_groups[0]["lr"],
-                    "seconds": round(seconds, 3)})
+        row.update(
+            {
+                "beta": float(pl_module.model.beta),
+                "lr": trainer.optimizers[0].param_groups[0]["lr"],
+                "seconds": round(seconds, 3),
+            }
+        )
         self.rows.append(row)
         pl_module.log_dict({k: v for k, v in row.items() if k != "epoch"}, logger=False, prog_bar=False)
         if trainer.is_global_zero:
@@ -276,8 +294,11 @@ class StopOnSignal(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.stop_signal is not None and batch_idx + 1 < trainer.num_training_batches:
-            self.interrupt(trainer, f"in epoch {trainer.current_epoch + 1} after step {batch_idx + 1}/"
-                                    f"{trainer.num_training_batches}", mid_epoch=True)
+            self.interrupt(
+                trainer,
+                f"in epoch {trainer.current_epoch + 1} after step {batch_idx + 1}/{trainer.num_training_batches}",
+                mid_epoch=True,
+            )
 
     def on_train_epoch_end(self, trainer, pl_module):
         if self.stop_signal is not None:  # the checkpoints save this epoch, then fit stops
@@ -308,8 +329,11 @@ class SlowPrecisionWarning(UserWarning):
 
 
 def _on_cpu(t) -> bool:
-    return t.accelerator == "cpu" or (t.accelerator == "auto" and not torch.cuda.is_available()
-                                      and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()))
+    return t.accelerator == "cpu" or (
+        t.accelerator == "auto"
+        and not torch.cuda.is_available()
+        and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available())
+    )
 
 
 def resolve_precision(t) -> str:
@@ -326,9 +350,12 @@ def check_precision(cfg) -> None:
     t = cfg.trainer
     on_cpu = _on_cpu(t)
     if str(t.precision).startswith("bf16") and on_cpu and not cpu_has_native_bf16():
-        warnings.warn(f"trainer.precision={t.precision} on a CPU without native bf16 (no AVX512-BF16/AMX): "
-                      "bf16 matmuls are emulated and several times slower here; set trainer.precision=32-true",
-                      SlowPrecisionWarning, stacklevel=3)
+        warnings.warn(
+            f"trainer.precision={t.precision} on a CPU without native bf16 (no AVX512-BF16/AMX): "
+            "bf16 matmuls are emulated and several times slower here; set trainer.precision=32-true",
+            SlowPrecisionWarning,
+            stacklevel=3,
+        )
 
 
 def default_run_dir(cfg) -> Path:
@@ -359,18 +386,25 @@ def _resume_config(resume, overrides) -> _Resume:
         raise PyroVAEError(f"--resume {resume}: no such run directory")
     if not ckpt.is_file():
         fresh = Path(resume) / "config.yaml"
-        again = (f"pyro-vae train {fresh} --out {resume} --overwrite" if fresh.is_file()
-                 else "the run's own command with --overwrite")
-        raise PyroVAEError(f"--resume {resume}: no checkpoints/last.ckpt there (the run saved no epoch yet); "
-                           f"start it again instead: {again}")
+        again = (
+            f"pyro-vae train {fresh} --out {resume} --overwrite"
+            if fresh.is_file()
+            else "the run's own command with --overwrite"
+        )
+        raise PyroVAEError(
+            f"--resume {resume}: no checkpoints/last.ckpt there (the run saved no epoch yet); "
+            f"start it again instead: {again}"
+        )
     payload = rundir.read_payload(ckpt)
     meta = payload.get("pyro_vae")
     if not isinstance(meta, dict) or "config" not in meta:
         raise PyroVAEError(f"{ckpt} is not a pyro_vae training checkpoint")
     if meta.get("format") != rundir.FORMAT:
-        raise PyroVAEError(f"{ckpt} was written by pyro_vae {meta.get('version', 'before 0.3')} "
-                           f"(format {meta.get('format')!r}, this version reads {rundir.FORMAT!r}); "
-                           f"resume it with that version, or start over with --overwrite")
+        raise PyroVAEError(
+            f"{ckpt} was written by pyro_vae {meta.get('version', 'before 0.3')} "
+            f"(format {meta.get('format')!r}, this version reads {rundir.FORMAT!r}); "
+            f"resume it with that version, or start over with --overwrite"
+        )
     cfg = config_mod.load_config(None, overrides, base=OmegaConf.create(meta["config"]))
     try:  # epochs whose batches were all processed (a checkpoint taken mid-epoch excludes that epoch)
         loops = payload["loops"]["fit_loop"]
@@ -384,9 +418,11 @@ def _resume_config(resume, overrides) -> _Resume:
 
 def _check_same_data(resume: _Resume, fingerprint: str, run_dir) -> None:
     if resume.data_fingerprint is not None and resume.data_fingerprint != fingerprint:
-        raise PyroVAEError(f"--resume {run_dir}: the data differ from those the run was trained on (checksum "
-                           f"{fingerprint}, the run's {resume.data_fingerprint}): a data file changed since; "
-                           "restore it, or start over with --overwrite")
+        raise PyroVAEError(
+            f"--resume {run_dir}: the data differ from those the run was trained on (checksum "
+            f"{fingerprint}, the run's {resume.data_fingerprint}): a data file changed since; "
+            "restore it, or start over with --overwrite"
+        )
 
 
 def _rows_before(path: Path, last_epoch: int) -> list:
@@ -419,8 +455,9 @@ def _loggers(cfg, run_dir):
 
             loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
         except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
-            raise ConfigError(f"trainer.logger=tensorboard needs the tensorboard package ({e}); "
-                              "pip install tensorboard") from None
+            raise ConfigError(
+                f"trainer.logger=tensorboard needs the tensorboard package ({e}); pip install tensorboard"
+            ) from None
     return loggers
 
 
@@ -430,8 +467,13 @@ def _checkpoints(folder: Path, selection) -> list:
     ``last`` is a checkpoint of its own (no monitor, top 1: the newest epoch) rather than
     ``save_last``, which Lightning 2.6 writes only in a step that also saved a top-k file.
     ``best`` comes first so that ``last.ckpt`` holds its updated state."""
-    common = dict(dirpath=str(folder), save_top_k=1, enable_version_counter=False, save_on_train_epoch_end=True,
-                  auto_insert_metric_name=False)
+    common = dict(
+        dirpath=str(folder),
+        save_top_k=1,
+        enable_version_counter=False,
+        save_on_train_epoch_end=True,
+        auto_insert_metric_name=False,
+    )
     best = []
     if selection is not None:
         key, mode = selection
@@ -439,43 +481,70 @@ def _checkpoints(folder: Path, selection) -> list:
     return best + [ModelCheckpoint(filename="last", monitor=None, **common)]
 
 
-def _trainer(cfg, run_dir, metrics: EpochMetrics, selection, has_val: bool, epochs: Optional[int] = None,
-             extra_callbacks=()):
+def _trainer(
+    cfg, run_dir, metrics: EpochMetrics, selection, has_val: bool, epochs: Optional[int] = None, extra_callbacks=()
+):
     t = cfg.trainer
     callbacks = [metrics, *extra_callbacks]
     if run_dir is not None:
         callbacks += _checkpoints(run_dir / "checkpoints", selection if has_val else None)
     if cfg.train.early_stopping_patience is not None and has_val:
         key, mode = selection
-        callbacks.append(EarlyStopping(monitor=f"val_{key}", mode=mode, patience=cfg.train.early_stopping_patience,
-                                       check_on_train_epoch_end=True))
+        callbacks.append(
+            EarlyStopping(
+                monitor=f"val_{key}",
+                mode=mode,
+                patience=cfg.train.early_stopping_patience,
+                check_on_train_epoch_end=True,
+            )
+        )
     # no LearningRateMonitor: EpochMetrics' one row per epoch carries lr to every logger, and the
     # monitor's own rows would break metrics.csv's one-row-per-epoch layout
     bar = t.progress_bar if t.progress_bar is not None else sys.stderr.isatty()
     if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     metrics.print_lines = not bar
-    kwargs = dict(max_epochs=epochs or cfg.train.epochs, accelerator=t.accelerator, devices=t.devices,
-                  num_nodes=t.num_nodes, strategy=t.strategy, precision=resolve_precision(t),
-                  gradient_clip_val=cfg.train.gradient_clip_val,
-                  logger=_loggers(cfg, run_dir) or False, enable_checkpointing=run_dir is not None,
-                  enable_model_summary=False, enable_progress_bar=bool(bar), num_sanity_val_steps=0,
-                  callbacks=callbacks, use_distributed_sampler=False, deterministic=False,
-                  plugins=[AtomicCheckpointIO()] if run_dir is not None else None,
-                  limit_val_batches=1.0 if has_val else 0)
+    kwargs = dict(
+        max_epochs=epochs or cfg.train.epochs,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=resolve_precision(t),
+        gradient_clip_val=cfg.train.gradient_clip_val,
+        logger=_loggers(cfg, run_dir) or False,
+        enable_checkpointing=run_dir is not None,
+        enable_model_summary=False,
+        enable_progress_bar=bool(bar),
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        deterministic=False,
+        plugins=[AtomicCheckpointIO()] if run_dir is not None else None,
+        limit_val_batches=1.0 if has_val else 0,
+    )
     extra = OmegaConf.to_container(t.extra)
     clash = sorted(set(extra) & set(kwargs))
     if clash:
-        raise ConfigError(f"trainer.extra.{clash[0]} is set by pyro_vae; use its own key instead "
-                          "(`pyro-vae config` lists them)")
+        raise ConfigError(
+            f"trainer.extra.{clash[0]} is set by pyro_vae; use its own key instead (`pyro-vae config` lists them)"
+        )
     try:
         return L.Trainer(**kwargs, **extra)
     except Exception as e:  # ValueError, Lightning's MisconfigurationException and the like
         raise ConfigError(f"bad trainer setting: {first_line(e)}") from None
 
 
-def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots: bool = True,
-        save: bool = True, resume=None, overwrite: bool = False) -> Optional[FitResult]:
+def fit(
+    cfg=None,
+    out=None,
+    overrides=(),
+    data: Optional[Dataset] = None,
+    plots: bool = True,
+    save: bool = True,
+    resume=None,
+    overwrite: bool = False,
+) -> Optional[FitResult]:
     """Train the model the config describes and write its run directory.
 
     ``cfg`` is a config (from :func:`pyro_vae.config.load_config`), a YAML path, or None
@@ -488,8 +557,11 @@ def fit(cfg=None, out=None, overrides=(), data: Optional[Dataset] = None, plots:
     message says what was saved and the command that continues or restarts the run.
     """
     # a resumed run's folder is there from the start: a signal at any moment says how to go on
-    state = {"where": "while starting", "run_dir": Path(resume) if resume is not None and save else None,
-             "made": resume is not None}
+    state = {
+        "where": "while starting",
+        "run_dir": Path(resume) if resume is not None and save else None,
+        "made": resume is not None,
+    }
     with signals_raise():
         try:
             return _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite)
@@ -539,8 +611,9 @@ def _train_and_finish(state, run, built, overwrite, plots):
         metrics, stop = EpochMetrics(built.plan.epochs()), StopOnSignal(run.run_dir, state)
         extra = [stop] + ([KLWarmup(run.cfg.train.kl_warmup_epochs)] if run.cfg.train.kl_warmup_epochs else [])
         with PROFILE.phase("Lightning Trainer"):  # validates trainer.* before the folder is touched
-            trainer = _trainer(run.cfg, run.run_dir, metrics, built.selection, built.has_val, built.plan.epochs(),
-                               extra)
+            trainer = _trainer(
+                run.cfg, run.run_dir, metrics, built.selection, built.has_val, built.plan.epochs(), extra
+            )
         with _run_folder(state, run, overwrite):
             module = _run(state, trainer, run, built, metrics, stop)
             if not trainer.is_global_zero:
@@ -621,13 +694,15 @@ def _train(trainer, module, run: _Run, built: _Built, metrics: EpochMetrics) -> 
     loader = built.plan.train_dataloader(run.data, int(cfg.seed), rank, world)
     if run.resumed is not None and run.resumed.mid_epoch is not None:
         loader.sampler.resume_at(*run.resumed.mid_epoch)
-    val_loader = (built.plan.eval_dataloader(run.data.val, cfg.train.eval_batch_size, rank, world)
-                  if built.has_val else None)
+    val_loader = (
+        built.plan.eval_dataloader(run.data.val, cfg.train.eval_batch_size, rank, world) if built.has_val else None
+    )
     ckpt_path = str(run.resumed.ckpt) if run.resumed is not None else None
     t_fit = time.perf_counter()
     try:
-        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path,
-                    weights_only=True)
+        trainer.fit(
+            module, train_dataloaders=loader, val_dataloaders=val_loader, ckpt_path=ckpt_path, weights_only=True
+        )
     except (TrainingDiverged, PyroVAEError):
         raise
     except (RuntimeError, KeyError, ValueError) as e:
@@ -637,8 +712,10 @@ def _train(trainer, module, run: _Run, built: _Built, metrics: EpochMetrics) -> 
     fit_seconds = time.perf_counter() - t_fit
     PROFILE.add("training epochs (steps)", metrics.step_seconds)
     PROFILE.add("validation", metrics.val_seconds)
-    PROFILE.add("Lightning loop (checkpoints, logging, start/stop)",
-                max(0.0, fit_seconds - metrics.step_seconds - metrics.val_seconds))
+    PROFILE.add(
+        "Lightning loop (checkpoints, logging, start/stop)",
+        max(0.0, fit_seconds - metrics.step_seconds - metrics.val_seconds),
+    )
 
 
 def _finish(trainer, module, run: _Run, built: _Built, rows: EpochMetrics, plots: bool) -> FitResult:
@@ -678,8 +755,9 @@ def _finish(trainer, module, run: _Run, built: _Built, rows: EpochMetrics, plots
             try:
                 model.save(run_dir / rundir.CHECKPOINT, overwrite=True)
             except PyroVAEError as e:
-                raise PyroVAEError(f"{e}; checkpoints/last.ckpt holds every epoch: make room, then "
-                                   f"pyro-vae train --resume {run_dir}") from None
+                raise PyroVAEError(
+                    f"{e}; checkpoints/last.ckpt holds every epoch: make room, then pyro-vae train --resume {run_dir}"
+                ) from None
             write_json(run_dir / "metrics.json", metrics)
         if plots:
             from .plots import run_report
@@ -689,16 +767,28 @@ def _finish(trainer, module, run: _Run, built: _Built, rows: EpochMetrics, plots
 
 
 #: Lightning's warnings that do not apply to how pyro_vae runs it (the last: the divergence check says it in one line)
-LIGHTNING_NOISE = (".*does not have many workers.*", ".*TPU available but not used.*", ".*LeafSpec.*",
-                   ".*Experiment logs directory.*", ".*Checkpoint directory.*exists and is not empty.*",
-                   ".*that ended before the epoch ended.*", ".*`training_step` returned `None`.*",
-                   ".*no `val_dataloader`.*", ".*smaller than the logging interval.*", "Encountered NaN.*")
+LIGHTNING_NOISE = (
+    ".*does not have many workers.*",
+    ".*TPU available but not used.*",
+    ".*LeafSpec.*",
+    ".*Experiment logs directory.*",
+    ".*Checkpoint directory.*exists and is not empty.*",
+    ".*that ended before the epoch ended.*",
+    ".*`training_step` returned `None`.*",
+    ".*no `val_dataloader`.*",
+    ".*smaller than the logging interval.*",
+    "Encountered NaN.*",
+)
 
 
 def _quiet_lightning():
     """Inside a ``warnings.catch_warnings()`` block: Lightning's noise off, its info logs too."""
     for pattern in LIGHTNING_NOISE:
         warnings.filterwarnings("ignore", pattern)
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.accelerators.cuda",
-                 "lightning.fabric.utilities.seed", "lightning.pytorch"):
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.pytorch.accelerators.cuda",
+        "lightning.fabric.utilities.seed",
+        "lightning.pytorch",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,5 +1,6 @@
 """Small helpers: atomic file writes (nothing a user saved is ever half-written), the first line
 of an exception for one-line errors, and the per-phase wall-time profile of a command."""
+
 import contextlib
 import json
 import os
@@ -180,7 +181,9 @@ class Profile:
     def as_dict(self) -> dict:
         total = self.total()
         out = {k: round(v, 3) for k, v in self.seconds.items()}
-        out["the rest (interpreter start-up, the command's own work)"] = round(max(0.0, total - sum(self.seconds.values())), 3)
+        out["the rest (interpreter start-up, the command's own work)"] = round(
+            max(0.0, total - sum(self.seconds.values())), 3
+        )
         out["total"] = round(total, 3)
         return out
 

@@ -15,7 +15,10 @@ needs_fashion = pytest.mark.skipif(
 
 # small and fast: the digits, tiny nets, no progress bar
 QUICK = [
-    "trainer.progress_bar=false", "latent_dim=4", "encoder.hidden=[64]", "decoder.hidden=[64]",
+    "trainer.progress_bar=false",
+    "latent_dim=4",
+    "encoder.hidden=[64]",
+    "decoder.hidden=[64]",
     "train.batch_size=64",
 ]
 

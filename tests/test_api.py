@@ -1,4 +1,5 @@
 """The data-first Python API: pyro_vae.fit(x, y) on arrays, and the run it writes."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,7 @@ import torch
 import pyro_vae
 from pyro_vae.cli import main
 
-QUICK = ["trainer.progress_bar=false", "latent_dim=3", "encoder.hidden=[32]", "decoder.hidden=[32]",
-         "train.epochs=3"]
+QUICK = ["trainer.progress_bar=false", "latent_dim=3", "encoder.hidden=[32]", "decoder.hidden=[32]", "train.epochs=3"]
 
 
 def _blobs(n=300, seed=0):
@@ -31,8 +31,12 @@ def test_fit_on_tensors_with_partial_labels_trains_m2():
     x, y = _blobs(400)
     y = y.astype(float)
     y[40:] = np.nan  # unknown labels
-    r = pyro_vae.fit(torch.as_tensor(x), torch.as_tensor(y), save=False,
-                     overrides=["model=ssvae", "likelihood=gaussian", "model.classifier_hidden=[16]", *QUICK])
+    r = pyro_vae.fit(
+        torch.as_tensor(x),
+        torch.as_tensor(y),
+        save=False,
+        overrides=["model=ssvae", "likelihood=gaussian", "model.classifier_hidden=[16]", *QUICK],
+    )
     assert isinstance(r.model, pyro_vae.Classifier) and r.metrics["test_accuracy"] > 0.5
     assert int((r.data.train.y >= 0).sum()) < 40
 

@@ -1,5 +1,6 @@
 """The house: layers import only downwards, no cycles, Lightning only in the engine, and a user
 file can add a model kind and a data set as easily as a prior."""
+
 import ast
 import json
 import subprocess
@@ -16,11 +17,25 @@ PKG = Path(__file__).resolve().parents[1] / "pyro_vae"
 # the README's architecture section: lower layers never import higher ones
 LAYERS = [
     ("foundation", {"errors", "utils", "registry", "fastmath", "sparse"}),
-    ("math", {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae",
-              "models.m1m2"}),
+    (
+        "math",
+        {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae", "models.m1m2"},
+    ),
     ("data", {"data"}),
-    ("training", {"training", "training.base", "training.batches", "training.vae", "training.ssvae",
-                  "training.augment", "training.m1m2", "evaluate", "plots"}),
+    (
+        "training",
+        {
+            "training",
+            "training.base",
+            "training.batches",
+            "training.vae",
+            "training.ssvae",
+            "training.augment",
+            "training.m1m2",
+            "evaluate",
+            "plots",
+        },
+    ),
     ("engine", {"config", "rundir", "train", "scores", "cli", "_listing", "__init__"}),
 ]
 LAYER_OF = {m: i for i, (_, mods) in enumerate(LAYERS) for m in mods}
@@ -48,7 +63,7 @@ def _imports(path: Path):
                 base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.startswith("pyro_vae"):
-                target = node.module[len("pyro_vae"):].lstrip(".")
+                target = node.module[len("pyro_vae") :].lstrip(".")
             else:
                 continue
             for alias in node.names:  # `from . import config` imports the module config
@@ -57,7 +72,7 @@ def _imports(path: Path):
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("pyro_vae."):
-                    out.add(alias.name[len("pyro_vae."):])
+                    out.add(alias.name[len("pyro_vae.") :])
     return {m for m in out if m != name}
 
 
@@ -108,7 +123,7 @@ def _imported_modules_and_privates(path: Path):
                 base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
                 target = ".".join(base + ([node.module] if node.module else []))
             elif node.module and node.module.startswith("pyro_vae"):
-                target = node.module[len("pyro_vae"):].lstrip(".")
+                target = node.module[len("pyro_vae") :].lstrip(".")
             else:
                 continue
             for alias in node.names:
@@ -161,8 +176,9 @@ def test_the_private_name_check_finds_each_kind_of_use(tmp_path, monkeypatch):
     pkg = tmp_path / "pyro_vae"
     (pkg / "models").mkdir(parents=True)
     (pkg / "utils.py").write_text("def _helper():\n    pass\n")
-    (pkg / "models" / "vae.py").write_text("class VAE:\n    def _q(self):\n        return self._own()\n"
-                                           "    def _own(self):\n        pass\n")
+    (pkg / "models" / "vae.py").write_text(
+        "class VAE:\n    def _q(self):\n        return self._own()\n    def _own(self):\n        pass\n"
+    )
     (pkg / "models" / "base.py").write_text("from ..utils import _helper\n")
     (pkg / "models" / "ssvae.py").write_text("from .. import utils\nutils._helper()\n")
     (pkg / "models" / "m1m2.py").write_text("def f(m1):\n    return m1._q()\n")
@@ -175,23 +191,30 @@ def test_the_private_name_check_finds_each_kind_of_use(tmp_path, monkeypatch):
 
 
 def test_only_the_engine_imports_lightning():
-    users = [p.name for p in PKG.rglob("*.py") if "lightning" in p.read_text() and "import lightning" in p.read_text()
-             or "from lightning" in p.read_text()]
+    users = [
+        p.name
+        for p in PKG.rglob("*.py")
+        if "lightning" in p.read_text() and "import lightning" in p.read_text() or "from lightning" in p.read_text()
+    ]
     assert users == ["train.py"], users
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["list"], ["config", "model=ssvae"]])
 def test_commands_that_do_not_train_do_not_import_lightning(argv):
-    code = (f"import sys; from pyro_vae.cli import main\n"
-            f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-            f"assert 'lightning' not in sys.modules, 'lightning imported'")
+    code = (
+        f"import sys; from pyro_vae.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        f"assert 'lightning' not in sys.modules, 'lightning imported'"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
 
 
 def test_list_answers_without_importing_torch_and_its_text_is_current(capsys):
-    code = ("import sys; from pyro_vae.cli import main\nassert main(['list']) == 0\n"
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys; from pyro_vae.cli import main\nassert main(['list']) == 0\n"
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0 and "anomaly scores:" in r.stdout, r.stderr[-500:]
     from pyro_vae._listing import TEXT
@@ -290,8 +313,20 @@ def plugin(tmp_path_factory):
 
 def test_a_plugin_adds_a_model_kind_and_a_data_set_trained_from_the_cli(plugin, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["train", f"plugins=[{plugin}]", "model=beta_vae", "model.kl_weight=2.5", "data=rings", "data.n=300",
-            "latent_dim=2", "encoder.hidden=[16]", "decoder.hidden=[16]", "train.epochs=3", "--out", str(out)]
+    argv = [
+        "train",
+        f"plugins=[{plugin}]",
+        "model=beta_vae",
+        "model.kl_weight=2.5",
+        "data=rings",
+        "data.n=300",
+        "latent_dim=2",
+        "encoder.hidden=[16]",
+        "decoder.hidden=[16]",
+        "train.epochs=3",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["num_train"] == 225 and m["epochs"] == 3
@@ -329,8 +364,9 @@ def test_kl_warmup_works_for_the_semi_supervised_model_too():
     from pyro_vae.models import DataInfo
     from pyro_vae.train import build_model
 
-    cfg = load_config(None, ["model=ssvae", "latent_dim=3", "encoder.hidden=[8]", "decoder.hidden=[8]",
-                             "model.classifier_hidden=[8]"])
+    cfg = load_config(
+        None, ["model=ssvae", "latent_dim=3", "encoder.hidden=[8]", "decoder.hidden=[8]", "model.classifier_hidden=[8]"]
+    )
     m = build_model(cfg, DataInfo(64, (1, 8, 8), 4, None))
     x, y = torch.rand(5, 64), torch.tensor([0, 1, 2, 3, 0])
     for beta in (1.0, 0.25):

@@ -48,13 +48,16 @@ def test_encode_an_external_array_file_in_row_order(run_dir, tmp_path):
     assert np.allclose(np.load(tmp_path / "z.npy"), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["train", "train.epochz=1"], "unknown config key"),
-    (["train", "data.name=fashion-mnist", "data.root=/no/such/folder"], "not a folder"),
-    (["train", "missing.yaml"], "not found"),
-    (["evaluate", "/no/run"], "no model.pt"),
-    (["sample", "/no/run", "--out", "x.gif"], "no model.pt"),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["train", "train.epochz=1"], "unknown config key"),
+        (["train", "data.name=fashion-mnist", "data.root=/no/such/folder"], "not a folder"),
+        (["train", "missing.yaml"], "not found"),
+        (["evaluate", "/no/run"], "no model.pt"),
+        (["sample", "/no/run", "--out", "x.gif"], "no model.pt"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(argv, words, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -28,44 +28,47 @@ def test_yaml_then_dotted_overrides(tmp_path):
     assert list(cfg.encoder.hidden) == [512, 256]
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["train.epochz=3"], "unknown config key"),
-    (["nonsense=1"], "unknown config key"),
-    (["train.epochs=many"], "train.epochs"),
-    (["data.binarize=sometimes"], "none, static, dynamic"),
-    (["model=gan"], "ssvae, vae"),
-    (["data.root=/x"], "no parameter 'root'"),
-    (["data.limit=0"], "at least 1"),
-    (["data.limit=-3"], "at least 1"),
-    (["data.test_fraction=1.5"], "(0, 1)"),
-    (["evaluate.iwae_samples=-1"], ">= 0"),
-    (["trainer.accelerator=tpux"], "auto, cpu"),
-    (["trainer.precision=8-bit"], "32-true"),
-    (["trainer.logger=wandb"], "csv, tensorboard, none"),
-    (["encoder.type=rnn"], "valid network types: conv, mlp"),
-    (["encoder.activation=sigmoid"], "softplus"),
-    (["latent_dim=0"], "at least 1"),
-    (["train.lr=-1"], "positive"),
-    (["train.epochs"], "key=value"),
-    (["prior.name=nope"], "valid priors"),
-    (["likelihood.name=nope"], "valid likelihoods"),
-    (["prior.wrong_param=3"], "no parameter 'wrong_param'"),
-    (["train.early_stopping_patience=2"], "data.validation"),
-    (["data.name=array"], "data.path"),
-    (["model=ssvae", "model.classifier_type=rnn"], "conv, mlp"),
-    (["model=ssvae", "model.classifier_dropout=1.5"], "[0, 1)"),
-    (["model=ssvae", "model.classifier_activation=sigmoid"], "softplus"),
-    (["model=ssvae", "model.augment_shift=-1"], "number of pixels"),
-    (["model=ssvae", "model.augment_flip=true"], "no parameter 'augment_flip'"),
-    (["model=ssvae", "model.pseudo_label_weight=-1"], ">= 0"),
-    (["model=ssvae", "model.pseudo_label_threshold=1.5"], "[0, 1]"),
-    (["model=m1m2", "model.z2_dim=0"], "at least 1"),
-    (["model=m1m2", "model.m1_epochs=0"], "at least 1"),
-    (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),
-    (["model.aux_loss_multiplier=3"], "model 'vae' has no parameter"),
-    (["model=ssvae", "ssvae.aux_loss_multiplier=3"], "unknown config key ssvae"),  # M2's keys are model.*
-    (["train.lr_schedule=step"], "constant, cosine"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["train.epochz=3"], "unknown config key"),
+        (["nonsense=1"], "unknown config key"),
+        (["train.epochs=many"], "train.epochs"),
+        (["data.binarize=sometimes"], "none, static, dynamic"),
+        (["model=gan"], "ssvae, vae"),
+        (["data.root=/x"], "no parameter 'root'"),
+        (["data.limit=0"], "at least 1"),
+        (["data.limit=-3"], "at least 1"),
+        (["data.test_fraction=1.5"], "(0, 1)"),
+        (["evaluate.iwae_samples=-1"], ">= 0"),
+        (["trainer.accelerator=tpux"], "auto, cpu"),
+        (["trainer.precision=8-bit"], "32-true"),
+        (["trainer.logger=wandb"], "csv, tensorboard, none"),
+        (["encoder.type=rnn"], "valid network types: conv, mlp"),
+        (["encoder.activation=sigmoid"], "softplus"),
+        (["latent_dim=0"], "at least 1"),
+        (["train.lr=-1"], "positive"),
+        (["train.epochs"], "key=value"),
+        (["prior.name=nope"], "valid priors"),
+        (["likelihood.name=nope"], "valid likelihoods"),
+        (["prior.wrong_param=3"], "no parameter 'wrong_param'"),
+        (["train.early_stopping_patience=2"], "data.validation"),
+        (["data.name=array"], "data.path"),
+        (["model=ssvae", "model.classifier_type=rnn"], "conv, mlp"),
+        (["model=ssvae", "model.classifier_dropout=1.5"], "[0, 1)"),
+        (["model=ssvae", "model.classifier_activation=sigmoid"], "softplus"),
+        (["model=ssvae", "model.augment_shift=-1"], "number of pixels"),
+        (["model=ssvae", "model.augment_flip=true"], "no parameter 'augment_flip'"),
+        (["model=ssvae", "model.pseudo_label_weight=-1"], ">= 0"),
+        (["model=ssvae", "model.pseudo_label_threshold=1.5"], "[0, 1]"),
+        (["model=m1m2", "model.z2_dim=0"], "at least 1"),
+        (["model=m1m2", "model.m1_epochs=0"], "at least 1"),
+        (["model=ssvae", "model.aux_loss_multiplier=many"], "aux_loss_multiplier"),
+        (["model.aux_loss_multiplier=3"], "model 'vae' has no parameter"),
+        (["model=ssvae", "ssvae.aux_loss_multiplier=3"], "unknown config key ssvae"),  # M2's keys are model.*
+        (["train.lr_schedule=step"], "constant, cosine"),
+    ],
+)
 def test_bad_config_is_one_line_error_naming_the_fix(overrides, words):
     with pytest.raises(ConfigError) as e:
         load_config(None, overrides)
@@ -128,7 +131,10 @@ def test_the_semi_supervised_example_configs_run_what_the_benchmark_rows_ran():
     spec = importlib.util.spec_from_file_location("bench_ssvae", Path("benchmarks/ssvae.py"))
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    for kind, path in (("ssvae", "examples/configs/ssvae_fashion.yaml"), ("m1m2", "examples/configs/m1m2_fashion.yaml")):
+    for kind, path in (
+        ("ssvae", "examples/configs/ssvae_fashion.yaml"),
+        ("m1m2", "examples/configs/m1m2_fashion.yaml"),
+    ):
         for line in Path(path).read_text().splitlines():
             comment = line.split("#", 1)[1] if "#" in line else ""
             assert not re.match(r"\s*[A-Za-z_.]+\s*[:=]\s*\S", comment), f"{path}: a commented-out setting: {line!r}"

@@ -1,5 +1,6 @@
 """Count likelihoods score observed rows at the rows' own total counts in every model kind, and
 ``likelihood=mixed`` trains on sparse rows (its groups checked on their own columns)."""
+
 import numpy as np
 import pytest
 import pyro
@@ -15,13 +16,21 @@ from pyro_vae.train import build_model
 sp = pytest.importorskip("scipy.sparse")
 
 COUNTS = ("poisson", "negative_binomial", "zinb", "mixed")
-MIXED_COUNTS = "likelihood.groups=[{columns: [0,1,2,3,4,5,6,7,8,9], name: poisson}, " \
-               "{columns: [10,11,12,13,14,15,16,17,18,19], name: zinb}]"
+MIXED_COUNTS = (
+    "likelihood.groups=[{columns: [0,1,2,3,4,5,6,7,8,9], name: poisson}, "
+    "{columns: [10,11,12,13,14,15,16,17,18,19], name: zinb}]"
+)
 SMALL = {
     "vae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]"],
     "ssvae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]", "model.classifier_hidden=[16]"],
-    "m1m2": ["model.z1_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]", "model.z2_dim=2",
-             "model.m2_hidden=[8]", "model.classifier_hidden=[8]"],
+    "m1m2": [
+        "model.z1_dim=3",
+        "encoder.hidden=[16]",
+        "decoder.hidden=[16]",
+        "model.z2_dim=2",
+        "model.m2_hidden=[8]",
+        "model.classifier_hidden=[8]",
+    ],
 }
 
 
@@ -89,11 +98,12 @@ def test_observed_rows_are_scored_at_their_own_total_not_the_stored_median(kind,
 
 
 # ---------------------------------------------------------------- mixed on sparse rows
-MIXED = ["likelihood=mixed",
-         "likelihood.groups=[{columns: [0,1,2,3,4,5], name: poisson}, {columns: [6,7,8], name: bernoulli}, "
-         "{columns: [9,10,11], name: gaussian}]"]
-QUICK = ["trainer.progress_bar=false", "latent_dim=2", "encoder.hidden=[16]", "decoder.hidden=[16]",
-         "train.epochs=2"]
+MIXED = [
+    "likelihood=mixed",
+    "likelihood.groups=[{columns: [0,1,2,3,4,5], name: poisson}, {columns: [6,7,8], name: bernoulli}, "
+    "{columns: [9,10,11], name: gaussian}]",
+]
+QUICK = ["trainer.progress_bar=false", "latent_dim=2", "encoder.hidden=[16]", "decoder.hidden=[16]", "train.epochs=2"]
 
 
 def mixed_rows(n=300, seed=0):
@@ -132,11 +142,14 @@ def test_mixed_trains_on_sparse_rows_as_on_dense_rows():
     assert float(poisson.typical_library) == float(r_dense.data.train.x[:, :6].sum(1).median())
 
 
-@pytest.mark.parametrize("column, value, words", [
-    (3, -2.0, r"poisson.*columns \[0, 1, 2, 3, 4, 5\].*row 7"),  # a negative count
-    (7, 3.0, r"bernoulli.*columns \[6, 7, 8\].*row 7"),  # outside [0,1]
-    (10, np.nan, r"NaN.*row 7"),  # refused when the rows are read
-])
+@pytest.mark.parametrize(
+    "column, value, words",
+    [
+        (3, -2.0, r"poisson.*columns \[0, 1, 2, 3, 4, 5\].*row 7"),  # a negative count
+        (7, 3.0, r"bernoulli.*columns \[6, 7, 8\].*row 7"),  # outside [0,1]
+        (10, np.nan, r"NaN.*row 7"),  # refused when the rows are read
+    ],
+)
 def test_sparse_values_a_group_rejects_are_a_one_line_data_error(column, value, words):
     x = mixed_rows()
     x[7, column] = value
@@ -159,8 +172,15 @@ def test_implicit_zeros_are_checked_against_their_group():
 def test_cli_trains_mixed_on_a_sparse_npz_and_refuses_bad_values_in_one_line(tmp_path, capsys):
     x = mixed_rows()
     sp.save_npz(tmp_path / "x.npz", sp.csr_matrix(x))
-    argv = ["train", "data=array", f"data.path={tmp_path / 'x.npz'}", *MIXED, *QUICK, "train.epochs=1",
-            "trainer.logger=none"]
+    argv = [
+        "train",
+        "data=array",
+        f"data.path={tmp_path / 'x.npz'}",
+        *MIXED,
+        *QUICK,
+        "train.epochs=1",
+        "trainer.logger=none",
+    ]
     assert main(argv + ["--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
     x[7, 3] = -2

@@ -65,9 +65,11 @@ def test_array_sources(tmp_path):
     csv = tmp_path / "xy.csv"
     rows = ["a,b,c,label"] + [f"{a},{b},{c},{'' if i == 0 else yy}" for i, ((a, b, c), yy) in enumerate(zip(x, y))]
     csv.write_text("\n".join(rows) + "\n")
-    for overrides in (["data.path=" + str(tmp_path / "x.npy")],
-                      ["data.path=" + str(tmp_path / "xy.npz")],
-                      ["data.path=" + str(csv), "data.label_column=-1"]):
+    for overrides in (
+        ["data.path=" + str(tmp_path / "x.npy")],
+        ["data.path=" + str(tmp_path / "xy.npz")],
+        ["data.path=" + str(csv), "data.label_column=-1"],
+    ):
         data = load_data(load_config(None, ["data.name=array", *overrides]))
         assert data.data_dim == 3 and len(data.train) + len(data.test) == 50
     # the empty label in the csv is "unknown" (-1), not a class
@@ -81,8 +83,9 @@ def test_array_errors(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((10, 2)))
     np.save(tmp_path / "y.npy", np.zeros(9))
     with pytest.raises(DataError, match="9 labels for 10 rows"):
-        load_data(load_config(None, ["data.name=array", f"data.path={tmp_path}/x.npy",
-                                     f"data.labels_path={tmp_path}/y.npy"]))
+        load_data(
+            load_config(None, ["data.name=array", f"data.path={tmp_path}/x.npy", f"data.labels_path={tmp_path}/y.npy"])
+        )
 
 
 def test_index_batches_cover_each_row_once_per_epoch_and_reshuffle_per_epoch():
@@ -141,8 +144,8 @@ def test_random_shift_moves_each_image_by_whole_pixels_within_the_limit(max_shif
         for dy in range(-max_shift, max_shift + 1):
             for dx in range(-max_shift, max_shift + 1):
                 moved = torch.zeros(2, 6 + 2 * max_shift, 7 + 2 * max_shift)
-                moved[:, max_shift + dy:max_shift + dy + 6, max_shift + dx:max_shift + dx + 7] = img[b]
-                if torch.equal(moved[:, max_shift:max_shift + 6, max_shift:max_shift + 7], out[b]):
+                moved[:, max_shift + dy : max_shift + dy + 6, max_shift + dx : max_shift + dx + 7] = img[b]
+                if torch.equal(moved[:, max_shift : max_shift + 6, max_shift : max_shift + 7], out[b]):
                     matches.append((dy, dx))
         assert len(matches) == 1, b  # exactly one translation explains image b
         seen.add(matches[0])

@@ -12,6 +12,7 @@ comment on the lines just above a block marks it:
     <!-- not-run: ... -->           never run here: installs packages (make, pip)
     <!-- file: NAME -->             the block is saved as NAME (e.g. a plugin), then run
 """
+
 import importlib.util
 import os
 import re
@@ -27,7 +28,6 @@ RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 MAX_README_LINES = 300  # user documentation only: reference lives in `pyro-vae config` / `list`, records in benchmarks/
 JOURNAL_PHRASES = ("next to try", "what was tried", "one seed", "exploration")
-
 
 
 def _report():
@@ -57,7 +57,7 @@ def readme_blocks(text=None):
                 markers[mm.group(1)] = mm.group(2)
             k -= 1
         if lang in ("bash", "python"):
-            blocks.append((start + 1, lang, "\n".join(lines[start + 1:j]) + "\n", markers))
+            blocks.append((start + 1, lang, "\n".join(lines[start + 1 : j]) + "\n", markers))
         i = j + 1
     return blocks
 
@@ -67,11 +67,13 @@ BLOCKS = readme_blocks()
 
 # ---------------------------------------------------------------- tables are up to date
 
+
 def test_results_md_is_what_report_renders():
     report = _report()
     assert RESULTS.exists(), "benchmarks/RESULTS.md is missing: run `python benchmarks/report.py --write`"
-    assert RESULTS.read_text() == report.results(), \
+    assert RESULTS.read_text() == report.results(), (
         "benchmarks/RESULTS.md is stale: run `python benchmarks/report.py --write`"
+    )
 
 
 def test_readme_tables_are_what_report_renders():
@@ -86,23 +88,32 @@ def test_readme_tables_are_what_report_renders():
 
 def test_results_template_placeholders_blocks_and_empty_paragraphs():
     report = _report()
-    parts = {"table": lambda: report.table(["a", "b"], [[1, None], ["", 2]]), "gone": lambda: "",
-             "v": lambda: {"x": 2.5, "none": None, "in": {"k": "deep"}}}
-    template = ("{{# a note for editors }}\n# Title\n\n{{ table }}\n\n{{ gone }}\n\n{{ if gone }}\nhidden\n\nalso\n"
-                "{{ end }}\n\nx = {{ v.x:.2f }}{{ if v.none }} never{{ end }}{{ if v }}, {{ v.in.k }}"
-                "{{ if v.in }} (nested){{ end }}{{ end }}.\n")
-    assert report.fill(template, parts) == ("# Title\n\n| a | b |\n|---|---|\n| 1 | |\n|  | 2 |\n\n"
-                                            "x = 2.50, deep (nested).\n")
+    parts = {
+        "table": lambda: report.table(["a", "b"], [[1, None], ["", 2]]),
+        "gone": lambda: "",
+        "v": lambda: {"x": 2.5, "none": None, "in": {"k": "deep"}},
+    }
+    template = (
+        "{{# a note for editors }}\n# Title\n\n{{ table }}\n\n{{ gone }}\n\n{{ if gone }}\nhidden\n\nalso\n"
+        "{{ end }}\n\nx = {{ v.x:.2f }}{{ if v.none }} never{{ end }}{{ if v }}, {{ v.in.k }}"
+        "{{ if v.in }} (nested){{ end }}{{ end }}.\n"
+    )
+    assert report.fill(template, parts) == (
+        "# Title\n\n| a | b |\n|---|---|\n| 1 | |\n|  | 2 |\n\nx = 2.50, deep (nested).\n"
+    )
 
 
-@pytest.mark.parametrize("template,names,error", [
-    ("{{ v.x }} {{ nobody }}", ["v"], r"no renderer for \['nobody'\], no placeholder for \[\]"),
-    ("{{ v.x }}", ["v", "s"], r"no placeholder for \['s'\]"),
-    ("{{ v.y }}", ["v"], r"v rendered no 'y'"),
-    ("{{ v }}", ["v"], r"is a dict"),
-    ("{{ s:.2f }}", ["s"], r"\{\{ s:.2f \}\}: Unknown format code"),
-    ("{{ if v }}{{ v.x }}", ["v"], r"without its"),
-])
+@pytest.mark.parametrize(
+    "template,names,error",
+    [
+        ("{{ v.x }} {{ nobody }}", ["v"], r"no renderer for \['nobody'\], no placeholder for \[\]"),
+        ("{{ v.x }}", ["v", "s"], r"no placeholder for \['s'\]"),
+        ("{{ v.y }}", ["v"], r"v rendered no 'y'"),
+        ("{{ v }}", ["v"], r"is a dict"),
+        ("{{ s:.2f }}", ["s"], r"\{\{ s:.2f \}\}: Unknown format code"),
+        ("{{ if v }}{{ v.x }}", ["v"], r"without its"),
+    ],
+)
 def test_results_template_errors_are_one_line(template, names, error):
     report = _report()
     parts = {"v": lambda: {"x": 1}, "s": lambda: "text"}
@@ -119,6 +130,7 @@ def test_readme_markers_and_readme_tables_must_match():
 
 # ---------------------------------------------------------------- documentation, not a journal
 
+
 def test_readme_is_short_and_has_no_benchmark_journal():
     text = README.read_text()
     n = len(text.splitlines())
@@ -129,8 +141,10 @@ def test_readme_is_short_and_has_no_benchmark_journal():
 
 
 def test_block_extraction_reads_markers():
-    text = ("intro\n<!-- needs: fashion-mnist -->\n<!-- slow: long -->\n```bash\npyro-vae list\n```\n"
-            "```yaml\na: 1\n```\n<!-- file: p.py -->\n```python\nprint(1)\n```\n")
+    text = (
+        "intro\n<!-- needs: fashion-mnist -->\n<!-- slow: long -->\n```bash\npyro-vae list\n```\n"
+        "```yaml\na: 1\n```\n<!-- file: p.py -->\n```python\nprint(1)\n```\n"
+    )
     blocks = readme_blocks(text)
     assert [(b[1], b[2]) for b in blocks] == [("bash", "pyro-vae list\n"), ("python", "print(1)\n")]
     assert blocks[0][3] == {"needs": "fashion-mnist", "slow": "long"} and blocks[1][3] == {"file": "p.py"}
@@ -142,6 +156,7 @@ def test_readme_has_runnable_blocks():
 
 
 # ---------------------------------------------------------------- every block runs as written
+
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
@@ -184,5 +199,7 @@ def test_readme_block_runs(line, lang, code, markers, workdir):
         script = 'set -euo pipefail\npyro-vae() { "$PYTHON" -m pyro_vae.cli "$@"; }\n' + code
         cmd = ["bash", "-c", script]
     p = subprocess.run(cmd, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, (f"README.md:{line} ({lang}) failed with exit code {p.returncode}:\n"
-                               f"{code}\n--- stdout ---\n{p.stdout[-3000:]}\n--- stderr ---\n{p.stderr[-3000:]}")
+    assert p.returncode == 0, (
+        f"README.md:{line} ({lang}) failed with exit code {p.returncode}:\n"
+        f"{code}\n--- stdout ---\n{p.stdout[-3000:]}\n--- stderr ---\n{p.stderr[-3000:]}"
+    )

@@ -1,4 +1,5 @@
 """The engine keeps a user's work and scales out: checkpoints, resume, signals, DDP."""
+
 import csv
 import json
 import os
@@ -45,15 +46,21 @@ def test_last_ckpt_holds_every_epoch_with_and_without_validation(tmp_path, valid
     class Spy(Checkpoint):  # a Checkpoint callback: Lightning runs it after the run's own ones
         def on_train_epoch_end(self, trainer, pl_module):
             best = folder / "best.ckpt"
-            seen.append((trainer.current_epoch + 1, _done_epochs(folder / "last.ckpt"),
-                         torch.load(best, weights_only=True)["epoch"] + 1 if best.is_file() else None))
+            seen.append(
+                (
+                    trainer.current_epoch + 1,
+                    _done_epochs(folder / "last.ckpt"),
+                    torch.load(best, weights_only=True)["epoch"] + 1 if best.is_file() else None,
+                )
+            )
 
     checkpoints = engine._checkpoints
     extra = [f"data.validation={validation}"] if validation else []
     try:
         engine._checkpoints = lambda *a: checkpoints(*a) + [Spy()]
-        engine.fit(None, out=tmp_path / "run", plots=False,
-                   overrides=[*QUICK, "train.epochs=5", "train.lr=1e-9", *extra])
+        engine.fit(
+            None, out=tmp_path / "run", plots=False, overrides=[*QUICK, "train.epochs=5", "train.lr=1e-9", *extra]
+        )
     finally:
         engine._checkpoints = checkpoints
     assert [(epoch, last) for epoch, last, _ in seen] == [(e, e) for e in range(1, 6)]
@@ -66,8 +73,9 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path):
     whole = _train(args + ["--out", str(tmp_path / "whole")])
     assert whole.returncode == 0, whole.stderr[-800:]
     run = tmp_path / "killed"
-    proc = subprocess.Popen(CLI + ["train", *QUICK, *args, "--out", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        CLI + ["train", *QUICK, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     ckpt = run / "checkpoints" / "last.ckpt"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -95,8 +103,12 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path):
 def test_a_signal_mid_epoch_saves_a_checkpoint_and_says_how_to_resume(tmp_path, sig, code):
     run = tmp_path / "run"
     # many small steps: the signal lands inside an epoch
-    proc = subprocess.Popen(CLI + ["train", *QUICK, "train.epochs=50", "train.batch_size=8", "--out", str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        CLI + ["train", *QUICK, "train.epochs=50", "train.batch_size=8", "--out", str(run)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not (run / "metrics.csv").is_file():
         time.sleep(0.05)
@@ -121,8 +133,11 @@ def test_a_damaged_checkpoint_is_a_one_line_error(tmp_path, damage):
     ckpt = run / "checkpoints" / "last.ckpt"
     data = ckpt.read_bytes()
     # "pickle-like": a pickle PROTO opcode with a protocol torch warns about before it fails
-    damaged = {"truncate": data[: len(data) // 3], "random": os.urandom(5000),
-               "pickle-like": b"\x80\x8c" + os.urandom(5000)}[damage]
+    damaged = {
+        "truncate": data[: len(data) // 3],
+        "random": os.urandom(5000),
+        "pickle-like": b"\x80\x8c" + os.urandom(5000),
+    }[damage]
     ckpt.write_bytes(damaged)
     r = subprocess.run(CLI + ["train", "--resume", str(run)], capture_output=True, text=True)
     assert r.returncode == 2
@@ -149,8 +164,12 @@ def test_tensorboard_logger_writes_event_files_when_installed(tmp_path):
 
 
 def test_one_line_per_epoch_without_a_terminal(tmp_path):
-    r = subprocess.run(CLI + ["train", *[q for q in QUICK if "progress_bar" not in q], "train.epochs=3",
-                              "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    r = subprocess.run(
+        CLI
+        + ["train", *[q for q in QUICK if "progress_bar" not in q], "train.epochs=3", "--out", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
     assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"] and "train_loss" in lines[0]
@@ -159,8 +178,11 @@ def test_one_line_per_epoch_without_a_terminal(tmp_path):
 
 @pytest.mark.parametrize("model", ["vae", "ssvae", "vae-on-sparse-rows"])
 def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
-    extra = ["model=ssvae", "data.labels=100", "model.classifier_hidden=[32]", "data.validation=100"] \
-        if model == "ssvae" else []
+    extra = (
+        ["model=ssvae", "data.labels=100", "model.classifier_hidden=[32]", "data.validation=100"]
+        if model == "ssvae"
+        else []
+    )
     if model == "vae-on-sparse-rows":  # sparse data stay sparse under DDP: each process gathers its shard
         import numpy as np
         import scipy.sparse as sp
@@ -169,8 +191,19 @@ def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
         sp.save_npz(tmp_path / "digits.npz", sp.csr_matrix(load_digits().data.astype(np.float32) / 16))
         extra = ["data=array", f"data.path={tmp_path / 'digits.npz'}"]
     ddp = tmp_path / "ddp"
-    r = _train(["train.epochs=4", "train.batch_size=32", *extra, "trainer.accelerator=cpu", "trainer.devices=2",
-                "trainer.strategy=ddp", "--out", str(ddp)], timeout=600)
+    r = _train(
+        [
+            "train.epochs=4",
+            "train.batch_size=32",
+            *extra,
+            "trainer.accelerator=cpu",
+            "trainer.devices=2",
+            "trainer.strategy=ddp",
+            "--out",
+            str(ddp),
+        ],
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-1500:]
     m = json.loads((ddp / "metrics.json").read_text())
     assert m["world_size"] == 2

@@ -3,6 +3,7 @@
 One digits VAE, trained once without class 0, serves every test (its run directory is
 what the CLI commands read).
 """
+
 import json
 
 import numpy as np
@@ -24,8 +25,12 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def trained(tmp_path_factory):
     """A digits VAE trained without class 0 (the anomaly tests score class 0 as unseen)."""
     run = tmp_path_factory.mktemp("evaluate") / "run"
-    return fit(None, out=run, plots=False,
-               overrides=[*QUICK, "train.epochs=25", "train.elbo=meanfield", "data.exclude_classes=[0]"])
+    return fit(
+        None,
+        out=run,
+        plots=False,
+        overrides=[*QUICK, "train.epochs=25", "train.elbo=meanfield", "data.exclude_classes=[0]"],
+    )
 
 
 def test_iwae_is_non_decreasing_in_k_on_average(trained):
@@ -49,7 +54,7 @@ def test_iwae_chunking_bounds_memory_without_changing_the_estimate(trained):
     torch.manual_seed(0)
     small_chunks = iwae_log_likelihood(trained.model, x, 2000, max_rows=500)
     torch.manual_seed(1)
-    one_chunk = iwae_log_likelihood(trained.model, x, 2000, max_rows=10 ** 6)
+    one_chunk = iwae_log_likelihood(trained.model, x, 2000, max_rows=10**6)
     assert small_chunks.shape == (3,) and bool(torch.isfinite(small_chunks).all())
     # same estimator, different random draws: with K=2000 they agree to well under a nat
     assert torch.allclose(small_chunks, one_chunk, atol=0.2)
@@ -110,10 +115,25 @@ def test_score_evaluate_and_generation_from_the_cli(trained, tmp_path, capsys):
     # an array file is scored row by row, in order; noise scores far above the test images
     torch.manual_seed(0)
     np.save(tmp_path / "noise.npy", torch.rand(20, 64).numpy())
-    assert main(["score", run, "--data", str(tmp_path / "noise.npy"), "--score", "neg_log_likelihood",
-                 "num_samples=20", "--out", str(tmp_path / "noise.csv")]) == 0
-    assert main(["score", run, "--score", "neg_log_likelihood", "num_samples=20",
-                 "--out", str(tmp_path / "nll.csv")]) == 0
+    assert (
+        main(
+            [
+                "score",
+                run,
+                "--data",
+                str(tmp_path / "noise.npy"),
+                "--score",
+                "neg_log_likelihood",
+                "num_samples=20",
+                "--out",
+                str(tmp_path / "noise.csv"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(["score", run, "--score", "neg_log_likelihood", "num_samples=20", "--out", str(tmp_path / "nll.csv")]) == 0
+    )
     noise = np.loadtxt(tmp_path / "noise.csv", delimiter=",", skiprows=1)
     nll = np.loadtxt(tmp_path / "nll.csv", delimiter=",", skiprows=1)
     assert noise.shape == (20, 2) and noise[:, 1].mean() > nll[:, 1].mean() + 10
@@ -130,7 +150,9 @@ def test_score_evaluate_and_generation_from_the_cli(trained, tmp_path, capsys):
     capsys.readouterr()
     assert main(["sample", run, "--interpolate", "0", "9999", "--out", str(tmp_path / "i.png")]) == 2
     assert "out of range" in capsys.readouterr().err
-    assert main(["score", run, "--score", "neg_log_likelihood", "num_samples=-1", "--out", str(tmp_path / "s.csv")]) == 2
+    assert (
+        main(["score", run, "--score", "neg_log_likelihood", "num_samples=-1", "--out", str(tmp_path / "s.csv")]) == 2
+    )
     assert main(["score", run, "--score", "nonsense", "--out", str(tmp_path / "s.csv")]) == 2
     assert main(["score", run, "--out", str(tmp_path / "s.txt")]) == 2
 
@@ -140,14 +162,31 @@ def test_scores_and_log_likelihood_of_the_semi_supervised_model(tmp_path, capsys
     """For model=ssvae the label is summed out of both the ELBO and the IWAE estimate."""
     pytest.importorskip("pyro_vae.models.ssvae")
     run = tmp_path / "m2"
-    assert main(["train", "model=ssvae", "latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]",
-                 "model.classifier_hidden=[16]", "trainer.progress_bar=false", "data.labels=50",
-                 "train.epochs=2", "--out", str(run)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "model=ssvae",
+                "latent_dim=3",
+                "encoder.hidden=[16]",
+                "decoder.hidden=[16]",
+                "model.classifier_hidden=[16]",
+                "trainer.progress_bar=false",
+                "data.labels=50",
+                "train.epochs=2",
+                "--out",
+                str(run),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", str(run), "--iwae-samples", "20"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["test_log_likelihood"] > -metrics["test_loss"] - 0.5
-    assert main(["score", str(run), "--anomaly-class", "3", "--score", "neg_elbo", "--out", str(tmp_path / "s.csv")]) == 0
+    assert (
+        main(["score", str(run), "--anomaly-class", "3", "--score", "neg_elbo", "--out", str(tmp_path / "s.csv")]) == 0
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-2])
     assert 0 <= result["auroc"] <= 1
     assert np.loadtxt(tmp_path / "s.csv", delimiter=",", skiprows=1).shape == (359, 3)

@@ -2,6 +2,7 @@
 read-only, a checkpoint from another version, data that changed before --resume, and many
 interrupt / resume cycles. Each ends in one line and a non-zero exit, keeps the last good
 checkpoint, and leaves a folder that --resume continues or refuses in one line."""
+
 import csv
 import json
 import os
@@ -22,7 +23,7 @@ from conftest import QUICK
 CLI = [sys.executable, "-m", "pyro_vae.cli"]
 
 # imported as a plugin: stops the run at one stage (PAUSE_AT), says so in PAUSE_MARK and waits
-PAUSER = '''
+PAUSER = """
 import contextlib, os, pathlib, signal, time
 
 import pyro_vae.data, pyro_vae.evaluate, pyro_vae.train, pyro_vae.utils
@@ -93,7 +94,7 @@ elif STAGE == "model.pt":  # half the file written, then the signal
             yield tmp
 
     pyro_vae.utils.atomic_path = half_then_pause
-'''
+"""
 
 
 def _train_cmd(run, *args):
@@ -136,8 +137,10 @@ def _loadable(ckpt):
 
 
 # ---------------------------------------------------------------- signals at every stage
-STAGES = [(stage, signal.SIGTERM)
-          for stage in ("imports", "data", "model", "first-step", "last-step", "evaluation", "model.pt")]
+STAGES = [
+    (stage, signal.SIGTERM)
+    for stage in ("imports", "data", "model", "first-step", "last-step", "evaluation", "model.pt")
+]
 STAGES += [(stage, signal.SIGINT) for stage in ("imports", "data", "evaluation")]  # Ctrl-C: the same paths
 
 
@@ -182,9 +185,13 @@ def test_a_run_stopped_inside_an_epoch_resumes_to_the_uninterrupted_run(tmp_path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     whole, run, mark = tmp_path / "whole", tmp_path / "run", tmp_path / "mark"
     subprocess.run(_train_cmd(whole, "train.epochs=4"), capture_output=True, check=True, env=env)
-    proc = subprocess.Popen(_train_cmd(run, "train.epochs=4", f"plugins=[{plugin}]"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**env, "PAUSE_AT": "mid-epoch",
-                                                                    "PAUSE_MARK": str(mark)})
+    proc = subprocess.Popen(
+        _train_cmd(run, "train.epochs=4", f"plugins=[{plugin}]"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**env, "PAUSE_AT": "mid-epoch", "PAUSE_MARK": str(mark)},
+    )
     assert _wait_for(mark.is_file, proc), proc.communicate()[1][-1500:]
     proc.send_signal(signal.SIGTERM)
     mark.with_suffix(".go").write_text("")
@@ -205,8 +212,12 @@ def test_a_signal_whose_exception_python_dropped_still_stops_the_run_saved(tmp_p
     plugin = tmp_path / "pauser.py"
     plugin.write_text(textwrap.dedent(PAUSER))
     run = tmp_path / "run"
-    r = subprocess.run(_train_cmd(run, f"plugins=[{plugin}]"), capture_output=True, text=True,
-                       env={**os.environ, "PAUSE_AT": "dropped"})
+    r = subprocess.run(
+        _train_cmd(run, f"plugins=[{plugin}]"),
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PAUSE_AT": "dropped"},
+    )
     # past the model build (the exception did not reach fit), stopped after the first step
     assert r.returncode == 143 and "in epoch 1 after step 1/" in _last_line(r.stderr), r.stderr[-1500:]
     assert _loadable(run / "checkpoints" / "last.ckpt") is not None and not (run / "model.pt").exists()
@@ -237,8 +248,13 @@ def _ignore_sigxfsz():
 @pytest.mark.skipif(not hasattr(resource, "prlimit"), reason="needs Linux prlimit")
 def test_a_full_disk_during_a_checkpoint_keeps_the_previous_one_and_is_one_line(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, "train.epochs=400", "train.batch_size=16"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, preexec_fn=_ignore_sigxfsz)
+    proc = subprocess.Popen(
+        _train_cmd(run, "train.epochs=400", "train.batch_size=16"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_ignore_sigxfsz,
+    )
     ckpt = run / "checkpoints" / "last.ckpt"
 
     def two_epochs():
@@ -298,8 +314,12 @@ def _read_only(folder):
 
 def test_a_run_folder_that_turns_read_only_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, "train.epochs=400", "train.batch_size=16"), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _train_cmd(run, "train.epochs=400", "train.batch_size=16"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ckpt = run / "checkpoints" / "last.ckpt"
 
     def two_epochs():

@@ -1,4 +1,5 @@
 """likelihood.library_size for poisson / negative_binomial / zinb: mean = softmax(decoder) * total."""
+
 import numpy as np
 import pytest
 import torch
@@ -74,10 +75,13 @@ def test_a_zero_row_has_a_finite_log_likelihood():
     assert torch.isfinite(lk(out, x).log_prob(x)).all()
 
 
-@pytest.mark.parametrize("spec, words", [
-    ({"name": "zinb", "library_size": "learnt"}, "library_size must be one of observed, none"),
-    ({"name": "poisson", "library_size": 3}, "library_size must be one of"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"name": "zinb", "library_size": "learnt"}, "library_size must be one of observed, none"),
+        ({"name": "poisson", "library_size": 3}, "library_size must be one of"),
+    ],
+)
 def test_bad_library_size_is_a_one_line_config_error(spec, words):
     with pytest.raises(ConfigError, match=words) as e:
         LIKELIHOODS.build(spec, data_dim=3)
@@ -87,9 +91,19 @@ def test_bad_library_size_is_a_one_line_config_error(spec, words):
 def test_cli_bad_library_size(capsys, tmp_path):
     x, _ = counts_with_varying_depth(n=50, genes=5)
     np.save(tmp_path / "x.npy", x)
-    code = main(["train", "data.name=array", f"data.path={tmp_path / 'x.npy'}", "likelihood.name=zinb",
-                 "likelihood.library_size=learned", "trainer.progress_bar=false", "train.epochs=1",
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            "data.name=array",
+            f"data.path={tmp_path / 'x.npy'}",
+            "likelihood.name=zinb",
+            "likelihood.library_size=learned",
+            "trainer.progress_bar=false",
+            "train.epochs=1",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "library_size" in err and len(err.splitlines()) == 1
 
@@ -97,18 +111,29 @@ def test_cli_bad_library_size(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def varying_depth_runs():
     x, y = counts_with_varying_depth()
-    common = ["likelihood=zinb", "latent_dim=2", "encoder.hidden=[32]", "decoder.hidden=[32]",
-              "encoder.activation=relu", "decoder.activation=relu", "train.epochs=30", "train.batch_size=64",
-              "trainer.progress_bar=false", "trainer.logger=none", "seed=0"]
-    return {mode: pyro_vae.fit(x, y, overrides=common + [f"likelihood.library_size={mode}"], save=False,
-                               plots=False) for mode in ("observed", "none")}
+    common = [
+        "likelihood=zinb",
+        "latent_dim=2",
+        "encoder.hidden=[32]",
+        "decoder.hidden=[32]",
+        "encoder.activation=relu",
+        "decoder.activation=relu",
+        "train.epochs=30",
+        "train.batch_size=64",
+        "trainer.progress_bar=false",
+        "trainer.logger=none",
+        "seed=0",
+    ]
+    return {
+        mode: pyro_vae.fit(x, y, overrides=common + [f"likelihood.library_size={mode}"], save=False, plots=False)
+        for mode in ("observed", "none")
+    }
 
 
 def test_library_size_beats_none_when_depth_varies(varying_depth_runs):
     obs, none = varying_depth_runs["observed"], varying_depth_runs["none"]
     assert obs.metrics["test_loss"] < none.metrics["test_loss"] - 5  # nats per cell
-    assert float(obs.model.likelihood.typical_library) == pytest.approx(
-        float(obs.data.train.x.sum(-1).median()))
+    assert float(obs.model.likelihood.typical_library) == pytest.approx(float(obs.data.train.x.sum(-1).median()))
 
 
 def test_elbo_and_iwae_are_finite_and_ordered(varying_depth_runs):
@@ -127,18 +152,42 @@ def test_ssvae_trains_on_counts_with_library_size():
     x, y = counts_with_varying_depth(n=300, genes=20)
     y = y.astype(float)
     y[30:] = np.nan  # most labels unknown
-    r = pyro_vae.fit(x, y, overrides=["model=ssvae", "likelihood=zinb", "latent_dim=2", "encoder.hidden=[16]",
-                                      "decoder.hidden=[16]", "model.classifier_hidden=[16]", "train.epochs=2",
-                                      "trainer.progress_bar=false", "trainer.logger=none"], save=False, plots=False)
+    r = pyro_vae.fit(
+        x,
+        y,
+        overrides=[
+            "model=ssvae",
+            "likelihood=zinb",
+            "latent_dim=2",
+            "encoder.hidden=[16]",
+            "decoder.hidden=[16]",
+            "model.classifier_hidden=[16]",
+            "train.epochs=2",
+            "trainer.progress_bar=false",
+            "trainer.logger=none",
+        ],
+        save=False,
+        plots=False,
+    )
     assert np.isfinite(r.metrics["test_loss"])
     assert r.model.likelihood.library_size == "observed" and r.model.likelihood.log_input
 
 
 def test_the_median_total_is_saved_with_the_model(tmp_path):
     x, _ = counts_with_varying_depth(n=200, genes=10)
-    r = pyro_vae.fit(x, overrides=["likelihood=negative_binomial", "latent_dim=2", "encoder.hidden=[8]",
-                                   "decoder.hidden=[8]", "train.epochs=1", "trainer.progress_bar=false"],
-                     out=tmp_path / "run", plots=False)
+    r = pyro_vae.fit(
+        x,
+        overrides=[
+            "likelihood=negative_binomial",
+            "latent_dim=2",
+            "encoder.hidden=[8]",
+            "decoder.hidden=[8]",
+            "train.epochs=1",
+            "trainer.progress_bar=false",
+        ],
+        out=tmp_path / "run",
+        plots=False,
+    )
     loaded = pyro_vae.load(tmp_path / "run")
     want = float(torch.tensor(x[r.data.train.rows.numpy()]).sum(1).median())  # the lower median
     assert float(loaded.likelihood.typical_library) == pytest.approx(want)

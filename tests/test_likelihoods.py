@@ -41,10 +41,14 @@ def test_laplace_student_t_continuous_bernoulli_beta():
     x = torch.rand(4, 6) * 0.9 + 0.05
     s = math.exp(0) + 1e-4
     assert torch.allclose(build("laplace")(OUT).log_prob(x), dist.Laplace(OUT, s).log_prob(x).sum(-1), atol=1e-5)
-    assert torch.allclose(build("student_t", df=5.0)(OUT).log_prob(x),
-                          dist.StudentT(5.0, OUT, s).log_prob(x).sum(-1), atol=1e-5)
-    assert torch.allclose(build("continuous_bernoulli")(OUT).log_prob(x),
-                          torch.distributions.ContinuousBernoulli(logits=OUT).log_prob(x).sum(-1), atol=1e-4)
+    assert torch.allclose(
+        build("student_t", df=5.0)(OUT).log_prob(x), dist.StudentT(5.0, OUT, s).log_prob(x).sum(-1), atol=1e-5
+    )
+    assert torch.allclose(
+        build("continuous_bernoulli")(OUT).log_prob(x),
+        torch.distributions.ContinuousBernoulli(logits=OUT).log_prob(x).sum(-1),
+        atol=1e-4,
+    )
     beta = build("beta")
     out2 = torch.cat([OUT, -OUT], -1)
     a, b = F.softplus(OUT) + 1e-3, F.softplus(-OUT) + 1e-3
@@ -59,59 +63,81 @@ def test_count_likelihoods_match_their_distributions():
     by_hand = torch.log_softmax(logits.reshape(4, 5, 6).transpose(1, 2), -1)
     expected = by_hand.gather(-1, k.long()[..., None]).squeeze(-1).sum(-1)
     assert torch.allclose(cat(logits).log_prob(k), expected, atol=1e-5)
-    assert torch.allclose(build("binomial", total_count=4)(OUT).log_prob(k),
-                          torch.distributions.Binomial(4, logits=OUT).log_prob(k).sum(-1), atol=1e-4)
+    assert torch.allclose(
+        build("binomial", total_count=4)(OUT).log_prob(k),
+        torch.distributions.Binomial(4, logits=OUT).log_prob(k).sum(-1),
+        atol=1e-4,
+    )
     # library_size=none: the decoder gives the mean itself (observed: tests/test_library_size.py)
-    assert torch.allclose(build("poisson", library_size="none")(OUT).log_prob(k),
-                          torch.distributions.Poisson(F.softplus(OUT) + 1e-6).log_prob(k).sum(-1), atol=1e-4)
+    assert torch.allclose(
+        build("poisson", library_size="none")(OUT).log_prob(k),
+        torch.distributions.Poisson(F.softplus(OUT) + 1e-6).log_prob(k).sum(-1),
+        atol=1e-4,
+    )
     nb = build("negative_binomial", library_size="none")
-    assert torch.allclose(nb(OUT).log_prob(k),
-                          torch.distributions.NegativeBinomial(torch.ones(6), logits=OUT).log_prob(k).sum(-1), atol=1e-4)
+    assert torch.allclose(
+        nb(OUT).log_prob(k),
+        torch.distributions.NegativeBinomial(torch.ones(6), logits=OUT).log_prob(k).sum(-1),
+        atol=1e-4,
+    )
     zinb = build("zinb", library_size="none")
     gate = torch.full((4, 6), -50.0)  # no zero inflation: reduces to the negative binomial
     assert torch.allclose(zinb(torch.cat([OUT, gate], -1)).log_prob(k), nb(OUT).log_prob(k), atol=1e-4)
 
 
 def test_mixed_sums_its_column_groups():
-    mixed = build("mixed", data_dim=5, groups=[
-        {"columns": [0, 1], "name": "gaussian", "scale": 1.0},
-        {"columns": [2], "name": "categorical", "levels": 3},
-        {"columns": [3, 4], "name": "bernoulli"}])
+    mixed = build(
+        "mixed",
+        data_dim=5,
+        groups=[
+            {"columns": [0, 1], "name": "gaussian", "scale": 1.0},
+            {"columns": [2], "name": "categorical", "levels": 3},
+            {"columns": [3, 4], "name": "bernoulli"},
+        ],
+    )
     assert mixed.output_size == 2 + 3 + 2
     out = torch.randn(4, 7)
     x = torch.tensor([[0.5, -1.0, 2.0, 1.0, 0.0]]).expand(4, 5)
-    expected = (dist.Normal(out[:, :2], 1.0).log_prob(x[:, :2]).sum(-1)
-                + torch.log_softmax(out[:, 2:5], -1)[:, 2]
-                - F.binary_cross_entropy_with_logits(out[:, 5:], x[:, 3:], reduction="none").sum(-1))
+    expected = (
+        dist.Normal(out[:, :2], 1.0).log_prob(x[:, :2]).sum(-1)
+        + torch.log_softmax(out[:, 2:5], -1)[:, 2]
+        - F.binary_cross_entropy_with_logits(out[:, 5:], x[:, 3:], reduction="none").sum(-1)
+    )
     assert torch.allclose(mixed(out).log_prob(x), expected, atol=1e-5)
     assert mixed(out).sample().shape == (4, 5) and mixed.mean(out).shape == (4, 5)
     with pytest.raises(ConfigError, match="exactly once"):
         build("mixed", data_dim=5, groups=[{"columns": [0, 1], "name": "gaussian"}])
 
 
-@pytest.mark.parametrize("name, params, x, words", [
-    ("bernoulli", {}, [[0.2, 1.5]], "values in [0,1]"),
-    ("beta", {}, [[0.0, 0.5]], "strictly inside (0,1)"),
-    ("poisson", {}, [[-1.0, 2.0]], "non-negative integer"),
-    ("binomial", {"total_count": 16}, [[0.5, 2.0]], "data.normalize=false"),
-    ("binomial", {"total_count": 4}, [[5.0, 2.0]], "at most 4"),
-    ("categorical", {"levels": 3}, [[3.0, 0.0]], "at most 2"),
-    ("gaussian", {}, [[float("nan"), 0.0]], "NaN/inf"),
-])
+@pytest.mark.parametrize(
+    "name, params, x, words",
+    [
+        ("bernoulli", {}, [[0.2, 1.5]], "values in [0,1]"),
+        ("beta", {}, [[0.0, 0.5]], "strictly inside (0,1)"),
+        ("poisson", {}, [[-1.0, 2.0]], "non-negative integer"),
+        ("binomial", {"total_count": 16}, [[0.5, 2.0]], "data.normalize=false"),
+        ("binomial", {"total_count": 4}, [[5.0, 2.0]], "at most 4"),
+        ("categorical", {"levels": 3}, [[3.0, 0.0]], "at most 2"),
+        ("gaussian", {}, [[float("nan"), 0.0]], "NaN/inf"),
+    ],
+)
 def test_data_that_does_not_fit_is_a_clear_error(name, params, x, words):
     with pytest.raises(DataError) as e:
         build(name, data_dim=2, **params).check_data(torch.tensor(x), where="the train split")
     assert words in str(e.value) and "row 0" in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("spec, words", [
-    ({"name": "gaussian", "scale": -1}, "positive"),
-    ({"name": "gaussian", "scale": "huge"}, "per_datum"),
-    ({"name": "gaussian", "sigma": 1}, "no parameter 'sigma'"),
-    ({"name": "categorical", "levels": 1}, "at least 2"),
-    ({"name": "binomial", "total_count": 2.5}, "positive integer"),
-    ({"name": "gausian"}, "valid likelihoods"),
-])
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"name": "gaussian", "scale": -1}, "positive"),
+        ({"name": "gaussian", "scale": "huge"}, "per_datum"),
+        ({"name": "gaussian", "sigma": 1}, "no parameter 'sigma'"),
+        ({"name": "categorical", "levels": 1}, "at least 2"),
+        ({"name": "binomial", "total_count": 2.5}, "positive integer"),
+        ({"name": "gausian"}, "valid likelihoods"),
+    ],
+)
 def test_bad_likelihood_parameters(spec, words):
     with pytest.raises(ConfigError, match=words):
         LIKELIHOODS.build(spec, data_dim=3)
@@ -170,7 +196,10 @@ def _three_positional(self, out, x, y):
 @pytest.mark.parametrize("name", ["forward", "mean"])
 @pytest.mark.parametrize("fn", [_no_arguments, _x_required, _extra_required, _three_positional])
 def test_any_other_forward_or_mean_signature_is_a_one_line_config_error(name, fn):
-    with pytest.raises(ConfigError, match=rf"likelihood class Odd: {name}\(self.*\) must be {name}\(self, out\) "
-                                          rf"or {name}\(self, out, x=None\)") as e:
+    with pytest.raises(
+        ConfigError,
+        match=rf"likelihood class Odd: {name}\(self.*\) must be {name}\(self, out\) "
+        rf"or {name}\(self, out, x=None\)",
+    ) as e:
         types.new_class("Odd", (Likelihood,), exec_body=lambda ns: ns.update({name: fn}))
     assert "\n" not in str(e.value)

@@ -1,5 +1,6 @@
 """Stacked M1+M2: the program, the two stages in one run (resume included), the user API, and
 that the stack pays off on the digits."""
+
 import csv
 import json
 
@@ -17,9 +18,20 @@ from pyro_vae.models.m1m2 import M1M2
 from pyro_vae.train import build_model, fit
 from pyro_vae.training import plan_for
 
-SMALL = ["model=m1m2", "model.m1_epochs=3", "train.epochs=2", "model.z1_dim=4", "encoder.hidden=[32]",
-         "decoder.hidden=[32]", "model.z2_dim=3", "model.m2_hidden=[16]", "model.classifier_hidden=[16]",
-         "data.labels=40", "data.validation=100", "trainer.progress_bar=false"]
+SMALL = [
+    "model=m1m2",
+    "model.m1_epochs=3",
+    "train.epochs=2",
+    "model.z1_dim=4",
+    "encoder.hidden=[32]",
+    "decoder.hidden=[32]",
+    "model.z2_dim=3",
+    "model.m2_hidden=[16]",
+    "model.classifier_hidden=[16]",
+    "data.labels=40",
+    "data.validation=100",
+    "trainer.progress_bar=false",
+]
 
 
 def tiny(extra=()):
@@ -48,8 +60,8 @@ def test_the_elbo_is_the_stacked_programs_and_bounds_the_likelihood():
 def test_m2_inside_takes_its_keys_from_model_m1m2():
     m, cfg = tiny(["model.classifier_dropout=0", "model.aux_loss_multiplier=7"])
     assert m.m2.data_dim == 4 and m.m2.latent_dim == 3 and m.latent_dim == 4  # z1 and z2 sizes
-    assert not any(isinstance(l, torch.nn.Dropout) for l in m.m2.classifier.modules())
-    assert any(isinstance(l, torch.nn.Dropout) for l in tiny()[0].m2.classifier.modules())
+    assert not any(isinstance(layer, torch.nn.Dropout) for layer in m.m2.classifier.modules())
+    assert any(isinstance(layer, torch.nn.Dropout) for layer in tiny()[0].m2.classifier.modules())
     plan = plan_for(m, cfg)
     assert plan.m2_plan.cfg.model.aux_loss_multiplier == 7
     assert type(m.m2.likelihood).registry_name == "gaussian"

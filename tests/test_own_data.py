@@ -1,4 +1,5 @@
 """Users' own data: sparse matrices that stay sparse, AnnData / .h5ad, and folders of images."""
+
 import sys
 import warnings
 
@@ -13,8 +14,7 @@ from pyro_vae.training.batches import IndexBatchSampler, RowBatches
 
 sp = pytest.importorskip("scipy.sparse")
 
-QUICK = ["trainer.progress_bar=false", "latent_dim=2", "encoder.hidden=[32]", "decoder.hidden=[32]",
-         "train.epochs=3"]
+QUICK = ["trainer.progress_bar=false", "latent_dim=2", "encoder.hidden=[32]", "decoder.hidden=[32]", "train.epochs=3"]
 
 
 def _counts(n=300, seed=0):
@@ -72,8 +72,20 @@ def test_sparse_npz_file_trains_sparse_and_odd_dense_npz_is_refused(tmp_path, ca
     x, _ = _counts()
     sp.save_npz(tmp_path / "counts.npz", sp.csr_matrix(x))
     out = tmp_path / "run"
-    assert main(["train", "data=array", f"data.path={tmp_path / 'counts.npz'}", "likelihood=poisson", *QUICK,
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=array",
+                f"data.path={tmp_path / 'counts.npz'}",
+                "likelihood=poisson",
+                *QUICK,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = pyro_vae.load_data(pyro_vae.load(out).config)
     assert isinstance(data.train.x, SparseRows) and data.data_dim == 30
     # encode walks the sparse rows in batches
@@ -104,8 +116,10 @@ def _adata(n=300):
     names = np.array(["B cell", "NK", "T cell"], dtype=object)[y]
     names[60:] = None  # most cells unlabelled
     names[5] = "unknown"
-    obs = pd.DataFrame({"cell_type": pd.Categorical(names), "sample": np.where(np.arange(n) % 2, "s1", "s2")},
-                       index=[f"cell{i}" for i in range(n)])
+    obs = pd.DataFrame(
+        {"cell_type": pd.Categorical(names), "sample": np.where(np.arange(n) % 2, "s1", "s2")},
+        index=[f"cell{i}" for i in range(n)],
+    )
     a = ad.AnnData(X=np.log1p(x), obs=obs)
     a.layers["counts"] = sp.csr_matrix(x)
     return a, y
@@ -122,8 +136,18 @@ def test_anndata_counts_layer_trains_zinb_and_ssvae_with_missing_labels():
     assert 0 < int(known.sum()) < 60  # NaN and "unknown" are unlabelled
     truth = torch.as_tensor(y)[r.data.train.rows]
     assert torch.equal(r.data.train.y[known], truth[known])  # names mapped to the sorted categories
-    m2 = pyro_vae.fit(a, overrides=[*keys, "model=ssvae", "likelihood=negative_binomial",
-                                    "model.classifier_hidden=[16]", *QUICK, "train.epochs=5"], save=False)
+    m2 = pyro_vae.fit(
+        a,
+        overrides=[
+            *keys,
+            "model=ssvae",
+            "likelihood=negative_binomial",
+            "model.classifier_hidden=[16]",
+            *QUICK,
+            "train.epochs=5",
+        ],
+        save=False,
+    )
     assert isinstance(m2.model, pyro_vae.Classifier) and m2.model.data_info.class_names == ["B cell", "NK", "T cell"]
     assert m2.metrics["test_accuracy"] > 0.6
 
@@ -132,9 +156,24 @@ def test_h5ad_file_through_the_cli_and_classify_prints_names(tmp_path, capsys):
     a, _ = _adata()
     a.write_h5ad(tmp_path / "cells.h5ad")
     out = tmp_path / "run"
-    assert main(["train", "data=anndata", f"data.path={tmp_path / 'cells.h5ad'}", "data.layer=counts",
-                 "data.label_key=cell_type", "model=ssvae", "likelihood=poisson", "model.classifier_hidden=[16]",
-                 *QUICK, "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=anndata",
+                f"data.path={tmp_path / 'cells.h5ad'}",
+                "data.layer=counts",
+                "data.label_key=cell_type",
+                "model=ssvae",
+                "likelihood=poisson",
+                "model.classifier_hidden=[16]",
+                *QUICK,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert main(["classify", str(out), "--data", str(tmp_path / "cells.h5ad"), "--out", str(tmp_path / "c.csv")]) == 0
     lines = (tmp_path / "c.csv").read_text().splitlines()
     assert lines[0].startswith("row,predicted,predicted_name,p_B cell") and len(lines) == 301
@@ -158,8 +197,10 @@ def _image_folder(root, n=10, size=20):
     Image = pytest.importorskip("PIL.Image")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:size, :size]
-    shapes = {"disc": (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2,
-              "square": (abs(yy - size / 2) < size / 4) & (abs(xx - size / 2) < size / 4)}
+    shapes = {
+        "disc": (yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2,
+        "square": (abs(yy - size / 2) < size / 4) & (abs(xx - size / 2) < size / 4),
+    }
     for name, mask in shapes.items():
         (root / name).mkdir(parents=True)
         for i in range(n):
@@ -171,11 +212,33 @@ def _image_folder(root, n=10, size=20):
 def test_image_folder_trains_through_the_cli_and_fit(tmp_path):
     root = _image_folder(tmp_path / "imgs")
     out = tmp_path / "run"
-    assert main(["train", "data=image_folder", f"data.root={root}", "data.image_size=16", "train.epochs=2",
-                 "trainer.progress_bar=false", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "data=image_folder",
+                f"data.root={root}",
+                "data.image_size=16",
+                "train.epochs=2",
+                "trainer.progress_bar=false",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert pyro_vae.load(out).image_shape == (1, 16, 16) and (out / "samples.png").is_file()
-    r = pyro_vae.fit(None, save=False, overrides=["data=image_folder", f"data.root={root}", "data.channels=3",
-                                                  "train.epochs=2", "trainer.progress_bar=false"])
+    r = pyro_vae.fit(
+        None,
+        save=False,
+        overrides=[
+            "data=image_folder",
+            f"data.root={root}",
+            "data.channels=3",
+            "train.epochs=2",
+            "trainer.progress_bar=false",
+        ],
+    )
     x = torch.cat([r.data.train.x, r.data.test.x])
     assert r.data.image_shape == (3, 20, 20) and r.data.class_names == ["disc", "square"]
     assert float(x.min()) >= 0 and float(x.max()) <= 1 and float(x.max()) > 0.8

@@ -1,4 +1,5 @@
 """Users register their own prior or likelihood from their own file, with no edit to the library."""
+
 import textwrap
 
 import pytest
@@ -33,9 +34,21 @@ class WideNormal(Prior):
 def test_a_prior_registered_in_a_user_file_trains_from_the_config(tmp_path):
     plugin = tmp_path / "my_priors.py"
     plugin.write_text(textwrap.dedent(PLUGIN))
-    r = fit(None, save=False, overrides=[
-        f"plugins=[{plugin}]", "prior.name=wide_normal", "prior.width=3.0", "trainer.progress_bar=false",
-        "train.epochs=2", "latent_dim=3", "encoder.hidden=[32]", "decoder.hidden=[32]", "train.elbo=meanfield"])
+    r = fit(
+        None,
+        save=False,
+        overrides=[
+            f"plugins=[{plugin}]",
+            "prior.name=wide_normal",
+            "prior.width=3.0",
+            "trainer.progress_bar=false",
+            "train.epochs=2",
+            "latent_dim=3",
+            "encoder.hidden=[32]",
+            "decoder.hidden=[32]",
+            "train.elbo=meanfield",
+        ],
+    )
     assert type(r.model.prior).__name__ == "WideNormal" and r.model.prior.width == 3.0
     assert float(r.model.prior().stddev[0]) == 3.0
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
@@ -69,8 +82,9 @@ def test_a_likelihood_written_without_the_observed_rows_trains_like_the_built_in
     mine = fit(None, save=False, plots=False, overrides=[f"plugins=[{plugin}]", "likelihood=unit_normal", *SMALL])
     built_in = fit(None, save=False, plots=False, overrides=["likelihood=gaussian", "likelihood.scale=1.0", *SMALL])
     assert type(mine.model.likelihood).__name__ == "UnitNormal"
-    assert [h["train_loss"] for h in mine.history] == pytest.approx([h["train_loss"] for h in built_in.history],
-                                                                     rel=1e-6)
+    assert [h["train_loss"] for h in mine.history] == pytest.approx(
+        [h["train_loss"] for h in built_in.history], rel=1e-6
+    )
     assert mine.metrics["test_loss"] == pytest.approx(built_in.metrics["test_loss"], rel=1e-6)
     x = mine.data.test.x[:8]
     assert torch.allclose(mine.model.reconstruct(x), built_in.model.reconstruct(x))
@@ -78,8 +92,9 @@ def test_a_likelihood_written_without_the_observed_rows_trains_like_the_built_in
 
 def test_a_likelihood_plugin_with_another_forward_signature_is_a_one_line_error(tmp_path, capsys, own_likelihoods):
     plugin = tmp_path / "bad_likelihoods.py"
-    plugin.write_text(textwrap.dedent(LIKELIHOOD_PLUGIN).replace("def forward(self, out):",
-                                                                 "def forward(self, out, x, scale):"))
+    plugin.write_text(
+        textwrap.dedent(LIKELIHOOD_PLUGIN).replace("def forward(self, out):", "def forward(self, out, x, scale):")
+    )
     assert main(["train", f"plugins=[{plugin}]", "likelihood=unit_normal", *SMALL, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "likelihood class UnitNormal: forward(self, out, x, scale) must be" in err[0], err

@@ -5,22 +5,35 @@ from torch.distributions import kl_divergence
 
 from pyro_vae.config import load_config
 from pyro_vae.errors import ConfigError
-from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.models import DataInfo
 from pyro_vae.training import plan_for
 from pyro_vae.priors import PRIORS
 from pyro_vae.train import build_model, fit
 
 PRIOR_SPECS = {
-    "normal": {}, "learned_normal": {}, "mog": {"components": 3}, "vamp": {"components": 5},
-    "flow": {"layers": 2}, "laplace": {}, "student_t": {"df": 4.0},
+    "normal": {},
+    "learned_normal": {},
+    "mog": {"components": 3},
+    "vamp": {"components": 5},
+    "flow": {"layers": 2},
+    "laplace": {},
+    "student_t": {"df": 4.0},
 }
 
 
 def _vae(prior, likelihood="bernoulli", extra=(), latent_dim=2, data_dim=64):
-    cfg = load_config(None, [f"latent_dim={latent_dim}", "encoder.hidden=[32]", "decoder.hidden=[32]",
-                             f"prior.name={prior}", f"likelihood.name={likelihood}", *extra]
-                      + [f"prior.{k}={v}" for k, v in PRIOR_SPECS.get(prior, {}).items()])
+    cfg = load_config(
+        None,
+        [
+            f"latent_dim={latent_dim}",
+            "encoder.hidden=[32]",
+            "decoder.hidden=[32]",
+            f"prior.name={prior}",
+            f"likelihood.name={likelihood}",
+            *extra,
+        ]
+        + [f"prior.{k}={v}" for k, v in PRIOR_SPECS.get(prior, {}).items()],
+    )
     return build_model(cfg, DataInfo(data_dim, (1, 8, 8) if data_dim == 64 else None, None, None))
 
 
@@ -69,7 +82,9 @@ def test_meanfield_elbo_falls_back_to_a_monte_carlo_kl_without_a_closed_form(nam
     x = torch.rand(16, 64)
     with torch.no_grad():
         mc = torch.stack([Trace_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(300)]).mean()
-        mf = torch.stack([TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(300)]).mean()
+        mf = torch.stack(
+            [TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(300)]
+        ).mean()
     assert float(mf) == pytest.approx(float(mc), rel=5e-3)
 
 
@@ -121,20 +136,35 @@ def test_every_prior_trains_with_every_likelihood(prior, likelihood, digit_count
 
 
 def test_fit_end_to_end_with_vamp_prior_and_binomial_counts():
-    r = fit(None, save=False, overrides=[
-        "trainer.progress_bar=false", "train.epochs=2", "latent_dim=4", "encoder.hidden=[64]",
-        "decoder.hidden=[64]", "prior.name=vamp", "prior.components=20", "likelihood.name=binomial",
-        "likelihood.total_count=16", "data.normalize=false"])
+    r = fit(
+        None,
+        save=False,
+        overrides=[
+            "trainer.progress_bar=false",
+            "train.epochs=2",
+            "latent_dim=4",
+            "encoder.hidden=[64]",
+            "decoder.hidden=[64]",
+            "prior.name=vamp",
+            "prior.components=20",
+            "likelihood.name=binomial",
+            "likelihood.total_count=16",
+            "data.normalize=false",
+        ],
+    )
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     assert r.model.sample(3).max() <= 16
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["prior.name=mog", "prior.components=0"], "at least 1"),
-    (["prior.name=flow", "prior.transform=magic"], "affine or spline"),
-    (["prior.name=student_t", "prior.df=-1"], "positive"),
-    (["prior.name=vamp", "prior.componentz=3"], "no parameter 'componentz'"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["prior.name=mog", "prior.components=0"], "at least 1"),
+        (["prior.name=flow", "prior.transform=magic"], "affine or spline"),
+        (["prior.name=student_t", "prior.df=-1"], "positive"),
+        (["prior.name=vamp", "prior.componentz=3"], "no parameter 'componentz'"),
+    ],
+)
 def test_bad_prior_parameters(overrides, words):
     with pytest.raises(ConfigError, match=words):
         cfg = load_config(None, overrides)

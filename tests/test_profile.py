@@ -1,4 +1,5 @@
 """--profile: where a command's wall time goes; commands that do not train stay light."""
+
 import re
 import subprocess
 import sys
@@ -24,9 +25,23 @@ def _profile_rows(stderr: str) -> dict:
 @pytest.fixture(scope="module")
 def profiled_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("prof") / "run"
-    r = subprocess.run([sys.executable, "-m", "pyro_vae.cli", "train", "data.name=digits", "train.epochs=2",
-                        "data.validation=100", "trainer.progress_bar=false", "--out", str(out), "--profile"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pyro_vae.cli",
+            "train",
+            "data.name=digits",
+            "train.epochs=2",
+            "data.validation=100",
+            "trainer.progress_bar=false",
+            "--out",
+            str(out),
+            "--profile",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-800:]
     return out, r.stderr
 
@@ -34,8 +49,16 @@ def profiled_run(tmp_path_factory):
 def test_train_profile_accounts_for_the_whole_command(profiled_run):
     _, stderr = profiled_run
     rows = _profile_rows(stderr)
-    for phase in ("import Lightning (the engine)", "data", "training epochs (steps)", "validation",
-                  "test metrics", "plot: samples.png", "plot: latent_map.png", "total"):
+    for phase in (
+        "import Lightning (the engine)",
+        "data",
+        "training epochs (steps)",
+        "validation",
+        "test metrics",
+        "plot: samples.png",
+        "plot: latent_map.png",
+        "total",
+    ):
         assert phase in rows, (phase, sorted(rows))
     assert rows["training epochs (steps)"] > 0 and rows["validation"] > 0
     parts = sum(v for k, v in rows.items() if k != "total")
@@ -56,8 +79,10 @@ def test_no_profile_table_without_the_flag(profiled_run, capsys):
 
 
 def test_the_digits_are_read_without_importing_scikit_learn():
-    code = ("import sys\nfrom pyro_vae.data import _digits_arrays\nx, y = _digits_arrays()\n"
-            "assert 'sklearn' not in sys.modules, 'sklearn imported'\nprint(x.shape, y.shape)")
+    code = (
+        "import sys\nfrom pyro_vae.data import _digits_arrays\nx, y = _digits_arrays()\n"
+        "assert 'sklearn' not in sys.modules, 'sklearn imported'\nprint(x.shape, y.shape)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-500:]
     assert "(1797, 64) (1797,)" in r.stdout
@@ -126,7 +151,9 @@ def test_the_program_exit_codes_survive_the_quick_exit(tmp_path):
     assert subprocess.run(cli + ["--help"], capture_output=True).returncode == 0
     bad = subprocess.run(cli + ["train", "--bogus"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
-    wrong = subprocess.run(cli + ["train", "data.name=nope", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    wrong = subprocess.run(
+        cli + ["train", "data.name=nope", "--out", str(tmp_path / "r")], capture_output=True, text=True
+    )
     assert wrong.returncode == 2 and wrong.stderr.count("\n") == 1 and not (tmp_path / "r").exists()
     # everything printed before the quick exit arrives, also through a pipe
     listed = subprocess.run(cli + ["list"], capture_output=True, text=True)
@@ -134,8 +161,7 @@ def test_the_program_exit_codes_survive_the_quick_exit(tmp_path):
 
 
 def test_a_reader_that_goes_away_is_not_an_error():
-    p = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "list"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+    p = subprocess.Popen([sys.executable, "-m", "pyro_vae.cli", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     p.stdout.readline()
     p.stdout.close()  # like `pyro-vae list | head -1`
     err = p.stderr.read().decode()

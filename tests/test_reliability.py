@@ -1,5 +1,6 @@
 """What is guaranteed: loading runs no code, runs are never overwritten or mixed, bad input is
 refused before training with one line and exit 2, and the same command gives the same numbers."""
+
 import gzip
 import json
 import os
@@ -66,20 +67,33 @@ def plugin_run(tmp_path_factory):
     plugin = folder / "evil_prior.py"
     plugin.write_text(textwrap.dedent(PLUGIN))
     out = folder / "run"
-    r = subprocess.run(CLI + ["train", *QUICK, "train.epochs=1", f"plugins=[{plugin}]", "prior=wide_normal_rel",
-                              "--out", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        CLI + ["train", *QUICK, "train.epochs=1", f"plugins=[{plugin}]", "prior=wide_normal_rel", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-500:]
     plugin.with_suffix(".imported").unlink()
     return out, plugin
 
 
-@pytest.mark.parametrize("command", [
-    ["evaluate"], ["sample", "--out", "s.png"], ["encode", "--out", "z.npy"], ["classify", "--out", "p.csv"],
-    ["score", "--out", "s.csv"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["evaluate"],
+        ["sample", "--out", "s.png"],
+        ["encode", "--out", "z.npy"],
+        ["classify", "--out", "p.csv"],
+        ["score", "--out", "s.csv"],
+    ],
+)
 def test_commands_on_a_run_never_import_its_plugin(plugin_run, command, tmp_path):
     out, plugin = plugin_run
-    argv = CLI + [command[0], str(out)] + [str(tmp_path / a) if a.endswith(("png", "npy", "csv")) else a
-                                            for a in command[1:]]
+    argv = (
+        CLI
+        + [command[0], str(out)]
+        + [str(tmp_path / a) if a.endswith(("png", "npy", "csv")) else a for a in command[1:]]
+    )
     r = subprocess.run(argv, capture_output=True, text=True)
     assert r.returncode == 2 and not plugin.with_suffix(".imported").exists()
     err = r.stderr.strip()
@@ -88,9 +102,11 @@ def test_commands_on_a_run_never_import_its_plugin(plugin_run, command, tmp_path
 
 def test_load_imports_only_the_plugins_it_is_given(plugin_run):
     out, plugin = plugin_run
-    code = (f"import pyro_vae\ntry:\n    pyro_vae.load({str(out)!r})\nexcept pyro_vae.PyroVAEError as e:\n"
-            f"    print('refused:', e)\nm = pyro_vae.load({str(out)!r}, plugins=[{str(plugin)!r}])\n"
-            f"print(type(m.prior).__name__)")
+    code = (
+        f"import pyro_vae\ntry:\n    pyro_vae.load({str(out)!r})\nexcept pyro_vae.PyroVAEError as e:\n"
+        f"    print('refused:', e)\nm = pyro_vae.load({str(out)!r}, plugins=[{str(plugin)!r}])\n"
+        f"print(type(m.prior).__name__)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert r.returncode == 0, r.stderr[-500:]
     assert "refused:" in r.stdout and "WideNormal" in r.stdout  # and from another folder: the path is absolute
@@ -185,8 +201,14 @@ def test_npz_layouts_that_are_not_documented_are_refused(tmp_path, capsys):
     _one_line_error(capsys, "no array named x", "data")
     # the layout of scipy.sparse.save_npz is read as a sparse matrix (never its index arrays as
     # data): a damaged one is a one-line error
-    np.savez(tmp_path / "s.npz", indices=np.arange(4), indptr=np.arange(3), format=np.array("csr"),
-             shape=np.array([4, 4]), data=np.ones(4))
+    np.savez(
+        tmp_path / "s.npz",
+        indices=np.arange(4),
+        indptr=np.arange(3),
+        format=np.array("csr"),
+        shape=np.array([4, 4]),
+        data=np.ones(4),
+    )
     assert main(["train", *QUICK, "data=array", f"data.path={tmp_path / 's.npz'}"]) == 2
     _one_line_error(capsys, "could not read")
 
@@ -218,11 +240,14 @@ def test_idx_images_take_their_size_from_the_header(tmp_path):
     assert pyro_vae.load(out).image_shape == (1, 12, 16) and (out / "samples.png").is_file()
 
 
-@pytest.mark.parametrize("overrides, words", [
-    (["data.limit=0"], "data.limit"),
-    (["data.exclude_classes=[0,1,2,3,4,5,6,7,8,9]"], "leaves no training data"),
-    (["train.lr=1e12"], "train.lr"),
-])
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["data.limit=0"], "data.limit"),
+        (["data.exclude_classes=[0,1,2,3,4,5,6,7,8,9]"], "leaves no training data"),
+        (["train.lr=1e12"], "train.lr"),
+    ],
+)
 def test_bad_data_settings_and_divergence_are_one_line(overrides, words, capsys, tmp_path):
     assert main(["train", *QUICK, "train.epochs=1", *overrides, "--out", str(tmp_path / "r")]) == 2
     _one_line_error(capsys, words)
@@ -230,7 +255,11 @@ def test_bad_data_settings_and_divergence_are_one_line(overrides, words, capsys,
 
 def test_commands_check_columns_and_values_once(run, tmp_path, capsys):
     np.save(tmp_path / "narrow.npy", np.zeros((4, 10), dtype=np.float32))
-    for cmd in (["evaluate"], ["encode", "--out", str(tmp_path / "z.npy")], ["score", "--out", str(tmp_path / "s.csv")]):
+    for cmd in (
+        ["evaluate"],
+        ["encode", "--out", str(tmp_path / "z.npy")],
+        ["score", "--out", str(tmp_path / "s.csv")],
+    ):
         assert main([cmd[0], str(run), "--data", str(tmp_path / "narrow.npy"), *cmd[1:]]) == 2
         _one_line_error(capsys, "10 columns", "expects 64")
     bad = np.full((3, 64), 0.5, dtype=np.float32)

@@ -1,5 +1,6 @@
 """Anomaly scores: finite, higher = more anomalous, the default fixes the likelihood trap,
 and fitted scores survive a save / load round trip. Digits, tiny nets: well under a minute."""
+
 import pytest
 import torch
 
@@ -7,8 +8,16 @@ from pyro_vae import scores as S
 from pyro_vae.config import load_config
 from pyro_vae.errors import ConfigError, PyroVAEError
 
-TINY = ["trainer.progress_bar=false", "latent_dim=4", "encoder.hidden=[64]", "decoder.hidden=[64]",
-        "train.batch_size=64", "train.epochs=8", "train.lr=1e-3", "train.elbo=trace"]
+TINY = [
+    "trainer.progress_bar=false",
+    "latent_dim=4",
+    "encoder.hidden=[64]",
+    "decoder.hidden=[64]",
+    "train.batch_size=64",
+    "train.epochs=8",
+    "train.lr=1e-3",
+    "train.elbo=trace",
+]
 # IWAE with few samples here, to keep the file fast
 FAST_PARAMS = {"neg_log_likelihood": {"num_samples": 8}}
 
@@ -16,8 +25,7 @@ FAST_PARAMS = {"neg_log_likelihood": {"num_samples": 8}}
 def train(seed=0, exclude=()):
     from pyro_vae.train import fit
 
-    cfg = load_config(None, overrides=TINY + [f"seed={seed}",
-                                              f"data.exclude_classes=[{','.join(map(str, exclude))}]"])
+    cfg = load_config(None, overrides=TINY + [f"seed={seed}", f"data.exclude_classes=[{','.join(map(str, exclude))}]"])
     r = fit(cfg, save=False, plots=False)
     r.model.config = r.config
     return r
@@ -34,8 +42,7 @@ def run():
 
 def test_registry_and_default():
     assert S.DEFAULT_SCORE in S.ANOMALY_SCORES
-    for name in ("neg_elbo", "neg_log_likelihood", "recon_error", "input_complexity", "dose", "latent_knn",
-                 "combined"):
+    for name in ("neg_elbo", "neg_log_likelihood", "recon_error", "input_complexity", "dose", "latent_knn", "combined"):
         assert name in S.ANOMALY_SCORES
         assert S.ANOMALY_SCORES.get(name).__doc__  # documented: assumes, costs, paper
     assert S.build().registry_name == S.DEFAULT_SCORE
@@ -113,8 +120,10 @@ def test_persistence_round_trip(run, tmp_path):
 
 def test_score_report_writes_plots(run, tmp_path):
     x, y = run.data.test.x, run.data.test.y
-    values = {"neg_elbo": S.compute(S.build("neg_elbo"), run.model, x),
-              "recon_error": S.compute(S.build("recon_error"), run.model, x)}
+    values = {
+        "neg_elbo": S.compute(S.build("neg_elbo"), run.model, x),
+        "recon_error": S.compute(S.build("recon_error"), run.model, x),
+    }
     m = S.score_report(values, y == 3, y, tmp_path, class_names=[str(i) for i in range(10)])
     assert set(m) == {"neg_elbo", "recon_error"}
     assert all(0 <= v["auroc"] <= 1 and 0 <= v["auprc"] <= 1 for v in m.values())
@@ -131,9 +140,16 @@ def test_score_histograms_draw_each_class_and_mark_the_anomalies(run, tmp_path, 
     values = {"a": torch.randn(len(y)), "b": torch.randn(len(y))}
 
     def legends(fig):  # per panel: (title, [(outline label, line width)])
-        return [(ax.get_title(), [(t.get_text(), h.get_linewidth()) for t, h in
-                                  zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)])
-                for ax in fig.axes]
+        return [
+            (
+                ax.get_title(),
+                [
+                    (t.get_text(), h.get_linewidth())
+                    for t, h in zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles)
+                ],
+            )
+            for ax in fig.axes
+        ]
 
     try:
         S.score_report(values, y == 3, y, tmp_path, class_names=[f"c{i}" for i in range(10)])
@@ -143,6 +159,7 @@ def test_score_histograms_draw_each_class_and_mark_the_anomalies(run, tmp_path, 
         for fig in figures:
             P._plt().close(fig)
     assert [title for title, _ in by_class] == ["a", "b"]
-    assert by_class[0][1] == [(f"c{i}", 1.0) for i in range(3)] + [("c3 (anomaly)", 2.5)] + \
-        [(f"c{i}", 1.0) for i in range(4, 10)]
+    assert by_class[0][1] == [(f"c{i}", 1.0) for i in range(3)] + [("c3 (anomaly)", 2.5)] + [
+        (f"c{i}", 1.0) for i in range(4, 10)
+    ]
     assert by_group[0][1] == [("normal", 1.0), ("anomaly", 2.5)]

@@ -3,8 +3,8 @@
 benchmarks/vae_speed.py and m2_speed.py parse `pyro-vae ... --profile`'s table from stderr;
 a change of its layout must fail here, not leave the benchmark's breakdown silently empty.
 """
+
 import importlib.util
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,20 +38,34 @@ def test_profile_table_round_trips_through_the_benchmark_parser():
 
 
 def test_epoch_times_from_line_stamps_and_medians():
-    lines = [(1.0, "[epoch 000]  average training loss: 300"), (1.5, "[epoch 000]  average test loss: 290"),
-             (4.0, "[epoch 001]  average training loss: 280"), (6.0, "[epoch 002]  average training loss: 270")]
+    lines = [
+        (1.0, "[epoch 000]  average training loss: 300"),
+        (1.5, "[epoch 000]  average test loss: 290"),
+        (4.0, "[epoch 001]  average training loss: 280"),
+        (6.0, "[epoch 002]  average training loss: 270"),
+    ]
     assert harness.epoch_seconds_from_lines(lines, r"average training loss") == [3.0, 2.0]
     assert harness.median([3.0, None, 1.0, 2.0]) == 2.0
     assert harness.median([]) is None
 
 
 def test_summary_speedups_and_the_rendered_speed_sections(monkeypatch):
-    runs = [{"name": "ours-fp32", "rc": 0, "wall_seconds": 40.0, "test_loss": 250.0, "seconds_per_epoch": 3.0,
-             "num_train": 60000, "profile": {"training epochs (steps)": 30.0, "test metrics": 1.0, "total": 38.0}},
-            {"name": "pyro-vae.py", "rc": 0, "wall_seconds": 80.0, "test_loss": 251.0, "seconds_per_epoch": 7.0},
-            {"name": "pythae", "rc": 1, "wall_seconds": 5.0, "error": "exit 1: boom"}]
-    summary, speedup = harness.summarise(runs, "test_loss", flops_per_row=6 * 687200,
-                                         peak_gflops={"float32": 100.0}, default_rows=60000)
+    runs = [
+        {
+            "name": "ours-fp32",
+            "rc": 0,
+            "wall_seconds": 40.0,
+            "test_loss": 250.0,
+            "seconds_per_epoch": 3.0,
+            "num_train": 60000,
+            "profile": {"training epochs (steps)": 30.0, "test metrics": 1.0, "total": 38.0},
+        },
+        {"name": "pyro-vae.py", "rc": 0, "wall_seconds": 80.0, "test_loss": 251.0, "seconds_per_epoch": 7.0},
+        {"name": "pythae", "rc": 1, "wall_seconds": 5.0, "error": "exit 1: boom"},
+    ]
+    summary, speedup = harness.summarise(
+        runs, "test_loss", flops_per_row=6 * 687200, peak_gflops={"float32": 100.0}, default_rows=60000
+    )
     assert speedup == {"pyro-vae.py / ours-fp32": 2.0}  # the failed peer gives no ratio
     assert summary["pythae"]["failed"] == 1
     assert summary["ours-fp32"]["gflop_per_epoch"] == 247.4
@@ -59,9 +73,15 @@ def test_summary_speedups_and_the_rendered_speed_sections(monkeypatch):
     assert summary["ours-fp32"]["wall_minus_profile_total"] == 2.0
 
     report = _load("bench_report", ROOT / "benchmarks" / "report.py")
-    vae = {"summary": summary, "speedup": speedup, "epochs": 10, "threads": 2, "repeats": 1,
-           "machine": {"cpu": "Test CPU", "cpu_flags": ["avx2"], "cpu_native_bf16": False},
-           "matmul_peak": {"gflops": {"float32": 100.0}}}
+    vae = {
+        "summary": summary,
+        "speedup": speedup,
+        "epochs": 10,
+        "threads": 2,
+        "repeats": 1,
+        "machine": {"cpu": "Test CPU", "cpu_flags": ["avx2"], "cpu_native_bf16": False},
+        "matmul_peak": {"gflops": {"float32": 100.0}},
+    }
     monkeypatch.setattr(report, "load", lambda name: vae if name == "vae_speed.json" else None)
     line = report.speed_readme()
     assert "Pyro's `examples/vae/vae.py` takes 2.00x as long" in line and "pythae" not in line
@@ -73,12 +93,21 @@ def test_summary_speedups_and_the_rendered_speed_sections(monkeypatch):
 
 def test_readme_line_uses_the_precision_auto_picks(monkeypatch):
     report = _load("bench_report2", ROOT / "benchmarks" / "report.py")
-    summary = {"ours-fp32": {"wall_seconds_median": 40.0}, "ours-bf16": {"wall_seconds_median": 32.0},
-               "pyro-vae.py": {"wall_seconds_median": 80.0}}
+    summary = {
+        "ours-fp32": {"wall_seconds_median": 40.0},
+        "ours-bf16": {"wall_seconds_median": 32.0},
+        "pyro-vae.py": {"wall_seconds_median": 80.0},
+    }
     speedup = {"pyro-vae.py / ours-fp32": 2.0, "pyro-vae.py / ours-bf16": 2.5}
     for native, want in ((True, "2.50x"), (False, "2.00x")):
-        vae = {"summary": summary, "speedup": speedup, "epochs": 10, "threads": 2, "repeats": 1,
-               "machine": {"cpu": "Test CPU", "cpu_native_bf16": native}}
+        vae = {
+            "summary": summary,
+            "speedup": speedup,
+            "epochs": 10,
+            "threads": 2,
+            "repeats": 1,
+            "machine": {"cpu": "Test CPU", "cpu_native_bf16": native},
+        }
         monkeypatch.setattr(report, "load", lambda name, vae=vae: vae if name == "vae_speed.json" else None)
         assert f"takes {want} as long" in report.speed_readme()
 

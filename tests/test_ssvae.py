@@ -15,10 +15,20 @@ from pyro_vae.training import plan_for
 
 # the math checks use a deterministic MLP q(y|x) with the encoder's activation, no augmentation
 # and only M2's own terms
-SMALL = ["model=ssvae", "train.elbo=trace", "latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]",
-         "model.classifier_hidden=[16]", "model.classifier_type=mlp", "model.classifier_dropout=0",
-         "model.classifier_activation=null", "model.augment_shift=0", "model.pseudo_label_weight=0",
-         "trainer.progress_bar=false"]
+SMALL = [
+    "model=ssvae",
+    "train.elbo=trace",
+    "latent_dim=3",
+    "encoder.hidden=[16]",
+    "decoder.hidden=[16]",
+    "model.classifier_hidden=[16]",
+    "model.classifier_type=mlp",
+    "model.classifier_dropout=0",
+    "model.classifier_activation=null",
+    "model.augment_shift=0",
+    "model.pseudo_label_weight=0",
+    "trainer.progress_bar=false",
+]
 
 
 def tiny(num_data=None, extra=()):
@@ -104,19 +114,21 @@ def test_classifier_activation_null_is_the_encoders_and_can_be_set(extra):
     from pyro_vae.fastmath import Softplus
 
     def kinds(m):
-        return {type(l) for l in m.classifier.modules()}
+        return {type(layer) for layer in m.classifier.modules()}
 
     default = tiny(extra=extra)
     assert Softplus in kinds(default) and torch.nn.ReLU not in kinds(default)
     relu = tiny(extra=extra + ["model.classifier_activation=relu"])
     assert torch.nn.ReLU in kinds(relu) and Softplus not in kinds(relu)
     # only q(y|x) changes: q(z|x,y) and p(x|z,y) keep encoder/decoder.activation
-    assert torch.nn.ReLU not in {type(l) for l in relu.encoder.modules()} | {type(l) for l in relu.decoder.modules()}
+    assert torch.nn.ReLU not in {type(layer) for layer in relu.encoder.modules()} | {
+        type(layer) for layer in relu.decoder.modules()
+    }
 
 
 def test_conv_classifier_with_dropout_is_stochastic_only_in_training():
     m = tiny(extra=["model.classifier_type=conv", "model.classifier_dropout=0.5"])
-    assert any(isinstance(l, torch.nn.Conv2d) for l in m.classifier.modules())
+    assert any(isinstance(layer, torch.nn.Conv2d) for layer in m.classifier.modules())
     x = torch.rand(9, 64)
     m.train()
     torch.manual_seed(0)
@@ -207,8 +219,12 @@ def test_pseudo_label_term_teaches_confident_labels_to_strongly_augmented_copies
 def test_a_conv_q_y_computes_its_body_once_for_pseudo_labels_and_the_guide_with_the_same_loss():
     from pyro_vae.networks import ConvClassifier
 
-    extra = ["model.classifier_type=conv", "model.classifier_dropout=0.5", "model.pseudo_label_weight=1",
-             "model.pseudo_label_threshold=0"]
+    extra = [
+        "model.classifier_type=conv",
+        "model.classifier_dropout=0.5",
+        "model.pseudo_label_weight=1",
+        "model.pseudo_label_threshold=0",
+    ]
     m, plan = tiny_plan(8, 30, extra=extra)
     assert isinstance(m.classifier, ConvClassifier)
     batch = {"xu": torch.rand(30, 64), "xl": torch.rand(8, 64), "yl": torch.arange(8) % 4}
@@ -298,11 +314,14 @@ def test_class_balanced_label_selection():
     assert torch.equal(kept, again)
 
 
-@pytest.mark.parametrize("y, n, c, words", [
-    (torch.arange(20) % 4, 3, None, "fewer than the 4 classes"),
-    (torch.full((20,), -1), 5, None, "needs labels"),
-    (torch.tensor([0, 1, 5, -1]), None, 3, "0..2"),
-])
+@pytest.mark.parametrize(
+    "y, n, c, words",
+    [
+        (torch.arange(20) % 4, 3, None, "fewer than the 4 classes"),
+        (torch.full((20,), -1), 5, None, "needs labels"),
+        (torch.tensor([0, 1, 5, -1]), None, 3, "0..2"),
+    ],
+)
 def test_bad_labels_are_one_line_errors(y, n, c, words):
     with pytest.raises(DataError, match=words):
         select_labels(y, n, c, torch.Generator())
@@ -327,8 +346,9 @@ def test_batches_cycle_the_small_labelled_set():
     assert sum(bt["xu"].shape[0] for bt in batches) == 47
 
 
-@pytest.mark.parametrize("kind, rows, expected", [("ssvae", 1_438, 64), ("ssvae", 10_000, 128),
-                                                  ("m1m2", 10_000, 64), ("vae", 10_000, 64)])
+@pytest.mark.parametrize(
+    "kind, rows, expected", [("ssvae", 1_438, 64), ("ssvae", 10_000, 128), ("m1m2", 10_000, 64), ("vae", 10_000, 64)]
+)
 def test_an_unset_batch_size_is_chosen_from_the_model_kind_and_data_size_and_saved(kind, rows, expected):
     """M2 on 10,000 rows or more: 128 (as accurate as 64 on Fashion-MNIST, faster per epoch); on the
     digits 128 leaves too few steps. M1+M2 keeps 64 in both stages. An explicit size always wins."""
@@ -395,20 +415,43 @@ def test_m2_defaults_on_50_digit_labels():
     """`model=ssvae data.labels=50` with no other key (20 epochs, 200 labelled validation images;
     pseudo-labels on). Seeds 0-5 give 0.85-0.91 (mean 0.88, in bf16 and float32 alike), so one
     seed is held to the bottom of that spread."""
-    r = fit(None, save=False, overrides=["model=ssvae", "data.labels=50", "data.validation=200", "train.epochs=20",
-                                         "trainer.progress_bar=false"])
+    r = fit(
+        None,
+        save=False,
+        overrides=[
+            "model=ssvae",
+            "data.labels=50",
+            "data.validation=200",
+            "train.epochs=20",
+            "trainer.progress_bar=false",
+        ],
+    )
     assert r.metrics["test_accuracy"] >= 0.84, r.metrics["test_accuracy"]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_ssvae_beats_the_same_classifier_trained_on_50_labels_alone(seed):
-    overrides = ["model=ssvae", "model.classifier_type=mlp", "model.classifier_dropout=0",
-                 "model.classifier_activation=null", "model.augment_shift=0", "model.pseudo_label_weight=0",
-                 "model.aux_scaling=labelled",
-                 "model.aux_loss_multiplier=46", "data.labels=50", "latent_dim=8", "encoder.hidden=[128]", "decoder.hidden=[128]",
-                 "model.classifier_hidden=[128]", "train.epochs=20", "train.lr=3e-3", "train.batch_size=64",
-                 "trainer.progress_bar=false", f"seed={seed}"]
+    overrides = [
+        "model=ssvae",
+        "model.classifier_type=mlp",
+        "model.classifier_dropout=0",
+        "model.classifier_activation=null",
+        "model.augment_shift=0",
+        "model.pseudo_label_weight=0",
+        "model.aux_scaling=labelled",
+        "model.aux_loss_multiplier=46",
+        "data.labels=50",
+        "latent_dim=8",
+        "encoder.hidden=[128]",
+        "decoder.hidden=[128]",
+        "model.classifier_hidden=[128]",
+        "train.epochs=20",
+        "train.lr=3e-3",
+        "train.batch_size=64",
+        "trainer.progress_bar=false",
+        f"seed={seed}",
+    ]
     r = fit(None, save=False, overrides=overrides)
     baseline = _supervised_only(r.data, seed, 128)
     assert r.metrics["test_accuracy"] > baseline + 0.02, (r.metrics["test_accuracy"], baseline)

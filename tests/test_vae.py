@@ -52,7 +52,7 @@ def test_trains_with_a_plain_pyro_svi_loop():
         svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
         for epoch in range(8):
             for i in range(0, len(x), 128):
-                svi.step(x[i:i + 128])
+                svi.step(x[i : i + 128])
         assert len(pyro.get_param_store()) > 0  # the networks registered themselves
         pyro.clear_param_store()
     after = float(-vae.elbo(data.test.x, num_particles=5).mean())
@@ -62,8 +62,16 @@ def test_trains_with_a_plain_pyro_svi_loop():
 def test_fit_on_digits_writes_a_complete_run_directory(tmp_path, quick):
     r = fit(None, out=tmp_path / "run", overrides=[*quick, "train.epochs=6"])
     run = tmp_path / "run"
-    for name in ("config.yaml", "metrics.csv", "metrics.json", "model.pt", "samples.png",
-                 "reconstructions.png", "latent_map.png", "loss_curves.png"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "metrics.json",
+        "model.pt",
+        "samples.png",
+        "reconstructions.png",
+        "latent_map.png",
+        "loss_curves.png",
+    ):
         assert (run / name).is_file(), name
     m = json.loads((run / "metrics.json").read_text())
     for key in ("test_loss", "train_loss", "epochs", "train_seconds", "seconds_per_epoch"):
@@ -107,7 +115,9 @@ def test_meanfield_elbo_agrees_with_monte_carlo_elbo():
     x = data.train.x[:64]
     vae.num_data = None
     mc = torch.stack([Trace_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(400)]).mean()
-    analytic = torch.stack([TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(50)]).mean()
+    analytic = torch.stack(
+        [TraceMeanField_ELBO().differentiable_loss(vae.model, vae.guide, x) for _ in range(50)]
+    ).mean()
     assert float(mc) == pytest.approx(float(analytic), rel=2e-3)
 
 
@@ -122,8 +132,10 @@ def test_every_model_kind_trains_with_the_elbo_train_elbo_names(elbo, name):
     kinds = {  # kind: (its keys, where its plan keeps the ELBO)
         "vae": ([], lambda plan: plan.loss_module.elbo),
         "ssvae": (["model.classifier_hidden=[8]"], lambda plan: LabelledELBO(plan).elbo),
-        "m1m2": (["model.z1_dim=3", "model.z2_dim=2", "model.m2_hidden=[8]", "model.classifier_hidden=[8]"],
-                 lambda plan: plan.m1_loss.elbo),
+        "m1m2": (
+            ["model.z1_dim=3", "model.z2_dim=2", "model.m2_hidden=[8]", "model.classifier_hidden=[8]"],
+            lambda plan: plan.m1_loss.elbo,
+        ),
     }
     found = []
     for kind, (extra, elbo_of) in kinds.items():

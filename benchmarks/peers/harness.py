@@ -7,6 +7,7 @@ print a line per epoch. Pyro's example scripts are extracted from a Pyro git che
 pinned tag into a cache folder outside the repository, with Fashion-MNIST's four IDX files
 placed where their torchvision loader looks, so they run unchanged and offline.
 """
+
 import gzip
 import json
 import os
@@ -36,6 +37,7 @@ class BenchError(Exception):
 
 # ---------------------------------------------------------------- machine
 
+
 def default_threads() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -64,8 +66,14 @@ def machine(threads: int) -> dict:
         bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         bf16 = False
-    out = {**cpu_facts(), "cpu_native_bf16": bf16, "threads": threads, "platform": platform.platform(),
-           "python": platform.python_version(), "torch": torch.__version__}
+    out = {
+        **cpu_facts(),
+        "cpu_native_bf16": bf16,
+        "threads": threads,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
     try:
         import pyro
 
@@ -97,19 +105,20 @@ def matmul_peak(threads: int, n: int = 2048, seconds: float = 2.0, device: str =
             sync()
             best = min(best, time.perf_counter() - t0)
             reps += 1
-        return {"gflops": round(2 * n ** 3 / best / 1e9, 1), "n": n, "repeats": reps, "device": device,
-                "dtype": dtype}
+        return {"gflops": round(2 * n**3 / best / 1e9, 1), "n": n, "repeats": reps, "device": device, "dtype": dtype}
     finally:
         torch.set_num_threads(saved)
 
 
 # ---------------------------------------------------------------- subprocesses
 
+
 def thread_env(threads: int, extra: dict = None) -> dict:
     env = dict(os.environ)
     env.pop("CI", None)  # pyro.contrib.examples puts the data in ~/.data under CI
-    env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
-                "MPLBACKEND": "Agg"})
+    env.update(
+        {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    )
     env.update(extra or {})
     return env
 
@@ -118,8 +127,15 @@ def run_timed(cmd, cwd, env, timeout: float) -> dict:
     """Run ``cmd``; wall seconds from start to exit, stdout lines with their arrival times."""
     lines, err = [], []
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(c) for c in cmd], cwd=str(cwd), env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=str(cwd),
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
 
     def read_out():
         for line in proc.stdout:
@@ -184,6 +200,7 @@ def median(xs):
 
 # ---------------------------------------------------------------- peers
 
+
 def peer_python(path: str, modules) -> str:
     """The peer environment's interpreter, checked to import ``modules``."""
     if not Path(path).exists():
@@ -198,15 +215,21 @@ def peer_python(path: str, modules) -> str:
 
 def warm_up(python: str, modules, threads: int) -> None:
     """Import ``modules`` once, untimed, so that no timed command pays for a cold file cache."""
-    subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True,
-                   env=thread_env(threads, {"PYTHONPATH": str(REPO)}), cwd=str(REPO))
+    subprocess.run(
+        [python, "-c", "import " + ", ".join(modules)],
+        capture_output=True,
+        env=thread_env(threads, {"PYTHONPATH": str(REPO)}),
+        cwd=str(REPO),
+    )
 
 
 def peer_versions(python: str, dists) -> dict:
     """Installed versions of the distributions ``dists`` in the peer environment."""
-    code = ("import json, sys\nfrom importlib.metadata import version\nout = {}\nfor d in sys.argv[1:]:\n"
-            "    try:\n        out[d] = version(d)\n    except Exception:\n        out[d] = None\n"
-            "print(json.dumps(out))")
+    code = (
+        "import json, sys\nfrom importlib.metadata import version\nout = {}\nfor d in sys.argv[1:]:\n"
+        "    try:\n        out[d] = version(d)\n    except Exception:\n        out[d] = None\n"
+        "print(json.dumps(out))"
+    )
     r = subprocess.run([python, "-c", code, *dists], capture_output=True, text=True, env=thread_env(1))
     try:
         return json.loads(r.stdout.strip().splitlines()[-1])
@@ -239,16 +262,19 @@ def pyro_examples(root: str, git_dir: str = PYRO_GIT, tag: str = PYRO_TAG, cache
     dest = Path(cache) / f"pyro-{tag}" / "examples" / "vae"
     if not (dest / "vae.py").exists():
         if not Path(git_dir).exists():
-            raise BenchError(f"no Pyro git checkout at {git_dir} (pass --pyro-git DIR, a clone of "
-                             "github.com/pyro-ppl/pyro)")
+            raise BenchError(
+                f"no Pyro git checkout at {git_dir} (pass --pyro-git DIR, a clone of github.com/pyro-ppl/pyro)"
+            )
         Path(cache).mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=cache, prefix=".extract-"))
         try:
-            archive = subprocess.run(["git", f"--git-dir={git_dir}", "archive", tag, "examples/vae"],
-                                     capture_output=True)
+            archive = subprocess.run(
+                ["git", f"--git-dir={git_dir}", "archive", tag, "examples/vae"], capture_output=True
+            )
             if archive.returncode:
-                raise BenchError(f"git archive {tag} failed in {git_dir}: "
-                                 f"{archive.stderr.decode(errors='replace').strip()[:200]}")
+                raise BenchError(
+                    f"git archive {tag} failed in {git_dir}: {archive.stderr.decode(errors='replace').strip()[:200]}"
+                )
             tar_path = tmp / "vae.tar"
             tar_path.write_bytes(archive.stdout)
             with tarfile.open(tar_path) as tar:
@@ -292,11 +318,14 @@ def summarise(runs, quality: str, flops_per_row: float = None, peak_gflops: dict
     summary = {}
     for name, rs in by.items():
         ok = [r for r in rs if r["rc"] == 0]
-        s = {"runs": len(rs), "failed": len(rs) - len(ok),
-             "wall_seconds": [r["wall_seconds"] for r in ok],
-             "wall_seconds_median": median([r["wall_seconds"] for r in ok]),
-             quality: median([r.get(quality) for r in ok]),
-             "seconds_per_epoch": median([r.get("seconds_per_epoch") for r in ok])}
+        s = {
+            "runs": len(rs),
+            "failed": len(rs) - len(ok),
+            "wall_seconds": [r["wall_seconds"] for r in ok],
+            "wall_seconds_median": median([r["wall_seconds"] for r in ok]),
+            quality: median([r.get(quality) for r in ok]),
+            "seconds_per_epoch": median([r.get("seconds_per_epoch") for r in ok]),
+        }
         if name.startswith("ours"):
             if flops_per_row and s["seconds_per_epoch"]:
                 rows = median([r.get("num_train") for r in ok]) or default_rows

@@ -9,6 +9,7 @@ Prints one line ``PYTHAE_RESULT {json}``: test_loss, epochs, epoch_seconds.
 
     peers/bin/python benchmarks/peers/pythae_vae.py --root /usr/share/datasets/fashion-mnist --epochs 10
 """
+
 import argparse
 import gzip
 import json
@@ -25,7 +26,7 @@ def read_images(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         raw = f.read()
-    n, rows, cols = (int.from_bytes(raw[i:i + 4], "big") for i in (4, 8, 12))
+    n, rows, cols = (int.from_bytes(raw[i : i + 4], "big") for i in (4, 8, 12))
     return (np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(n, 1, rows, cols) / 255.0).astype(np.float32)
 
 
@@ -92,12 +93,22 @@ def main():
     test = read_images(find(root, "t10k-images-idx3-ubyte"))
     device = "cuda" if args.cuda else "cpu"
 
-    model = VAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=args.latent, reconstruction_loss="bce"),
-                encoder=Encoder(), decoder=Decoder())
-    config = BaseTrainerConfig(output_dir=args.out_dir, num_epochs=args.epochs, learning_rate=args.lr,
-                               per_device_train_batch_size=args.batch_size,
-                               per_device_eval_batch_size=args.batch_size, optimizer_cls="Adam",
-                               keep_best_on_train=True, no_cuda=not args.cuda, seed=0)
+    model = VAE(
+        VAEConfig(input_dim=(1, 28, 28), latent_dim=args.latent, reconstruction_loss="bce"),
+        encoder=Encoder(),
+        decoder=Decoder(),
+    )
+    config = BaseTrainerConfig(
+        output_dir=args.out_dir,
+        num_epochs=args.epochs,
+        learning_rate=args.lr,
+        per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size,
+        optimizer_cls="Adam",
+        keep_best_on_train=True,
+        no_cuda=not args.cuda,
+        seed=0,
+    )
     timer = EpochTimer()
     pipeline = TrainingPipeline(model=model, training_config=config)
     pipeline(train_data=train, callbacks=[timer])
@@ -107,7 +118,7 @@ def main():
     x_all = torch.from_numpy(test)
     with torch.no_grad():
         for i in range(0, len(x_all), 2000):
-            x = x_all[i:i + 2000].to(device)
+            x = x_all[i : i + 2000].to(device)
             total += float(trained(DatasetOutput(data=x)).loss) * len(x)
     try:
         from importlib.metadata import version
@@ -115,8 +126,18 @@ def main():
         pythae_version = version("pythae")
     except Exception:  # pragma: no cover
         pythae_version = None
-    print("PYTHAE_RESULT " + json.dumps({"test_loss": total / len(x_all), "epochs": args.epochs,
-                                         "epoch_seconds": timer.seconds, "pythae": pythae_version}), flush=True)
+    print(
+        "PYTHAE_RESULT "
+        + json.dumps(
+            {
+                "test_loss": total / len(x_all),
+                "epochs": args.epochs,
+                "epoch_seconds": timer.seconds,
+                "pythae": pythae_version,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Model kinds by name (``model:`` in the config): the math, no training code."""
+
 from .base import MODELS, Classifier, DataInfo, LatentPaths, LatentVariableModel  # noqa: F401
 from .ssvae import SSVAE  # noqa: F401  (registers "ssvae")
 from .m1m2 import M1M2  # noqa: F401  (registers "m1m2")

@@ -12,6 +12,7 @@ classifiers add :class:`Classifier`, models with a continuous code to walk along
 :class:`LatentPaths`. Nothing here trains: the training side of each kind lives in
 :mod:`pyro_vae.training`.
 """
+
 import abc
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,8 +58,13 @@ class DataInfo:
     def from_dict(cls, d):
         shape = d.get("image_shape")
         names = d.get("class_names")
-        return cls(d["data_dim"], tuple(shape) if shape else None, d.get("num_classes"), d.get("num_data"),
-                   list(names) if names else None)
+        return cls(
+            d["data_dim"],
+            tuple(shape) if shape else None,
+            d.get("num_classes"),
+            d.get("num_data"),
+            list(names) if names else None,
+        )
 
 
 #: the layout of ``model.pt`` (see :meth:`LatentVariableModel.save` and ``pyro_vae.load``)
@@ -88,8 +94,9 @@ class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
     scales the continuous latent sites in both (KL warm-up).
     """
 
-    def __init__(self, encoder, decoder, prior, likelihood, latent_dim: int, image_shape=None,
-                 num_data: Optional[int] = None):
+    def __init__(
+        self, encoder, decoder, prior, likelihood, latent_dim: int, image_shape=None, num_data: Optional[int] = None
+    ):
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
@@ -154,8 +161,9 @@ class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
         :func:`pyro_vae.fit` and :func:`pyro_vae.load` know their config and can be saved."""
         cfg, info = getattr(self, "config", None), getattr(self, "data_info", None)
         if cfg is None or info is None:
-            raise PyroVAEError("this model has no config attached; save the model of pyro_vae.fit(...).model "
-                               "or pyro_vae.load(...)")
+            raise PyroVAEError(
+                "this model has no config attached; save the model of pyro_vae.fit(...).model or pyro_vae.load(...)"
+            )
         path = Path(path).expanduser()
         if path.is_dir():
             path = path / "model.pt"
@@ -204,5 +212,5 @@ class LatentPaths:
         values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values, dtype=torch.float32)
         z = z0.repeat(len(dims) * len(values), 1)
         for i, d in enumerate(dims):
-            z[i * len(values):(i + 1) * len(values), d] = values
+            z[i * len(values) : (i + 1) * len(values), d] = values
         return self.decode(z)

@@ -25,6 +25,7 @@ q(z1|x) is M2's Gaussian log-density at mu1(x) minus sum_d s1_d^2 / (2 s_d^2) (s
 code): the second stage maximises exactly this program's ELBO, M1's terms being fixed.
 ``encode`` gives M1's code z1 (``model.z1_dim``); :meth:`M1M2.encode_z2` gives M2's z2.
 """
+
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
@@ -48,8 +49,11 @@ class M1M2Config:
     """``model: m1m2`` keys: the stages' epochs, the code sizes and M2 (on the codes); M1 is
     ``encoder``, ``decoder``, ``prior`` and ``likelihood`` with ``model.z1_dim`` (not ``latent_dim``)."""
 
-    m1_epochs: Optional[int] = option(None, "epochs of M1 (the VAE, on all inputs) before M2 trains on its "
-                                            "codes for train.epochs; null = enough for about 8000 steps")
+    m1_epochs: Optional[int] = option(
+        None,
+        "epochs of M1 (the VAE, on all inputs) before M2 trains on its "
+        "codes for train.epochs; null = enough for about 8000 steps",
+    )
     z1_dim: int = option(50, "M1's code size (z1, what M2 sees); replaces latent_dim")
     z2_dim: int = option(50, "M2's latent size (z2)")
     m2_hidden: List[int] = option(help="M2's q(z2|z1,y) and p(z1|z2,y): hidden layer sizes", factory=lambda: [500])
@@ -73,12 +77,28 @@ def m2_model_config(cfg):
     """The ``model: ssvae`` config that builds M2 inside a ``model: m1m2`` config: an MLP q(y|z1), no image
     augmentation or pseudo-labels, a Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
     m = cfg.model
-    ssvae = dict(asdict(SSVAEConfig()), name="ssvae", classifier_type="mlp", augment_shift=0, pseudo_label_weight=0.0,
-                 classifier_hidden=list(m.classifier_hidden), classifier_dropout=float(m.classifier_dropout),
-                 classifier_activation="relu", aux_loss_multiplier=float(m.aux_loss_multiplier))
+    ssvae = dict(
+        asdict(SSVAEConfig()),
+        name="ssvae",
+        classifier_type="mlp",
+        augment_shift=0,
+        pseudo_label_weight=0.0,
+        classifier_hidden=list(m.classifier_hidden),
+        classifier_dropout=float(m.classifier_dropout),
+        classifier_activation="relu",
+        aux_loss_multiplier=float(m.aux_loss_multiplier),
+    )
     net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": cfg.encoder.activation}
-    return OmegaConf.create({"model": ssvae, "latent_dim": int(m.z2_dim), "encoder": net, "decoder": net,
-                             "prior": {"name": "normal"}, "likelihood": {"name": "gaussian", "scale": "per_feature"}})
+    return OmegaConf.create(
+        {
+            "model": ssvae,
+            "latent_dim": int(m.z2_dim),
+            "encoder": net,
+            "decoder": net,
+            "prior": {"name": "normal"},
+            "likelihood": {"name": "gaussian", "scale": "per_feature"},
+        }
+    )
 
 
 def _m1_keys_at_top_level(module, state_dict, prefix, local_metadata) -> None:
@@ -87,13 +107,13 @@ def _m1_keys_at_top_level(module, state_dict, prefix, local_metadata) -> None:
     keys = [k for k in state_dict if k.startswith(prefix)]
     for key in keys:
         value = state_dict.pop(key)
-        state_dict[prefix + key[len(prefix) + 3:] if key.startswith(prefix + "m1.") else key] = value
+        state_dict[prefix + key[len(prefix) + 3 :] if key.startswith(prefix + "m1.") else key] = value
 
 
 def _m1_keys_under_m1(module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
     """load_state_dict pre-hook, the inverse of :func:`_m1_keys_at_top_level`: every key outside ``m2.`` is M1's."""
     for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "m2.")]:
-        state_dict[prefix + "m1." + key[len(prefix):]] = state_dict.pop(key)
+        state_dict[prefix + "m1." + key[len(prefix) :]] = state_dict.pop(key)
 
 
 def _m1_attribute(name: str, doc: str, settable: bool = False) -> property:

@@ -22,6 +22,7 @@ Speed: the first layers of q(z|x,y) and p(x|z,y) are split into an input part an
 part. The x part (the large 784xH product) is computed once per example and the label
 part is a row lookup added to it, so enumerating C classes costs C small additions.
 """
+
 import math
 from dataclasses import dataclass
 from typing import List, Optional
@@ -47,19 +48,26 @@ class SSVAEConfig:
     """``model: ssvae`` keys: q(y|x)'s network and the terms of the semi-supervised objective."""
 
     aux_loss_multiplier: float = option(30.0, "alpha of the auxiliary classification term (Kingma et al. eq. 9)")
-    aux_scaling: str = option("total", "total: alpha * N * mean over the labelled examples | "
-                                       "labelled: alpha per labelled example (Pyro's example)")
+    aux_scaling: str = option(
+        "total",
+        "total: alpha * N * mean over the labelled examples | labelled: alpha per labelled example (Pyro's example)",
+    )
     classifier_hidden: List[int] = option(help="q(y|x): hidden layer sizes", factory=lambda: [500])
-    classifier_type: str = option("auto", "q(y|x): network type; auto = conv for images whose sides divide "
-                                          "by 4, mlp otherwise")
+    classifier_type: str = option(
+        "auto", "q(y|x): network type; auto = conv for images whose sides divide by 4, mlp otherwise"
+    )
     classifier_dropout: float = option(0.5, "q(y|x): dropout after each hidden layer, training only")
     classifier_activation: Optional[str] = option("relu", "q(y|x): activation; null = encoder.activation")
-    augment_shift: Optional[int] = option(None, "aux term: labelled images shifted by up to this many pixels "
-                                                "(training only); null = 1 for images, 0 otherwise")
+    augment_shift: Optional[int] = option(
+        None,
+        "aux term: labelled images shifted by up to this many pixels (training only); null = 1 for images, 0 otherwise",
+    )
     pseudo_label_weight: Optional[float] = option(
-        None, "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
-              "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
-              "term times this; 0 = off; null = 1 for images, 0 otherwise")
+        None,
+        "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
+        "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
+        "term times this; 0 = off; null = 1 for images, 0 otherwise",
+    )
     pseudo_label_threshold: float = option(0.95, "pseudo-label term: the confidence a label needs")
 
     @staticmethod
@@ -67,15 +75,21 @@ class SSVAEConfig:
         if c.aux_scaling not in ("labelled", "total"):
             raise ConfigError(f"model.aux_scaling={c.aux_scaling!r} is not valid; choose one of: labelled, total")
         if c.classifier_type != "auto" and c.classifier_type not in NETWORKS:
-            raise ConfigError(f"model.classifier_type={c.classifier_type!r} is not valid; "
-                              f"choose one of: auto, {', '.join(NETWORKS.names())}")
+            raise ConfigError(
+                f"model.classifier_type={c.classifier_type!r} is not valid; "
+                f"choose one of: auto, {', '.join(NETWORKS.names())}"
+            )
         if c.classifier_activation is not None and c.classifier_activation not in ACTIVATIONS:
-            raise ConfigError(f"model.classifier_activation={c.classifier_activation!r} is not valid; choose one "
-                              f"of: {', '.join(ACTIVATIONS.names())} (or null: encoder.activation)")
+            raise ConfigError(
+                f"model.classifier_activation={c.classifier_activation!r} is not valid; choose one "
+                f"of: {', '.join(ACTIVATIONS.names())} (or null: encoder.activation)"
+            )
         if not 0 <= c.classifier_dropout < 1:
             raise ConfigError(f"model.classifier_dropout must be in [0, 1) (got {c.classifier_dropout})")
         if c.augment_shift is not None and c.augment_shift < 0:
-            raise ConfigError(f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})")
+            raise ConfigError(
+                f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})"
+            )
         if c.aux_loss_multiplier < 0:
             raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
         if c.pseudo_label_weight is not None and c.pseudo_label_weight < 0:
@@ -129,8 +143,17 @@ class SplitInput(nn.Module):
 class SSVAE(LatentVariableModel, Classifier):
     """M2 (Kingma et al. 2014): ``model(x, y=None)`` / ``guide(x, y=None)``; the label summed out when unknown."""
 
-    def __init__(self, classifier: nn.Module, encoder: SplitInput, decoder: SplitInput, prior, likelihood,
-                 latent_dim: int, num_classes: int, image_shape=None):
+    def __init__(
+        self,
+        classifier: nn.Module,
+        encoder: SplitInput,
+        decoder: SplitInput,
+        prior,
+        likelihood,
+        latent_dim: int,
+        num_classes: int,
+        image_shape=None,
+    ):
         super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape)
         self.classifier = classifier
         self.num_classes = int(num_classes)
@@ -146,18 +169,27 @@ class SSVAE(LatentVariableModel, Classifier):
         if m.augment_shift and info.image_shape is None:
             raise ConfigError("model.augment_shift needs image data; set it to null for tabular data")
         if m.pseudo_label_weight and info.image_shape is None:
-            raise ConfigError("model.pseudo_label_weight needs image data (it augments images); set it to null "
-                              "or 0 for tabular data")
+            raise ConfigError(
+                "model.pseudo_label_weight needs image data (it augments images); set it to null or 0 for tabular data"
+            )
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation
-        classifier = make_classifier(info.data_dim, c, list(m.classifier_hidden), classifier_type(m, info.image_shape),
-                                     m.classifier_activation or act, m.classifier_dropout, info.image_shape)
+        classifier = make_classifier(
+            info.data_dim,
+            c,
+            list(m.classifier_hidden),
+            classifier_type(m, info.image_shape),
+            m.classifier_activation or act,
+            m.classifier_dropout,
+            info.image_shape,
+        )
         classifier = reads_input(classifier, likelihood)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         encoder.first = reads_input(encoder.first, likelihood)
-        decoder = SplitInput(cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size,
-                             cfg.decoder.activation)
+        decoder = SplitInput(
+            cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, cfg.decoder.activation
+        )
         return cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape)
 
     # ---- networks --------------------------------------------------------------

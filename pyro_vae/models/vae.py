@@ -15,6 +15,7 @@ loss is scaled to estimate the full-data ELBO. With ``Trace_ELBO`` the loss is
 ``beta`` (KL warm-up) scales the z sites in model and guide, i.e. the KL term.
 The training side (loss module, batches, validation) is :class:`pyro_vae.training.ELBOPlan`.
 """
+
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -39,8 +40,16 @@ class VAEConfig:
 class VAE(LatentVariableModel, LatentPaths):
     """Variational autoencoder: z ~ prior, x ~ likelihood(decoder(z)); q(z|x) Gaussian."""
 
-    def __init__(self, encoder: GaussianEncoder, decoder: torch.nn.Module, prior, likelihood,
-                 latent_dim: int, image_shape=None, num_data: Optional[int] = None):
+    def __init__(
+        self,
+        encoder: GaussianEncoder,
+        decoder: torch.nn.Module,
+        prior,
+        likelihood,
+        latent_dim: int,
+        image_shape=None,
+        num_data: Optional[int] = None,
+    ):
         super().__init__(encoder, decoder, prior, likelihood, latent_dim, image_shape, num_data)
 
     @classmethod

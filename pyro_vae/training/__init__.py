@@ -4,6 +4,7 @@ One :class:`TrainingPlan` per model kind (found by the model's class, see
 :func:`plan_for`); the engine (:mod:`pyro_vae.train`) calls it and it calls the math.
 No Lightning here.
 """
+
 from .base import TrainingPlan, make_elbo, plan_for, register_plan  # noqa: F401
 from .batches import IndexBatchSampler, SemiSupervisedBatchSampler, step_bounds  # noqa: F401
 from .vae import ELBOPlan  # noqa: F401

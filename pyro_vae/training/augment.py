@@ -1,4 +1,5 @@
 """Training-time image augmentation of the semi-supervised classifier (the aux and pseudo-label terms)."""
+
 import torch
 import torch.nn.functional as F
 

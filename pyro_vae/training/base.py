@@ -1,4 +1,5 @@
 """The training plan: what the engine needs to train one model kind."""
+
 import abc
 from typing import Dict, Optional, Tuple
 
@@ -30,8 +31,10 @@ def plan_for(model: LatentVariableModel, cfg) -> "TrainingPlan":
     for cls in type(model).__mro__:
         if cls in _PLANS:
             return _PLANS[cls](model, cfg)
-    raise ConfigError(f"model kind {type(model).__name__} has no training plan; register one with "
-                      "@pyro_vae.training.register_plan(YourModel)")
+    raise ConfigError(
+        f"model kind {type(model).__name__} has no training plan; register one with "
+        "@pyro_vae.training.register_plan(YourModel)"
+    )
 
 
 def make_elbo(train_cfg):
@@ -92,8 +95,9 @@ class TrainingPlan(abc.ABC):
         """Raise DataError (naming rows and a fix) if any split does not fit the likelihood."""
         for name, split in data.splits():
             if split.x.shape[1] != self.model.data_dim:
-                raise DataError(f"the {name} split has {split.x.shape[1]} columns; the model expects "
-                                f"{self.model.data_dim}")
+                raise DataError(
+                    f"the {name} split has {split.x.shape[1]} columns; the model expects {self.model.data_dim}"
+                )
             check_likelihood(self.model.likelihood, split.x, f"the {name} split", split.rows)
 
     def setup(self, data) -> None:

@@ -10,6 +10,7 @@ takes every ``world_size``-th row of each step. The processes' batches are disjo
 together cover the epoch once, and every process takes the same number of steps (a last
 step too short to give every process a row is folded into the one before).
 """
+
 from typing import Iterator, List, Tuple
 
 import torch
@@ -35,15 +36,16 @@ def seeded_generator(*keys: int) -> torch.Generator:
     the same draws on every process and after a resume."""
     seed = 0
     for k in keys:
-        seed = (seed * 1_000_003 + int(k) + 1) % (2 ** 62)
+        seed = (seed * 1_000_003 + int(k) + 1) % (2**62)
     return torch.Generator().manual_seed(seed)
 
 
 class IndexBatchSampler(Sampler):
     """Yields ``{"rows": LongTensor, "seed": int}`` per step for one process (see module doc)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True):
+    def __init__(
+        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+    ):
         self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
         self.rank, self.world_size, self.shuffle = int(rank), int(world_size), shuffle
         self.epoch = 0
@@ -70,7 +72,7 @@ class IndexBatchSampler(Sampler):
         order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         for step, (a, b) in enumerate(self.bounds):
             if step >= self._first_step():
-                yield {"rows": order[a:b][self.rank::self.world_size], "seed": hash((self.seed, self.epoch, step))}
+                yield {"rows": order[a:b][self.rank :: self.world_size], "seed": hash((self.seed, self.epoch, step))}
 
 
 class SemiSupervisedBatchSampler(IndexBatchSampler):
@@ -78,8 +80,16 @@ class SemiSupervisedBatchSampler(IndexBatchSampler):
     labelled set, sharded the same way. An epoch is one pass over the unlabelled rows (or over
     the labelled rows when every row is labelled). Yields ``{"u", "l", "seed"}``."""
 
-    def __init__(self, unlabelled: torch.Tensor, labelled: torch.Tensor, batch_size: int,
-                 labelled_batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        unlabelled: torch.Tensor,
+        labelled: torch.Tensor,
+        batch_size: int,
+        labelled_batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         self.u, self.l = unlabelled, labelled
         self.batch_size, self.lbatch = int(batch_size), int(labelled_batch_size)
         self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
@@ -110,14 +120,14 @@ class SemiSupervisedBatchSampler(IndexBatchSampler):
         stream = self._labelled_steps(per_step)
         for step, (a, b) in enumerate(self.bounds):
             if len(self.u):
-                u = order[a:b][self.rank::self.world_size]
+                u = order[a:b][self.rank :: self.world_size]
                 lab = next(stream)
             else:  # every row labelled: the epoch walks the labelled set once
                 u = self.u[:0]
                 lab = self.l[torch.randperm(len(self.l), generator=g)][a:b]
             if step < self._first_step():
                 continue
-            yield {"u": u, "l": lab[self.rank::self.world_size], "seed": hash((self.seed, self.epoch, step))}
+            yield {"u": u, "l": lab[self.rank :: self.world_size], "seed": hash((self.seed, self.epoch, step))}
 
 
 class RowBatches(Dataset):

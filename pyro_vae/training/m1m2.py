@@ -11,6 +11,7 @@ of the epoch number (the batch sampler's, :meth:`M1M2Plan.stage`), so a resumed 
 Validation: ``loss`` is M1's -ELBO during the first stage and the whole model's -ELBO after;
 ``accuracy`` (q(y|z1) on E[q(z1|x)]) selects the kept checkpoint, as for M2.
 """
+
 import math
 
 import torch
@@ -38,8 +39,9 @@ class StagedBatchSampler(SemiSupervisedBatchSampler):
     the epoch's permutation of all rows (labelled and unlabelled) cut into the same number of
     steps (``{"rows", "seed"}``), so every epoch has the same length."""
 
-    def __init__(self, unlabelled, labelled, batch_size, labelled_batch_size, first_epochs: int, seed=0,
-                 rank=0, world_size=1):
+    def __init__(
+        self, unlabelled, labelled, batch_size, labelled_batch_size, first_epochs: int, seed=0, rank=0, world_size=1
+    ):
         super().__init__(unlabelled, labelled, batch_size, labelled_batch_size, seed, rank, world_size)
         self.first_epochs = int(first_epochs)
 
@@ -57,8 +59,10 @@ class StagedBatchSampler(SemiSupervisedBatchSampler):
         steps = len(self.bounds)
         cuts = [round(i * len(rows) / steps) for i in range(steps + 1)]
         for step in range(self._first_step(), steps):
-            yield {"rows": order[cuts[step]:cuts[step + 1]][self.rank::self.world_size],
-                   "seed": hash((self.seed, self.epoch, step))}
+            yield {
+                "rows": order[cuts[step] : cuts[step + 1]][self.rank :: self.world_size],
+                "seed": hash((self.seed, self.epoch, step)),
+            }
 
 
 @register_plan(M1M2)
@@ -71,8 +75,10 @@ class M1M2Plan(TrainingPlan):
         super().__init__(model, cfg)
         t = cfg.train
         if t.early_stopping_patience is not None:
-            raise ConfigError("model=m1m2 trains its stages for fixed epochs (model.m1_epochs, train.epochs); "
-                              "set train.early_stopping_patience=null")
+            raise ConfigError(
+                "model=m1m2 trains its stages for fixed epochs (model.m1_epochs, train.epochs); "
+                "set train.early_stopping_patience=null"
+            )
         self.m1_loss = make_elbo(t)(model.m1.model, model.m1.guide)
         self.m2_plan = SemiSupervisedPlan(model.m2, m2_plan_config(cfg))
         self.sampler = None  # of the training batches (train_dataloader): its epoch says the stage
@@ -101,9 +107,16 @@ class M1M2Plan(TrainingPlan):
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         y = data.train.y
         rows = torch.arange(len(y))
-        self.sampler = StagedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
-                                          self.m2_plan.labelled_batch_size(), self.cfg.model.m1_epochs, seed, rank,
-                                          world_size)
+        self.sampler = StagedBatchSampler(
+            rows[y < 0],
+            rows[y >= 0],
+            self.cfg.train.batch_size,
+            self.m2_plan.labelled_batch_size(),
+            self.cfg.model.m1_epochs,
+            seed,
+            rank,
+            world_size,
+        )
         return index_loader(RowBatches(data.train.x, y, data.binarize == "dynamic"), self.sampler)
 
     def loss(self, batch):
@@ -142,8 +155,12 @@ class M1M2Plan(TrainingPlan):
     def validation_sums(self, x, y):
         elbo = self.model.m1.elbo(x) if self.stage() == 1 else self.model.elbo(x)
         known = y >= 0
-        return {"loss": -elbo.sum(), "count": torch.tensor(float(x.shape[0]), device=x.device),
-                "correct": (self.model.predict(x)[known] == y[known]).sum().float(), "known": known.sum().float()}
+        return {
+            "loss": -elbo.sum(),
+            "count": torch.tensor(float(x.shape[0]), device=x.device),
+            "correct": (self.model.predict(x)[known] == y[known]).sum().float(),
+            "known": known.sum().float(),
+        }
 
     def selection_for(self, split):
         return self.m2_plan.selection_for(split)
@@ -161,5 +178,6 @@ class M1M2Plan(TrainingPlan):
             torch.manual_seed(0)
             c, n = m.num_classes, 10
             y = torch.arange(c, device=m.device).repeat_interleave(n)
-            conditional_generation(m.sample(c * n, y=y).cpu(), c, data, run_dir, n,
-                                   "rows: class y; samples through both decoders")
+            conditional_generation(
+                m.sample(c * n, y=y).cpu(), c, data, run_dir, n, "rows: class y; samples through both decoders"
+            )

@@ -8,6 +8,7 @@
 Each term is scaled to its full count, so a
 minibatch loss estimates the full-data objective.
 """
+
 import abc
 from typing import Dict
 
@@ -137,12 +138,16 @@ def check_labels(data, num_classes: int, kind: str) -> None:
     """DataError unless some training labels are known and every label is below ``num_classes``."""
     y = data.train.y
     if y is None or not bool((y >= 0).any()):
-        raise DataError(f"model={kind} needs some training labels (none are known); give labels "
-                        "(data.labels_path or a label column) for some rows")
+        raise DataError(
+            f"model={kind} needs some training labels (none are known); give labels "
+            "(data.labels_path or a label column) for some rows"
+        )
     for name, split in data.splits():
         if split.y is not None and bool((split.y >= num_classes).any()):
-            raise DataError(f"the {name} split has label {int(split.y.max())}, outside "
-                            f"0..{num_classes - 1}; fix the labels or set data.num_classes")
+            raise DataError(
+                f"the {name} split has label {int(split.y.max())}, outside "
+                f"0..{num_classes - 1}; fix the labels or set data.num_classes"
+            )
 
 
 @register_plan(SSVAE)
@@ -181,8 +186,9 @@ class SemiSupervisedPlan(TrainingPlan):
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         y = data.train.y
         rows = torch.arange(len(y))
-        sampler = SemiSupervisedBatchSampler(rows[y < 0], rows[y >= 0], self.cfg.train.batch_size,
-                                             self.labelled_batch_size(), seed, rank, world_size)
+        sampler = SemiSupervisedBatchSampler(
+            rows[y < 0], rows[y >= 0], self.cfg.train.batch_size, self.labelled_batch_size(), seed, rank, world_size
+        )
         return index_loader(RowBatches(data.train.x, y, data.binarize == "dynamic"), sampler)
 
     def loss(self, batch):

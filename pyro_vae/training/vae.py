@@ -1,4 +1,5 @@
 """Training the VAE: the ELBO as a torch module on index-batched rows."""
+
 from ..models.vae import VAE
 from .base import TrainingPlan, make_elbo, register_plan
 from .batches import IndexBatchSampler, RowBatches, index_loader

@@ -49,22 +49,33 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+def _package_of(path: Path) -> str:
+    """The package a module's relative imports start from ("" for pyro_vae itself)."""
+    name = _module_name(path)
+    if name == "__init__":
+        return ""
+    return name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+
+def _import_target(node: ast.ImportFrom, package: str):
+    """The pyro_vae module (dotted, below the package) a ``from ... import`` reads; None outside pyro_vae."""
+    if node.level:
+        base = package.split(".") if package else []
+        base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
+        return ".".join(base + ([node.module] if node.module else []))
+    if node.module and node.module.startswith("pyro_vae"):
+        return node.module[len("pyro_vae") :].lstrip(".")
+    return None
+
+
 def _imports(path: Path):
     """Every pyro_vae module that ``path`` imports, at module level or inside functions."""
-    name = _module_name(path)
-    package = name if path.name == "__init__.py" and name != "__init__" else name.rpartition(".")[0]
-    if name == "__init__":
-        package = ""
+    name, package = _module_name(path), _package_of(path)
     out = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".") if package else []
-                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
-                target = ".".join(base + ([node.module] if node.module else []))
-            elif node.module and node.module.startswith("pyro_vae"):
-                target = node.module[len("pyro_vae") :].lstrip(".")
-            else:
+            target = _import_target(node, package)
+            if target is None:
                 continue
             for alias in node.names:  # `from . import config` imports the module config
                 candidate = f"{target}.{alias.name}" if target else alias.name
@@ -113,18 +124,12 @@ def _private(name: str) -> bool:
 
 def _imported_modules_and_privates(path: Path):
     """(aliases of pyro_vae modules that ``path`` imports, private names it imports from pyro_vae modules)."""
-    name = _module_name(path)
-    package = "" if name == "__init__" else (name if path.name == "__init__.py" else name.rpartition(".")[0])
+    package = _package_of(path)
     aliases, privates = set(), []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".") if package else []
-                base = base[: len(base) - (node.level - 1)] if node.level > 1 else base
-                target = ".".join(base + ([node.module] if node.module else []))
-            elif node.module and node.module.startswith("pyro_vae"):
-                target = node.module[len("pyro_vae") :].lstrip(".")
-            else:
+            target = _import_target(node, package)
+            if target is None:
                 continue
             for alias in node.names:
                 candidate = f"{target}.{alias.name}" if target else alias.name

@@ -39,6 +39,17 @@ def tiny(extra=()):
     return build_model(cfg, DataInfo(64, (1, 8, 8), 4, None)), cfg
 
 
+def tiny_plan():
+    """A tiny M1+M2, its plan set up on 100 random rows of which 12 are labelled."""
+    m, cfg = tiny()
+    plan = plan_for(m, cfg)
+    y = torch.full((100,), -1)
+    y[:12] = torch.arange(12) % 4
+    data = Dataset("t", Split(torch.rand(100, 64), y), Split(torch.rand(5, 64)))
+    plan.setup(data)
+    return m, plan, data
+
+
 @pytest.mark.slow
 def test_the_elbo_is_the_stacked_programs_and_bounds_the_likelihood():
     from pyro_vae.evaluate import iwae_log_likelihood
@@ -68,12 +79,7 @@ def test_m2_inside_takes_its_keys_from_model_m1m2():
 
 
 def test_stage_one_walks_all_rows_and_both_stages_have_the_same_steps():
-    m, cfg = tiny()
-    plan = plan_for(m, cfg)
-    y = torch.full((100,), -1)
-    y[:12] = torch.arange(12) % 4
-    data = Dataset("t", Split(torch.rand(100, 64), y), Split(torch.rand(5, 64)))
-    plan.setup(data)
+    m, plan, data = tiny_plan()
     loader = plan.train_dataloader(data, seed=0)
     first = list(loader)
     rows = torch.cat([b[0] for b in first])
@@ -104,15 +110,10 @@ def test_m1_and_m2_are_parts_whose_weights_keep_the_files_names():
 
 
 def test_the_stage_is_the_training_epochs_and_picks_the_loss_and_the_validation_elbo():
-    m, cfg = tiny()
-    plan = plan_for(m, cfg)
-    y = torch.full((100,), -1)
-    y[:12] = torch.arange(12) % 4
-    data = Dataset("t", Split(torch.rand(100, 64), y), Split(torch.rand(5, 64)))
-    plan.setup(data)
+    m, plan, data = tiny_plan()
     assert plan.stage() == 2  # no training loader: a model is evaluated as a whole
     loader = plan.train_dataloader(data, seed=0)
-    x, yv = data.train.x[:7], y[:7]
+    x, yv = data.train.x[:7], data.train.y[:7]
     for epoch, stage, elbo in ((0, 1, m.m1.elbo), (2, 1, m.m1.elbo), (3, 2, m.elbo)):
         loader.sampler.set_epoch(epoch)
         assert plan.stage() == stage

@@ -9,9 +9,9 @@ Public API::
     r = pyro_vae.fit(x_array)                # your own rows (NumPy, torch, pandas, scipy sparse, AnnData)
     r.model.save("my_model.pt")              # pyro_vae.load("my_model.pt") reads it back
 
-Models keep their parameters local to the module
-(``pyro.settings.set(module_local_params=True)``, set when the models are imported), so
-two models in one process never share Pyro's global parameter store. The names below are
+Models keep their parameters in the module (Pyro's module-local mode, entered for each call and
+left on return: importing the package changes no setting), so two models in one process never
+share Pyro's global parameter store. The names below are
 imported on first use, so ``pyro-vae --help`` does not wait for torch; ``__init__.pyi`` shows
 them to type checkers and editors.
 """

@@ -17,10 +17,10 @@ import math
 
 import torch
 import pyro.distributions as dist
-from pyro.nn import PyroModule
 
 from .errors import ConfigError, DataError
 from .fastmath import BernoulliLogits, softplus
+from .pyromodule import LocalPyroModule
 from .registry import Registry
 from .sparse import SparseRows
 
@@ -28,7 +28,7 @@ LIKELIHOODS = Registry("likelihood")
 register = LIKELIHOODS.register
 
 
-class Likelihood(PyroModule):
+class Likelihood(LocalPyroModule):
     """Base class. Subclasses take ``data_dim`` plus their own config parameters and define
     ``forward(self, out)`` (optionally ``mean(self, out)``), or ``forward(self, out, x=None)``
     when the distribution depends on the observed rows ``x``."""

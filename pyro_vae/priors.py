@@ -24,15 +24,15 @@ import math
 
 import torch
 import pyro.distributions as dist
-from pyro.nn import PyroModule
 
+from .pyromodule import LocalPyroModule
 from .registry import Registry
 
 PRIORS = Registry("prior")
 register = PRIORS.register
 
 
-class Prior(PyroModule):
+class Prior(LocalPyroModule):
     """Base class. Subclasses take ``latent_dim`` plus their own config parameters."""
 
     context_args = ("latent_dim",)

@@ -5,7 +5,7 @@ import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import pyro_vae  # noqa: E402,F401  (sets module_local_params)
+import pyro_vae  # noqa: E402,F401
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 needs_fashion = pytest.mark.skipif(

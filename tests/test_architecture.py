@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 # the README's architecture section: lower layers never import higher ones
 LAYERS = [
-    ("foundation", {"errors", "utils", "registry", "fastmath", "sparse"}),
+    ("foundation", {"errors", "utils", "registry", "fastmath", "sparse", "pyromodule"}),
     (
         "math",
         {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae", "models.m1m2"},
@@ -202,6 +202,21 @@ def test_only_the_engine_imports_lightning():
         if "lightning" in p.read_text() and "import lightning" in p.read_text() or "from lightning" in p.read_text()
     ]
     assert users == ["train.py"], users
+
+
+def test_importing_the_package_changes_no_pyro_or_torch_setting():
+    """Every module imported, every registry filled: Pyro's settings and torch's defaults are as before."""
+    mods = sorted({_module_name(p) for p in PKG.rglob("*.py")} - {"__init__"})
+    code = (
+        "import importlib, pyro, torch\n"
+        "before = (pyro.settings.get(), torch.get_default_dtype(), torch.get_num_threads())\n"
+        f"for m in {mods!r}:\n    importlib.import_module('pyro_vae.' + m)\n"
+        "import pyro_vae; [getattr(pyro_vae, n) for n in pyro_vae.__all__]\n"
+        "after = (pyro.settings.get(), torch.get_default_dtype(), torch.get_num_threads())\n"
+        "assert after == before, (before, after)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-800:]
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["list"], ["config", "model=ssvae"]])

@@ -4,8 +4,7 @@ import json
 import pytest
 import torch
 import pyro
-import pyro.optim
-from pyro.infer import SVI, Trace_ELBO
+from pyro.infer import Trace_ELBO
 
 import pyro_vae
 from pyro_vae.config import load_config
@@ -36,27 +35,39 @@ def test_model_and_guide_sites_and_shapes():
     assert loc.shape == (5, 4) and bool((scale > 0).all())
 
 
-def test_trains_with_a_plain_pyro_svi_loop():
-    """The library is Pyro first: the same model/guide train with SVI + pyro.optim.Adam.
-
-    pyro.optim finds parameters through Pyro's global parameter store, so this classic
-    loop runs with module-local parameters switched off, as Pyro requires.
-    """
+def test_trains_with_a_plain_pyro_loop_and_leaves_pyro_settings_alone():
+    """The library is Pyro first: the model/guide train with Pyro's ELBO as a torch module and a
+    torch optimizer (Pyro's way for module-local parameters), in a process whose Pyro settings are
+    the defaults; the parameters never reach Pyro's global store and the setting is left as it was."""
+    assert pyro.settings.get("module_local_params") is False  # importing pyro_vae changed nothing
     pyro.set_rng_seed(0)
+    pyro.clear_param_store()
     vae, data = _model()
     x = data.train.x
     vae.num_data = len(x)
     before = float(-vae.elbo(data.test.x, num_particles=5).mean())
-    with pyro.settings.context(module_local_params=False):
-        pyro.clear_param_store()
-        svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 3e-3}), Trace_ELBO())
-        for epoch in range(8):
-            for i in range(0, len(x), 128):
-                svi.step(x[i : i + 128])
-        assert len(pyro.get_param_store()) > 0  # the networks registered themselves
-        pyro.clear_param_store()
+    loss_fn = Trace_ELBO()(vae.model, vae.guide)
+    opt = torch.optim.Adam(vae.parameters(), lr=3e-3)
+    for epoch in range(8):
+        for i in range(0, len(x), 128):
+            opt.zero_grad()
+            loss_fn(x[i : i + 128]).backward()
+            opt.step()
     after = float(-vae.elbo(data.test.x, num_particles=5).mean())
     assert after < before - 3, (before, after)
+    assert len(pyro.get_param_store()) == 0
+    assert pyro.settings.get("module_local_params") is False
+
+
+def test_two_models_in_one_process_keep_their_own_parameters():
+    """Same parameter names, two modules: each program reads its own weights, never the other's."""
+    a, data = _model()
+    b, _ = _model()
+    x = data.train.x[:8]
+    pyro.poutine.trace(a.guide).get_trace(x)  # a runs first; under a shared store b would read a's weights
+    sites = pyro.poutine.trace(b.guide, param_only=True).get_trace(x).nodes.values()
+    own = {id(p) for p in b.parameters()}
+    assert sites and all(id(site["value"]) in own for site in sites)
 
 
 def test_fit_on_digits_writes_a_complete_run_directory(tmp_path, quick):

@@ -18,17 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-import pyro
 import torch
 from omegaconf import OmegaConf
-from pyro.nn import PyroModule
 
 from ..errors import PyroVAEError
+from ..pyromodule import LocalPyroModule
 from ..registry import Registry
 from ..utils import save_tensors
-
-# parameters live in their modules, not Pyro's global store: two models never share them
-pyro.settings.set(module_local_params=True)
 
 MODELS = Registry("model")
 
@@ -81,11 +77,11 @@ def export_payload(model, cfg, info: DataInfo) -> dict:
     }
 
 
-class _ModelMeta(type(PyroModule), abc.ABCMeta):
+class _ModelMeta(type(LocalPyroModule), abc.ABCMeta):
     """PyroModule's metaclass with abstract-method checks."""
 
 
-class LatentVariableModel(PyroModule, metaclass=_ModelMeta):
+class LatentVariableModel(LocalPyroModule, metaclass=_ModelMeta):
     """Base class of every model kind.
 
     ``model(x, ...)`` is the generative program p(x, z, ...) and ``guide(x, ...)`` the

@@ -23,11 +23,11 @@ import torch
 import pyro
 import pyro.distributions as dist
 from pyro import poutine
-from pyro.nn.module import pyro_method
 
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
 from ..networks import GaussianEncoder, make_body, make_decoder, reads_input
+from ..pyromodule import pyro_program
 from .base import MODELS, DataInfo, LatentPaths, LatentVariableModel
 
 
@@ -67,7 +67,7 @@ class VAE(LatentVariableModel, LatentPaths):
         size = self.num_data or n
         return pyro.plate("data", size, subsample=torch.arange(n, device=x.device))
 
-    @pyro_method
+    @pyro_program
     def model(self, x: torch.Tensor):
         """p(x, z) = p(z) p(x|z), observed at ``x`` (shape (batch, data_dim))."""
         with self._plate(x):
@@ -75,7 +75,7 @@ class VAE(LatentVariableModel, LatentPaths):
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z), x), obs=x)
 
-    @pyro_method
+    @pyro_program
     def guide(self, x: torch.Tensor):
         """q(z|x) = Normal(loc(x), scale(x))."""
         # pyro_method enters the module's Pyro context, so the networks' parameters are param

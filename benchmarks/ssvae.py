@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pyro_vae.config import load_config  # noqa: E402
 from pyro_vae.fastmath import cpu_has_native_bf16  # noqa: E402
 from pyro_vae.training.augment import augment_images  # noqa: E402
-from pyro_vae.models.ssvae import augment_shift, classifier_type  # noqa: E402
+from pyro_vae.models.ssvae import classifier_type  # noqa: E402
+from pyro_vae.training.ssvae import augment_shift  # noqa: E402
 from pyro_vae.networks import make_classifier  # noqa: E402
 from pyro_vae.train import fit  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402

@@ -169,6 +169,7 @@ def registries():
     from .models import MODELS
     from .priors import PRIORS
     from .scores import ANOMALY_SCORES
+    from . import training  # noqa: F401  (its plans join their objectives' keys to the model kinds)
 
     return {"model": MODELS, "data": DATASETS, "prior": PRIORS, "likelihood": LIKELIHOODS, "score": ANOMALY_SCORES}
 

@@ -75,6 +75,12 @@ class Registry:
     def config_class(self, name: str) -> Optional[type]:
         return getattr(self.get(name), "config_class", None)
 
+    def add_keys(self, name: str, config: type) -> None:
+        """Join the fields of the dataclass ``config`` (and its ``check``) to entry ``name``'s keys:
+        keys defined beside other code that reads them, such as a model kind's training objective."""
+        cls = self.get(name)
+        cls.config_class = joined_config(self.config_class(name), config)
+
     def user_params(self, name: str) -> Dict[str, inspect.Parameter]:
         """The parameters a config may set for ``name`` (the signature minus context args)."""
         cls = self.get(name)
@@ -148,6 +154,20 @@ class Registry:
                 params.append(k if p.default is inspect.Parameter.empty else f"{k}={p.default!r}")
             doc = (inspect.getdoc(self._classes[name]) or "").split("\n")[0]
             yield f"{name}({', '.join(params)}): {doc}"
+
+
+def joined_config(first: Optional[type], second: type) -> type:
+    """A config dataclass with the fields of ``first`` then ``second``, checked by both."""
+    if first is None:
+        return second
+    parts = [c for c in (first, second) if getattr(c, "check", None)]
+
+    def check(c) -> None:
+        for part in parts:
+            part.check(c)
+
+    namespace = {"check": staticmethod(check), "__doc__": first.__doc__}
+    return dataclasses.make_dataclass(first.__name__, [], bases=(second, first), namespace=namespace)
 
 
 def _default_of(f):

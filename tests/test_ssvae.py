@@ -161,9 +161,12 @@ def test_aux_term_sees_shifted_labelled_images_only_in_training():
 def test_augmentation_needs_images(option):
     from pyro_vae.errors import ConfigError
 
+    from pyro_vae.training import plan_for
+
     cfg = load_config(None, SMALL + [option])
+    model = build_model(cfg, DataInfo(64, None, 4, 100))
     with pytest.raises(ConfigError, match="needs image data"):
-        build_model(cfg, DataInfo(64, None, 4, 100))
+        plan_for(model, cfg)  # the objective's keys are checked by its plan, before training starts
 
 
 def test_strong_augmentation_shifts_mirrors_half_and_cuts_out_a_square():
@@ -388,8 +391,8 @@ def _supervised_only(data, seed, hidden):
 
 
 def test_the_defaults_pick_a_conv_q_y_with_shifts_and_pseudo_labels_for_images_and_an_mlp_for_tables():
-    from pyro_vae.models.ssvae import augment_shift, classifier_type, pseudo_label_weight
-    from pyro_vae.training.ssvae import PseudoLabel
+    from pyro_vae.models.ssvae import classifier_type
+    from pyro_vae.training.ssvae import PseudoLabel, augment_shift, pseudo_label_weight
 
     cfg = load_config(None, ["model=ssvae"])
     assert classifier_type(cfg.model, (1, 8, 8)) == "conv" and augment_shift(cfg.model, (1, 8, 8)) == 1

@@ -34,11 +34,10 @@ import pyro
 import pyro.distributions as dist
 from omegaconf import OmegaConf
 from pyro import poutine
-from pyro.nn import PyroModule
-from pyro.nn.module import pyro_method
 
 from ..errors import ConfigError
 from ..registry import option
+from ..pyromodule import LocalPyroModule, pyro_program
 from .base import MODELS, Classifier, DataInfo, LatentPaths, LatentVariableModel
 from .ssvae import SSVAE, SSVAEConfig
 from .vae import VAE
@@ -59,7 +58,6 @@ class M1M2Config:
     m2_hidden: List[int] = option(help="M2's q(z2|z1,y) and p(z1|z2,y): hidden layer sizes", factory=lambda: [500])
     classifier_hidden: List[int] = option(help="q(y|z1): hidden layer sizes", factory=lambda: [500])
     classifier_dropout: float = option(0.5, "q(y|z1): dropout after each hidden layer, training only")
-    aux_loss_multiplier: float = option(30.0, "alpha of M2's auxiliary classification term, scaled to the data")
 
     @staticmethod
     def check(c) -> None:
@@ -69,24 +67,19 @@ class M1M2Config:
             raise ConfigError(f"model.z1_dim and model.z2_dim must be at least 1 (got {c.z1_dim}, {c.z2_dim})")
         if not 0 <= c.classifier_dropout < 1:
             raise ConfigError(f"model.classifier_dropout must be in [0, 1) (got {c.classifier_dropout})")
-        if c.aux_loss_multiplier < 0:
-            raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
 
 
 def m2_model_config(cfg):
-    """The ``model: ssvae`` config that builds M2 inside a ``model: m1m2`` config: an MLP q(y|z1), no image
-    augmentation or pseudo-labels, a Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
+    """The ``model: ssvae`` config that builds M2 inside a ``model: m1m2`` config: an MLP q(y|z1), a
+    Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
     m = cfg.model
     ssvae = dict(
         asdict(SSVAEConfig()),
         name="ssvae",
         classifier_type="mlp",
-        augment_shift=0,
-        pseudo_label_weight=0.0,
         classifier_hidden=list(m.classifier_hidden),
         classifier_dropout=float(m.classifier_dropout),
         classifier_activation="relu",
-        aux_loss_multiplier=float(m.aux_loss_multiplier),
     )
     net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": cfg.encoder.activation}
     return OmegaConf.create(
@@ -138,7 +131,7 @@ class M1M2(LatentVariableModel, Classifier, LatentPaths):
     num_data = _m1_attribute("num_data", "plate size: the training-set size (None: the minibatch)", True)
 
     def __init__(self, m1: VAE, m2: SSVAE):
-        PyroModule.__init__(self)  # no parts of its own (LatentVariableModel's): they are m1's and m2's
+        LocalPyroModule.__init__(self)  # no parts of its own (LatentVariableModel's): they are m1's and m2's
         self.m1 = m1
         self.m2 = m2
         self.latent_dim, self.data_dim, self.image_shape = m1.latent_dim, m1.data_dim, m1.image_shape
@@ -163,7 +156,7 @@ class M1M2(LatentVariableModel, Classifier, LatentPaths):
         n = x.shape[0]
         return pyro.plate("data", self.num_data or n, subsample=torch.arange(n, device=x.device))
 
-    @pyro_method
+    @pyro_program
     def model(self, x: torch.Tensor):
         """p(x, y, z1, z2) = p(y) p(z2) p(z1|z2,y) p(x|z1), observed at ``x``; y is enumerated."""
         m1, m2 = self.m1, self.m2
@@ -174,7 +167,7 @@ class M1M2(LatentVariableModel, Classifier, LatentPaths):
             z1 = pyro.sample("z1", m2.likelihood(m2.decoder(z2, y)))
             pyro.sample("x", m1.likelihood(m1.decoder(z1), x), obs=x)
 
-    @pyro_method
+    @pyro_program
     def guide(self, x: torch.Tensor):
         """q(z1|x) q(y|mu1(x)) q(z2|mu1(x),y), y enumerated in parallel; mu1(x) = E[q(z1|x)]."""
         m2 = self.m2

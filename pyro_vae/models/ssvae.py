@@ -32,7 +32,6 @@ import torch.nn as nn
 import pyro
 import pyro.distributions as dist
 from pyro import poutine
-from pyro.nn.module import pyro_method
 
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
@@ -40,40 +39,24 @@ from ..errors import ConfigError, DataError
 from ..fastmath import softplus
 from ..networks import ACTIVATIONS, MLP, NETWORKS, make_activation, make_classifier, reads_input
 from ..registry import option
+from ..pyromodule import pyro_program
 from .base import MODELS, Classifier, DataInfo, LatentVariableModel
 
 
 @dataclass
 class SSVAEConfig:
-    """``model: ssvae`` keys: q(y|x)'s network and the terms of the semi-supervised objective."""
+    """``model: ssvae`` keys of the model: q(y|x)'s network (the objective's keys are its plan's,
+    :class:`pyro_vae.training.ssvae.SSVAEObjective`)."""
 
-    aux_loss_multiplier: float = option(30.0, "alpha of the auxiliary classification term (Kingma et al. eq. 9)")
-    aux_scaling: str = option(
-        "total",
-        "total: alpha * N * mean over the labelled examples | labelled: alpha per labelled example (Pyro's example)",
-    )
     classifier_hidden: List[int] = option(help="q(y|x): hidden layer sizes", factory=lambda: [500])
     classifier_type: str = option(
         "auto", "q(y|x): network type; auto = conv for images whose sides divide by 4, mlp otherwise"
     )
     classifier_dropout: float = option(0.5, "q(y|x): dropout after each hidden layer, training only")
     classifier_activation: Optional[str] = option("relu", "q(y|x): activation; null = encoder.activation")
-    augment_shift: Optional[int] = option(
-        None,
-        "aux term: labelled images shifted by up to this many pixels (training only); null = 1 for images, 0 otherwise",
-    )
-    pseudo_label_weight: Optional[float] = option(
-        None,
-        "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
-        "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
-        "term times this; 0 = off; null = 1 for images, 0 otherwise",
-    )
-    pseudo_label_threshold: float = option(0.95, "pseudo-label term: the confidence a label needs")
 
     @staticmethod
     def check(c) -> None:
-        if c.aux_scaling not in ("labelled", "total"):
-            raise ConfigError(f"model.aux_scaling={c.aux_scaling!r} is not valid; choose one of: labelled, total")
         if c.classifier_type != "auto" and c.classifier_type not in NETWORKS:
             raise ConfigError(
                 f"model.classifier_type={c.classifier_type!r} is not valid; "
@@ -86,16 +69,6 @@ class SSVAEConfig:
             )
         if not 0 <= c.classifier_dropout < 1:
             raise ConfigError(f"model.classifier_dropout must be in [0, 1) (got {c.classifier_dropout})")
-        if c.augment_shift is not None and c.augment_shift < 0:
-            raise ConfigError(
-                f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})"
-            )
-        if c.aux_loss_multiplier < 0:
-            raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
-        if c.pseudo_label_weight is not None and c.pseudo_label_weight < 0:
-            raise ConfigError(f"model.pseudo_label_weight must be >= 0 (got {c.pseudo_label_weight})")
-        if not 0 <= c.pseudo_label_threshold <= 1:
-            raise ConfigError(f"model.pseudo_label_threshold must be in [0, 1] (got {c.pseudo_label_threshold})")
 
 
 def classifier_type(m, image_shape) -> str:
@@ -103,18 +76,6 @@ def classifier_type(m, image_shape) -> str:
     if m.classifier_type != "auto":
         return m.classifier_type
     return "conv" if image_shape is not None and image_shape[1] % 4 == 0 and image_shape[2] % 4 == 0 else "mlp"
-
-
-def pseudo_label_weight(m, image_shape) -> float:
-    """``model.pseudo_label_weight`` with null resolved: 1 for images, 0 otherwise."""
-    if m.pseudo_label_weight is None:
-        return 1.0 if image_shape is not None else 0.0
-    return float(m.pseudo_label_weight)
-
-
-def augment_shift(m, image_shape) -> int:
-    """``model.augment_shift`` with null resolved: 1 pixel for images, 0 otherwise."""
-    return (1 if image_shape is not None else 0) if m.augment_shift is None else int(m.augment_shift)
 
 
 class SplitInput(nn.Module):
@@ -166,12 +127,6 @@ class SSVAE(LatentVariableModel, Classifier):
         c, m = info.num_classes, cfg.model
         if cfg.encoder.type != "mlp" or cfg.decoder.type != "mlp":
             raise ConfigError("model=ssvae supports encoder.type=mlp and decoder.type=mlp")
-        if m.augment_shift and info.image_shape is None:
-            raise ConfigError("model.augment_shift needs image data; set it to null for tabular data")
-        if m.pseudo_label_weight and info.image_shape is None:
-            raise ConfigError(
-                "model.pseudo_label_weight needs image data (it augments images); set it to null or 0 for tabular data"
-            )
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         act = cfg.encoder.activation
@@ -209,7 +164,7 @@ class SSVAE(LatentVariableModel, Classifier):
         n = x.shape[0]
         return pyro.plate("data", size or self.num_data or n, subsample=torch.arange(n, device=x.device))
 
-    @pyro_method
+    @pyro_program
     def model(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None):
         """p(x, y, z) = p(y) p(z) p(x | z, y); y observed when given, else enumerated by the ELBO.
         ``size``: the plate size (how many rows this minibatch stands for)."""
@@ -219,7 +174,7 @@ class SSVAE(LatentVariableModel, Classifier):
             y = pyro.sample("y", dist.Categorical(logits=self.class_logits), obs=y)
             pyro.sample("x", self.likelihood(self.decoder(z, y), x), obs=x)
 
-    @pyro_method
+    @pyro_program
     def guide(self, x: torch.Tensor, y: Optional[torch.Tensor] = None, size: Optional[int] = None):
         """q(y|x) (when y is unobserved) then q(z|x,y); the x part of q(z|x,y) is computed once."""
         with self._plate(x, size):

@@ -9,18 +9,22 @@ from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
 from ..likelihoods import Mixed
-from ..models.base import LatentVariableModel
+from ..models.base import MODELS, LatentVariableModel
 from ..sparse import is_sparse
 from .batches import IndexBatchSampler, RowBatches, index_loader
 
 _PLANS: Dict[type, type] = {}
 
 
-def register_plan(model_cls: type):
-    """Class decorator: the plan that trains ``model_cls`` (and its subclasses without a plan of their own)."""
+def register_plan(model_cls: type, config: Optional[type] = None):
+    """Class decorator: the plan that trains ``model_cls`` (and its subclasses without a plan of their own).
+    ``config``: a dataclass of the keys the plan reads (its objective's), joined to the model kind's
+    ``model.*`` keys."""
 
     def decorator(plan_cls):
         _PLANS[model_cls] = plan_cls
+        if config is not None:
+            MODELS.add_keys(model_cls.registry_name, config)
         return plan_cls
 
     return decorator

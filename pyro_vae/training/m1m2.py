@@ -13,25 +13,46 @@ Validation: ``loss`` is M1's -ELBO during the first stage and the whole model's 
 """
 
 import math
+from dataclasses import asdict, dataclass
 
 import torch
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError
 from ..models.m1m2 import M1M2, m2_model_config
+from ..registry import option
 from .base import TrainingPlan, make_elbo, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader, seeded_generator
-from .ssvae import SemiSupervisedPlan, check_labels
+from .ssvae import SemiSupervisedPlan, SSVAEObjective, check_labels
 
 
 #: ``model.m1_epochs: null`` trains M1 for about this many steps (whole epochs, at least one)
 M1_STEPS = 8000
 
 
+@dataclass
+class M1M2Objective:
+    """``model: m1m2`` keys of M2's objective on the codes."""
+
+    aux_loss_multiplier: float = option(30.0, "alpha of M2's auxiliary classification term, scaled to the data")
+
+    @staticmethod
+    def check(c) -> None:
+        if c.aux_loss_multiplier < 0:
+            raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
+
+
 def m2_plan_config(cfg):
     """The config of M2's plan (:class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) inside a
-    ``model: m1m2`` run: the config that builds M2 with the run's ``train`` section."""
-    return OmegaConf.merge(m2_model_config(cfg), {"train": OmegaConf.to_container(cfg.train)})
+    ``model: m1m2`` run: the config that builds M2, its objective on codes (no image shifts, no
+    pseudo-labels) and the run's ``train`` section."""
+    objective = dict(
+        asdict(SSVAEObjective()),
+        augment_shift=0,
+        pseudo_label_weight=0.0,
+        aux_loss_multiplier=float(cfg.model.aux_loss_multiplier),
+    )
+    return OmegaConf.merge(m2_model_config(cfg), {"model": objective, "train": OmegaConf.to_container(cfg.train)})
 
 
 class StagedBatchSampler(SemiSupervisedBatchSampler):
@@ -65,7 +86,7 @@ class StagedBatchSampler(SemiSupervisedBatchSampler):
             }
 
 
-@register_plan(M1M2)
+@register_plan(M1M2, config=M1M2Objective)
 class M1M2Plan(TrainingPlan):
     """M1's ELBO for ``model.m1_epochs`` epochs, then M2's objective on M1's codes for ``train.epochs``."""
 

@@ -10,21 +10,81 @@ minibatch loss estimates the full-data objective.
 """
 
 import abc
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Optional
 
 import torch
 import torch.nn.functional as F
 from pyro.infer import TraceEnum_ELBO
 
-from ..errors import DataError
-from ..models.ssvae import SSVAE, augment_shift, pseudo_label_weight
+from ..errors import ConfigError, DataError
+from ..models.ssvae import SSVAE
 from ..networks import ConvClassifier
-from ..registry import Registry
+from ..registry import Registry, option
 from .augment import augment_images, strong_augment
 from .base import TrainingPlan, make_elbo, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader
 
 LOSS_TERMS = Registry("loss term")
+
+
+@dataclass
+class SSVAEObjective:
+    """``model: ssvae`` keys of the objective: the aux term, the image shifts and the pseudo-label term."""
+
+    aux_loss_multiplier: float = option(30.0, "alpha of the auxiliary classification term (Kingma et al. eq. 9)")
+    aux_scaling: str = option(
+        "total",
+        "total: alpha * N * mean over the labelled examples | labelled: alpha per labelled example (Pyro's example)",
+    )
+    augment_shift: Optional[int] = option(
+        None,
+        "aux term: labelled images shifted by up to this many pixels (training only); null = 1 for images, 0 otherwise",
+    )
+    pseudo_label_weight: Optional[float] = option(
+        None,
+        "pseudo-label term (images): unlabelled images that q(y|x) labels with confidence >= "
+        "pseudo_label_threshold teach that label to strongly augmented copies, weighted like the aux "
+        "term times this; 0 = off; null = 1 for images, 0 otherwise",
+    )
+    pseudo_label_threshold: float = option(0.95, "pseudo-label term: the confidence a label needs")
+
+    @staticmethod
+    def check(c) -> None:
+        if c.aux_scaling not in ("labelled", "total"):
+            raise ConfigError(f"model.aux_scaling={c.aux_scaling!r} is not valid; choose one of: labelled, total")
+        if c.augment_shift is not None and c.augment_shift < 0:
+            raise ConfigError(
+                f"model.augment_shift must be 0 (off), a number of pixels or null (got {c.augment_shift})"
+            )
+        if c.aux_loss_multiplier < 0:
+            raise ConfigError(f"model.aux_loss_multiplier must be >= 0 (got {c.aux_loss_multiplier})")
+        if c.pseudo_label_weight is not None and c.pseudo_label_weight < 0:
+            raise ConfigError(f"model.pseudo_label_weight must be >= 0 (got {c.pseudo_label_weight})")
+        if not 0 <= c.pseudo_label_threshold <= 1:
+            raise ConfigError(f"model.pseudo_label_threshold must be in [0, 1] (got {c.pseudo_label_threshold})")
+
+
+def pseudo_label_weight(m, image_shape) -> float:
+    """``model.pseudo_label_weight`` with null resolved: 1 for images, 0 otherwise."""
+    if m.pseudo_label_weight is None:
+        return 1.0 if image_shape is not None else 0.0
+    return float(m.pseudo_label_weight)
+
+
+def augment_shift(m, image_shape) -> int:
+    """``model.augment_shift`` with null resolved: 1 pixel for images, 0 otherwise."""
+    return (1 if image_shape is not None else 0) if m.augment_shift is None else int(m.augment_shift)
+
+
+def check_objective(m, image_shape) -> None:
+    """ConfigError when a term that augments images is asked for on other data."""
+    if m.augment_shift and image_shape is None:
+        raise ConfigError("model.augment_shift needs image data; set it to null for tabular data")
+    if m.pseudo_label_weight and image_shape is None:
+        raise ConfigError(
+            "model.pseudo_label_weight needs image data (it augments images); set it to null or 0 for tabular data"
+        )
 
 
 class LossTerm(abc.ABC):
@@ -150,7 +210,7 @@ def check_labels(data, num_classes: int, kind: str) -> None:
             )
 
 
-@register_plan(SSVAE)
+@register_plan(SSVAE, config=SSVAEObjective)
 class SemiSupervisedPlan(TrainingPlan):
     """M2's objective: the sum of the active :data:`LOSS_TERMS`; selects on validation accuracy."""
 
@@ -158,6 +218,7 @@ class SemiSupervisedPlan(TrainingPlan):
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
+        check_objective(cfg.model, model.image_shape)
         self.num_labelled = self.num_unlabelled = 0
         self.terms = []
 

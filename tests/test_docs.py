@@ -86,20 +86,21 @@ def test_readme_tables_are_what_report_renders():
             assert body.strip(), f"README table {name} is empty: its benchmark JSON is missing"
 
 
-def test_results_template_placeholders_blocks_and_empty_paragraphs():
+def test_results_template_placeholders_blocks_rows_and_empty_paragraphs():
     report = _report()
     parts = {
-        "table": lambda: report.table(["a", "b"], [[1, None], ["", 2]]),
+        "rows": lambda: [{"a": 1, "b": None, "c": {"d": 2}}, {"a": 2.5, "c": {}}],
         "gone": lambda: "",
-        "v": lambda: {"x": 2.5, "none": None, "in": {"k": "deep"}},
+        "v": lambda: {"x": 2.5, "none": None, "in": {"k": "deep"}, "empty": []},
     }
     template = (
-        "{{# a note for editors }}\n# Title\n\n{{ table }}\n\n{{ gone }}\n\n{{ if gone }}\nhidden\n\nalso\n"
-        "{{ end }}\n\nx = {{ v.x:.2f }}{{ if v.none }} never{{ end }}{{ if v }}, {{ v.in.k }}"
+        "{{# a note for editors }}\n# Title\n\n| a | b | d |\n|---|---|---|\n{{ for rows }}| {a:.1f} | {b} | {c[d]} |\n"
+        "\n{{ gone }}\n\n| a |\n|---|\n{{ for v.empty }}| {a} |\n{{ for gone.rows }}| {a} |\n\n{{ if gone }}\nhidden\n\n"
+        "also\n{{ end }}\n\nx = {{ v.x:.2f }}{{ if v.none }} never{{ end }}{{ if v }}, {{ v.in.k }}"
         "{{ if v.in }} (nested){{ end }}{{ end }}.\n"
     )
     assert report.fill(template, parts) == (
-        "# Title\n\n| a | b |\n|---|---|\n| 1 | |\n|  | 2 |\n\nx = 2.50, deep (nested).\n"
+        "# Title\n\n| a | b | d |\n|---|---|---|\n| 1.0 | - | 2 |\n| 2.5 | - | - |\n\nx = 2.50, deep (nested).\n"
     )
 
 
@@ -112,6 +113,7 @@ def test_results_template_placeholders_blocks_and_empty_paragraphs():
         ("{{ v }}", ["v"], r"is a dict"),
         ("{{ s:.2f }}", ["s"], r"\{\{ s:.2f \}\}: Unknown format code"),
         ("{{ if v }}{{ v.x }}", ["v"], r"without its"),
+        ("{{ for v.rows }}| {a} |", ["v"], r"v rendered no 'rows'"),
     ],
 )
 def test_results_template_errors_are_one_line(template, names, error):

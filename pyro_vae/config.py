@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
-from .networks import ACTIVATIONS, NETWORKS, NetConfig
+from .networks import NetConfig
 from .registry import field_help, option
 from .utils import first_line
 
@@ -265,13 +265,7 @@ def resolve(cfg: Dict[str, Any]) -> DictConfig:
             raise
     out = OmegaConf.create(cfg)
     for key, net in (("encoder", out.encoder), ("decoder", out.decoder)):
-        NETWORKS.get(net.type)
-        if net.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"{key}.activation={net.activation!r} is not valid; choose one of: {', '.join(ACTIVATIONS.names())}"
-            )
-        if any(h < 1 for h in net.hidden):
-            raise ConfigError(f"{key}.hidden sizes must be positive integers (got {list(net.hidden)})")
+        NetConfig.check(net, key)
     if out.latent_dim < 1:
         raise ConfigError(f"latent_dim must be at least 1 (got {out.latent_dim})")
     TrainConfig.check(out.train)

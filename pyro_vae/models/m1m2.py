@@ -36,6 +36,7 @@ from omegaconf import OmegaConf
 from pyro import poutine
 
 from ..errors import ConfigError
+from ..networks import activation_of
 from ..registry import option
 from ..pyromodule import LocalPyroModule, pyro_program
 from .base import MODELS, Classifier, DataInfo, LatentPaths, LatentVariableModel
@@ -81,7 +82,7 @@ def m2_model_config(cfg):
         classifier_dropout=float(m.classifier_dropout),
         classifier_activation="relu",
     )
-    net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": cfg.encoder.activation}
+    net = {"type": "mlp", "hidden": list(m.m2_hidden), "activation": activation_of(cfg.encoder, "mlp")}
     return OmegaConf.create(
         {
             "model": ssvae,

@@ -37,7 +37,7 @@ from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
 from ..errors import ConfigError, DataError
 from ..fastmath import softplus
-from ..networks import ACTIVATIONS, MLP, NETWORKS, make_activation, make_classifier, reads_input
+from ..networks import ACTIVATIONS, MLP, NETWORKS, activation_of, make_activation, make_classifier, reads_input
 from ..registry import option
 from ..pyromodule import pyro_program
 from .base import MODELS, Classifier, DataInfo, LatentVariableModel
@@ -125,11 +125,13 @@ class SSVAE(LatentVariableModel, Classifier):
         if not info.num_classes or info.num_classes < 2:
             raise DataError("model=ssvae needs labelled data with at least 2 classes (some labels known)")
         c, m = info.num_classes, cfg.model
-        if cfg.encoder.type != "mlp" or cfg.decoder.type != "mlp":
-            raise ConfigError("model=ssvae supports encoder.type=mlp and decoder.type=mlp")
+        if {cfg.encoder.type, cfg.decoder.type} - {"auto", "mlp"}:
+            raise ConfigError(
+                "model=ssvae's q(z|x,y) and p(x|z,y) are MLPs: keep encoder.type and decoder.type auto or mlp"
+            )
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
-        act = cfg.encoder.activation
+        act = activation_of(cfg.encoder, "mlp")
         classifier = make_classifier(
             info.data_dim,
             c,
@@ -143,7 +145,7 @@ class SSVAE(LatentVariableModel, Classifier):
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
         encoder.first = reads_input(encoder.first, likelihood)
         decoder = SplitInput(
-            cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, cfg.decoder.activation
+            cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, activation_of(cfg.decoder, "mlp")
         )
         return cls(classifier, encoder, decoder, prior, likelihood, cfg.latent_dim, c, info.image_shape)
 

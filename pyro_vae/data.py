@@ -114,6 +114,7 @@ class Dataset:
             self.num_classes,
             len(self.train),
             list(self.class_names) if self.class_names else None,
+            self.levels,
         )
 
     def splits(self):

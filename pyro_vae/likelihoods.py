@@ -453,7 +453,8 @@ class DiscretizedLogistic(_Counts):
     level as the image stores it (``scores_levels``), 0..255 for 8-bit images; any other
     value (a fraction, a level above the top) is refused before training. A data set with fewer
     levels than 2^bits (the digits' 0..16) fits inside the range; its bits per dimension are
-    those of a code over all 2^bits levels.
+    those of a code over all 2^bits levels (for the digits bits=5, 0..31, is the smallest range
+    that holds them).
     """
 
     def __init__(self, data_dim: int, bits: int = 8, mixtures: int = 1):
@@ -477,7 +478,9 @@ class DiscretizedLogistic(_Counts):
             loc, log_scale, logits = parts[..., :1], parts[..., 1:], None
         else:
             logits, loc, log_scale = parts.split(self.mixtures, -1)
-        return DiscretizedLogisticMixture(loc, log_scale.clamp_min(-7.0), logits, self.levels).to_event(1)
+        return DiscretizedLogisticMixture(
+            loc, log_scale.clamp_min(-7.0), logits, self.levels, validate_args=False
+        ).to_event(1)
 
 
 LIBRARY_SIZES = ("observed", "none")

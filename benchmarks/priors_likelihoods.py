@@ -43,7 +43,7 @@ LIKELIHOODS = {
     "bernoulli": ["likelihood.name=bernoulli"],
     "continuous_bernoulli": ["likelihood.name=continuous_bernoulli"],
     "gaussian (learned scale)": ["likelihood.name=gaussian", "likelihood.scale=learned"],
-    "categorical-256": ["likelihood.name=categorical", "likelihood.levels=256", "data.normalize=false"],
+    "categorical-256": ["likelihood.name=categorical", "likelihood.levels=256"],
 }
 
 

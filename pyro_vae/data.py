@@ -3,11 +3,11 @@
 Built-in sources:
 
 * ``digits`` — scikit-learn's bundled 8x8 handwritten digits (1797 images, levels 0..16);
-  the offline default. ``normalize=true`` scales to [0,1].
+  the offline default.
 * ``mnist``, ``fashion-mnist``, ``kmnist`` — the four standard IDX files (gzipped or not)
   in ``data.root`` (image size from the IDX header); with no root, torchvision downloads them.
 * ``image_folder`` — ``data.root`` with one sub-folder of images per class (PNG, JPEG, ...),
-  resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); in [0,1].
+  resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels.
 * ``anndata`` — an ``.h5ad`` file: ``data.layer`` (default .X), ``data.label_key`` and
   ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
@@ -31,6 +31,12 @@ Add your own in a plugin file::
 
 Every split is a :class:`Split` of float32 ``x`` (N, D; dense, or SparseRows) and int64 ``y`` (N,) where
 ``-1`` means "label unknown" (``y`` is None when a source has no labels at all).
+
+Pixel values: an image source returns each pixel's integer level 0..L-1 and says L
+(``Loaded.levels``: 17 for the digits, 256 for 8-bit images). :func:`load_data` gives them to a
+likelihood that scores integer levels (``scores_levels``: categorical, binomial,
+discretized_logistic, the count likelihoods) as they are, and scaled to [0,1] (level / (L-1))
+to every other likelihood. A source without ``levels`` gives its values as they are.
 """
 
 import abc
@@ -47,6 +53,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
@@ -93,6 +100,7 @@ class Dataset:
     class_names: Optional[list] = None
     binarize: str = "none"
     extra: dict = field(default_factory=dict)
+    levels: Optional[int] = None  # an image source's pixel levels L (the values were 0..L-1)
 
     @property
     def data_dim(self) -> int:
@@ -106,6 +114,7 @@ class Dataset:
             self.num_classes,
             len(self.train),
             list(self.class_names) if self.class_names else None,
+            self.levels,
         )
 
     def splits(self):
@@ -138,6 +147,7 @@ class Loaded:
     image_shape: Optional[Tuple[int, int, int]] = None
     class_names: Optional[list] = None
     batch_names: Optional[list] = None  # names of the batch codes in Split.batch
+    levels: Optional[int] = None  # image sources: x holds integer pixel levels 0..levels-1
 
 
 # ---------------------------------------------------------------- configs
@@ -145,7 +155,6 @@ class Loaded:
 class DataConfig:
     """Keys every data set has."""
 
-    normalize: bool = option(True, "images scaled to [0,1]; false keeps raw integer levels")
     binarize: str = option("none", "none | static (once, seeded) | dynamic (every batch)")
     validation: int = option(0, "examples held out of train: per-epoch selection, checkpoints, early stopping")
     labels: Optional[int] = option(None, "keep only this many training labels (class balanced; semi-supervised)")
@@ -631,10 +640,8 @@ class Digits(DataSource):
     def load(self, cfg, generator):
         x, y = _digits_arrays()
         x, y = torch.from_numpy(x), torch.from_numpy(y)
-        if cfg.normalize:
-            x = x / 16.0
         tr, te = _random_split(len(x), cfg.test_fraction, generator)
-        return Loaded(Split(x[tr], y[tr]), Split(x[te], y[te]), (1, 8, 8))
+        return Loaded(Split(x[tr], y[tr]), Split(x[te], y[te]), (1, 8, 8), levels=17)
 
 
 class IdxImages(DataSource):
@@ -648,9 +655,7 @@ class IdxImages(DataSource):
             train, test, shape = load_idx_folder(cfg.root)
         else:
             train, test, shape = self._download()
-        if cfg.normalize:
-            train.x, test.x = train.x / 255.0, test.x / 255.0
-        return Loaded(train, test, shape, self.class_names)
+        return Loaded(train, test, shape, self.class_names, levels=256)
 
     def _download(self):
         cache = Path(os.environ.get("PYRO_VAE_DATA", "~/.cache/pyro_vae")).expanduser()
@@ -713,10 +718,9 @@ class ImageFolder(DataSource):
     def load(self, cfg, generator):
         images, y, names = load_image_folder(cfg.root, cfg.image_size, cfg.channels)
         x = torch.from_numpy(images.reshape(images.shape[0], -1)).float()
-        if cfg.normalize:
-            x = x / 255.0
         loaded = _split_rows(x, None if y is None else torch.from_numpy(y), cfg, generator, cfg.root, names)
         loaded.image_shape = tuple(int(v) for v in images.shape[1:])
+        loaded.levels = 256
         return loaded
 
 
@@ -779,6 +783,9 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     g = torch.Generator().manual_seed(int(cfg.seed))
     loaded = (source or DATASETS.get(d.name)()).load(d, g)
     train, test = loaded.train, loaded.test
+    if loaded.levels and not LIKELIHOODS.get(cfg.likelihood.name).scores_levels:
+        for s in (train, test):  # levels 0..L-1 -> [0,1]
+            s.x = s.x / (loaded.levels - 1)
     if d.limit:
         train = train.subset(slice(0, int(d.limit)))
     if d.exclude_classes:
@@ -815,13 +822,18 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
     extra = {"batch_names": loaded.batch_names} if loaded.batch_names else {}
-    return Dataset(d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra)
+    return Dataset(
+        d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra, loaded.levels
+    )
 
 
 def _check_unit(x, what):
     x = x.values if is_sparse(x) else x
     if bool(((x < 0) | (x > 1)).any()):
-        raise DataError(f"{what} needs values in [0,1]; for the built-in image sets keep data.normalize=true")
+        raise DataError(
+            f"{what} needs values in [0,1]; image data sets give them to a likelihood over [0,1] "
+            "(e.g. likelihood.name=bernoulli), not to one over integer levels"
+        )
 
 
 # ---------------------------------------------------------------- semi-supervised

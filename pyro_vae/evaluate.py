@@ -5,6 +5,13 @@
   (Burda et al. 2015): a lower bound that tightens as K grows and equals the ELBO in
   expectation at K = 1. Computed in chunks, so memory stays bounded for K in the thousands.
   For the semi-supervised model the label is summed out exactly.
+* ``test_bpd_elbo`` / ``test_bpd`` — bits per dimension, -log2 p(x) / D (D values per row:
+  pixels x channels), the figure image-likelihood papers report; only for a likelihood that is
+  a probability mass over the values 0..L-1 (``likelihood.levels``: categorical, binomial,
+  discretized_logistic), where -log p(x) counts bits of a lossless code. ``test_bpd_elbo``
+  comes from the ELBO (``test_loss``): an upper bound. ``test_bpd`` comes from the IWAE
+  estimate (with ``iwae_samples``): tighter, and what papers report. A density over [0,1]
+  (bernoulli on grey levels, gaussian, ...) is no probability of the pixel values: none.
 * ``active_units`` — latent dimensions whose posterior mean varies over the data:
   Cov_x(E_q[z_d]) > 0.01 (Burda et al. 2015); ``kl_per_dim`` — KL(q(z_d|x) || p(z_d))
   averaged over the data, for factorised priors with a closed-form KL.
@@ -77,11 +84,17 @@ def latent_diagnostics(model, x: torch.Tensor, threshold: float = 0.01, batch_si
     return result
 
 
+def bits_per_dim(nats: float, data_dim: int) -> float:
+    """``nats`` of -log p(x) per row as bits per dimension: nats / (D ln 2)."""
+    return float(nats) / (data_dim * math.log(2))
+
+
 @torch.no_grad()
 def test_metrics(plan, split, cfg, iwae_samples: Optional[int] = None, seed: int = 0) -> dict:
     """Final metrics on ``split``: ``test_loss`` (-ELBO per datum, nats) and the model kind's
     extras (from its training plan); with ``iwae_samples`` (or cfg.evaluate.iwae_samples) > 0
-    also ``test_log_likelihood``. Seeded: the same model and data give the same numbers."""
+    also ``test_log_likelihood``; ``test_bpd_elbo`` (and with IWAE ``test_bpd``) for a likelihood
+    that is a probability mass over integer levels. Seeded: the same model and data give the same numbers."""
     model = plan.model
     model.eval()
     torch.manual_seed(seed)
@@ -90,6 +103,10 @@ def test_metrics(plan, split, cfg, iwae_samples: Optional[int] = None, seed: int
     if k and k > 0:
         metrics["test_log_likelihood"] = float(iwae_log_likelihood(model, split.x, k).mean())
         metrics["iwae_samples"] = int(k)
+    if getattr(model.likelihood, "levels", None) and "test_loss" in metrics:
+        metrics["test_bpd_elbo"] = bits_per_dim(metrics["test_loss"], model.data_dim)
+        if "test_log_likelihood" in metrics:
+            metrics["test_bpd"] = bits_per_dim(-metrics["test_log_likelihood"], model.data_dim)
     n = min(len(split), 10000)
     metrics.update(latent_diagnostics(model, split.x[:n]))
     return metrics

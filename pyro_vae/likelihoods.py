@@ -6,6 +6,14 @@ the decoder output of shape ``(batch, outputs_per_feature * data_dim)`` into a
 distribution with ``event_shape == (data_dim,)``. The decoder output is laid out
 as ``outputs_per_feature`` consecutive blocks of ``data_dim`` values.
 
+Which values a likelihood scores: on image data, one with ``scores_levels = True`` (the
+count and level likelihoods: categorical, binomial, discretized_logistic, poisson, ...)
+receives the pixels as the integer levels the image holds (0..255 for 8-bit images, 0..16
+for the digits); every other likelihood receives them scaled to [0,1]. The data path
+(``pyro_vae.data.load_data``) reads this attribute, so no data key is needed. A likelihood
+with ``levels`` set is a probability mass over the values 0..levels-1: evaluation reports
+its bits per dimension.
+
 One entry point scores and samples: ``likelihood(out, x=None)`` is the distribution of x
 given the decoder output ``out``, and ``likelihood.mean(out, x=None)`` its mean. The models
 pass the observed rows ``x`` wherever they score data (count likelihoods with
@@ -39,6 +47,10 @@ class Likelihood(LocalPyroModule):
     log_input = False
     #: a short hint for data that does not fit, shown in the error message
     fix_hint = "choose a likelihood that fits the data (see `pyro-vae list`)"
+    #: True: image data come to it as integer pixel levels; False: scaled to [0,1]
+    scores_levels = False
+    #: a probability mass over the integers 0..levels-1 (bits per dimension are reported), or None
+    levels = None
 
     def __init_subclass__(cls, **kwargs):
         """Give a subclass's ``forward`` / ``mean`` the signature ``(out, x=None)``: one written as
@@ -87,14 +99,14 @@ class Likelihood(LocalPyroModule):
                 "remove or impute them before training"
             )
 
-    def _require(self, ok: torch.Tensor, x: torch.Tensor, where: str, what: str, rows=None) -> None:
+    def _require(self, ok: torch.Tensor, x: torch.Tensor, where: str, what: str, rows=None, hint=None) -> None:
         if not bool(ok.all()):
             bad = ~ok
             rows = _first_row(bad, rows)
             example = x[bad][0].item()
             raise DataError(
                 f"likelihood {self.registry_name!r} needs {what}, but {where} has {int(bad.sum())} "
-                f"values that are not (first at row {rows}: {example:g}); {self.fix_hint}"
+                f"values that are not (first at row {rows}: {example:g}); {hint or self.fix_hint}"
             )
 
 
@@ -150,8 +162,8 @@ class Bernoulli(Likelihood):
     """Bernoulli on values in [0,1] (binary cross-entropy; grey levels allowed, as in Pyro's example)."""
 
     fix_hint = (
-        "for real-valued data use likelihood.name=gaussian; for image levels (0..255) keep "
-        "data.normalize=true (images are scaled to [0,1])"
+        "for real-valued data use likelihood.name=gaussian; for integer pixel levels (0..255) use "
+        "likelihood.name=discretized_logistic or categorical"
     )
 
     def forward(self, out):
@@ -272,19 +284,22 @@ class Beta(Likelihood):
 
 
 class _Counts(Likelihood):
-    """Shared check for count likelihoods: non-negative integers."""
+    """Shared check for count likelihoods: non-negative integers (image data: the pixel levels)."""
 
     fix_hint = (
-        "count likelihoods need raw integer counts: give the counts themselves (for the "
-        "built-in image sets also data.normalize=false), or use likelihood.name=gaussian for real values"
+        "count likelihoods need the integer counts themselves (image data sets give them their "
+        "levels); for real values use likelihood.name=gaussian"
     )
+    scores_levels = True
     max_value = None
+    #: the hint when a value is above ``max_value``
+    range_hint = None
 
     def check_data(self, x, where="data", rows=None):
         super().check_data(x, where, rows)
         self._require((x >= 0) & (x == x.round()), x, where, "non-negative integer counts", rows)
         if self.max_value is not None:
-            self._require(x <= self.max_value, x, where, f"counts of at most {self.max_value}", rows)
+            self._require(x <= self.max_value, x, where, f"counts of at most {self.max_value}", rows, self.range_hint)
 
 
 @register("categorical")
@@ -298,6 +313,7 @@ class Categorical(_Counts):
         self.levels = int(levels)
         self.outputs_per_feature = self.levels
         self.max_value = self.levels - 1
+        self.range_hint = "set likelihood.levels to the number of values (the digits: 17, 8-bit images: 256)"
 
     def _logits(self, out):  # (..., K*D) -> (..., D, K)
         return out.reshape(out.shape[:-1] + (self.levels, self.data_dim)).transpose(-1, -2).float()
@@ -320,12 +336,151 @@ class Binomial(_Counts):
             raise ValueError(f"total_count must be a positive integer, got {total_count}")
         self.total_count = int(total_count)
         self.max_value = self.total_count
+        self.levels = self.total_count + 1
+        self.range_hint = "set likelihood.total_count to the top level (the digits: 16, 8-bit images: 255)"
 
     def forward(self, out):
         return dist.Binomial(total_count=self.total_count, logits=out.float(), validate_args=False).to_event(1)
 
     def mean(self, out):
         return self.total_count * torch.sigmoid(out)
+
+
+class DiscretizedLogisticMixture(dist.TorchDistribution):
+    """A mixture of K logistics discretized to the integers 0..levels-1 (Salimans et al. 2017,
+    PixelCNN++), one per element of the batch; ``event_shape == ()``.
+
+    Level k sits at c_k = 2k/(levels-1) - 1 in [-1, 1], its bin is [c_k - h, c_k + h] with
+    h = 1/(levels-1), and the two edge bins reach to -inf and +inf, so the masses of the levels
+    sum to one. With F_j the CDF of component j (location mu_j, scale s_j = exp(log_scale_j)) and
+    pi = softmax(logits)::
+
+        P(k) = sum_j pi_j [F_j(c_k + h) - F_j(c_k - h)]      0 < k < levels-1
+        P(0) = sum_j pi_j F_j(c_0 + h),   P(levels-1) = sum_j pi_j [1 - F_j(c_last - h)]
+
+    The difference of two sigmoids is evaluated without subtracting them: with
+    a = (c_k + h - mu)/s and b = (c_k - h - mu)/s,
+    log(sigmoid(a) - sigmoid(b)) = -softplus(-a) - softplus(b) + log(1 - exp(-2h/s)),
+    each term free of cancellation in float32 for any a, b and s (no CDF difference underflows, so no
+    mid-bin density fallback is needed); the edge bins are -softplus(-a) and -softplus(b).
+
+    ``loc``, ``log_scale``, ``logits``: (..., K), in the [-1, 1] coordinates of the levels;
+    ``logits`` may be None for K = 1.
+    """
+
+    arg_constraints = {"loc": dist.constraints.real, "log_scale": dist.constraints.real}
+    has_rsample = False
+
+    def __init__(self, loc, log_scale, logits=None, levels: int = 256, validate_args=None):
+        if logits is None:
+            logits = torch.zeros_like(loc)
+        self.loc, self.log_scale, self.logits = torch.broadcast_tensors(loc, log_scale, logits)
+        self.levels = int(levels)
+        super().__init__(self.loc.shape[:-1], torch.Size(), validate_args=validate_args)
+
+    @dist.constraints.dependent_property(is_discrete=True, event_dim=0)
+    def support(self):
+        return dist.constraints.integer_interval(0, self.levels - 1)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiscretizedLogisticMixture, _instance)
+        batch_shape = torch.Size(batch_shape)
+        shape = batch_shape + self.loc.shape[-1:]
+        new.loc, new.log_scale, new.logits = (t.expand(shape) for t in (self.loc, self.log_scale, self.logits))
+        new.levels = self.levels
+        super(DiscretizedLogisticMixture, new).__init__(batch_shape, torch.Size(), validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        k = value.to(self.loc.dtype).unsqueeze(-1)
+        h = 1.0 / (self.levels - 1)
+        inv_s = torch.exp(-self.log_scale)
+        centre = k * (2 * h) - 1 - self.loc
+        a, b = (centre + h) * inv_s, (centre - h) * inv_s
+        bottom, top = k <= 0, k >= self.levels - 1
+        width = torch.log((-torch.expm1(-(2 * h) * inv_s)).clamp_min(1e-38))  # log(1 - exp(-2h/s))
+        log_mass = (
+            torch.where(top, 0.0, -softplus(-a))
+            + torch.where(bottom, 0.0, -softplus(b))
+            + torch.where(bottom | top, 0.0, width)
+        )
+        return torch.logsumexp(torch.log_softmax(self.logits, -1) + log_mass, -1)
+
+    def sample(self, sample_shape=torch.Size()):
+        """Integer levels (as floats, like the data): a component by its weight, a logistic draw
+        x = mu + s (log u - log(1 - u)), then the level whose bin holds x."""
+        shape = self._extended_shape(sample_shape)
+        with torch.no_grad():
+            j = dist.Categorical(logits=self.logits).sample(sample_shape)[..., None]
+            k = self.loc.shape[-1]
+
+            def pick(t):
+                return t.expand(shape + (k,)).gather(-1, j).squeeze(-1)
+
+            u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device).clamp(1e-6, 1 - 1e-6)
+            x = pick(self.loc) + pick(self.log_scale).exp() * (u.log() - torch.log1p(-u))
+            return ((x + 1) * ((self.levels - 1) / 2)).round().clamp(0, self.levels - 1)
+
+    @property
+    def mean(self):
+        """E[k] = sum_{j < levels-1} P(k > j), computed over chunks of levels (bounded memory)."""
+        h = 1.0 / (self.levels - 1)
+        inv_s = torch.exp(-self.log_scale)[..., None]
+        loc = self.loc[..., None]
+        weights = torch.softmax(self.logits, -1)
+        total = torch.zeros_like(self.loc)
+        for start in range(0, self.levels - 1, 64):
+            j = torch.arange(start, min(start + 64, self.levels - 1), dtype=loc.dtype, device=loc.device)
+            edge = j * (2 * h) - 1 + h  # the upper edge of level j's bin
+            total = total + torch.sigmoid((loc - edge) * inv_s).sum(-1)
+        return (weights * total).sum(-1)
+
+
+@register("discretized_logistic")
+class DiscretizedLogistic(_Counts):
+    """Discretized logistic (mixture) over the 2^bits pixel levels (Salimans et al. 2017, PixelCNN++).
+
+    Each pixel's value k in 0..2^bits-1 has the probability mass of a logistic (or a mixture of
+    ``mixtures`` logistics, the weights from the decoder too) on k's bin; the edge bins take the
+    tails (see :class:`DiscretizedLogisticMixture`). The decoder gives, per pixel, the location
+    (in [-1, 1] coordinates: level 0 at -1, the top level at 1) and the log scale (clamped at
+    -7, as in PixelCNN++), plus the mixture logits when ``mixtures > 1``.
+
+    Values: integer levels 0..2^bits-1. On image data sets this likelihood receives each pixel's
+    level as the image stores it (``scores_levels``), 0..255 for 8-bit images; any other
+    value (a fraction, a level above the top) is refused before training. A data set with fewer
+    levels than 2^bits (the digits' 0..16) fits inside the range; its bits per dimension are
+    those of a code over all 2^bits levels (for the digits bits=5, 0..31, is the smallest range
+    that holds them).
+    """
+
+    def __init__(self, data_dim: int, bits: int = 8, mixtures: int = 1):
+        super().__init__(data_dim)
+        if int(bits) != bits or not 1 <= bits <= 16:
+            raise ValueError(f"bits must be an integer from 1 to 16, got {bits}")
+        if int(mixtures) != mixtures or mixtures < 1:
+            raise ValueError(f"mixtures must be a positive integer, got {mixtures}")
+        self.bits, self.mixtures = int(bits), int(mixtures)
+        self.levels = 2**self.bits
+        self.max_value = self.levels - 1
+        self.outputs_per_feature = 2 if self.mixtures == 1 else 3 * self.mixtures
+        self.fix_hint = (
+            f"give integer pixel levels 0..{self.max_value} (e.g. round(x * {self.max_value}) of x in [0,1])"
+        )
+        self.range_hint = f"likelihood.bits={self.bits} scores levels 0..{self.max_value}: raise likelihood.bits"
+
+    def forward(self, out):
+        parts = torch.stack(self.split(out.float()), -1)  # (..., D, outputs_per_feature)
+        if self.mixtures == 1:
+            loc, log_scale, logits = parts[..., :1], parts[..., 1:], None
+        else:
+            logits, loc, log_scale = parts.split(self.mixtures, -1)
+        return DiscretizedLogisticMixture(
+            loc, log_scale.clamp_min(-7.0), logits, self.levels, validate_args=False
+        ).to_event(1)
 
 
 LIBRARY_SIZES = ("observed", "none")

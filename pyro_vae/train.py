@@ -68,7 +68,12 @@ class SVIModule(L.LightningModule):
         self._count = 0
 
     def training_step(self, batch, batch_idx):
-        loss = self.plan.loss(batch)
+        try:
+            loss = self.plan.loss(batch)
+        except ValueError as e:  # a distribution's parameters became NaN/inf: the networks diverged
+            if "invalid values" not in str(e):
+                raise
+            self._diverged(float("nan"))
         n = self.plan.batch_size_of(batch)
         per_datum = loss.detach() / self.model.num_data
         if self._loss_sum is None:  # a run resumed inside an epoch skips on_train_epoch_start
@@ -78,12 +83,15 @@ class SVIModule(L.LightningModule):
         if self.device.type == "cpu" or batch_idx % CHECK_EVERY_STEPS_ON_GPU == 0:
             value = float(per_datum)
             if not math.isfinite(value) or value > DIVERGED_NATS_PER_FEATURE * self.model.data_dim:
-                raise TrainingDiverged(
-                    f"the loss {'became NaN/inf' if not math.isfinite(value) else f'diverged ({value:.3g} nats per datum)'}"
-                    f" in epoch {self.current_epoch + 1}; try a smaller train.lr, train.gradient_clip_val=10, "
-                    "or a likelihood that fits the data"
-                )
+                self._diverged(value)
         return loss
+
+    def _diverged(self, value: float):
+        raise TrainingDiverged(
+            f"the loss {'became NaN/inf' if not math.isfinite(value) else f'diverged ({value:.3g} nats per datum)'}"
+            f" in epoch {self.current_epoch + 1}; try a smaller train.lr, train.gradient_clip_val=10, "
+            "or a likelihood that fits the data"
+        )
 
     def take_epoch_loss(self) -> float:
         """The epoch's mean loss per datum; the sum starts again."""

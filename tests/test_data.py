@@ -47,8 +47,14 @@ def test_digits_default_splits_and_scaling():
     n = len(data.train) + len(data.val) + len(data.test)
     assert n == 1797 and len(data.val) == 100
     assert 0 <= float(data.train.x.min()) and float(data.train.x.max()) <= 1
-    raw = load_data(load_config(None, ["data.normalize=false"]))
+    assert data.levels == 17
+
+
+def test_a_likelihood_over_levels_gets_the_digits_levels_the_others_get_them_scaled():
+    scaled = load_data(load_config(None, []))  # bernoulli: levels / 16
+    raw = load_data(load_config(None, ["likelihood.name=binomial"]))  # scores the levels themselves
     assert float(raw.train.x.max()) == 16 and torch.equal(raw.train.x, raw.train.x.round())
+    assert torch.allclose(raw.train.x / 16, scaled.train.x) and torch.allclose(raw.test.x / 16, scaled.test.x)
 
 
 def test_static_binarization_and_exclude_classes():

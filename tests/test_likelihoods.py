@@ -115,7 +115,8 @@ def test_mixed_sums_its_column_groups():
         ("bernoulli", {}, [[0.2, 1.5]], "values in [0,1]"),
         ("beta", {}, [[0.0, 0.5]], "strictly inside (0,1)"),
         ("poisson", {}, [[-1.0, 2.0]], "non-negative integer"),
-        ("binomial", {"total_count": 16}, [[0.5, 2.0]], "data.normalize=false"),
+        ("binomial", {"total_count": 16}, [[0.5, 2.0]], "non-negative integer"),
+        ("binomial", {"total_count": 16}, [[17.0, 2.0]], "likelihood.total_count"),
         ("binomial", {"total_count": 4}, [[5.0, 2.0]], "at most 4"),
         ("categorical", {"levels": 3}, [[3.0, 0.0]], "at most 2"),
         ("gaussian", {}, [[float("nan"), 0.0]], "NaN/inf"),
@@ -143,10 +144,12 @@ def test_bad_likelihood_parameters(spec, words):
         LIKELIHOODS.build(spec, data_dim=3)
 
 
-def test_cli_refuses_counts_likelihood_on_scaled_data(capsys):
-    assert main(["train", "likelihood.name=poisson", "trainer.progress_bar=false", "train.epochs=1"]) == 2
+def test_cli_refuses_levels_above_the_likelihood_range(capsys):
+    # the digits' levels 0..16 reach past the 3-bit range 0..7: refused before training, naming the key
+    args = ["train", "likelihood.name=discretized_logistic", "likelihood.bits=3", "trainer.progress_bar=false"]
+    assert main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert "data.normalize=false" in err and len(err.splitlines()) == 1
+    assert "likelihood.bits" in err and "at most 7" in err and len(err.splitlines()) == 1
 
 
 def test_a_likelihood_written_without_the_observed_rows_accepts_and_ignores_them():

@@ -149,7 +149,6 @@ def test_fit_end_to_end_with_vamp_prior_and_binomial_counts():
             "prior.components=20",
             "likelihood.name=binomial",
             "likelihood.total_count=16",
-            "data.normalize=false",
         ],
     )
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]

@@ -22,6 +22,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ..errors import PyroVAEError
+from ..networks import reads_input
 from ..pyromodule import LocalPyroModule
 from ..registry import Registry
 from ..utils import save_tensors
@@ -38,6 +39,7 @@ class DataInfo:
     num_classes: Optional[int] = None
     num_data: Optional[int] = None
     class_names: Optional[List[str]] = None  # label k's name, when the data named its classes
+    levels: Optional[int] = None  # images: the pixel levels L of the source (values 0..L-1)
 
     def to_dict(self):
         d = {
@@ -48,6 +50,8 @@ class DataInfo:
         }
         if self.class_names:
             d["class_names"] = [str(c) for c in self.class_names]
+        if self.levels:
+            d["levels"] = int(self.levels)
         return d
 
     @classmethod
@@ -60,7 +64,31 @@ class DataInfo:
             d.get("num_classes"),
             d.get("num_data"),
             list(names) if names else None,
+            d.get("levels"),
         )
+
+
+class LevelsInput(torch.nn.Module):
+    """``module(x / (levels - 1))``: pixel levels 0..levels-1 seen in [0,1]."""
+
+    def __init__(self, module: torch.nn.Module, levels: int):
+        super().__init__()
+        self.module = module
+        self.scale = 1.0 / (int(levels) - 1)
+        self.out_dim = getattr(module, "out_dim", None)
+
+    def forward(self, x, *args, **kwargs):
+        return self.module(x * self.scale, *args, **kwargs)
+
+
+def network_input(module: torch.nn.Module, likelihood, info: DataInfo) -> torch.nn.Module:
+    """``module`` as the first network to see the data. Image pixels reach a likelihood over
+    integer levels as levels 0..L-1 (``likelihood.scores_levels``) and every other likelihood
+    scaled to [0,1]; the network sees [0,1] either way (levels / (L-1), L the source's level
+    count). Otherwise :func:`pyro_vae.networks.reads_input` (log(1 + x) for count likelihoods)."""
+    if info.levels and getattr(likelihood, "scores_levels", False) and not getattr(likelihood, "log_input", False):
+        return LevelsInput(module, info.levels)
+    return reads_input(module, likelihood)
 
 
 #: the layout of ``model.pt`` (see :meth:`LatentVariableModel.save` and ``pyro_vae.load``)

@@ -37,10 +37,10 @@ from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
 from ..errors import ConfigError, DataError
 from ..fastmath import softplus
-from ..networks import ACTIVATIONS, MLP, NETWORKS, activation_of, make_activation, make_classifier, reads_input
-from ..registry import option
+from ..networks import ACTIVATIONS, MLP, NETWORKS, activation_of, make_activation, make_classifier
 from ..pyromodule import pyro_program
-from .base import MODELS, Classifier, DataInfo, LatentVariableModel
+from ..registry import option
+from .base import MODELS, Classifier, DataInfo, LatentVariableModel, network_input
 
 
 @dataclass
@@ -141,9 +141,9 @@ class SSVAE(LatentVariableModel, Classifier):
             m.classifier_dropout,
             info.image_shape,
         )
-        classifier = reads_input(classifier, likelihood)
+        classifier = network_input(classifier, likelihood, info)
         encoder = SplitInput(info.data_dim, c, list(cfg.encoder.hidden), 2 * cfg.latent_dim, act)
-        encoder.first = reads_input(encoder.first, likelihood)
+        encoder.first = network_input(encoder.first, likelihood, info)
         decoder = SplitInput(
             cfg.latent_dim, c, list(cfg.decoder.hidden), likelihood.output_size, activation_of(cfg.decoder, "mlp")
         )

@@ -26,9 +26,9 @@ from pyro import poutine
 
 from .. import likelihoods as likelihoods_mod
 from .. import priors as priors_mod
-from ..networks import GaussianEncoder, make_body, make_decoder, reads_input
+from ..networks import GaussianEncoder, make_body, make_decoder
 from ..pyromodule import pyro_program
-from .base import MODELS, DataInfo, LatentPaths, LatentVariableModel
+from .base import MODELS, DataInfo, LatentPaths, LatentVariableModel, network_input
 
 
 @dataclass
@@ -56,7 +56,7 @@ class VAE(LatentVariableModel, LatentPaths):
     def from_config(cls, cfg, info: DataInfo) -> "VAE":
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
-        body = reads_input(make_body(cfg.encoder, info.data_dim, info.image_shape), likelihood)
+        body = network_input(make_body(cfg.encoder, info.data_dim, info.image_shape), likelihood, info)
         encoder = GaussianEncoder(body, cfg.latent_dim)
         decoder = make_decoder(cfg.decoder, cfg.latent_dim, likelihood.output_size, info.data_dim, info.image_shape)
         return cls(encoder, decoder, prior, likelihood, cfg.latent_dim, info.image_shape, info.num_data)

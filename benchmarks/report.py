@@ -1092,6 +1092,26 @@ def sparse_memory(d):
     )
 
 
+@part("image_cache.json")
+def image_cache(d):
+    loads = table(
+        ["load of the folder", "median (s)", "each run (s)"],
+        [[r["load"], f"{r['median_seconds']:.1f}", ", ".join(f"{v:.1f}" for v in r["seconds"])] for r in d["loads"]],
+    )
+    pools = table(
+        ["decoding alone", "median (s)", "each run (s)"],
+        [
+            [r["pool"], f"{r['median_seconds']:.1f}", ", ".join(f"{v:.1f}" for v in r["seconds"])]
+            for r in d["decode_only"]
+        ],
+    )
+    return (
+        f"{d['images']:,} images of {'x'.join(map(str, d['image_shape']))} (`{d['root']}`), "
+        f"`{d['command']}`; load average after the runs: {d['machine']['load_average_after'][0]}.\n\n"
+        f"{loads}\n\n{pools}"
+    )
+
+
 @reads("anomaly.json", need="summary")
 def anomaly(d):
     """README: the default score against -ELBO and the reconstruction error, over the ten held-out classes."""

@@ -25,7 +25,6 @@ import sys
 import time
 import warnings
 import zlib
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -177,14 +176,16 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _pool(workers: int) -> Executor:
+def _pool(workers: int):
     """Processes forked from this one where the platform forks safely (Linux); threads elsewhere
-    (Pillow releases the GIL while it decodes, so they still overlap the decoding itself)."""
+    (Pillow releases the GIL while it decodes, so they still overlap the decoding itself).
+    ``terminate()`` stops either at once: an error or an interrupt never waits for the chunks."""
+    from multiprocessing.pool import ThreadPool
+
     forks = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
     if forks and not multiprocessing.current_process().daemon:  # a daemon process may not start processes
-        ctx = multiprocessing.get_context("fork")
-        return ProcessPoolExecutor(workers, mp_context=ctx, initializer=_quiet_worker)
-    return ThreadPoolExecutor(workers)
+        return multiprocessing.get_context("fork").Pool(workers, initializer=_quiet_worker)
+    return ThreadPool(workers)
 
 
 def decode_images(files: List[Path], channels: int = 1, image_size: Optional[int] = None, workers=None, where=""):
@@ -207,7 +208,7 @@ def decode_images(files: List[Path], channels: int = 1, image_size: Optional[int
     pool = _pool(workers) if workers > 1 and len(bounds) > 1 else None
     t0 = last = time.perf_counter()
     try:
-        results = pool.map(work, chunks) if pool else map(work, chunks)
+        results = pool.imap(work, chunks) if pool else map(work, chunks)  # in order, as each chunk is done
         for (a, b), (arr, error) in zip(bounds, results):
             if error:
                 raise DataError(error)
@@ -217,11 +218,12 @@ def decode_images(files: List[Path], channels: int = 1, image_size: Optional[int
                 log.info("decoding the images in %s: %d of %d (%.0f s)", where, b, n, now - t0)
                 last = now
     except BaseException:
-        if pool:  # an error or an interrupt: the chunks not started are dropped
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool:  # an error or an interrupt: the workers are stopped, not waited for
+            pool.terminate()
         raise
     if pool:
-        pool.shutdown()
+        pool.close()
+        pool.join()
     return out
 
 

@@ -349,6 +349,32 @@ def test_image_folder_decodes_in_parallel_chunks_as_in_one(tmp_path):
         assert "\n" not in str(e.value)
 
 
+def test_a_damaged_image_in_a_large_folder_ends_the_command_at_once(tmp_path):
+    """Over PARALLEL_MIN images a pool decodes; a damaged file in its first chunk stops the
+    workers and the program exits while later chunks were still to come (its quick exit once
+    waited forever for workers left waiting for work)."""
+    import subprocess
+
+    from PIL import Image
+
+    from pyro_vae.images import PARALLEL_MIN
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(PARALLEL_MIN + 100):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    (folder / "00000_broken.png").write_text("not a png")  # the second file
+    cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "data=image_folder", f"data.root={tmp_path / 'imgs'}"]
+    done = subprocess.run(cmd + QUICK, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"pyro-vae: error: could not read image {folder}/00000_broken.png")
+    )
+
+
 def test_image_cache_is_used_and_a_changed_folder_is_decoded_again(tmp_path, monkeypatch, caplog):
     import logging
     import os

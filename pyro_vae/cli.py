@@ -578,7 +578,8 @@ def main(argv=None) -> int:
         return 2
     saved_show = warnings.showwarning  # warnings as one line each, without the source line
     warnings.showwarning = lambda msg, *a, **k: print(f"pyro-vae: warning: {msg}", file=sys.stderr)
-    logger, saved_level = logging.getLogger("pyro_vae"), logging.getLogger("pyro_vae").level
+    logger = logging.getLogger("pyro_vae")
+    saved_level = logger.level
     lines = logging.StreamHandler(sys.stderr)  # the library's info lines (e.g. the image cache), one each
     lines.setFormatter(logging.Formatter("pyro-vae: %(message)s"))
     logger.addHandler(lines)

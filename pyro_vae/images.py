@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
 CACHE_FORMAT = 1  # bump when the cache's files or their meaning change: older entries are rebuilt
-PARALLEL_MIN = 1024  # folders with fewer images are decoded in this process (a pool costs more than it saves)
+PARALLEL_MIN = 1024  # smaller folders are decoded in this process, without starting a pool
 PROGRESS_SECONDS = 5.0  # a progress line at most this often while decoding
 
 
@@ -287,14 +287,15 @@ def read_cache(entry: Path, expect: dict, labels: Optional[np.ndarray]):
 
 
 def write_cache(entry: Path, manifest: dict, images: np.ndarray, labels: Optional[np.ndarray]) -> None:
-    """Each file written atomically; the manifest last, with both arrays' checksums, so an entry
-    that was cut short or mixed by two writers never matches and is rebuilt."""
+    """Each file written atomically (not synced to disk: the cache can be made again); the
+    manifest last, with both arrays' checksums, so an entry that was cut short (a crash, a full
+    disk) or mixed by two writers never matches and is rebuilt."""
     entry.mkdir(parents=True, exist_ok=True)
     (entry / "manifest.json").unlink(missing_ok=True)
-    with atomic_path(entry / "images.npy") as tmp:
+    with atomic_path(entry / "images.npy", sync=False) as tmp:
         np.save(tmp, images, allow_pickle=False)
     if labels is not None:
-        with atomic_path(entry / "labels.npy") as tmp:
+        with atomic_path(entry / "labels.npy", sync=False) as tmp:
             np.save(tmp, labels, allow_pickle=False)
     extra = {"shape": list(images.shape), "images_crc": _crc(images)}
     if labels is not None:

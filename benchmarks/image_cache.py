@@ -54,7 +54,7 @@ print(json.dumps({"seconds": time.perf_counter() - t, "train": len(d.train), "te
 DECODE = r"""
 import json, sys, time
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing.pool import ThreadPool
 import numpy as np
 from pyro_vae.images import decode_image, list_image_folder
 
@@ -68,15 +68,15 @@ if __name__ == "__main__":
     for rep in range(int(sys.argv[2])):
         for name, make in (
             ("one process", None),
-            ("2 threads", lambda: ThreadPoolExecutor(2)),
-            ("2 processes (fork)", lambda: ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))),
+            ("2 threads", lambda: ThreadPool(2)),
+            ("2 processes (fork)", lambda: multiprocessing.get_context("fork").Pool(2)),
         ):
             t = time.perf_counter()
             if make is None:
                 list(map(chunk, chunks))
             else:
                 with make() as pool:
-                    list(pool.map(chunk, chunks))
+                    list(pool.imap(chunk, chunks))
             out.setdefault(name, []).append(time.perf_counter() - t)
     print(json.dumps(out))
 """

@@ -461,6 +461,14 @@ def sparse_memory(d):
     return d["rows"]
 
 
+@part("image_cache.json")
+def image_cache(d):
+    for r in d["loads"] + d["decode_only"]:
+        r["each"] = ", ".join(f"{v:.1f}" for v in r["seconds"])
+    shape = "x".join(map(str, d["image_shape"]))
+    return dict(d, shape=shape, load_average=d["machine"]["load_average_after"][0])
+
+
 @part("anomaly.json", need="summary")
 def anomaly(d):
     """benchmarks/anomaly.py's own rendering of its JSON, and the README's rows: the default score

@@ -7,6 +7,7 @@ Commands that do not train never import Lightning.
 
 import argparse
 import json
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -577,6 +578,12 @@ def main(argv=None) -> int:
         return 2
     saved_show = warnings.showwarning  # warnings as one line each, without the source line
     warnings.showwarning = lambda msg, *a, **k: print(f"pyro-vae: warning: {msg}", file=sys.stderr)
+    logger = logging.getLogger("pyro_vae")
+    saved_level = logger.level
+    lines = logging.StreamHandler(sys.stderr)  # the library's info lines (e.g. the image cache), one each
+    lines.setFormatter(logging.Formatter("pyro-vae: %(message)s"))
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
     try:
         if getattr(args, "plugin", None):
             from .config import load_plugins
@@ -617,6 +624,8 @@ def main(argv=None) -> int:
         return 130
     finally:
         warnings.showwarning = saved_show
+        logger.removeHandler(lines)
+        logger.setLevel(saved_level)
         if getattr(args, "profile", False):
             print("where the time went (wall seconds):\n" + PROFILE.table(), file=sys.stderr)
 

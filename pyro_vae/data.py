@@ -7,7 +7,9 @@ Built-in sources:
 * ``mnist``, ``fashion-mnist``, ``kmnist`` — the four standard IDX files (gzipped or not)
   in ``data.root`` (image size from the IDX header); with no root, torchvision downloads them.
 * ``image_folder`` — ``data.root`` with one sub-folder of images per class (PNG, JPEG, ...),
-  resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels.
+  resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels. A test
+  folder from ``data.test_root`` or ``root/{train,test}``; decoded in parallel and cached
+  (:mod:`pyro_vae.images`).
 * ``anndata`` — an ``.h5ad`` file: ``data.layer`` (default .X), ``data.label_key`` and
   ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
@@ -53,6 +55,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
+from .images import check_same_classes, load_image_folder, split_folders
 from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
@@ -229,6 +232,16 @@ class ImageFolderConfig(SplitConfig):
         None, "resize every image to this many pixels square; null = keep (all images must then have the same size)"
     )
     channels: int = option(1, "1 = grey levels, 3 = colour (RGB)")
+    test_root: Optional[str] = option(
+        None,
+        "folder of test images laid out as root (data.test_fraction is then not used); null = root/train and "
+        "root/test when those are root's only sub-folders, else a random test split",
+    )
+    cache: bool = option(
+        True,
+        "keep the decoded pixels in $PYRO_VAE_CACHE/images (default ~/.cache/pyro_vae/images; safe to delete) so "
+        "the next load skips decoding; a changed folder is decoded again; false = decode every time",
+    )
 
     @staticmethod
     def check(c) -> None:
@@ -473,60 +486,6 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
     return xt, yt, rows
 
 
-# ---------------------------------------------------------------- image folders
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm"}
-
-
-def _image_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def load_image_folder(root, image_size: Optional[int] = None, channels: int = 1):
-    """(uint8 array (N, C, H, W), labels (N,) or None, class names or None) from a folder: one
-    sub-folder per class (sorted names -> labels 0..C-1, as torchvision's ImageFolder), or the
-    images directly inside it (no labels). Each file is read once with Pillow."""
-    from PIL import Image, UnidentifiedImageError
-
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root {root} is not a folder")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if classes:
-        files, labels = [], []
-        for k, name in enumerate(classes):
-            found = _image_files(root / name)
-            if not found:
-                raise DataError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            files += found
-            labels += [k] * len(found)
-    else:
-        files, labels = _image_files(root), None
-        if not files:
-            raise DataError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}) and no class sub-folders")
-    mode = "L" if channels == 1 else "RGB"
-    out, size = None, None
-    for i, path in enumerate(files):
-        try:
-            with Image.open(path) as im:
-                im = im.convert(mode)
-                if image_size:
-                    im = im.resize((image_size, image_size), Image.BILINEAR)
-                a = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError, ValueError) as e:
-            raise DataError(f"could not read image {path}: {first_line(e, 160)}") from None
-        if out is None:
-            size = a.shape[:2]
-            out = np.empty((len(files), channels) + size, dtype=np.uint8)
-        elif a.shape[:2] != size:
-            raise DataError(
-                f"{path} is {a.shape[1]}x{a.shape[0]} pixels but {files[0]} is {size[1]}x{size[0]}; "
-                "set data.image_size=N to resize them all"
-            )
-        out[i] = a[None] if channels == 1 else a.transpose(2, 0, 1)
-    y = None if labels is None else np.asarray(labels, dtype=np.int64)
-    return out, y, (classes or None)
-
-
 # ---------------------------------------------------------------- AnnData
 UNKNOWN_LABELS = {"", "nan", "na", "none", "unknown", "unlabeled", "unlabelled"}
 ANNDATA_MISSING = "reading .h5ad files needs the anndata package: pip install pyro_vae[anndata]"
@@ -713,15 +672,42 @@ class ArrayFile(DataSource):
 
 @DATASETS.register("image_folder", config=ImageFolderConfig)
 class ImageFolder(DataSource):
-    """Images in data.root (class sub-folders = labels), resized to data.image_size; a random test split."""
+    """Images in data.root (sub-folders = labels), resized to data.image_size; a test folder or a random test split."""
 
     def load(self, cfg, generator):
-        images, y, names = load_image_folder(cfg.root, cfg.image_size, cfg.channels)
-        x = torch.from_numpy(images.reshape(images.shape[0], -1)).float()
-        loaded = _split_rows(x, None if y is None else torch.from_numpy(y), cfg, generator, cfg.root, names)
-        loaded.image_shape = tuple(int(v) for v in images.shape[1:])
+        train_root, test_root = split_folders(cfg.root, cfg.test_root)
+        if test_root is not None:
+            check_same_classes(train_root, test_root)
+        images, y, names = load_image_folder(train_root, cfg.image_size, cfg.channels, cfg.cache)
+        shape = tuple(int(v) for v in images.shape[1:])
+        if test_root is None:
+            if images.shape[0] < 2:
+                raise DataError(f"{cfg.root} has {images.shape[0]} images; need at least 2 to split train/test")
+            tr, te = _random_split(len(images), cfg.test_fraction, generator)
+            train, test = _pixel_rows(images, y, tr), _pixel_rows(images, y, te)
+        else:
+            test_images, test_y, _ = load_image_folder(test_root, cfg.image_size, cfg.channels, cfg.cache)
+            if test_images.shape[1:] != images.shape[1:]:
+                (h, w), (h0, w0) = test_images.shape[2:], images.shape[2:]
+                raise DataError(
+                    f"the images in {test_root} are {w}x{h} pixels but those in {train_root} {w0}x{h0}; "
+                    "set data.image_size=N to resize them all"
+                )
+            train, test = _pixel_rows(images, y), _pixel_rows(test_images, test_y)
+        loaded = Loaded(train, test, shape, names)
         loaded.levels = 256
         return loaded
+
+
+def _pixel_rows(images: np.ndarray, y: Optional[np.ndarray], idx=None) -> Split:
+    """The rows ``idx`` (all when None) of uint8 images as a Split of float32 rows of levels 0..255;
+    each row's number is its image's place in the folder's loading order."""
+    rows = torch.arange(images.shape[0])
+    if idx is not None:
+        images, rows = images[idx.numpy()], rows[idx]
+        y = None if y is None else y[idx.numpy()]
+    x = torch.from_numpy(images.reshape(images.shape[0], -1)).float()
+    return Split(x, None if y is None else torch.from_numpy(y), rows)
 
 
 @DATASETS.register("memory", config=MemoryConfig)

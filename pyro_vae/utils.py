@@ -18,18 +18,20 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path`` (same suffix); on success fsync it, give it the
-    permissions a new file would get (the umask) and rename it onto ``path``. On any error,
-    or an interrupt, the temporary file is removed and ``path`` is untouched."""
+def atomic_path(path, sync: bool = True):
+    """Yield a temporary path beside ``path`` (same suffix); on success fsync it (unless not
+    ``sync``: a file that can be made again), give it the permissions a new file would get
+    (the umask) and rename it onto ``path``. On any error, or an interrupt, the temporary file
+    is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:

@@ -26,3 +26,15 @@ QUICK = [
 @pytest.fixture
 def quick():
     return list(QUICK)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def image_cache(tmp_path_factory):
+    """Decoded image folders are cached in a folder of the test session, never the user's ~/.cache."""
+    saved = os.environ.get("PYRO_VAE_CACHE")
+    os.environ["PYRO_VAE_CACHE"] = str(tmp_path_factory.mktemp("pyro_vae_cache"))
+    yield
+    if saved is None:
+        os.environ.pop("PYRO_VAE_CACHE", None)
+    else:
+        os.environ["PYRO_VAE_CACHE"] = saved

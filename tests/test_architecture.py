@@ -21,7 +21,7 @@ LAYERS = [
         "math",
         {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae", "models.m1m2"},
     ),
-    ("data", {"data"}),
+    ("data", {"data", "images"}),
     (
         "training",
         {

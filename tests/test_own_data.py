@@ -9,6 +9,8 @@ import torch
 
 import pyro_vae
 from pyro_vae.cli import main
+from pyro_vae.errors import DataError
+from pyro_vae.images import cache_dir, cache_home, load_image_folder
 from pyro_vae.sparse import SparseRows
 from pyro_vae.training.batches import IndexBatchSampler, RowBatches
 
@@ -209,7 +211,7 @@ def _image_folder(root, n=10, size=20):
     return root
 
 
-def test_image_folder_trains_through_the_cli_and_fit(tmp_path):
+def test_image_folder_trains_through_the_cli_and_fit(tmp_path, capsys):
     root = _image_folder(tmp_path / "imgs")
     out = tmp_path / "run"
     assert (
@@ -228,6 +230,7 @@ def test_image_folder_trains_through_the_cli_and_fit(tmp_path):
         == 0
     )
     assert pyro_vae.load(out).image_shape == (1, 16, 16) and (out / "samples.png").is_file()
+    assert f"pyro-vae: decoded 20 images in {root} " in capsys.readouterr().err  # and where they are cached
     r = pyro_vae.fit(
         None,
         save=False,
@@ -265,6 +268,226 @@ def test_image_folder_errors_name_the_folder_or_file(tmp_path, capsys):
 
     Image.new("L", (7, 5)).save(root / "disc" / "small.png")
     assert "data.image_size" in error(root)
+
+
+def _pixels(root):
+    """Every image file under ``root`` with its bytes: what a load must leave as it was."""
+    return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_image_folder_with_its_own_test_folder(tmp_path, capsys):
+    from pyro_vae.config import load_config
+    from pyro_vae.data import load_data
+
+    root = tmp_path / "set"
+    _image_folder(root / "train", n=6)
+    _image_folder(root / "test", n=3)
+
+    def data(*extra):
+        return load_data(load_config(None, ["data=image_folder", "data.test_fraction=0.5", *extra]))
+
+    for d in (data(f"data.root={root}"), data(f"data.root={root / 'train'}", f"data.test_root={root / 'test'}")):
+        assert (len(d.train), len(d.test)) == (12, 6)  # the folders' own split: test_fraction is not used
+        assert d.class_names == ["disc", "square"] and d.image_shape == (1, 20, 20)
+        assert d.test.y.tolist() == [0] * 3 + [1] * 3 and d.test.rows.tolist() == list(range(6))
+    alone = data(f"data.root={root / 'train'}")  # no test folder: a random half of train
+    assert (len(alone.train), len(alone.test)) == (6, 6)
+
+    def error(*extra):  # one error line, last; the lines of the folders read before it come first
+        assert main(["train", "data=image_folder", *extra, *QUICK]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert [line for line in lines if "error" in line] == lines[-1:], lines
+        return lines[-1]
+
+    (root / "test" / "square").rename(root / "test" / "triangle")
+    msg = error(f"data.root={root}")
+    assert "lacks square" in msg and "triangle" in msg and "same class sub-folders" in msg
+    (root / "test" / "triangle").rename(root / "test" / "square")
+    assert "data.test_root" in error(f"data.root={root}", f"data.test_root={tmp_path / 'nowhere'}")
+    from PIL import Image
+
+    big = _image_folder(tmp_path / "big", n=2, size=24)
+    assert "set data.image_size" in error(f"data.root={root / 'train'}", f"data.test_root={big}")
+    d = data(f"data.root={root / 'train'}", f"data.test_root={big}", "data.image_size=12")
+    assert d.image_shape == (1, 12, 12) and d.test.x.shape == (4, 144)
+    (root / "val").mkdir()  # train/, test/ and val/: not the two-folder layout; a hint names the keys
+    Image.new("L", (20, 20)).save(root / "val" / "a.png")
+    assert "data.test_root" in error(f"data.root={root}")
+
+
+def test_image_folder_mixed_sizes_and_grey_colour_follow_the_keys(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mixed"
+    (root / "a").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    colour = rng.integers(0, 256, (10, 14, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(root / "a" / "colour.png")
+    Image.fromarray(colour[:, :, 0]).save(root / "a" / "grey.png")  # mode L, another size after resizing
+    Image.fromarray(colour[:6, :9]).save(root / "a" / "small.png")
+    for workers in (1, 2):
+        grey, _, _ = load_image_folder(root, image_size=8, channels=1, cache=False, workers=workers)
+        rgb, y, names = load_image_folder(root, image_size=8, channels=3, cache=False, workers=workers)
+        assert grey.shape == (3, 1, 8, 8) and rgb.shape == (3, 3, 8, 8) and names == ["a"] and y.tolist() == [0] * 3
+        assert np.array_equal(rgb[1, 0], rgb[1, 1]) and np.array_equal(rgb[1, 0], rgb[1, 2])  # grey -> equal channels
+        expect = np.asarray(Image.fromarray(colour).convert("L").resize((8, 8), Image.BILINEAR))
+        assert np.array_equal(grey[0, 0], expect)  # colour -> grey as Pillow's "L"
+    with pytest.raises(DataError, match=r"small.png is 9x6 pixels but .*colour.png is 14x10.*data.image_size"):
+        load_image_folder(root, channels=3, cache=False)
+
+
+def test_image_folder_decodes_in_parallel_chunks_as_in_one(tmp_path):
+    root = _image_folder(tmp_path / "imgs", n=25)  # 50 images: chunks of 16 over 2 workers
+    one = load_image_folder(root, channels=3, cache=False, workers=1)
+    two = load_image_folder(root, channels=3, cache=False, workers=2)
+    assert np.array_equal(one[0], two[0]) and np.array_equal(one[1], two[1]) and one[2] == two[2]
+    assert one[0].shape == (50, 3, 20, 20) and one[1].tolist() == [0] * 25 + [1] * 25
+    (root / "square" / "9.png").write_bytes(b"\x89PNG damaged")  # in the third chunk
+    for workers in (1, 2):
+        with pytest.raises(DataError, match=r"could not read image .*square/9.png") as e:
+            load_image_folder(root, cache=False, workers=workers)
+        assert "\n" not in str(e.value)
+
+
+def test_a_damaged_image_in_a_large_folder_ends_the_command_at_once(tmp_path):
+    """Over PARALLEL_MIN images a pool decodes; a damaged file in its first chunk stops the
+    workers and the program exits while later chunks were still to come (its quick exit once
+    waited forever for workers left waiting for work)."""
+    import subprocess
+
+    from PIL import Image
+
+    from pyro_vae.images import PARALLEL_MIN
+
+    folder = tmp_path / "imgs" / "a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(PARALLEL_MIN + 100):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(folder / f"{i:05d}.png")
+    (folder / "00000_broken.png").write_text("not a png")  # the second file
+    cmd = [sys.executable, "-m", "pyro_vae.cli", "train", "data=image_folder", f"data.root={tmp_path / 'imgs'}"]
+    done = subprocess.run(cmd + QUICK, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert (
+        done.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"pyro-vae: error: could not read image {folder}/00000_broken.png")
+    )
+
+
+def test_image_cache_is_used_and_a_changed_folder_is_decoded_again(tmp_path, monkeypatch, caplog):
+    import logging
+    import os
+
+    import pyro_vae.images as images_mod
+
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "cache"))
+    caplog.set_level(logging.INFO, logger="pyro_vae")
+    root = _image_folder(tmp_path / "imgs", n=4)
+    before = _pixels(root)
+    first = load_image_folder(root, channels=3)
+    entry = cache_dir(root, None, 3)
+    assert entry.parent == tmp_path / "cache" / "images"
+    assert sorted(p.name for p in entry.iterdir()) == ["images.npy", "labels.npy", "manifest.json"]
+    assert "cached them in " + str(entry) in caplog.text
+    decoded = []
+    real_decode = images_mod.decode_images
+    monkeypatch.setattr(images_mod, "decode_images", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+
+    def load():
+        caplog.clear()
+        out = load_image_folder(root, channels=3)
+        return out, bool(decoded and decoded.pop())
+
+    (again, y, names), was_decoded = load()
+    assert not was_decoded and "from the cache " + str(entry) in caplog.text
+    assert np.array_equal(again, first[0]) and np.array_equal(y, first[1]) and names == first[2]
+    assert _pixels(root) == before  # nothing written into the data folder
+    # a changed image (new pixels, new mtime), a new image, a removed image: each is seen
+    from PIL import Image
+
+    Image.new("L", (20, 20), 255).convert("RGB").save(root / "disc" / "0.png")
+    os.utime(root / "disc" / "0.png", ns=(1, 1))
+    (out, _, _), was_decoded = load()
+    assert was_decoded and "folder changed" in caplog.text and out[0].min() == 255
+    Image.new("L", (20, 20), 7).save(root / "square" / "new.png")
+    (out, y, _), was_decoded = load()
+    assert was_decoded and len(out) == 9 and y.tolist() == [0] * 4 + [1] * 5
+    (root / "disc" / "1.png").unlink()
+    (out, _, _), was_decoded = load()
+    assert was_decoded and len(out) == 8
+    assert not load()[1]
+    # other keys are other entries; data.cache=false writes nothing
+    before = _pixels(root)
+    load_image_folder(root, image_size=10, channels=3)
+    assert len(list((tmp_path / "cache" / "images").iterdir())) == 2
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "none"))
+    load_image_folder(root, cache=False)
+    assert not (tmp_path / "none").exists() and _pixels(root) == before
+
+
+def test_a_damaged_or_foreign_image_cache_is_rebuilt_never_trusted(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "cache"))
+    root = _image_folder(tmp_path / "imgs", n=3)
+    good, _, _ = load_image_folder(root)
+    entry = cache_dir(root, None, 1)
+    raw = (entry / "images.npy").read_bytes()
+    manifest = (entry / "manifest.json").read_text()
+
+    def reload():
+        out, _, _ = load_image_folder(root)
+        assert np.array_equal(out, good)
+        return json.loads((entry / "manifest.json").read_text())
+
+    (entry / "images.npy").write_bytes(raw[: len(raw) // 2])  # cut short
+    reload()
+    (entry / "images.npy").write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # one flipped byte
+    reload()
+    (entry / "manifest.json").write_text("{not json")
+    reload()
+    m = json.loads(manifest)
+    (entry / "manifest.json").write_text(json.dumps({**m, "format": m["format"] + 1}))  # another format
+    assert reload()["format"] == m["format"]
+    marker = tmp_path / "ran"
+    payload = np.empty(1, dtype=object)
+    payload[0] = _RunsCode(marker)
+    np.save(entry / "images.npy", payload, allow_pickle=True)  # a pickle where pixels belong
+    reload()
+    assert not marker.exists()
+    (entry / "labels.npy").unlink()
+    reload()
+
+
+class _RunsCode:
+    """Unpickling this touches a file: a cache that holds it must never be unpickled."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (self.path.touch, ())
+
+
+def test_an_unwritable_image_cache_is_a_warning_not_an_error(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "file" / "below"))
+    root = _image_folder(tmp_path / "imgs", n=2)
+    with pytest.warns(UserWarning, match="could not write the image cache .*data.cache=false"):
+        x, _, _ = load_image_folder(root)
+    assert x.shape == (4, 1, 20, 20)
+
+
+def test_image_cache_home_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PYRO_VAE_CACHE", str(tmp_path / "own"))
+    assert cache_home() == tmp_path / "own" / "images"
+    monkeypatch.delenv("PYRO_VAE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_home() == tmp_path / "xdg" / "pyro_vae" / "images"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative")  # not absolute: ignored, as the XDG spec says
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_home() == tmp_path / "home" / ".cache" / "pyro_vae" / "images"
 
 
 def test_library_sizes_of_sparse_rows_are_the_dense_row_totals():

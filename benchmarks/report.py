@@ -461,6 +461,32 @@ def sparse_memory(d):
     return d["rows"]
 
 
+@part("images.json")
+def images(d):
+    """Mean (and sd over seeds) of each data set x network x epochs: the default network first."""
+    groups = {}
+    for r in d["runs"]:
+        groups.setdefault((r["data"], r["net"], r["epochs"]), []).append(r)
+    rows = []
+    for (data, net, epochs), rs in sorted(
+        groups.items(), key=lambda g: (g[0][0] != "digits", g[0][0], g[0][1] != "resnet")
+    ):
+        losses = [r["test_loss"] for r in rs]
+        rows.append(
+            {
+                "data": {"digits": "digits (8x8)", "fashion": "Fashion-MNIST (28x28)"}.get(data, data),
+                "network": "`resnet` (default)" if net == "resnet" else f"`{net}`",
+                "epochs": epochs,
+                "seeds": len(rs),
+                "loss": statistics.mean(losses),
+                "sd": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                "knn": statistics.mean(r["knn5_test_codes"] for r in rs),
+                "seconds": statistics.mean(r["s_per_epoch"] for r in rs),
+            }
+        )
+    return {"rows": rows, "cpu": d["machine"]["cpu"]}
+
+
 @part("image_cache.json")
 def image_cache(d):
     for r in d["loads"] + d["decode_only"]:

@@ -19,6 +19,8 @@ QUICK = [
     "latent_dim=4",
     "encoder.hidden=[64]",
     "decoder.hidden=[64]",
+    "encoder.channels=8",  # the default network for images (resnet), narrow
+    "decoder.channels=8",
     "train.batch_size=64",
 ]
 

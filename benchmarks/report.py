@@ -487,6 +487,26 @@ def images(d):
     return {"rows": rows, "cpu": d["machine"]["cpu"]}
 
 
+@part("cifar.json")
+def cifar(d):
+    return d
+
+
+@part("anomaly_defaults.json", need="held_out")
+def anomaly_defaults(d):
+    """The held-out classes measured with the default (resnet) VAE, beside the reference MLP's AUROC."""
+    mlp = {r["held_out_class"]: r["scores"] for r in (load("anomaly.json") or {}).get("held_out", [])}
+    rows = []
+    for r in d["held_out"]:
+        c, ref = r["held_out_class"], mlp.get(r["held_out_class"], {})
+        row = {"cls": c, "name": r["held_out_name"], "train_s": r.get("train_seconds")}
+        for n in ("latent_knn", "recon_error", "neg_elbo"):
+            row[n] = r["scores"][n]["auroc"]
+            row["mlp_" + n] = ref.get(n, {}).get("auroc")
+        rows.append(row)
+    return {"rows": rows, "epochs": d["epochs"], "classes": len(rows)}
+
+
 @part("image_cache.json")
 def image_cache(d):
     for r in d["loads"] + d["decode_only"]:

@@ -13,14 +13,15 @@ needs_fashion = pytest.mark.skipif(
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 
-# small and fast: the digits, tiny nets, no progress bar
+# small and fast: the digits, tiny MLPs, no progress bar. The engine's tests use it; the default
+# network for images (resnet) is tested by test_networks.py, the quick-tour test and the README blocks.
 QUICK = [
     "trainer.progress_bar=false",
     "latent_dim=4",
+    "encoder.type=mlp",
+    "decoder.type=mlp",
     "encoder.hidden=[64]",
     "decoder.hidden=[64]",
-    "encoder.channels=8",  # the default network for images (resnet), narrow
-    "decoder.channels=8",
     "train.batch_size=64",
 ]
 

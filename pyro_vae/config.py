@@ -238,7 +238,10 @@ def load_config(
     plugin registers is then an error naming the plugin."""
     cfg = OmegaConf.to_container(OmegaConf.structured(Config))
     if base is not None:
-        cfg = _merge(cfg, OmegaConf.to_container(base) if OmegaConf.is_config(base) else dict(base), "saved config")
+        saved = OmegaConf.to_container(base) if OmegaConf.is_config(base) else dict(base)
+        # runs saved before data.normalize was retired name it; every likelihood now gets the values it scores
+        (saved.get("data") or {}).pop("normalize", None)
+        cfg = _merge(cfg, saved, "saved config")
     if path is not None:
         cfg = _merge(cfg, _yaml_layer(path), str(path))
     if overrides:

@@ -142,3 +142,21 @@ def test_the_semi_supervised_example_configs_run_what_the_benchmark_rows_ran():
         want = load_config(None, [f"model={kind}", *bench.DATA["fashion-mnist"], "data.labels=100"])
         got.name = want.name
         assert got == want, f"{path} differs from model={kind}'s defaults with the benchmark's data keys"
+
+
+def test_a_run_saved_with_the_retired_data_normalize_key_still_loads(tmp_path, quick):
+    """model.pt files written when data.normalize existed load and give the same codes."""
+    import torch
+
+    import pyro_vae
+    from pyro_vae.utils import save_tensors
+
+    r = pyro_vae.fit(None, out=tmp_path / "run", overrides=[*quick, "train.epochs=1"])
+    path = tmp_path / "run" / "model.pt"
+    payload = torch.load(path, weights_only=True)
+    payload["config"] = payload["config"].replace("data:\n", "data:\n  normalize: true\n", 1)
+    assert "normalize: true" in payload["config"]
+    save_tensors(payload, tmp_path / "old.pt")
+    old = pyro_vae.load(tmp_path / "old.pt")
+    x = r.data.test.x[:5]
+    assert torch.allclose(old.encode(x)[0], r.model.encode(x)[0])

@@ -507,6 +507,27 @@ def anomaly_defaults(d):
     return {"rows": rows, "epochs": d["epochs"], "classes": len(rows)}
 
 
+@part()
+def m1m2_conv():
+    """M1+M2 with the default (resnet) M1 beside the earlier MLP-M1 and M2 rows of ssvae.json."""
+    old = {
+        (s["data"], s["labels"], s["model"]): s
+        for s in _summary("ssvae.json")
+        if s.get("config") == "defaults" and not s.get("overrides")
+    }
+    rows = [
+        dict(s, mlp_m1=old.get((s["data"], s["labels"], "m1m2"), {}).get("ssvae_mean"))
+        | {"m2": old.get((s["data"], s["labels"], "ssvae"), {}).get("ssvae_mean")}
+        for name in ("ssvae_conv_m1_digits.json", "ssvae_conv_m1_fashion.json")
+        for s in _summary(name)
+    ]
+    return {"rows": rows} if rows else ""
+
+
+def _summary(name):
+    return (load(name) or {}).get("summary", [])
+
+
 @part("image_cache.json")
 def image_cache(d):
     for r in d["loads"] + d["decode_only"]:

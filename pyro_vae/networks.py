@@ -50,7 +50,9 @@ NETWORKS = Registry("network type", key="type")
 class NetConfig:
     """``encoder:`` / ``decoder:``: which network type, its hidden sizes and activation."""
 
-    type: str = option("auto", "network type (`pyro-vae list`): auto = resnet for images, mlp for tables")
+    type: str = option(
+        "auto", "network type (`pyro-vae list`): auto = resnet for images (M1+M2's M1: mlp), mlp for tables"
+    )
     hidden: List[int] = option(
         help="hidden layer sizes (conv types: dense layers after the convolutions)", factory=lambda: [400]
     )

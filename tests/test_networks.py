@@ -37,6 +37,14 @@ def test_the_default_network_is_resnet_for_images_and_an_mlp_for_tables():
         build_model(load_config(None, ["encoder.type=resnet"]), DataInfo(64, None, None, 100))
 
 
+def test_m1m2_keeps_an_mlp_m1_on_images_unless_asked():
+    info = DataInfo(64, (1, 8, 8), 4, 100)
+    default = build_model(load_config(None, ["model=m1m2"]), info)
+    asked = build_model(load_config(None, ["model=m1m2", "encoder.type=resnet", "decoder.type=resnet"]), info)
+    assert not any(isinstance(m, torch.nn.Conv2d) for m in default.m1.modules())
+    assert any(isinstance(m, torch.nn.Conv2d) for m in asked.m1.modules())
+
+
 @pytest.mark.parametrize("bad", ["encoder.steps=0", "decoder.channels=0", "encoder.blocks=-1"])
 def test_bad_network_keys_are_one_line_errors(bad):
     with pytest.raises(ConfigError, match=bad.split("=")[0].replace(".", r"\.")):

@@ -70,6 +70,12 @@ class M1M2Config:
             raise ConfigError(f"model.classifier_dropout must be in [0, 1) (got {c.classifier_dropout})")
 
 
+def m1_networks(cfg) -> dict:
+    """M1's ``encoder`` / ``decoder`` types: ``auto`` means the MLP for M1, also on images (the choice is
+    measured in benchmarks/RESULTS.md, "M1+M2 with the convolutional M1"); ``resnet`` can be asked for."""
+    return {key: {"type": "mlp"} for key in ("encoder", "decoder") if cfg[key].type == "auto"}
+
+
 def m2_model_config(cfg):
     """The ``model: ssvae`` config that builds M2 inside a ``model: m1m2`` config: an MLP q(y|z1), a
     Gaussian likelihood (one learned scale per code dimension) and a N(0, I) prior."""
@@ -143,7 +149,7 @@ class M1M2(LatentVariableModel, Classifier, LatentPaths):
     @classmethod
     def from_config(cls, cfg, info: DataInfo) -> "M1M2":
         z1 = int(cfg.model.z1_dim)
-        m1 = VAE.from_config(OmegaConf.merge(cfg, {"latent_dim": z1}), info)
+        m1 = VAE.from_config(OmegaConf.merge(cfg, {"latent_dim": z1}, m1_networks(cfg)), info)
         m2 = SSVAE.from_config(m2_model_config(cfg), DataInfo(z1, None, info.num_classes, info.num_data))
         return cls(m1, m2)
 

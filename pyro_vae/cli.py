@@ -1,4 +1,4 @@
-"""Command line: ``pyro-vae train | config | evaluate | sample | encode | classify | score | list``.
+"""Command line: ``pyro-vae train | tune | config | evaluate | sample | encode | classify | score | list``.
 
 Every error the user can fix prints one line (``pyro-vae: error: ...``) and exits 2;
 an interrupted training run saves a checkpoint, says how to resume, and exits 130 / 143.
@@ -126,6 +126,43 @@ def cmd_train(args):
     m = result.metrics
     print(f"run directory: {result.run_dir}")
     print(json.dumps({k: m[k] for k in sorted(m) if not isinstance(m[k], (list, dict))}, indent=2))
+    return 0
+
+
+def cmd_tune(args):
+    with PROFILE.phase("import torch + pyro, config"):
+        from .config import load_config
+        from .tune import parse_space
+
+    overrides = list(args.overrides)
+    if args.config and "=" in args.config and not args.config.endswith((".yaml", ".yml")):
+        args.config, overrides = None, [args.config] + overrides
+    if args.trials is not None and args.trials < 1:
+        raise PyroVAEError(f"--trials must be at least 1 (got {args.trials})")
+    if args.keep is not None and args.keep < 1:
+        raise PyroVAEError(f"--keep must be at least 1 (got {args.keep})")
+    if args.resume:
+        if args.config or overrides or args.space or args.out or args.keep is not None:
+            raise PyroVAEError("--resume continues a study with its own config and spaces; give only --trials")
+        folder = Path(args.resume)
+    else:
+        if not args.out:
+            raise PyroVAEError("give --out DIR for a new study (or --resume DIR to continue one)")
+        if args.trials is None:
+            raise PyroVAEError("give --trials N: how many trials the study runs")
+        spaces = [parse_space(s) for s in args.space]
+        cfg = load_config(args.config, overrides)
+        folder = Path(args.out)
+        from .tune import create
+
+        create(folder, cfg, spaces, args.trials, args.keep)
+    from .tune import run as run_study
+
+    with signals_raise():
+        best = run_study(folder, args.trials)
+    if best:
+        print(f"best trial {best['number']}: {best['value']:.6g} with {json.dumps(best['params'])}")
+        print(f"train it: pyro-vae train {folder / 'best.yaml'}")
     return 0
 
 
@@ -475,6 +512,33 @@ def build_parser():
     _profile_arg(t)
     t.set_defaults(func=cmd_train)
 
+    tu = sub.add_parser(
+        "tune",
+        help="search settings with Optuna: trials trained on the validation split, a resumable study",
+        description=(
+            "Search key values with Optuna (TPE sampler, median pruning at epoch ends). Each trial trains the "
+            "config with its values in DIR/trials/NNNN and is scored by its model kind's selection metric on the "
+            "validation split (a tenth of the training data when the config has none; the test split is never "
+            "used to select). DIR keeps the study (study.db), best.yaml (pyro-vae train DIR/best.yaml runs the "
+            "best trial), trials.csv and pictures. Several processes can run --resume DIR at once."
+        ),
+        epilog=(
+            "SPEC: log:LOW:HIGH | float:LOW:HIGH | int:LOW:HIGH | choice:A,B,C, e.g.\n"
+            "  pyro-vae tune data=digits train.epochs=10 --space train.lr=log:1e-4:1e-2 "
+            "--space latent_dim=choice:4,8,16 --trials 20 --out tune-digits\n"
+            "  pyro-vae tune --resume tune-digits --trials 30"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    tu.add_argument("config", nargs="?", help="YAML config file (optional)")
+    tu.add_argument("overrides", nargs="*", help="dotted key=value overrides of the base config")
+    tu.add_argument("--space", action="append", default=[], metavar="KEY=SPEC", help="a key to search (repeat)")
+    tu.add_argument("--trials", type=int, help="finished trials the study should hold (new study: required)")
+    tu.add_argument("--out", help="the tune folder, new or empty")
+    tu.add_argument("--resume", metavar="DIR", help="continue the study in DIR (its config and spaces)")
+    tu.add_argument("--keep", type=int, help="keep only the best K trials' run folders (default: all)")
+    tu.set_defaults(func=cmd_tune)
+
     cf = sub.add_parser(
         "config",
         help="print the full resolved config, one comment per key",
@@ -567,7 +631,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides may come after options: `train cfg.yaml --out d a.b=1`
-        if getattr(args, "command", None) in ("train", "config") and all(
+        if getattr(args, "command", None) in ("train", "config", "tune") and all(
             "=" in e and not e.startswith("-") for e in extra
         ):
             args.overrides = list(args.overrides) + extra

@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import ConfigError
 from .networks import NetConfig
 from .registry import field_help, option
+from .tracking import logger_names
 from .utils import first_line
 
 #: config sections that name a registry entry: section -> (registry, default entry)
@@ -92,7 +93,17 @@ class TrainerConfig:
         "elsewhere | 32-true | bf16-mixed | 16-mixed",
     )
     progress_bar: Optional[bool] = option(None, "null: a bar on a terminal, one line per epoch otherwise")
-    logger: str = option("csv", "csv (metrics.csv) | tensorboard (also TensorBoard logs in the run) | none")
+    logger: Any = option(
+        "csv",
+        "csv (metrics.csv) | tensorboard | mlflow | wandb | none, or a list such as [tensorboard, mlflow]: "
+        "csv is always written (unless none); mlflow and wandb are extras (pip install 'pyro_vae[mlflow]')",
+    )
+    tracking_uri: Optional[str] = option(
+        None,
+        "MLflow tracking URI (a server, a database); null: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///<folder holding the run>/mlflow.db with the artifacts in mlartifacts/ beside it",
+    )
+    experiment: str = option("pyro_vae", "MLflow experiment / W&B project the run is logged under")
     extra: Dict[str, Any] = option(
         help="any other lightning.Trainer argument, e.g. {accumulate_grad_batches: 2, max_time: '00:01:00:00'}",
         factory=dict,
@@ -102,7 +113,7 @@ class TrainerConfig:
     def check(t) -> None:
         _choice("trainer.accelerator", t.accelerator, ACCELERATORS)
         _choice("trainer.precision", str(t.precision), PRECISIONS)
-        _choice("trainer.logger", t.logger, ("csv", "tensorboard", "none"))
+        logger_names(OmegaConf.to_object(t.logger) if OmegaConf.is_list(t.logger) else t.logger)
         if t.num_nodes < 1:
             raise ConfigError(f"trainer.num_nodes must be at least 1 (got {t.num_nodes})")
         d = t.devices

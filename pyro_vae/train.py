@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import lightning as L
@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 import pyro
 
 from . import config as config_mod
-from . import rundir
+from . import rundir, tracking
 from .data import Dataset, load_data
 from .errors import ConfigError, Interrupted, PyroVAEError, SignalReceived, TrainingDiverged
 from .fastmath import cpu_has_native_bf16
@@ -450,25 +450,6 @@ def _rows_before(path: Path, last_epoch: int) -> list:
     return rows
 
 
-def _loggers(cfg, run_dir):
-    kind = cfg.trainer.logger
-    if run_dir is None or kind == "none":
-        return []
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="")]
-    if kind == "tensorboard":
-        try:
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            loggers.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
-        except ModuleNotFoundError as e:  # pragma: no cover - depends on the environment
-            raise ConfigError(
-                f"trainer.logger=tensorboard needs the tensorboard package ({e}); pip install tensorboard"
-            ) from None
-    return loggers
-
-
 def _checkpoints(folder: Path, selection) -> list:
     """``best.ckpt`` when there is a selection metric, then ``last.ckpt`` after every epoch.
 
@@ -520,7 +501,7 @@ def _trainer(
         strategy=t.strategy,
         precision=resolve_precision(t),
         gradient_clip_val=cfg.train.gradient_clip_val,
-        logger=_loggers(cfg, run_dir) or False,
+        logger=tracking.make_loggers(cfg, run_dir) or False,
         enable_checkpointing=run_dir is not None,
         enable_model_summary=False,
         enable_progress_bar=bool(bar),
@@ -552,6 +533,7 @@ def fit(
     save: bool = True,
     resume=None,
     overwrite: bool = False,
+    callbacks: Sequence = (),
 ) -> Optional[FitResult]:
     """Train the model the config describes and write its run directory.
 
@@ -560,6 +542,7 @@ def fit(
     directory's last checkpoint with its own config (same optimizer and schedule state,
     epoch counter and data order). ``out`` must be new or empty unless ``overwrite``.
     Returns a :class:`FitResult` (None in the extra processes of a multi-process run).
+    ``callbacks``: more Lightning callbacks for the trainer (e.g. ``pyro-vae tune``'s pruning).
 
     SIGINT / SIGTERM at any moment end it with :class:`~pyro_vae.errors.Interrupted`, whose
     message says what was saved and the command that continues or restarts the run.
@@ -572,7 +555,7 @@ def fit(
     }
     with signals_raise():
         try:
-            return _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite)
+            return _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite, callbacks)
         except SignalReceived as e:
             take_pending_signal()
             raise interrupted(e.signum, state["where"], state["run_dir"], state["made"]) from None
@@ -601,23 +584,24 @@ class _Built:
     selection: Optional[tuple]
 
 
-def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite):
+def _fit(state, cfg, out, overrides, data, plots, save, resume, overwrite, callbacks=()):
     run = _prepare(state, cfg, out, overrides, data, save, resume)
     built = _build(state, run)
     # the plan has filled in the data-dependent defaults: from here on config.yaml, the checkpoints
     # and model.pt hold this config, and nothing may change it
     OmegaConf.set_readonly(run.cfg, True)
     try:
-        return _train_and_finish(state, run, built, overwrite, plots)
+        return _train_and_finish(state, run, built, overwrite, plots, callbacks)
     finally:
         OmegaConf.set_readonly(run.cfg, None)  # the caller's to use as it likes
 
 
-def _train_and_finish(state, run, built, overwrite, plots):
+def _train_and_finish(state, run, built, overwrite, plots, callbacks=()):
     with warnings.catch_warnings():
         _quiet_lightning()
         metrics, stop = EpochMetrics(built.plan.epochs()), StopOnSignal(run.run_dir, state)
         extra = [stop] + ([KLWarmup(run.cfg.train.kl_warmup_epochs)] if run.cfg.train.kl_warmup_epochs else [])
+        extra += list(callbacks)
         with PROFILE.phase("Lightning Trainer"):  # validates trainer.* before the folder is touched
             trainer = _trainer(
                 run.cfg, run.run_dir, metrics, built.selection, built.has_val, built.plan.epochs(), extra
@@ -683,6 +667,7 @@ def _run(state, trainer, run: _Run, built: _Built, metrics: EpochMetrics, stop: 
     state["where"] = "before the first epoch"
     if run.run_dir is not None and run.rank_zero:
         write_text(run.run_dir / "config.yaml", config_mod.to_yaml(run.cfg))
+        tracking.log_config(trainer.loggers, run.cfg)
         if run.resumed is not None:  # Lightning's CSVLogger starts a fresh file: carry the earlier rows over
             metrics.rows = _rows_before(run.run_dir / "metrics.csv", run.resumed.done_epochs)
             for logger in trainer.loggers:
@@ -771,6 +756,8 @@ def _finish(trainer, module, run: _Run, built: _Built, rows: EpochMetrics, plots
             from .plots import run_report
 
             run_report(model, data, run_dir, rows.rows, plan)
+        with PROFILE.phase("trackers: test metrics, artifacts"):
+            tracking.log_finish(trainer.loggers, run_dir, metrics, trainer.current_epoch, model, data)
     return FitResult(model.cpu(), data, cfg, run_dir, metrics, rows.rows)
 
 

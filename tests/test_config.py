@@ -43,7 +43,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
         (["evaluate.iwae_samples=-1"], ">= 0"),
         (["trainer.accelerator=tpux"], "auto, cpu"),
         (["trainer.precision=8-bit"], "32-true"),
-        (["trainer.logger=wandb"], "csv, tensorboard, none"),
+        (["trainer.logger=comet"], "csv, tensorboard, mlflow, wandb, none"),
         (["encoder.type=rnn"], "valid network types: conv, mlp"),
         (["encoder.activation=sigmoid"], "softplus"),
         (["latent_dim=0"], "at least 1"),

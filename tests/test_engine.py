@@ -150,19 +150,6 @@ def test_resume_of_a_folder_without_checkpoints_says_what_to_do(tmp_path):
     assert r.returncode == 2 and "no checkpoints/last.ckpt" in r.stderr
 
 
-def test_tensorboard_logger_writes_event_files_when_installed(tmp_path):
-    pytest.importorskip("tensorboard")
-    run = tmp_path / "run"
-    assert _train(["train.epochs=2", "trainer.logger=tensorboard", "--out", str(run)]).returncode == 0
-    events = list((run / "tensorboard").rglob("events.out.tfevents*"))
-    assert events
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = EventAccumulator(str(events[0].parent)).Reload().Tags()["scalars"]
-    assert {"train_loss", "lr"} <= set(tags)
-    assert _epochs_in_csv(run) == [1, 2]  # the CSV keeps one row per epoch
-
-
 def test_one_line_per_epoch_without_a_terminal(tmp_path):
     r = subprocess.run(
         CLI

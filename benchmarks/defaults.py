@@ -1,5 +1,8 @@
 """Which VAE setting should be the default? Measured, in four stages.
 
+The record of how today's defaults were chosen (selected on the test loss). New searches use
+`pyro-vae tune` on validation data: benchmarks/tune_defaults.py runs its studies against these defaults.
+
 1. screen:  every combination of the grid below on the bundled digits, 20 epochs
             (the quick tour's command), seed 0.
 2. confirm: the best screened settings, the best of each batch size (and the same with

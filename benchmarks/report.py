@@ -528,6 +528,45 @@ def _summary(name):
     return (load(name) or {}).get("summary", [])
 
 
+def _sig3(v):
+    try:
+        return f"{float(v):.3g}"
+    except ValueError:
+        return v
+
+
+@part("tune_defaults.json")
+def tune_defaults(d):
+    """Each study's trials by state, its best trial, and the defaults against the tuned setting on the test split."""
+    rows = []
+    for name in ("vae", "m2"):
+        s = d.get(name)
+        if not s:
+            continue
+        c, m = s["compare"], s["metric"]
+        best = ", ".join(f"`{k}={_sig3(s['best'][k])}`" for k in s["best"] if "." in k or k == "latent_dim")
+        sign = 1 if m["mode"] == "max" else -1
+        pairs = zip(c["tuned"]["runs"], c["defaults"]["runs"])
+        wins = sum(sign * (t["test"] - d_["test"]) > 0 for t, d_ in pairs)
+        rows.append(
+            {
+                "study": f"digits {'VAE' if name == 'vae' else 'M2, 50 labels'}",
+                "trials": len(s["trials"]),
+                "states": ", ".join(f"{v} {k.lower()}" for k, v in s["states"].items() if v),
+                "minutes": s["study_seconds"] / 60,
+                "selection": m["selection"],
+                "reported": m["reported"],
+                "best": best,
+                "best_value": float(s["best"][m["selection"]]),
+                "defaults": f"{c['defaults']['test_mean']:.4f} ± {c['defaults']['test_sd']:.4f}",
+                "tuned": f"{c['tuned']['test_mean']:.4f} ± {c['tuned']['test_sd']:.4f}",
+                "spaces": "; ".join(f"`{x}`" for x in s["spaces"]),
+                "wins": f"{wins} of {len(c['tuned']['runs'])}",
+            }
+        )
+    return {"rows": rows, "machine": d.get("machine", "")} if rows else ""
+
+
 @part("image_cache.json")
 def image_cache(d):
     for r in d["loads"] + d["decode_only"]:

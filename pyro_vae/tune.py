@@ -7,7 +7,8 @@ Each trial is ``pyro-vae train`` on the base config with the trial's values, in
 ``DIR/trials/NNNN``. The objective is the model kind's selection metric on the validation
 split (``best_val_<metric>`` of the run: its best epoch); a validation split of a tenth of the
 training data is made when the config has none, and the test split is never used to select.
-Trials are pruned at epoch ends by Optuna's median rule once a few have finished.
+Trials are pruned at epoch ends by Optuna's median rule once a quarter of them (2 to 5) have finished,
+from epoch 2 (or a quarter of the epochs) on; the last epoch always completes a trial.
 
 ``DIR`` holds ``study.db`` (the Optuna study: ``optuna-dashboard sqlite:///DIR/study.db``),
 ``tune.json`` (the base config, the spaces, the number of trials), ``best.yaml`` (the best
@@ -259,8 +260,10 @@ def run(folder: Path, trials: Optional[int] = None, out=sys.stderr) -> dict:
     spaces = [parse_space(f"{k}={v}") for k, v in settings["spaces"].items()]
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    # the median rule once two trials have finished, from epoch 2 (or a quarter of the epochs) on
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=max(2, int(base.train.epochs) // 4))
+    # the median rule once a quarter of the trials (2 to 5) have finished, from epoch 2 (or a quarter of the epochs) on
+    pruner = optuna.pruners.MedianPruner(
+        n_startup_trials=min(5, max(2, target // 4)), n_warmup_steps=max(2, int(base.train.epochs) // 4)
+    )
     study = optuna.load_study(study_name=STUDY, storage=_storage(folder), pruner=pruner)
     states = optuna.trial.TrialState
     trial = None

@@ -1,6 +1,7 @@
 """The engine keeps a user's work and scales out: checkpoints, resume, signals, DDP."""
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -178,11 +179,13 @@ def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
         sp.save_npz(tmp_path / "digits.npz", sp.csr_matrix(load_digits().data.astype(np.float32) / 16))
         extra = ["data=array", f"data.path={tmp_path / 'digits.npz'}"]
     ddp = tmp_path / "ddp"
+    tracked = model == "vae" and importlib.util.find_spec("mlflow") is not None
     r = _train(
         [
             "train.epochs=4",
             "train.batch_size=32",
             *extra,
+            *(["trainer.logger=[mlflow]"] if tracked else []),
             "trainer.accelerator=cpu",
             "trainer.devices=2",
             "trainer.strategy=ddp",
@@ -204,6 +207,14 @@ def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
     assert abs(m["test_loss"] - m1["test_loss"]) < 1.5, (m["test_loss"], m1["test_loss"])
     if model == "ssvae":
         assert m["test_accuracy"] > 0.5
+    if tracked:  # only rank zero logs: one MLflow run, each epoch once
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        assert len(runs) == 1
+        history = client.get_metric_history(runs[0].info.run_id, "train_loss")
+        assert sorted(h.step for h in history) == [1, 2, 3, 4]
 
 
 def test_trainer_validate_reports_the_held_out_metrics(quick):

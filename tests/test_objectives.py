@@ -220,3 +220,12 @@ def test_m1m2_trains_its_first_stage_with_iwae():
     plan = plan_for(build_model(cfg, DataInfo(64, num_classes=10, num_data=100)), cfg)
     assert isinstance(plan.objectives[0], IWAE)
     assert plan.m2_plan.cfg.train.elbo == "meanfield"  # M2's labelled term: its ELBO
+
+
+def test_a_capacity_run_logs_c_rising_each_epoch(quick):
+    from pyro_vae.train import fit
+
+    r = fit(None, save=False, overrides=[*quick, "train.epochs=2", "train.capacity_max=10", "train.capacity_gamma=5"])
+    caps = [row["capacity"] for row in r.history]
+    assert 0 < caps[0] < 5 < caps[1] <= 10  # C at each epoch's last step: (epochs done) / 2 * 10
+    assert all(math.isfinite(row["train_loss"]) for row in r.history)

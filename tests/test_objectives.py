@@ -68,6 +68,21 @@ def test_a_minibatch_estimates_the_full_data_bound_row_by_row(vae, x):
     assert abs(pyro.infer.RenyiELBO(num_particles=k).loss(vae.model, vae.guide, x) - float(loss.detach())) > 1.0
 
 
+def test_without_subsampling_it_is_pyros_renyi_elbo_value_and_gradient(x):
+    cfg = load_config(None, [*QUICK, "likelihood=gaussian"])
+    m = build_model(cfg, DataInfo(6))  # num_data None: the minibatch is the data, no scale
+    params = list(m.parameters())
+    for alpha in (0.0, 0.5):
+        ours = _loss(Renyi(alpha=alpha, num_particles=4), m, x)
+        grads = torch.autograd.grad(ours, params)
+        for p in params:
+            p.grad = None
+        torch.manual_seed(0)
+        theirs = pyro.infer.RenyiELBO(alpha=alpha, num_particles=4).loss_and_grads(m.model, m.guide, x)
+        assert float(ours.detach()) == pytest.approx(theirs, rel=1e-5)
+        assert all(torch.allclose(g, p.grad, atol=1e-4, rtol=1e-4) for g, p in zip(grads, params))
+
+
 # ---------------------------------------------------------------- PPCA: the exact log-likelihood
 D, LATENT, SIGMA = 5, 2, 0.5
 W = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 1.5], [-1.0, 0.5], [0.5, -2.0]])

@@ -77,7 +77,7 @@ def main(argv=None):
     new = {key(r) for r in runs}
     old["runs"] = [r for r in old["runs"] if key(r) not in new] + runs
     old["machine"] = {
-        "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(": "),
+        "cpu": open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip("\t :"),
         "threads": 1,
         "torch": torch.__version__,
     }

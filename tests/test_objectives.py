@@ -224,7 +224,7 @@ def test_cli_trains_with_iwae_saves_loads_and_evaluates(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(out), "--iwae-samples", "20"]) == 0
     metrics = json.loads(capsys.readouterr().out)
-    assert metrics["test_log_likelihood"] >= metrics["test_loss"] * -1 - 1.0  # the bound is above the ELBO
+    assert metrics["test_log_likelihood"] > -metrics["test_loss"] - 1.0  # IWAE-20 is above the ELBO (noise aside)
     assert abs(metrics["test_loss"] - saved["test_loss"]) < 1.0
 
 

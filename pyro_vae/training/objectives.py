@@ -44,7 +44,9 @@ from torch.distributions import kl_divergence
 from ..errors import ConfigError
 from ..registry import Registry
 
-#: ``train.elbo`` names -> objective classes; each builds itself from the ``train`` section (``from_train``)
+#: ``train.elbo`` names -> objective classes: Pyro ELBOs that build themselves from the ``train`` section
+#: (classmethod ``from_train``); ``separates_kl`` says whether train.kl_weight and the capacity apply, and
+#: ``analytic_kl`` whether their KL is in closed form. A plugin registers its own the same way.
 OBJECTIVES = Registry("objective", configurable=False)
 
 

@@ -59,7 +59,7 @@ def test_a_minibatch_estimates_the_full_data_bound_row_by_row(vae, x):
     """-(N/B) sum_rows logmeanexp_k log w: each row's weights without the minibatch scale (which Pyro's
     RenyiELBO.loss puts inside the log-mean-exp, a different number)."""
     k = 5
-    loss = _loss(IWAE(num_particles=k), vae, x)
+    loss = _loss(IWAE(num_particles=k, vectorize_particles=False), vae, x)
     torch.manual_seed(0)
     w = torch.stack([vae.log_weights(x)[:, 0] for _ in range(k)])  # the same draws, in the same order
     expected = -(N_DATA / BATCH) * (torch.logsumexp(w, 0) - math.log(k)).sum()
@@ -72,13 +72,15 @@ def test_without_subsampling_it_is_pyros_renyi_elbo_value_and_gradient(x):
     cfg = load_config(None, [*QUICK, "likelihood=gaussian"])
     m = build_model(cfg, DataInfo(6))  # num_data None: the minibatch is the data, no scale
     params = list(m.parameters())
-    for alpha in (0.0, 0.5):
-        ours = _loss(Renyi(alpha=alpha, num_particles=4), m, x)
+    for alpha, vectorize in ((0.0, False), (0.5, False), (0.0, True)):  # the particles one by one, or at once
+        ours = _loss(Renyi(alpha=alpha, num_particles=4, vectorize_particles=vectorize), m, x)
         grads = torch.autograd.grad(ours, params)
         for p in params:
             p.grad = None
         torch.manual_seed(0)
-        theirs = pyro.infer.RenyiELBO(alpha=alpha, num_particles=4).loss_and_grads(m.model, m.guide, x)
+        nesting = 2 if vectorize else float("inf")  # the data plate, then the particles' plate
+        pyros = pyro.infer.RenyiELBO(alpha, 4, max_plate_nesting=nesting, vectorize_particles=vectorize)
+        theirs = pyros.loss_and_grads(m.model, m.guide, x)
         assert float(ours.detach()) == pytest.approx(theirs, rel=1e-5)
         assert all(torch.allclose(g, p.grad, atol=1e-4, rtol=1e-4) for g, p in zip(grads, params))
 

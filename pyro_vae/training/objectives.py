@@ -106,11 +106,18 @@ class ImportanceWeightedELBO(RenyiELBO):
     separates_kl = False
     analytic_kl = False
 
-    def __init__(self, alpha: float = 0.0, num_particles: int = 2):
-        super().__init__(alpha=alpha, num_particles=num_particles, vectorize_particles=False)
+    def __init__(
+        self, alpha: float = 0.0, num_particles: int = 2, vectorize_particles: bool = True, max_plate_nesting: int = 1
+    ):
+        # max_plate_nesting: the model's own nested plates (the data plate); the particles' plate goes left of them
+        vectorize = vectorize_particles and num_particles > 1
+        nesting = max_plate_nesting + 1 if vectorize else float("inf")
+        super().__init__(alpha, num_particles, max_plate_nesting=nesting, vectorize_particles=vectorize)
 
     def log_weights(self, model, guide, *args, **kwargs):
-        """log w of each particle and row, without the minibatch scale: shape (K, rows), and N/B."""
+        """log w of each particle and row, without the minibatch scale: shape (K, rows), and N/B. The K
+        particles run at once in a plate of their own (``vectorize_particles``, Pyro's; the networks
+        take leading batch dimensions) or one after another."""
         weights, scale = [], 1.0
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
@@ -126,8 +133,10 @@ class ImportanceWeightedELBO(RenyiELBO):
                             "use train.elbo=trace or meanfield"
                         )
                     w = w - torch_sum(site["log_prob"], sum_dims)
-            scale = subsample_scale(model_trace)
+            scale = subsample_scale(model_trace)  # the particles' plate has no subsample: scale 1
             weights.append(torch.as_tensor(w) / scale)
+        if self.vectorize_particles:
+            return weights[0], scale  # one trace, the particles along the first dimension
         return torch.stack(weights), scale
 
     @property

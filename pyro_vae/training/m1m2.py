@@ -1,7 +1,8 @@
 """Training M1+M2 in two stages within one run (one Trainer, one checkpoint stream).
 
-Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's objective (``train.elbo``, :mod:`~pyro_vae.training.objectives`, on
-``model.m1.model`` / ``model.m1.guide``) on minibatches of all training rows. The following
+Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's objective (``train.elbo``,
+:mod:`~pyro_vae.training.objectives`, on ``model.m1.model`` / ``model.m1.guide``) on minibatches of all
+training rows. The following
 ``train.epochs`` epochs: M2's semi-supervised objective (the :data:`~pyro_vae.training.ssvae.LOSS_TERMS`
 of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's code means mu1(x), without gradient
 (M1 held fixed), plus the codes' spread (``_spread``): together the whole program's ELBO, whose guide

@@ -230,13 +230,18 @@ def test_cli_trains_with_iwae_saves_loads_and_evaluates(tmp_path, capsys):
     assert abs(metrics["test_loss"] - saved["test_loss"]) < 1.0
 
 
-def test_m1m2_trains_its_first_stage_with_iwae():
-    cfg = load_config(
-        None, [*QUICK, "model=m1m2", "data.labels=50", "train.elbo=iwae", "train.num_particles=3", "train.kl_weight=1"]
-    )
-    plan = plan_for(build_model(cfg, DataInfo(64, num_classes=10, num_data=100)), cfg)
+def test_m1m2_weighs_its_first_stage_and_keeps_m2s_elbo():
+    small = [*QUICK, "model=m1m2", "data.labels=50", "model.m1_epochs=3"]
+    info = DataInfo(64, num_classes=10, num_data=100)
+    cfg = load_config(None, [*small, "train.elbo=iwae", "train.num_particles=3"])
+    plan = plan_for(build_model(cfg, info), cfg)
     assert isinstance(plan.objectives[0], IWAE)
     assert plan.m2_plan.cfg.train.elbo == "meanfield"  # M2's labelled term: its ELBO
+    cfg = load_config(None, [*small, "train.elbo=trace", "train.capacity_max=6"])
+    plan = plan_for(build_model(cfg, info), cfg)
+    plan.schedule(1.5)  # C rises over M1's 3 epochs
+    assert isinstance(plan.objectives[0], KLWeightedELBO) and plan.objectives[0].capacity == pytest.approx(3.0)
+    assert plan.m2_plan.cfg.train.capacity_max is None and plan.m2_plan.cfg.train.elbo == "trace"
 
 
 def test_a_capacity_run_logs_c_rising_each_epoch(quick):

@@ -71,8 +71,8 @@ def main(argv=None):
     ap.add_argument("--eval-rows", type=int, default=0, help="score the first N test rows (0: all)")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    old = json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}
     runs = [run(d, e, a.k, a.epochs, s, a.eval_k, a.eval_rows) for d in a.data for s in a.seeds for e in a.elbos]
+    old = json.loads(OUT.read_text()) if OUT.exists() else {"runs": []}  # read last: parallel runs add up
     key = lambda r: (r["data"], r["elbo"], r["k"], r["epochs"], r["seed"])  # noqa: E731
     new = {key(r) for r in runs}
     old["runs"] = [r for r in old["runs"] if key(r) not in new] + runs

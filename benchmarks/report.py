@@ -533,8 +533,17 @@ def iwae(d):
         if not behind
         else f"not ahead on every seed of {', '.join(behind)}"
     )
+    seconds = {}
+    for r in d["runs"]:
+        seconds.setdefault(r["data"], {}).setdefault(r["elbo"], []).append(r["s_per_epoch"])
+    cost = ", ".join(
+        f"{names.get(x, x)} {statistics.mean(v['iwae']) / statistics.mean(v['meanfield']):.1f}x"
+        for x, v in sorted(seconds.items())
+        if "iwae" in v and "meanfield" in v
+    )
     return {
         "rows": rows,
+        "cost": cost,
         "summary": f"iwae training against meanfield, test log-likelihood: {summary} (nats per image)",
         "verdict": verdict,
         "k": next(r["k"] for r in d["runs"] if r["elbo"] == "iwae"),

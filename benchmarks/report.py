@@ -487,6 +487,70 @@ def images(d):
     return {"rows": rows, "cpu": d["machine"]["cpu"]}
 
 
+@part("iwae.json")
+def iwae(d):
+    """Per data set and objective: the IWAE-K test log-likelihood and the test ELBO (mean, sd over seeds);
+    per data set, how many seeds iwae training was ahead on and by how much."""
+    groups, by_seed = {}, {}
+    for r in d["runs"]:
+        groups.setdefault((r["data"], r["elbo"], r["k"], r["epochs"]), []).append(r)
+        by_seed[(r["data"], r["epochs"], r["seed"], r["elbo"])] = r
+    rows = []
+    for (data, elbo, k, epochs), rs in sorted(
+        groups.items(), key=lambda g: (g[0][0] != "digits", g[0][0], g[0][1] != "meanfield")
+    ):
+        ll, loss = [r["test_log_likelihood"] for r in rs], [r["test_loss"] for r in rs]
+        rows.append(
+            {
+                "data": {"digits": "digits (8x8)", "fashion": "Fashion-MNIST (28x28)"}.get(data, data),
+                "objective": f"`{elbo}`" + (" (default)" if elbo == "meanfield" else f", K={k}"),
+                "epochs": epochs,
+                "seeds": len(rs),
+                "ll": statistics.mean(ll),
+                "ll_sd": statistics.stdev(ll) if len(ll) > 1 else 0.0,
+                "eval_k": rs[0]["eval_k"],
+                "eval_rows": rs[0]["eval_rows"],
+                "loss": statistics.mean(loss),
+                "loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
+                "units": statistics.mean(r["active_units"] for r in rs),
+                "seconds": statistics.mean(r["s_per_epoch"] for r in rs),
+            }
+        )
+    gains = [
+        {
+            "data": data,
+            "gain": r["test_log_likelihood"] - by_seed[(data, epochs, seed, "meanfield")]["test_log_likelihood"],
+        }
+        for (data, epochs, seed, elbo), r in sorted(by_seed.items())
+        if elbo == "iwae" and (data, epochs, seed, "meanfield") in by_seed
+    ]
+    names = {"digits": "digits", "fashion": "Fashion-MNIST"}
+    summary = _ahead(gains, lambda r: names.get(r["data"], r["data"]) + ":")
+    measured = sorted({g["data"] for g in gains})
+    behind = [names.get(x, x) for x in measured if not all(g["gain"] > 0 for g in gains if g["data"] == x)]
+    verdict = (
+        f"ahead on every seed of the {_n(len(measured), 'data set')} measured"
+        if not behind
+        else f"not ahead on every seed of {', '.join(behind)}"
+    )
+    seconds = {}
+    for r in d["runs"]:
+        seconds.setdefault(r["data"], {}).setdefault(r["elbo"], []).append(r["s_per_epoch"])
+    cost = ", ".join(
+        f"{names.get(x, x)} {statistics.mean(v['iwae']) / statistics.mean(v['meanfield']):.1f}x"
+        for x, v in sorted(seconds.items())
+        if "iwae" in v and "meanfield" in v
+    )
+    return {
+        "rows": rows,
+        "cost": cost,
+        "summary": f"iwae training against meanfield, test log-likelihood: {summary} (nats per image)",
+        "verdict": verdict,
+        "k": next(r["k"] for r in d["runs"] if r["elbo"] == "iwae"),
+        "cpu": d["machine"]["cpu"].strip("\t :"),
+    }
+
+
 @part("cifar.json")
 def cifar(d):
     return d

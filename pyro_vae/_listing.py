@@ -61,5 +61,10 @@ LINES = [
     '  labelled_elbo(): -sum_labelled L(x, y): y observed (Trace_ELBO, or TraceMeanField_ELBO with train.elbo=meanfield).',
     "  pseudo_label(): Pseudo-labels (FixMatch-style, Sohn et al. 2020): q(y|x)'s confident labels taught to augmented copies.",
     '  unlabelled_elbo(): -sum_unlabelled U(x): the label summed out exactly (TraceEnum_ELBO, parallel enumeration).',
+    'training objectives (train.elbo):',
+    "  iwae(): Importance weighted bound (Burda et al. 2016), K = train.num_particles: Pyro's RenyiELBO at alpha = 0.",
+    "  meanfield(): E_q[log p(x|z)] - KL(q||p), the KL in closed form where the prior has one (Pyro's TraceMeanField_ELBO).",
+    '  renyi(): Variational Renyi bound (Li & Turner 2016), alpha = train.renyi_alpha, K = train.num_particles.',
+    "  trace(): E_q[log p(x,z) - log q(z|x)]: the ELBO with a Monte-Carlo KL (Pyro's Trace_ELBO).",
 ]
 TEXT = "\n".join(LINES) + "\n"

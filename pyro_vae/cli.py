@@ -413,7 +413,7 @@ def render_listing() -> str:
     """Every registry, one entry a line: what ``pyro-vae list`` prints (imports torch and Pyro)."""
     from .config import registries
     from .networks import ACTIVATIONS, NETWORKS
-    from .training import LOSS_TERMS
+    from .training import LOSS_TERMS, OBJECTIVES
 
     groups = dict(registries())
     order = [
@@ -425,6 +425,7 @@ def render_listing() -> str:
         ("activations", ACTIVATIONS),
         ("anomaly scores", groups["score"]),
         ("semi-supervised loss terms", LOSS_TERMS),
+        ("training objectives (train.elbo)", OBJECTIVES),
     ]
     lines = []
     for title, reg in order:

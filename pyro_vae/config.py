@@ -14,6 +14,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +49,30 @@ class TrainConfig:
     lr: float = option(3.0e-3, "Adam learning rate")
     elbo: str = option(
         "meanfield",
-        "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, "
-        "else Monte Carlo) | trace (Trace_ELBO: Monte-Carlo KL)",
+        "meanfield (TraceMeanField_ELBO: analytic KL where the prior has one, else Monte Carlo) | trace "
+        "(Trace_ELBO: Monte-Carlo KL) | iwae (importance weighted bound, Burda et al. 2016: K = num_particles "
+        "samples per row; Pyro's RenyiELBO at alpha 0) | renyi (Renyi bound, Li & Turner 2016: alpha = "
+        "renyi_alpha); iwae and renyi: model=vae and M1+M2's first stage",
     )
-    num_particles: int = option(1, "samples of z per row and step")
-    kl_warmup_epochs: int = option(0, "KL weight rises linearly from 0 to 1 over this many epochs")
+    num_particles: int = option(1, "samples of z per row and step (iwae, renyi: the K samples of each row's bound)")
+    renyi_alpha: float = option(
+        0.5, "alpha of train.elbo=renyi, not 1 (the ELBO): 0 is iwae; a lower bound of log p(x) for alpha >= 0"
+    )
+    kl_weight: float = option(
+        1.0,
+        "beta-VAE's KL weight (Higgins et al. 2017): loss = reconstruction + kl_weight * KL; "
+        "elbo trace or meanfield, model=vae and M1+M2's first stage",
+    )
+    kl_warmup_epochs: int = option(0, "KL weight rises linearly from 0 to 1 (to kl_weight) over this many epochs")
+    capacity_max: Optional[float] = option(
+        None,
+        "capacity schedule (Burgess et al. 2018): loss = reconstruction + capacity_gamma * |KL - C|, C rising "
+        "linearly from 0 to this many nats per row; null = off (elbo trace or meanfield, model=vae and M1+M2's M1)",
+    )
+    capacity_epochs: Optional[int] = option(
+        None, "epochs over which C rises to capacity_max; null = all training epochs (m1m2: model.m1_epochs)"
+    )
+    capacity_gamma: float = option(1000.0, "gamma of the capacity term: the weight of |KL - C|")
     lr_schedule: str = option("constant", "constant | cosine (per step from lr down to 0 over train.epochs)")
     gradient_clip_val: Optional[float] = option(None, "clip the gradient norm (null = off)")
     early_stopping_patience: Optional[int] = option(
@@ -62,21 +82,69 @@ class TrainConfig:
 
     @staticmethod
     def check(t) -> None:
-        _choice("train.elbo", t.elbo, ("trace", "meanfield"))
+        _choice("train.elbo", t.elbo, _objectives())
         _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine"))
-        for key in ("epochs", "batch_size", "num_particles", "eval_batch_size"):
+        for key in ("epochs", "batch_size", "num_particles", "eval_batch_size", "capacity_epochs"):
             if t[key] is not None and t[key] < 1:
                 raise ConfigError(f"train.{key} must be at least 1 (got {t[key]})")
         if not t.lr > 0:
             raise ConfigError(f"train.lr must be positive (got {t.lr})")
         if t.kl_warmup_epochs < 0:
             raise ConfigError(f"train.kl_warmup_epochs cannot be negative (got {t.kl_warmup_epochs})")
+        _check_kl_keys(t)
         if t.gradient_clip_val is not None and not t.gradient_clip_val > 0:
             raise ConfigError(f"train.gradient_clip_val must be positive or null (got {t.gradient_clip_val})")
         if t.early_stopping_patience is not None and t.early_stopping_patience < 1:
             raise ConfigError(
                 f"train.early_stopping_patience must be at least 1 or null (got {t.early_stopping_patience})"
             )
+
+
+def _objectives():
+    from .training import OBJECTIVES
+
+    return OBJECTIVES.names()
+
+
+def _objective(name):
+    from .training import OBJECTIVES
+
+    return OBJECTIVES.get(name)
+
+
+def _check_kl_keys(t) -> None:
+    """The Renyi alpha, the KL weight and the capacity schedule: values, and the combinations that make sense."""
+    if not math.isfinite(t.renyi_alpha) or t.renyi_alpha == 1:
+        raise ConfigError(
+            f"train.renyi_alpha must be a finite number other than 1 (got {t.renyi_alpha}); alpha = 1 is the ELBO: "
+            "train.elbo=trace"
+        )
+    if not (math.isfinite(t.kl_weight) and t.kl_weight >= 0):
+        raise ConfigError(f"train.kl_weight must be >= 0 (got {t.kl_weight})")
+    if not (math.isfinite(t.capacity_gamma) and t.capacity_gamma > 0):
+        raise ConfigError(f"train.capacity_gamma must be positive (got {t.capacity_gamma})")
+    weighted = t.kl_weight != 1 or t.capacity_max is not None
+    if weighted and not getattr(_objective(t.elbo), "separates_kl", False):
+        raise ConfigError(
+            f"train.kl_weight and train.capacity_max weigh the ELBO's KL term; train.elbo={t.elbo} has none "
+            "apart from the reconstruction: use train.elbo=meanfield or trace"
+        )
+    if t.capacity_max is None:
+        if t.capacity_epochs is not None:
+            raise ConfigError("train.capacity_epochs needs train.capacity_max (the capacity schedule is off)")
+        return
+    if not (math.isfinite(t.capacity_max) and t.capacity_max >= 0):
+        raise ConfigError(f"train.capacity_max must be >= 0 nats or null (got {t.capacity_max})")
+    if t.kl_weight != 1:
+        raise ConfigError(
+            "train.capacity_max weighs the KL by capacity_gamma * |KL - C|: leave train.kl_weight at 1 "
+            "(or set capacity_max=null for a beta-VAE)"
+        )
+    if t.kl_warmup_epochs:
+        raise ConfigError(
+            "train.capacity_max and train.kl_warmup_epochs both schedule the KL term: use one "
+            "(capacity_epochs sets how fast C rises)"
+        )
 
 
 @dataclass

@@ -235,6 +235,7 @@ class EpochMetrics(Callback):
         row.update(
             {
                 "beta": float(pl_module.model.beta),
+                **pl_module.plan.schedule_metrics(),
                 "lr": trainer.optimizers[0].param_groups[0]["lr"],
                 "seconds": round(seconds, 3),
             }
@@ -252,16 +253,12 @@ class EpochMetrics(Callback):
                 print("  ".join(parts), file=sys.stderr, flush=True)
 
 
-class KLWarmup(Callback):
-    """The KL term's weight beta, from just above 0 (Pyro's scale must be positive) to 1 over the
-    first ``epochs`` epochs, set before every step."""
-
-    def __init__(self, epochs: float):
-        self.epochs = epochs
+class KLSchedule(Callback):
+    """Before every step, the plan's KL schedule at the epochs done so far (fractional): the warm-up
+    factor beta and the capacity C(t) (:meth:`~pyro_vae.training.TrainingPlan.schedule`)."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        progress = trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches)
-        pl_module.model.beta = min(1.0, max(progress, 0.01) / self.epochs)
+        pl_module.plan.schedule(trainer.current_epoch + batch_idx / max(1, trainer.num_training_batches))
 
 
 class StopOnSignal(Callback):
@@ -600,7 +597,8 @@ def _train_and_finish(state, run, built, overwrite, plots, callbacks=()):
     with warnings.catch_warnings():
         _quiet_lightning()
         metrics, stop = EpochMetrics(built.plan.epochs()), StopOnSignal(run.run_dir, state)
-        extra = [stop] + ([KLWarmup(run.cfg.train.kl_warmup_epochs)] if run.cfg.train.kl_warmup_epochs else [])
+        t = run.cfg.train
+        extra = [stop] + ([KLSchedule()] if t.kl_warmup_epochs or t.capacity_max is not None else [])
         extra += list(callbacks)
         with PROFILE.phase("Lightning Trainer"):  # validates trainer.* before the folder is touched
             trainer = _trainer(

@@ -32,6 +32,7 @@ LAYERS = [
             "training.ssvae",
             "training.augment",
             "training.m1m2",
+            "training.objectives",
             "evaluate",
             "plots",
         },

@@ -4,7 +4,6 @@ import abc
 from typing import Dict, Optional, Tuple
 
 import torch
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
@@ -12,6 +11,7 @@ from ..likelihoods import Mixed
 from ..models.base import MODELS, LatentVariableModel
 from ..sparse import is_sparse
 from .batches import IndexBatchSampler, RowBatches, index_loader
+from .objectives import KLWeightedELBO, capacity_at, warmup_at
 
 _PLANS: Dict[type, type] = {}
 
@@ -39,15 +39,6 @@ def plan_for(model: LatentVariableModel, cfg) -> "TrainingPlan":
         f"model kind {type(model).__name__} has no training plan; register one with "
         "@pyro_vae.training.register_plan(YourModel)"
     )
-
-
-def make_elbo(train_cfg):
-    """The ELBO that ``train.elbo`` names: ``TraceMeanField_ELBO`` (meanfield: the KL in closed form
-    where torch knows it for the prior, a Monte-Carlo estimate otherwise) or ``Trace_ELBO`` (trace:
-    Monte-Carlo KL), with ``train.num_particles`` samples of z per row."""
-    if train_cfg.elbo == "meanfield":
-        return TraceMeanField_ELBO(num_particles=train_cfg.num_particles, vectorize_particles=False)
-    return Trace_ELBO(num_particles=train_cfg.num_particles)
 
 
 class _RowOfValue:
@@ -93,6 +84,7 @@ class TrainingPlan(abc.ABC):
 
     def __init__(self, model: LatentVariableModel, cfg):
         self.model, self.cfg = model, cfg
+        self.objectives = []  # the ELBOs of the loss (make_elbo's): the KL schedule sets their capacity
 
     # ---- data ----------------------------------------------------------------
     def check_data(self, data) -> None:
@@ -137,6 +129,28 @@ class TrainingPlan(abc.ABC):
 
     def batch_size_of(self, batch) -> int:
         return batch.shape[0]
+
+    # ---- the KL term's schedule ----------------------------------------------------
+    def schedule(self, epochs_done: float) -> None:
+        """Before every training step, ``epochs_done`` (fractional) epochs in: the warm-up factor
+        ``model.beta`` (``train.kl_warmup_epochs``) and the capacity C(t) (``train.capacity_*``)."""
+        t = self.cfg.train
+        if t.kl_warmup_epochs:
+            self.model.beta = warmup_at(t, epochs_done)
+        if t.capacity_max is not None:
+            c = capacity_at(t, epochs_done, t.capacity_epochs or self.capacity_epochs())
+            for objective in self.objectives:
+                if isinstance(objective, KLWeightedELBO):
+                    objective.capacity = c
+
+    def capacity_epochs(self) -> int:
+        """The epochs over which C(t) rises when ``train.capacity_epochs`` is null: all of them."""
+        return self.epochs()
+
+    def schedule_metrics(self) -> Dict[str, float]:
+        """The schedule's values for the epoch's row: the capacity C (nats per row) when it is on."""
+        caps = [o.capacity for o in self.objectives if isinstance(o, KLWeightedELBO) and o.gamma is not None]
+        return {"capacity": float(caps[0])} if caps else {}
 
     # ---- validation ------------------------------------------------------------
     @torch.no_grad()

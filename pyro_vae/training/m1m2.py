@@ -1,7 +1,8 @@
 """Training M1+M2 in two stages within one run (one Trainer, one checkpoint stream).
 
-Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's ELBO (``TraceMeanField_ELBO`` or ``Trace_ELBO`` on
-``model.m1.model`` / ``model.m1.guide``) on minibatches of all training rows. The following
+Epochs 1..``model.m1_epochs`` (null: about :data:`M1_STEPS` steps): M1's objective (``train.elbo``,
+:mod:`~pyro_vae.training.objectives`, on ``model.m1.model`` / ``model.m1.guide``) on minibatches of all
+training rows. The following
 ``train.epochs`` epochs: M2's semi-supervised objective (the :data:`~pyro_vae.training.ssvae.LOSS_TERMS`
 of :class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) on M1's code means mu1(x), without gradient
 (M1 held fixed), plus the codes' spread (``_spread``): together the whole program's ELBO, whose guide
@@ -21,8 +22,9 @@ from omegaconf import OmegaConf
 from ..errors import ConfigError
 from ..models.m1m2 import M1M2, m2_model_config
 from ..registry import option
-from .base import TrainingPlan, make_elbo, register_plan
+from .base import TrainingPlan, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader, seeded_generator
+from .objectives import make_elbo
 from .ssvae import SemiSupervisedPlan, SSVAEObjective, check_labels
 
 
@@ -45,14 +47,18 @@ class M1M2Objective:
 def m2_plan_config(cfg):
     """The config of M2's plan (:class:`~pyro_vae.training.ssvae.SemiSupervisedPlan`) inside a
     ``model: m1m2`` run: the config that builds M2, its objective on codes (no image shifts, no
-    pseudo-labels) and the run's ``train`` section."""
+    pseudo-labels) and the run's ``train`` section, whose objective keys are M1's: M2's labelled term
+    keeps meanfield for ``train.elbo=iwae|renyi`` and the unweighted KL."""
     objective = dict(
         asdict(SSVAEObjective()),
         augment_shift=0,
         pseudo_label_weight=0.0,
         aux_loss_multiplier=float(cfg.model.aux_loss_multiplier),
     )
-    return OmegaConf.merge(m2_model_config(cfg), {"model": objective, "train": OmegaConf.to_container(cfg.train)})
+    train = dict(OmegaConf.to_container(cfg.train), kl_weight=1.0, capacity_max=None, capacity_epochs=None)
+    if train["elbo"] not in ("trace", "meanfield"):
+        train["elbo"] = "meanfield"
+    return OmegaConf.merge(m2_model_config(cfg), {"model": objective, "train": train})
 
 
 class StagedBatchSampler(SemiSupervisedBatchSampler):
@@ -100,7 +106,8 @@ class M1M2Plan(TrainingPlan):
                 "model=m1m2 trains its stages for fixed epochs (model.m1_epochs, train.epochs); "
                 "set train.early_stopping_patience=null"
             )
-        self.m1_loss = make_elbo(t)(model.m1.model, model.m1.guide)
+        self.objectives = [make_elbo(t)]
+        self.m1_loss = self.objectives[0](model.m1.model, model.m1.guide)
         self.m2_plan = SemiSupervisedPlan(model.m2, m2_plan_config(cfg))
         self.sampler = None  # of the training batches (train_dataloader): its epoch says the stage
 
@@ -111,6 +118,10 @@ class M1M2Plan(TrainingPlan):
 
     def epochs(self):
         return int(self.cfg.model.m1_epochs) + int(self.cfg.train.epochs)
+
+    def capacity_epochs(self):
+        """C(t) rises over M1's stage, whose ELBO it holds."""
+        return int(self.cfg.model.m1_epochs)
 
     def check_data(self, data):
         super().check_data(data)

@@ -22,8 +22,9 @@ from ..models.ssvae import SSVAE
 from ..networks import ConvClassifier
 from ..registry import Registry, option
 from .augment import augment_images, strong_augment
-from .base import TrainingPlan, make_elbo, register_plan
+from .base import TrainingPlan, register_plan
 from .batches import RowBatches, SemiSupervisedBatchSampler, index_loader
+from .objectives import make_elbo, weights_kl
 
 LOSS_TERMS = Registry("loss term")
 
@@ -87,6 +88,21 @@ def check_objective(m, image_shape) -> None:
         )
 
 
+def check_train_objective(t) -> None:
+    """ConfigError for the ``train`` objectives M2 cannot use: its unlabelled term sums the label out
+    with TraceEnum_ELBO, which has no importance weighted form and no KL apart from the label's terms."""
+    if t.elbo not in ("trace", "meanfield"):
+        raise ConfigError(
+            f"model=ssvae: train.elbo={t.elbo} is not supported: the unknown label is summed out by "
+            "TraceEnum_ELBO and Pyro's RenyiELBO does not enumerate; use train.elbo=meanfield or trace"
+        )
+    if weights_kl(t):
+        raise ConfigError(
+            "model=ssvae: train.kl_weight and train.capacity_max are not supported (the enumerated "
+            "term's KL is not apart from the label's); set kl_weight=1, capacity_max=null (kl_warmup_epochs works)"
+        )
+
+
 class LossTerm(abc.ABC):
     """One term of the semi-supervised loss; ``active`` says whether the config turns it on."""
 
@@ -128,6 +144,7 @@ class LabelledELBO(LossTerm):
     def __init__(self, plan):
         super().__init__(plan)
         self.elbo = make_elbo(plan.cfg.train)
+        plan.objectives.append(self.elbo)
 
     def __call__(self, batch):
         m = self.plan.model
@@ -219,6 +236,7 @@ class SemiSupervisedPlan(TrainingPlan):
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
         check_objective(cfg.model, model.image_shape)
+        check_train_objective(cfg.train)
         self.num_labelled = self.num_unlabelled = 0
         self.terms = []
 

@@ -1,18 +1,21 @@
 """Training the VAE: the ELBO as a torch module on index-batched rows."""
 
 from ..models.vae import VAE
-from .base import TrainingPlan, make_elbo, register_plan
+from .base import TrainingPlan, register_plan
 from .batches import IndexBatchSampler, RowBatches, index_loader
+from .objectives import make_elbo
 
 
 @register_plan(VAE)
 class ELBOPlan(TrainingPlan):
-    """Minimises -ELBO with the ELBO ``train.elbo`` names (:func:`~pyro_vae.training.base.make_elbo`):
+    """Minimises the objective ``train.elbo`` names (:func:`~pyro_vae.training.objectives.make_elbo`: an
+    ELBO, the importance weighted or Renyi bound, the KL weighed or held at a capacity):
     ``ELBO(...)(model, guide)`` is an ``nn.Module``."""
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
-        self.loss_module = make_elbo(cfg.train)(model.model, model.guide)
+        self.objectives = [make_elbo(cfg.train)]
+        self.loss_module = self.objectives[0](model.model, model.guide)
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size)

@@ -44,6 +44,7 @@ to every other likelihood. A source without ``levels`` gives its values as they 
 import abc
 import csv
 import gzip
+import logging
 import os
 import struct
 import zlib
@@ -60,9 +61,13 @@ from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
+from .streaming import NpyRows, UnsupportedLayout, available_memory, physical_memory
 from .utils import first_line
 
 DATASETS = Registry("data set")
+log = logging.getLogger(__name__)
+LOG_BYTES = 100 << 20  # rows of at least this size say in the log where they were placed
+MEMORY_SHARE = 0.4  # data.storage=auto loads an array whose float32 rows take at most this share of the memory
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -104,6 +109,7 @@ class Dataset:
     binarize: str = "none"
     extra: dict = field(default_factory=dict)
     levels: Optional[int] = None  # an image source's pixel levels L (the values were 0..L-1)
+    stream: Optional[dict] = None  # rows on disk: {"chunk_rows", "buffer_rows"} of the training order; None = exact
 
     @property
     def data_dim(self) -> int:
@@ -126,10 +132,14 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """A checksum of every split's rows, labels and row numbers (CRC-32 over the raw buffers,
-        about a second a GB): ``--resume`` compares it with the run's own to detect changed data."""
+        about a second a GB): ``--resume`` compares it with the run's own to detect changed data.
+        Rows left on disk count by their file's size, modification time, header and sampled rows
+        (:meth:`~pyro_vae.streaming.NpyRows.fingerprint`), not by reading them all."""
         crc = 0
         for name, split in self.splits():
             crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
+            if isinstance(split.x, NpyRows):
+                crc = zlib.crc32(split.x.fingerprint().to_bytes(4, "little"), crc)
             for part in (*_buffers(split.x), split.y, split.rows, split.batch):
                 if part is not None:
                     crc = zlib.crc32(part.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
@@ -137,7 +147,9 @@ class Dataset:
 
 
 def _buffers(x):
-    """The tensors that hold a split's values: the tensor itself, or a CSR's three arrays."""
+    """The tensors that hold a split's values: the tensor itself, a CSR's three arrays, none on disk."""
+    if isinstance(x, NpyRows):
+        return ()
     return (x.crow, x.col, x.values) if hasattr(x, "crow") else (x,)
 
 
@@ -151,6 +163,7 @@ class Loaded:
     class_names: Optional[list] = None
     batch_names: Optional[list] = None  # names of the batch codes in Split.batch
     levels: Optional[int] = None  # image sources: x holds integer pixel levels 0..levels-1
+    stream: Optional[dict] = None  # rows left on disk, read in shuffled chunks: {"chunk_rows", "buffer_rows"}
 
 
 # ---------------------------------------------------------------- configs
@@ -194,12 +207,31 @@ class ArrayConfig(SplitConfig):
     path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
     labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
     label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+    storage: str = option(
+        "auto",
+        "auto | memory | disk: a .npy read into memory, or left on disk and read in chunks as training goes "
+        f"(auto: memory when its float32 rows take under {MEMORY_SHARE:.0%} of the machine's memory)",
+    )
+    shuffle: str = option(
+        "chunks",
+        "data on disk: chunks (contiguous chunks in a shuffled order, rows shuffled within a buffer) | exact "
+        "(a row-by-row permutation, the order in memory; random reads)",
+    )
+    chunk_rows: int = option(1024, "data on disk, shuffle=chunks: rows per contiguous chunk")
+    shuffle_buffer: int = option(65536, "data on disk, shuffle=chunks: rows shuffled together (whole chunks)")
 
     @staticmethod
     def check(c) -> None:
         SplitConfig.check(c)
         if not c.path:
             raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
+        if c.get("storage", "auto") not in ("auto", "memory", "disk"):
+            raise ConfigError(f"data.storage={c.storage!r} is not valid; choose one of: auto, memory, disk")
+        if c.get("shuffle", "chunks") not in ("chunks", "exact"):
+            raise ConfigError(f"data.shuffle={c.shuffle!r} is not valid; choose one of: chunks, exact")
+        for key in ("chunk_rows", "shuffle_buffer"):
+            if c.get(key) is not None and c[key] < 1:
+                raise ConfigError(f"data.{key} must be at least 1 (got {c[key]})")
 
 
 @dataclass
@@ -443,16 +475,18 @@ def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tenso
     return xt
 
 
-def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+def load_array(cfg, lazy: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """(x, y or None, file row of each x row) from ``data.path`` (and ``labels_path``); a
-    scipy sparse ``.npz`` (``scipy.sparse.save_npz``) gives a sparse x."""
+    scipy sparse ``.npz`` (``scipy.sparse.save_npz``) gives a sparse x. A ``.npy`` stays on disk as
+    :class:`~pyro_vae.streaming.NpyRows` when ``data.storage`` says so (:func:`placed`), or always
+    with ``lazy`` (the caller splits it by index, then places each split)."""
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise DataError(f"data.path {path} does not exist; give a .npy, .npz or .csv file")
     first = 0
     try:
         if path.suffix == ".npy":
-            x, y = np.load(path, allow_pickle=False), None
+            x, y = _open_npy(path), None
         elif path.suffix == ".npz":
             x, y = _load_npz(path)
         elif path.suffix == ".csv":
@@ -472,7 +506,11 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             )
     except (OSError, ValueError) as e:
         raise DataError(f"could not read {path}: {first_line(e)}") from None
-    xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
+    if isinstance(x, NpyRows):
+        xt = x if lazy else placed(x, cfg, str(path))
+    else:
+        xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
+    del x
     rows = torch.arange(xt.shape[0]) + first  # csv: the file's line numbers; arrays: row indices
     if cfg.labels_path:
         lp = Path(cfg.labels_path).expanduser()
@@ -484,6 +522,68 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             raise DataError(f"could not read {lp}: {first_line(e)}") from None
     yt = None if y is None else labels_from_array(y, xt.shape[0], str(cfg.labels_path or path))
     return xt, yt, rows
+
+
+def _open_npy(path: Path):
+    """A .npy of numbers in C order as :class:`NpyRows` (nothing read but the header); any other
+    .npy (Fortran order, ...) read whole by ``np.load``."""
+    try:
+        return NpyRows.open(path)
+    except UnsupportedLayout:
+        return np.load(path, allow_pickle=False)
+
+
+def storage_of(nbytes: int, cfg) -> str:
+    """memory | disk for ``nbytes`` of float32 rows on disk under ``data.storage`` (auto: memory when
+    under MEMORY_SHARE of the machine's memory; the physical memory, so that every process of a run
+    decides alike)."""
+    storage = cfg.get("storage") or "auto"
+    if storage != "auto":
+        return storage
+    return "memory" if nbytes <= MEMORY_SHARE * physical_memory() else "disk"
+
+
+def placed(x, cfg, where: str, parts=None):
+    """Rows on disk (:class:`NpyRows`) read into one float32 tensor, or left where they are, as
+    ``data.storage`` says (logged); ``parts`` (of x, e.g. its splits) are placed instead of x and
+    returned as a list. In memory NaN/inf is refused as for any array."""
+    whole = parts is None
+    parts = [x] if whole else parts
+    nbytes = sum(p.nbytes for p in parts)
+    storage = storage_of(nbytes, cfg)
+    gb, free = nbytes / 1e9, available_memory() / 1e9
+    if storage == "disk":
+        log.info("%s: %.2f GB of float32 rows streamed from disk (data.storage=%s)", where, gb, cfg.get("storage"))
+        out = parts
+    else:
+        if nbytes >= LOG_BYTES:  # small data in memory: nothing to say
+            log.info(
+                "%s: %.2f GB of float32 rows loaded into memory (data.storage=%s; %.1f GB available)",
+                where,
+                gb,
+                cfg.get("storage"),
+                free,
+            )
+        out = [p.to_memory() for p in parts]
+        _check_finite(out, parts, where)
+    return out[0] if whole else out
+
+
+def _check_finite(tensors, parts, where: str) -> None:
+    """NaN/inf refused in rows read from ``parts`` (NpyRows), chunk by chunk: the count of bad rows and
+    the first bad row's number in the file."""
+    count, first = 0, None
+    for t, p in zip(tensors, parts):
+        for a in range(0, t.shape[0], NpyRows.CHUNK_ROWS):
+            bad = ~torch.isfinite(t[a : a + NpyRows.CHUNK_ROWS]).all(1)
+            if bool(bad.any()):
+                count += int(bad.sum())
+                r = int(p.file_rows(slice(a, a + NpyRows.CHUNK_ROWS))[bad.numpy()].min())
+                first = r if first is None else min(first, r)
+    if count:
+        raise DataError(
+            f"{where} has {count} rows with NaN/inf or empty values (first: row {first}); remove or impute them"
+        )
 
 
 # ---------------------------------------------------------------- AnnData
@@ -662,12 +762,12 @@ class ArrayFile(DataSource):
     """Your own array: data.path = .npy | .npz (x[, y], or scipy sparse) | .csv; a random test split."""
 
     def load(self, cfg, generator):
-        x, y, rows = load_array(cfg)
+        x, y, rows = load_array(cfg, lazy=True)
         if x.shape[0] < 2:
             raise DataError(f"{cfg.path} has {x.shape[0]} rows; need at least 2 to split train/test")
         tr, te = _random_split(len(x), cfg.test_fraction, generator)
         full = Split(x, y, rows)
-        return Loaded(full.subset(tr), full.subset(te))
+        return Loaded(full.subset(tr), full.subset(te))  # a .npy: row numbers only, placed by load_data
 
 
 @DATASETS.register("image_folder", config=ImageFolderConfig)
@@ -800,6 +900,11 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     if d.binarize == "static":
         for s in (train, val, test):
             if s is not None:
+                if isinstance(s.x, NpyRows):
+                    raise DataError(
+                        "data.binarize=static draws every value once in memory; with rows on disk use "
+                        "data.binarize=dynamic (drawn per batch) or data.storage=memory"
+                    )
                 _check_unit(s.x, "data.binarize")
                 if is_sparse(s.x):  # zeros stay zero: only the stored values are drawn
                     s.x = s.x.with_values(torch.bernoulli(s.x.values, generator=g))
@@ -808,12 +913,34 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
     extra = {"batch_names": loaded.batch_names} if loaded.batch_names else {}
-    return Dataset(
+    data = Dataset(
         d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra, loaded.levels
     )
+    _place(data, d)
+    return data
+
+
+def _place(data: Dataset, d) -> None:
+    """Splits whose rows are still on disk (a .npy, split by row numbers) read into memory, or left
+    there and read in shuffled chunks (``Dataset.stream``), as ``data.storage`` says."""
+    splits = [s for _, s in data.splits() if isinstance(s.x, NpyRows)]
+    if not splits:
+        return
+    xs = placed(splits[0].x, d, str(d.get("path") or d.name), parts=[s.x for s in splits])
+    for s, x in zip(splits, xs):
+        s.x = x
+    if isinstance(data.train.x, NpyRows) and d.get("shuffle", "chunks") == "chunks":
+        data.stream = {
+            "chunk_rows": int(d.get("chunk_rows") or 1024),
+            "buffer_rows": int(d.get("shuffle_buffer") or 65536),
+        }
 
 
 def _check_unit(x, what):
+    if isinstance(x, NpyRows):  # one pass over the file, a chunk at a time
+        for _, chunk in x.chunks():
+            _check_unit(chunk, what)
+        return
     x = x.values if is_sparse(x) else x
     if bool(((x < 0) | (x > 1)).any()):
         raise DataError(

@@ -264,21 +264,40 @@ class ChunkCache:
 
 
 def chunked_order(
-    n: int, chunk_rows: int, buffer_rows: int, generator: torch.Generator, file_order: Optional[torch.Tensor] = None
+    n: int,
+    chunk_rows: int,
+    buffer_rows: int,
+    generator: torch.Generator,
+    file_order: Optional[torch.Tensor] = None,
+    world_size: int = 1,
 ) -> torch.Tensor:
     """An epoch's order of positions 0..n-1: the positions sorted by file place (``file_order``, default
     0..n-1) cut into chunks of ``chunk_rows``; the chunks in a random order, and in every group of
-    ``buffer_rows // chunk_rows`` chunks the rows shuffled together. Every position appears once."""
+    ``buffer_rows // chunk_rows`` chunks the rows shuffled together. Every position appears once.
+
+    With ``world_size`` processes the shuffled chunks are dealt out in turn, each process's chunks
+    ordered as above, and the streams interleaved (row i of the order from process i % world_size's
+    stream; the rows left when the shorter streams end follow): a process taking every
+    world_size-th row of each step (:class:`~pyro_vae.training.batches.IndexBatchSampler`) reads its
+    own chunks, and of the others' only the rows left over at the end (under a chunk's worth from each,
+    from the chunks of its last buffer)."""
     base = torch.arange(n) if file_order is None else file_order
     chunk_rows = max(1, int(chunk_rows))
     per_buffer = max(1, int(buffer_rows) // chunk_rows)
     n_chunks = -(-n // chunk_rows)
     perm = torch.randperm(n_chunks, generator=generator)
-    parts = []
-    for s in range(0, n_chunks, per_buffer):
-        rows = torch.cat([base[k * chunk_rows : (k + 1) * chunk_rows] for k in perm[s : s + per_buffer].tolist()])
-        parts.append(rows[torch.randperm(len(rows), generator=generator)])
-    return torch.cat(parts) if parts else base[:0]
+    streams = []
+    for r in range(world_size):
+        mine, parts = perm[r::world_size], []
+        for s in range(0, len(mine), per_buffer):
+            rows = torch.cat([base[k * chunk_rows : (k + 1) * chunk_rows] for k in mine[s : s + per_buffer].tolist()])
+            parts.append(rows[torch.randperm(len(rows), generator=generator)])
+        streams.append(torch.cat(parts) if parts else base[:0])
+    if world_size == 1:
+        return streams[0]
+    even = min(len(s) for s in streams)
+    woven = torch.stack([s[:even] for s in streams], 1).reshape(-1)
+    return torch.cat([woven, *(s[even:] for s in streams)])
 
 
 def _as_index(idx, n: int) -> torch.Tensor:

@@ -90,17 +90,25 @@ def test_each_chunk_is_read_once_per_epoch_and_batches_hold_the_right_rows(npy):
 
 
 @pytest.mark.parametrize("world_size", [2, 3])
-def test_ddp_shards_of_a_chunked_epoch_are_disjoint_cover_it_and_take_the_same_steps(world_size):
-    n = 1001
+def test_ddp_shards_of_a_chunked_epoch_are_disjoint_cover_it_take_the_same_steps_and_read_own_chunks(world_size):
+    n, chunk = 1001, 50
     file_order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    chunk_of = torch.empty(n, dtype=torch.long)
+    chunk_of[file_order] = torch.arange(n) // chunk
+    n_chunks = int(chunk_of.max()) + 1
 
     def order(m, g):
-        return chunked_order(m, 50, 200, g, file_order)
+        return chunked_order(m, chunk, 200, g, file_order, world_size)
 
     shards = [list(IndexBatchSampler(n, 32, 7, r, world_size, order=order)) for r in range(world_size)]
     assert len({len(s) for s in shards}) == 1
     rows = torch.cat([b["rows"] for s in shards for b in s])
     assert torch.equal(rows.sort().values, torch.arange(n))
+    read = [set(chunk_of[torch.cat([b["rows"] for b in s])].tolist()) for s in shards]
+    own = -(-n_chunks // world_size)
+    tail = (world_size - 1) * (200 // chunk)  # the rows left over: from the others' last buffers
+    assert all(len(r) <= own + tail for r in read)
+    assert all(len(a & b) <= tail for i, a in enumerate(read) for b in read[i + 1 :])
 
 
 def test_encode_on_a_streamed_npy_writes_the_codes_of_the_rows_in_memory(npy, tmp_path):

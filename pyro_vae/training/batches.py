@@ -174,17 +174,18 @@ class RowBatches(Dataset):
         return {"xu": self.rows(yu, item["seed"]), "xl": self.rows(yl, item["seed"] + 1), "yl": self.y[yl]}
 
 
-def training_rows(x, stream: Optional[dict]):
+def training_rows(x, stream: Optional[dict], world_size: int = 1):
     """(rows, order) a plan trains on: ``x`` and None (torch.randperm) in memory or with an exact
     shuffle; for rows on disk with ``stream`` ({"chunk_rows", "buffer_rows"}) a view of ``x`` that reads
-    whole chunks (two buffers of them kept) and the chunked order over the same chunks."""
+    whole chunks (two buffers of them kept) and the chunked order over the same chunks, each of the
+    ``world_size`` processes given chunks of its own."""
     if not stream or not getattr(x, "on_disk", False):
         return x, None
     chunk, buffer = int(stream["chunk_rows"]), int(stream["buffer_rows"])
     file_order = x.file_order()
 
     def order(n, g):
-        return chunked_order(n, chunk, buffer, g, file_order)
+        return chunked_order(n, chunk, buffer, g, file_order, world_size)
 
     return x.chunk_cache(chunk, 2 * max(1, buffer // chunk) + 2), order
 

@@ -15,7 +15,7 @@ class ELBOPlan(TrainingPlan):
         self.loss_module = make_elbo(cfg.train)(model.model, model.guide)
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
-        x, order = training_rows(data.train.x, data.stream)
+        x, order = training_rows(data.train.x, data.stream, world_size)
         sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size, order=order)
         rows = RowBatches(x, dynamic_binarize=data.binarize == "dynamic")
         return index_loader(rows, sampler)

@@ -67,6 +67,7 @@ from .utils import first_line
 DATASETS = Registry("data set")
 log = logging.getLogger(__name__)
 LOG_BYTES = 100 << 20  # rows of at least this size say in the log where they were placed
+BUFFER_BYTES = 256 << 20  # data on disk: the shuffle buffer holds at most this many bytes of rows (or one chunk)
 MEMORY_SHARE = 0.4  # data.storage=auto loads an array whose float32 rows take at most this share of the memory
 
 IDX_FILES = {
@@ -218,7 +219,9 @@ class ArrayConfig(SplitConfig):
         "(a row-by-row permutation, the order in memory; random reads)",
     )
     chunk_rows: int = option(1024, "data on disk, shuffle=chunks: rows per contiguous chunk")
-    shuffle_buffer: int = option(65536, "data on disk, shuffle=chunks: rows shuffled together (whole chunks)")
+    shuffle_buffer: int = option(
+        65536, "data on disk, shuffle=chunks: rows shuffled together (whole chunks; at most 256 MB of rows)"
+    )
 
     @staticmethod
     def check(c) -> None:
@@ -464,12 +467,15 @@ def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tenso
         x = x.reshape(x.shape[0], -1)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{where} must hold numbers, found dtype {x.dtype}")
-    xt = torch.from_numpy(x.astype(np.float32))
-    bad = ~torch.isfinite(xt)
+    # float32 input in C order is not copied here (the splits are gathered from it)
+    xt = torch.from_numpy(np.ascontiguousarray(x.astype(np.float32, copy=not x.flags.writeable)))
+    if x.size and bool(torch.isfinite(xt.sum(0, dtype=torch.float64)).all()):  # no mask the size of x
+        return xt
+    bad = ~torch.isfinite(xt).all(1)
     if bool(bad.any()):
-        r = int(bad.any(1).nonzero()[0, 0])
+        r = int(bad.nonzero()[0, 0])
         raise DataError(
-            f"{where} has {int(bad.any(1).sum())} rows with NaN/inf or empty values "
+            f"{where} has {int(bad.sum())} rows with NaN/inf or empty values "
             f"(first: {unit} {r + first}); remove or impute them"
         )
     return xt
@@ -930,10 +936,9 @@ def _place(data: Dataset, d) -> None:
     for s, x in zip(splits, xs):
         s.x = x
     if isinstance(data.train.x, NpyRows) and d.get("shuffle", "chunks") == "chunks":
-        data.stream = {
-            "chunk_rows": int(d.get("chunk_rows") or 1024),
-            "buffer_rows": int(d.get("shuffle_buffer") or 65536),
-        }
+        chunk = int(d.get("chunk_rows") or 1024)
+        widest = max(chunk, BUFFER_BYTES // (4 * data.train.x.shape[1]))  # wide rows: fewer rows in a buffer
+        data.stream = {"chunk_rows": chunk, "buffer_rows": min(int(d.get("shuffle_buffer") or 65536), widest)}
 
 
 def _check_unit(x, what):

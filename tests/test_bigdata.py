@@ -164,3 +164,24 @@ def test_storage_auto_keeps_small_files_in_memory_and_the_log_says_where_rows_go
         assert "loaded into memory (data.storage=memory" in caplog.text
     with pytest.raises(Exception, match="data.storage"):
         load_config(None, ["data=array", f"data.path={npy}", "data.storage=ram"])
+
+
+def test_float32_rows_in_memory_are_not_copied_to_be_checked_and_nan_is_still_refused():
+    from pyro_vae.data import rows_tensor
+
+    x = np.random.default_rng(0).random((50, 4)).astype(np.float32)
+    assert rows_tensor(x, "x").data_ptr() == x.ctypes.data  # the splits are gathered from it
+    frozen = x.copy()
+    frozen.flags.writeable = False
+    assert rows_tensor(frozen, "x").data_ptr() != frozen.ctypes.data  # torch needs writable memory
+    assert torch.equal(rows_tensor(x[::-1], "x"), torch.from_numpy(x[::-1].copy()))
+    x[7, 2] = np.nan
+    with pytest.raises(DataError, match=r"1 rows with NaN/inf .*first: row 7"):
+        rows_tensor(x, "x")
+
+
+def test_the_shuffle_buffer_of_wide_rows_holds_at_most_256_mb(tmp_path):
+    path = tmp_path / "wide.npy"
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(20, 100_000))[:] = 0.5
+    cfg = load_config(None, ["data=array", f"data.path={path}", "data.storage=disk", "data.chunk_rows=8"])
+    assert load_data(cfg).stream == {"chunk_rows": 8, "buffer_rows": (256 << 20) // 400_000}

@@ -14,7 +14,9 @@ Built-in sources:
   ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
   ``scipy.sparse.save_npz`` matrix) | ``X.csv`` (numbers; ``label_column`` picks a label
-  column), ``labels_path`` optional.
+  column), ``labels_path`` optional. A ``.npy`` is split by row numbers before any row is read;
+  ``data.storage`` then reads each split into memory, or leaves it on disk
+  (:class:`~pyro_vae.streaming.NpyRows`: read by index, trained on in shuffled chunks).
 
 Sparse input (a sparse ``.npz``, scipy / torch sparse matrices given to ``pyro_vae.fit``)
 stays sparse: ``Split.x`` is then a :class:`~pyro_vae.sparse.SparseRows`, densified one

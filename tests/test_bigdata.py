@@ -185,3 +185,13 @@ def test_the_shuffle_buffer_of_wide_rows_holds_at_most_256_mb(tmp_path):
     np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(20, 100_000))[:] = 0.5
     cfg = load_config(None, ["data=array", f"data.path={path}", "data.storage=disk", "data.chunk_rows=8"])
     assert load_data(cfg).stream == {"chunk_rows": 8, "buffer_rows": (256 << 20) // 400_000}
+
+
+def test_a_file_cut_short_while_batches_are_read_ahead_is_one_line_in_the_training_loop(npy):
+    rows = NpyRows.open(npy)
+    cached, order = training_rows(rows, {"chunk_rows": 50, "buffer_rows": 100})
+    loader = index_loader(RowBatches(cached), IndexBatchSampler(len(rows), 16, order=order))
+    npy.write_bytes(npy.read_bytes()[: 128 + 100 * 16 * 4])  # the header and 100 rows left
+    with pytest.raises(DataError, match="truncated") as e:
+        list(loader)
+    assert "\n" not in str(e.value)

@@ -195,3 +195,22 @@ def test_a_file_cut_short_while_batches_are_read_ahead_is_one_line_in_the_traini
     with pytest.raises(DataError, match="truncated") as e:
         list(loader)
     assert "\n" not in str(e.value)
+
+
+def test_evaluate_and_score_on_rows_on_disk_give_what_the_rows_in_memory_give(npy, tmp_path, capsys):
+    import json
+
+    run = tmp_path / "run"
+    overrides = ["data=array", f"data.path={npy}", "data.storage=disk", *FIT, "train.epochs=1"]
+    assert main(["train", "--out", str(run), *overrides]) == 0
+    capsys.readouterr()
+    metrics, scores = [], []
+    for storage in ("disk", "memory"):
+        assert main(["evaluate", str(run), "--data", f"storage={storage}"]) == 0
+        printed = capsys.readouterr().out
+        metrics.append(json.loads(printed[printed.index("{") :]))
+        out = tmp_path / f"{storage}.csv"
+        assert main(["score", str(run), "--data", f"storage={storage}", "--out", str(out)]) == 0
+        scores.append(np.loadtxt(out, delimiter=",", skiprows=1))
+    assert metrics[0]["test_loss"] == pytest.approx(metrics[1]["test_loss"], rel=1e-6)
+    np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)

@@ -70,6 +70,7 @@ DATASETS = Registry("data set")
 log = logging.getLogger(__name__)
 LOG_BYTES = 100 << 20  # rows of at least this size say in the log where they were placed
 BUFFER_BYTES = 256 << 20  # data on disk: the shuffle buffer holds at most this many bytes of rows (or one chunk)
+MIN_CHUNKS = 32  # a buffer capped by BUFFER_BYTES still mixes rows of at least this many chunks
 MEMORY_SHARE = 0.4  # data.storage=auto loads an array whose float32 rows take at most this share of the memory
 
 IDX_FILES = {
@@ -222,7 +223,9 @@ class ArrayConfig(SplitConfig):
     )
     chunk_rows: int = option(1024, "data on disk, shuffle=chunks: rows per contiguous chunk")
     shuffle_buffer: int = option(
-        65536, "data on disk, shuffle=chunks: rows shuffled together (whole chunks; at most 256 MB of rows)"
+        65536,
+        "data on disk, shuffle=chunks: rows shuffled together (whole chunks; at most 256 MB of rows, in "
+        "chunks of at most 1/32 of it)",
     )
 
     @staticmethod
@@ -938,9 +941,12 @@ def _place(data: Dataset, d) -> None:
     for s, x in zip(splits, xs):
         s.x = x
     if isinstance(data.train.x, NpyRows) and d.get("shuffle", "chunks") == "chunks":
-        chunk = int(d.get("chunk_rows") or 1024)
-        widest = max(chunk, BUFFER_BYTES // (4 * data.train.x.shape[1]))  # wide rows: fewer rows in a buffer
-        data.stream = {"chunk_rows": chunk, "buffer_rows": min(int(d.get("shuffle_buffer") or 65536), widest)}
+        chunk, buffer = int(d.get("chunk_rows") or 1024), int(d.get("shuffle_buffer") or 65536)
+        fits = BUFFER_BYTES // (4 * data.train.x.shape[1])
+        if buffer > fits:  # wide rows: fewer rows in a buffer, and chunks small enough to mix MIN_CHUNKS of them
+            buffer = max(1, fits)
+            chunk = max(1, min(chunk, buffer // MIN_CHUNKS))
+        data.stream = {"chunk_rows": chunk, "buffer_rows": buffer}
 
 
 def _check_unit(x, what):

@@ -180,11 +180,12 @@ def test_float32_rows_in_memory_are_not_copied_to_be_checked_and_nan_is_still_re
         rows_tensor(x, "x")
 
 
-def test_the_shuffle_buffer_of_wide_rows_holds_at_most_256_mb(tmp_path):
+def test_the_shuffle_buffer_of_wide_rows_holds_at_most_256_mb_of_32_chunks(tmp_path):
     path = tmp_path / "wide.npy"
     np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(20, 100_000))[:] = 0.5
-    cfg = load_config(None, ["data=array", f"data.path={path}", "data.storage=disk", "data.chunk_rows=8"])
-    assert load_data(cfg).stream == {"chunk_rows": 8, "buffer_rows": (256 << 20) // 400_000}
+    cfg = load_config(None, ["data=array", f"data.path={path}", "data.storage=disk"])
+    buffer = (256 << 20) // 400_000
+    assert load_data(cfg).stream == {"chunk_rows": buffer // 32, "buffer_rows": buffer}  # 32 chunks to mix
 
 
 def test_a_file_cut_short_while_batches_are_read_ahead_is_one_line_in_the_training_loop(npy):

@@ -17,7 +17,6 @@ so every chunk is read once per epoch with one contiguous read.
 import os
 import threading
 import zlib
-from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
@@ -230,37 +229,49 @@ class NpyRows:
 
 class ChunkCache:
     """Reads for :meth:`NpyRows.chunk_cache`: a row asked for brings its whole chunk in (one run of the
-    file), kept in a least-recently-used store of ``capacity`` chunks."""
+    file) into one of ``capacity`` slots of a preallocated slab, the least recently used slot given up;
+    a batch is then one gather from the slab."""
 
     def __init__(self, rows: NpyRows, chunk_rows: int, capacity: int):
-        self.base, self.chunk_rows, self.capacity = rows, int(chunk_rows), max(1, int(capacity))
+        self.base, self.chunk_rows = rows, int(chunk_rows)
+        n = len(rows)
+        n_chunks = -(-n // self.chunk_rows)
+        self.capacity = max(1, min(int(capacity), n_chunks))
         self.order = rows.file_order()
-        self.chunk_of = torch.empty(len(rows), dtype=torch.long)
-        self.chunk_of[self.order] = torch.arange(len(rows)) // self.chunk_rows
-        self.slot_of = torch.empty(len(rows), dtype=torch.long)
-        self.slot_of[self.order] = torch.arange(len(rows)) % self.chunk_rows
-        self.store: "OrderedDict[int, torch.Tensor]" = OrderedDict()
+        place = torch.arange(n)
+        self.chunk_of = torch.empty(n, dtype=torch.long)
+        self.chunk_of[self.order] = place // self.chunk_rows
+        self.offset_of = torch.empty(n, dtype=torch.long)
+        self.offset_of[self.order] = place % self.chunk_rows
+        self.slot_of_chunk = torch.full((n_chunks,), -1, dtype=torch.long)
+        self.chunk_in_slot = torch.full((self.capacity,), -1, dtype=torch.long)
+        self.last_used = torch.zeros(self.capacity, dtype=torch.long)
+        self.slab = torch.empty(self.capacity * self.chunk_rows, rows.shape[1])
+        self.tick = 0
         self.reads = 0
 
-    def chunk(self, k: int) -> torch.Tensor:
-        if k in self.store:
-            self.store.move_to_end(k)
-            return self.store[k]
+    def _load(self, k: int) -> None:
+        slot = int(torch.argmin(self.last_used))  # never used (0) or the least recently used
+        old = int(self.chunk_in_slot[slot])
+        if old >= 0:
+            self.slot_of_chunk[old] = -1
         positions = self.order[k * self.chunk_rows : (k + 1) * self.chunk_rows]
-        data = self.base.dense(positions)
+        a = slot * self.chunk_rows
+        self.slab[a : a + len(positions)] = self.base.dense(positions)
+        self.slot_of_chunk[k], self.chunk_in_slot[slot] = slot, k
+        self.last_used[slot] = self.tick
         self.reads += 1
-        self.store[k] = data
-        while len(self.store) > self.capacity:
-            self.store.popitem(last=False)
-        return data
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
+        self.tick += 1
         chunks = self.chunk_of[idx]
-        out = torch.empty(len(idx), self.base.shape[1])
-        for k in torch.unique(chunks).tolist():
-            mask = chunks == k
-            out[mask] = self.chunk(k)[self.slot_of[idx[mask]]]
-        return out
+        wanted = torch.unique(chunks)
+        if len(wanted) > self.capacity:
+            raise ValueError(f"a batch spans {len(wanted)} chunks, more than the cache's {self.capacity}")
+        self.last_used[self.slot_of_chunk[wanted[self.slot_of_chunk[wanted] >= 0]]] = self.tick  # kept
+        for k in wanted[self.slot_of_chunk[wanted] < 0].tolist():
+            self._load(k)
+        return self.slab[self.slot_of_chunk[chunks] * self.chunk_rows + self.offset_of[idx]]
 
 
 def chunked_order(

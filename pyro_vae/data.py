@@ -843,7 +843,7 @@ class InMemory(DataSource):
             keys = [k for k in ("layer", "label_key", "batch_key") if cfg.get(k)]
             if keys:
                 raise ConfigError(f"data.{keys[0]} applies to AnnData input; x is a {type(self.x).__name__}")
-            x = as_rows(self.x, "x")
+            x = _npy_of(self.x) or as_rows(self.x, "x")
             y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
         return _split_rows(x, y, cfg, generator, "x", names, batch, batch_names)
 
@@ -864,6 +864,19 @@ def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch
     tr, te = _random_split(len(x), cfg.test_fraction, generator)
     full = Split(x, y, torch.arange(x.shape[0]), batch)
     return Loaded(full.subset(tr), full.subset(te), class_names=class_names, batch_names=batch_names)
+
+
+def _npy_of(x) -> Optional[NpyRows]:
+    """A whole ``.npy`` opened with ``np.load(path, mmap_mode="r")``, as rows read from that file by
+    index (placed in memory or left on disk by ``data.storage``); None for any other array."""
+    if not isinstance(x, np.memmap) or not str(getattr(x, "filename", "") or "").endswith(".npy"):
+        return None
+    try:
+        rows = NpyRows.open(x.filename)
+    except (UnsupportedLayout, DataError):
+        return None
+    same = rows.file.offset == x.offset and rows.file.dtype == x.dtype and rows.file.rows == len(x)
+    return rows if same and x.ndim >= 1 and x.flags.c_contiguous else None
 
 
 def _numbers(y):

@@ -215,3 +215,15 @@ def test_evaluate_and_score_on_rows_on_disk_give_what_the_rows_in_memory_give(np
         scores.append(np.loadtxt(out, delimiter=",", skiprows=1))
     assert metrics[0]["test_loss"] == pytest.approx(metrics[1]["test_loss"], rel=1e-6)
     np.testing.assert_allclose(scores[0], scores[1], rtol=1e-5)
+
+
+def test_fit_given_a_memory_mapped_npy_streams_it_when_it_does_not_fit(npy, monkeypatch):
+    mapped = np.load(npy, mmap_mode="r")
+    same = pyro_vae.fit(np.asarray(mapped), save=False, overrides=[*FIT, "train.epochs=1"])
+    small = pyro_vae.fit(mapped, save=False, overrides=[*FIT, "train.epochs=1"])
+    assert isinstance(small.data.train.x, torch.Tensor) and torch.equal(small.data.train.x, same.data.train.x)
+    monkeypatch.setattr(pyro_vae.data, "physical_memory", lambda: 20_000)  # a machine too small for it
+    r = pyro_vae.fit(mapped, save=False, overrides=[*FIT, "train.epochs=1"])
+    assert isinstance(r.data.train.x, NpyRows) and torch.equal(r.data.train.x.dense(), same.data.train.x)
+    part = pyro_vae.fit(mapped[:300], save=False, overrides=[*FIT, "train.epochs=1"])
+    assert isinstance(part.data.train.x, torch.Tensor)  # a slice of the map: read as an array

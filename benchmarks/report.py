@@ -461,6 +461,85 @@ def sparse_memory(d):
     return d["rows"]
 
 
+@part("memory.json")
+def memory(d):
+    """Peak anonymous memory of in-memory loading against the array's size, before and after."""
+    rows = []
+    for label in ("before", "after"):
+        for r in (d.get(label) or {}).get("rows", []):
+            rows.append(dict(r, measured=label, growth=r["peak_anon_mb"] - r["anon_after_imports_mb"]))
+    after = [r for r in rows if r["measured"] == "after"]
+    return {"rows": rows, "largest_after": max(after, key=lambda r: r["array_mb"]) if after else {}}
+
+
+@part("bigdata.json")
+def bigdata(d):
+    """Streamed against in-memory speed, the chunk size's effect, and the large file's run."""
+    out = {}
+    if d.get("speed"):
+        runs = d["speed"]["runs"]
+        base = runs["memory"]["rows_per_second"]
+        out["speed"] = dict(
+            d["speed"],
+            table=[
+                dict(
+                    v,
+                    name=k,
+                    ratio=base / v["rows_per_second"],
+                    cpu_ratio=(
+                        runs["memory"]["rows_per_cpu_second"] / v["rows_per_cpu_second"]
+                        if "rows_per_cpu_second" in v
+                        else None
+                    ),
+                )
+                for k, v in runs.items()
+            ],
+        )
+    if d.get("chunks"):
+        table = []
+        for file, runs in d["chunks"]["files"].items():
+            exact = runs["exact"]["test_loss_mean"]
+            for label, r in runs.items():
+                table.append(
+                    dict(
+                        r,
+                        file=file,
+                        setting="exact shuffle" if label == "exact" else f"chunks of {label} rows",
+                        losses=", ".join(f"{v:.2f}" for v in r["test_loss"]),
+                        delta=r["test_loss_mean"] - exact,
+                    )
+                )
+        out["chunks"] = dict(d["chunks"], table=table, seeds_n=len(d["chunks"]["seeds"]))
+        notes = []
+        for file, runs in d["chunks"]["files"].items():
+            spread = max(runs["exact"]["test_loss"]) - min(runs["exact"]["test_loss"])
+            gap = max(abs(r["test_loss_mean"] - runs["exact"]["test_loss_mean"]) for r in runs.values())
+            notes.append(
+                f"{file}: seed spread of the exact shuffle {spread:.2f}, largest gap of a chunk size {gap:.2f}"
+            )
+        out["chunks_note"] = "Test loss in nats per image; " + "; ".join(notes) + "."
+    out["machine_memory"] = f"{d['machine']['memory_gb']:.0f}"
+    out["big"] = []
+    for key in ("big", "huge"):
+        if d.get(key):
+            b = d[key]
+            disk, mem = b["disk"], b["memory_subset"]
+            out["big"].append(
+                dict(
+                    b,
+                    share=b["file_gb"] * 1e9 / (d["machine"]["memory_gb"] * 2**30),
+                    disk_growth=disk["peak_anon_mb"] - disk["anon_after_imports_mb"],
+                    ratio=mem["rows_per_second"] / disk["rows_per_second"],
+                    cpu_ratio=(
+                        mem["rows_per_cpu_second"] / disk["rows_per_cpu_second"]
+                        if "rows_per_cpu_second" in disk
+                        else None
+                    ),
+                )
+            )
+    return out
+
+
 @part("images.json")
 def images(d):
     """Mean (and sd over seeds) of each data set x network x epochs: the default network first."""

@@ -59,7 +59,8 @@ def fit(x=None, y=None, *, config=None, overrides=(), out=None, **kwargs):
 
     * your data: ``fit(x, y=None, config=None, overrides=[...])`` with ``x`` a NumPy array, torch
       tensor, pandas frame (one row per example; images are flattened), a scipy / torch sparse
-      matrix (kept sparse, densified per minibatch) or an AnnData (``data.layer``,
+      matrix (kept sparse, densified per minibatch), ``np.load("x.npy", mmap_mode="r")`` (read from
+      disk by index when too big for memory: ``data.storage=auto``) or an AnnData (``data.layer``,
       ``data.label_key``, ``data.batch_key``) and ``y`` optional labels (-1 / NaN = unknown, for
       ``model=ssvae``); 20% of the rows are held out as the test split (``data.test_fraction``);
     * a config: ``fit("cfg.yaml" or None, out=..., overrides=[...])``, the data named in it.

@@ -7,7 +7,7 @@ LINES = [
     '  vae(): Variational autoencoder: z ~ prior, x ~ likelihood(decoder(z)); q(z|x) Gaussian.',
     'data sets:',
     "  anndata(binarize='none', validation=0, labels=None, num_classes=None, exclude_classes=[], limit=None, test_fraction=0.2, layer=None, label_key=None, batch_key=None, path=None): An .h5ad file (data.path; data.layer, data.label_key, data.batch_key); a random test split.",
-    "  array(binarize='none', validation=0, labels=None, num_classes=None, exclude_classes=[], limit=None, test_fraction=0.2, path=None, labels_path=None, label_column=None): Your own array: data.path = .npy | .npz (x[, y], or scipy sparse) | .csv; a random test split.",
+    "  array(binarize='none', validation=0, labels=None, num_classes=None, exclude_classes=[], limit=None, test_fraction=0.2, path=None, labels_path=None, label_column=None, storage='auto', shuffle='chunks', chunk_rows=1024, shuffle_buffer=65536): Your own array: data.path = .npy | .npz (x[, y], or scipy sparse) | .csv; a random test split.",
     "  digits(binarize='none', validation=0, labels=None, num_classes=None, exclude_classes=[], limit=None, test_fraction=0.2): scikit-learn's bundled 8x8 handwritten digits (1797 images, levels 0..16; offline).",
     "  fashion-mnist(binarize='none', validation=0, labels=None, num_classes=None, exclude_classes=[], limit=None, root=None): Fashion-MNIST clothing images (IDX files in data.root).",
     "  image_folder(binarize='none', validation=0, labels=None, num_classes=None, exclude_classes=[], limit=None, test_fraction=0.2, root=None, image_size=None, channels=1, test_root=None, cache=True): Images in data.root (sub-folders = labels), resized to data.image_size; a test folder or a random test split.",

@@ -14,7 +14,9 @@ Built-in sources:
   ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
   ``scipy.sparse.save_npz`` matrix) | ``X.csv`` (numbers; ``label_column`` picks a label
-  column), ``labels_path`` optional.
+  column), ``labels_path`` optional. A ``.npy`` is split by row numbers before any row is read;
+  ``data.storage`` then reads each split into memory, or leaves it on disk
+  (:class:`~pyro_vae.streaming.NpyRows`: read by index, trained on in shuffled chunks).
 
 Sparse input (a sparse ``.npz``, scipy / torch sparse matrices given to ``pyro_vae.fit``)
 stays sparse: ``Split.x`` is then a :class:`~pyro_vae.sparse.SparseRows`, densified one
@@ -44,6 +46,7 @@ to every other likelihood. A source without ``levels`` gives its values as they 
 import abc
 import csv
 import gzip
+import logging
 import os
 import struct
 import zlib
@@ -60,9 +63,15 @@ from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
+from .streaming import NpyRows, UnsupportedLayout, available_memory, physical_memory
 from .utils import first_line
 
 DATASETS = Registry("data set")
+log = logging.getLogger(__name__)
+LOG_BYTES = 100 << 20  # rows of at least this size say in the log where they were placed
+BUFFER_BYTES = 256 << 20  # data on disk: the shuffle buffer holds at most this many bytes of rows (or one chunk)
+MIN_CHUNKS = 32  # a buffer capped by BUFFER_BYTES still mixes rows of at least this many chunks
+MEMORY_SHARE = 0.4  # data.storage=auto loads an array whose float32 rows take at most this share of the memory
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -104,6 +113,7 @@ class Dataset:
     binarize: str = "none"
     extra: dict = field(default_factory=dict)
     levels: Optional[int] = None  # an image source's pixel levels L (the values were 0..L-1)
+    stream: Optional[dict] = None  # rows on disk: {"chunk_rows", "buffer_rows"} of the training order; None = exact
 
     @property
     def data_dim(self) -> int:
@@ -126,10 +136,14 @@ class Dataset:
 
     def fingerprint(self) -> str:
         """A checksum of every split's rows, labels and row numbers (CRC-32 over the raw buffers,
-        about a second a GB): ``--resume`` compares it with the run's own to detect changed data."""
+        about a second a GB): ``--resume`` compares it with the run's own to detect changed data.
+        Rows left on disk count by their file's size, modification time, header and sampled rows
+        (:meth:`~pyro_vae.streaming.NpyRows.fingerprint`), not by reading them all."""
         crc = 0
         for name, split in self.splits():
             crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
+            if isinstance(split.x, NpyRows):
+                crc = zlib.crc32(split.x.fingerprint().to_bytes(4, "little"), crc)
             for part in (*_buffers(split.x), split.y, split.rows, split.batch):
                 if part is not None:
                     crc = zlib.crc32(part.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
@@ -137,7 +151,9 @@ class Dataset:
 
 
 def _buffers(x):
-    """The tensors that hold a split's values: the tensor itself, or a CSR's three arrays."""
+    """The tensors that hold a split's values: the tensor itself, a CSR's three arrays, none on disk."""
+    if isinstance(x, NpyRows):
+        return ()
     return (x.crow, x.col, x.values) if hasattr(x, "crow") else (x,)
 
 
@@ -151,6 +167,7 @@ class Loaded:
     class_names: Optional[list] = None
     batch_names: Optional[list] = None  # names of the batch codes in Split.batch
     levels: Optional[int] = None  # image sources: x holds integer pixel levels 0..levels-1
+    stream: Optional[dict] = None  # rows left on disk, read in shuffled chunks: {"chunk_rows", "buffer_rows"}
 
 
 # ---------------------------------------------------------------- configs
@@ -194,12 +211,35 @@ class ArrayConfig(SplitConfig):
     path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
     labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
     label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+    storage: str = option(
+        "auto",
+        "auto | memory | disk: a .npy read into memory, or left on disk and read in chunks as training goes "
+        f"(auto: memory when its float32 rows take under {MEMORY_SHARE:.0%} of the machine's memory)",
+    )
+    shuffle: str = option(
+        "chunks",
+        "data on disk: chunks (contiguous chunks in a shuffled order, rows shuffled within a buffer) | exact "
+        "(a row-by-row permutation, the order in memory; random reads)",
+    )
+    chunk_rows: int = option(1024, "data on disk, shuffle=chunks: rows per contiguous chunk")
+    shuffle_buffer: int = option(
+        65536,
+        "data on disk, shuffle=chunks: rows shuffled together (whole chunks; at most 256 MB of rows, in "
+        "chunks of at most 1/32 of it)",
+    )
 
     @staticmethod
     def check(c) -> None:
         SplitConfig.check(c)
         if not c.path:
             raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
+        if c.get("storage", "auto") not in ("auto", "memory", "disk"):
+            raise ConfigError(f"data.storage={c.storage!r} is not valid; choose one of: auto, memory, disk")
+        if c.get("shuffle", "chunks") not in ("chunks", "exact"):
+            raise ConfigError(f"data.shuffle={c.shuffle!r} is not valid; choose one of: chunks, exact")
+        for key in ("chunk_rows", "shuffle_buffer"):
+            if c.get(key) is not None and c[key] < 1:
+                raise ConfigError(f"data.{key} must be at least 1 (got {c[key]})")
 
 
 @dataclass
@@ -432,27 +472,32 @@ def rows_tensor(x, where: str, first: int = 0, unit: str = "row") -> torch.Tenso
         x = x.reshape(x.shape[0], -1)
     if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool):
         raise DataError(f"{where} must hold numbers, found dtype {x.dtype}")
-    xt = torch.from_numpy(x.astype(np.float32))
-    bad = ~torch.isfinite(xt)
+    # float32 input in C order is not copied here (the splits are gathered from it)
+    xt = torch.from_numpy(np.ascontiguousarray(x.astype(np.float32, copy=not x.flags.writeable)))
+    if x.size and bool(torch.isfinite(xt.sum(0, dtype=torch.float64)).all()):  # no mask the size of x
+        return xt
+    bad = ~torch.isfinite(xt).all(1)
     if bool(bad.any()):
-        r = int(bad.any(1).nonzero()[0, 0])
+        r = int(bad.nonzero()[0, 0])
         raise DataError(
-            f"{where} has {int(bad.any(1).sum())} rows with NaN/inf or empty values "
+            f"{where} has {int(bad.sum())} rows with NaN/inf or empty values "
             f"(first: {unit} {r + first}); remove or impute them"
         )
     return xt
 
 
-def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
+def load_array(cfg, lazy: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
     """(x, y or None, file row of each x row) from ``data.path`` (and ``labels_path``); a
-    scipy sparse ``.npz`` (``scipy.sparse.save_npz``) gives a sparse x."""
+    scipy sparse ``.npz`` (``scipy.sparse.save_npz``) gives a sparse x. A ``.npy`` stays on disk as
+    :class:`~pyro_vae.streaming.NpyRows` when ``data.storage`` says so (:func:`placed`), or always
+    with ``lazy`` (the caller splits it by index, then places each split)."""
     path = Path(cfg.path).expanduser()
     if not path.is_file():
         raise DataError(f"data.path {path} does not exist; give a .npy, .npz or .csv file")
     first = 0
     try:
         if path.suffix == ".npy":
-            x, y = np.load(path, allow_pickle=False), None
+            x, y = _open_npy(path), None
         elif path.suffix == ".npz":
             x, y = _load_npz(path)
         elif path.suffix == ".csv":
@@ -472,7 +517,11 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             )
     except (OSError, ValueError) as e:
         raise DataError(f"could not read {path}: {first_line(e)}") from None
-    xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
+    if isinstance(x, NpyRows):
+        xt = x if lazy else placed(x, cfg, str(path))
+    else:
+        xt = as_rows(x, str(path), first, "line" if path.suffix == ".csv" else "row")
+    del x
     rows = torch.arange(xt.shape[0]) + first  # csv: the file's line numbers; arrays: row indices
     if cfg.labels_path:
         lp = Path(cfg.labels_path).expanduser()
@@ -484,6 +533,68 @@ def load_array(cfg) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]
             raise DataError(f"could not read {lp}: {first_line(e)}") from None
     yt = None if y is None else labels_from_array(y, xt.shape[0], str(cfg.labels_path or path))
     return xt, yt, rows
+
+
+def _open_npy(path: Path):
+    """A .npy of numbers in C order as :class:`NpyRows` (nothing read but the header); any other
+    .npy (Fortran order, ...) read whole by ``np.load``."""
+    try:
+        return NpyRows.open(path)
+    except UnsupportedLayout:
+        return np.load(path, allow_pickle=False)
+
+
+def storage_of(nbytes: int, cfg) -> str:
+    """memory | disk for ``nbytes`` of float32 rows on disk under ``data.storage`` (auto: memory when
+    under MEMORY_SHARE of the machine's memory; the physical memory, so that every process of a run
+    decides alike)."""
+    storage = cfg.get("storage") or "auto"
+    if storage != "auto":
+        return storage
+    return "memory" if nbytes <= MEMORY_SHARE * physical_memory() else "disk"
+
+
+def placed(x, cfg, where: str, parts=None):
+    """Rows on disk (:class:`NpyRows`) read into one float32 tensor, or left where they are, as
+    ``data.storage`` says (logged); ``parts`` (of x, e.g. its splits) are placed instead of x and
+    returned as a list. In memory NaN/inf is refused as for any array."""
+    whole = parts is None
+    parts = [x] if whole else parts
+    nbytes = sum(p.nbytes for p in parts)
+    storage = storage_of(nbytes, cfg)
+    gb, free = nbytes / 1e9, available_memory() / 1e9
+    if storage == "disk":
+        log.info("%s: %.2f GB of float32 rows streamed from disk (data.storage=%s)", where, gb, cfg.get("storage"))
+        out = parts
+    else:
+        if nbytes >= LOG_BYTES:  # small data in memory: nothing to say
+            log.info(
+                "%s: %.2f GB of float32 rows loaded into memory (data.storage=%s; %.1f GB available)",
+                where,
+                gb,
+                cfg.get("storage"),
+                free,
+            )
+        out = [p.to_memory() for p in parts]
+        _check_finite(out, parts, where)
+    return out[0] if whole else out
+
+
+def _check_finite(tensors, parts, where: str) -> None:
+    """NaN/inf refused in rows read from ``parts`` (NpyRows), chunk by chunk: the count of bad rows and
+    the first bad row's number in the file."""
+    count, first = 0, None
+    for t, p in zip(tensors, parts):
+        for a in range(0, t.shape[0], NpyRows.CHUNK_ROWS):
+            bad = ~torch.isfinite(t[a : a + NpyRows.CHUNK_ROWS]).all(1)
+            if bool(bad.any()):
+                count += int(bad.sum())
+                r = int(p.file_rows(slice(a, a + NpyRows.CHUNK_ROWS))[bad.numpy()].min())
+                first = r if first is None else min(first, r)
+    if count:
+        raise DataError(
+            f"{where} has {count} rows with NaN/inf or empty values (first: row {first}); remove or impute them"
+        )
 
 
 # ---------------------------------------------------------------- AnnData
@@ -662,12 +773,12 @@ class ArrayFile(DataSource):
     """Your own array: data.path = .npy | .npz (x[, y], or scipy sparse) | .csv; a random test split."""
 
     def load(self, cfg, generator):
-        x, y, rows = load_array(cfg)
+        x, y, rows = load_array(cfg, lazy=True)
         if x.shape[0] < 2:
             raise DataError(f"{cfg.path} has {x.shape[0]} rows; need at least 2 to split train/test")
         tr, te = _random_split(len(x), cfg.test_fraction, generator)
         full = Split(x, y, rows)
-        return Loaded(full.subset(tr), full.subset(te))
+        return Loaded(full.subset(tr), full.subset(te))  # a .npy: row numbers only, placed by load_data
 
 
 @DATASETS.register("image_folder", config=ImageFolderConfig)
@@ -732,7 +843,7 @@ class InMemory(DataSource):
             keys = [k for k in ("layer", "label_key", "batch_key") if cfg.get(k)]
             if keys:
                 raise ConfigError(f"data.{keys[0]} applies to AnnData input; x is a {type(self.x).__name__}")
-            x = as_rows(self.x, "x")
+            x = _npy_of(self.x) or as_rows(self.x, "x")
             y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
         return _split_rows(x, y, cfg, generator, "x", names, batch, batch_names)
 
@@ -753,6 +864,19 @@ def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch
     tr, te = _random_split(len(x), cfg.test_fraction, generator)
     full = Split(x, y, torch.arange(x.shape[0]), batch)
     return Loaded(full.subset(tr), full.subset(te), class_names=class_names, batch_names=batch_names)
+
+
+def _npy_of(x) -> Optional[NpyRows]:
+    """A whole ``.npy`` opened with ``np.load(path, mmap_mode="r")``, as rows read from that file by
+    index (placed in memory or left on disk by ``data.storage``); None for any other array."""
+    if not isinstance(x, np.memmap) or not str(getattr(x, "filename", "") or "").endswith(".npy"):
+        return None
+    try:
+        rows = NpyRows.open(x.filename)
+    except (UnsupportedLayout, DataError):
+        return None
+    same = rows.file.offset == x.offset and rows.file.dtype == x.dtype and rows.file.rows == len(x)
+    return rows if same and x.ndim >= 1 and x.flags.c_contiguous else None
 
 
 def _numbers(y):
@@ -800,6 +924,11 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     if d.binarize == "static":
         for s in (train, val, test):
             if s is not None:
+                if isinstance(s.x, NpyRows):
+                    raise DataError(
+                        "data.binarize=static draws every value once in memory; with rows on disk use "
+                        "data.binarize=dynamic (drawn per batch) or data.storage=memory"
+                    )
                 _check_unit(s.x, "data.binarize")
                 if is_sparse(s.x):  # zeros stay zero: only the stored values are drawn
                     s.x = s.x.with_values(torch.bernoulli(s.x.values, generator=g))
@@ -808,12 +937,36 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
     extra = {"batch_names": loaded.batch_names} if loaded.batch_names else {}
-    return Dataset(
+    data = Dataset(
         d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra, loaded.levels
     )
+    _place(data, d)
+    return data
+
+
+def _place(data: Dataset, d) -> None:
+    """Splits whose rows are still on disk (a .npy, split by row numbers) read into memory, or left
+    there and read in shuffled chunks (``Dataset.stream``), as ``data.storage`` says."""
+    splits = [s for _, s in data.splits() if isinstance(s.x, NpyRows)]
+    if not splits:
+        return
+    xs = placed(splits[0].x, d, str(d.get("path") or d.name), parts=[s.x for s in splits])
+    for s, x in zip(splits, xs):
+        s.x = x
+    if isinstance(data.train.x, NpyRows) and d.get("shuffle", "chunks") == "chunks":
+        chunk, buffer = int(d.get("chunk_rows") or 1024), int(d.get("shuffle_buffer") or 65536)
+        fits = BUFFER_BYTES // (4 * data.train.x.shape[1])
+        if buffer > fits:  # wide rows: fewer rows in a buffer, and chunks small enough to mix MIN_CHUNKS of them
+            buffer = max(1, fits)
+            chunk = max(1, min(chunk, buffer // MIN_CHUNKS))
+        data.stream = {"chunk_rows": chunk, "buffer_rows": buffer}
 
 
 def _check_unit(x, what):
+    if isinstance(x, NpyRows):  # one pass over the file, a chunk at a time
+        for _, chunk in x.chunks():
+            _check_unit(chunk, what)
+        return
     x = x.values if is_sparse(x) else x
     if bool(((x < 0) | (x > 1)).any()):
         raise DataError(

@@ -10,6 +10,7 @@ from ..errors import ConfigError, DataError
 from ..likelihoods import Mixed
 from ..models.base import MODELS, LatentVariableModel
 from ..sparse import is_sparse
+from ..streaming import row_chunks, stats_rows
 from .batches import IndexBatchSampler, RowBatches, index_loader
 from .objectives import KLWeightedELBO, capacity_at, warmup_at
 
@@ -56,8 +57,9 @@ def check_likelihood(likelihood, x, where: str, rows=None) -> None:
     """``likelihood.check_data`` on dense rows, or on a sparse matrix's stored values (and one
     zero when some entries are implicit zeros), the error naming the right row either way; a
     ``mixed`` likelihood's groups each on their own columns."""
-    if not is_sparse(x):
-        likelihood.check_data(x, where=where, rows=rows)
+    if not is_sparse(x):  # a chunk of rows at a time: bounded temporaries, rows on disk read once
+        for chunk, chunk_rows in row_chunks(x, rows):
+            likelihood.check_data(chunk, where=where, rows=chunk_rows)
         return
     if isinstance(likelihood, Mixed):
         for part, c in zip(likelihood.parts, likelihood.columns):
@@ -100,7 +102,7 @@ class TrainingPlan(abc.ABC):
         """Called once before training: counts the loss needs (plate sizes) and the likelihood's
         statistics of the training rows (e.g. the median library size of count likelihoods)."""
         self.model.num_data = len(data.train)
-        self.model.likelihood.fit_data(data.train.x)
+        self.model.likelihood.fit_data(stats_rows(data.train.x))
         if self.cfg.train.batch_size is None:  # resolved here and saved with the run's config
             self.cfg.train.batch_size = self.default_batch_size(len(data.train))
 

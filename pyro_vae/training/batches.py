@@ -9,14 +9,22 @@ process, and cuts it into steps of ``world_size * batch_size`` rows; process ``r
 takes every ``world_size``-th row of each step. The processes' batches are disjoint,
 together cover the epoch once, and every process takes the same number of steps (a last
 step too short to give every process a row is folded into the one before).
+
+Rows on disk (:class:`~pyro_vae.streaming.NpyRows`) are drawn in the order of
+:func:`~pyro_vae.streaming.chunked_order` (contiguous chunks in a shuffled order, rows shuffled
+within a buffer; still one permutation per epoch, cut and sharded as above) and read a chunk at a
+time; their loader reads the next batches in a background thread while a step runs.
 """
 
-from typing import Iterator, List, Tuple
+import queue
+import threading
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..sparse import take
+from ..streaming import chunked_order
 
 
 def step_bounds(n: int, per_step: int, world_size: int = 1) -> List[Tuple[int, int]]:
@@ -44,10 +52,18 @@ class IndexBatchSampler(Sampler):
     """Yields ``{"rows": LongTensor, "seed": int}`` per step for one process (see module doc)."""
 
     def __init__(
-        self, n: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1, shuffle: bool = True
+        self,
+        n: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        shuffle: bool = True,
+        order: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
     ):
         self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
         self.rank, self.world_size, self.shuffle = int(rank), int(world_size), shuffle
+        self.order = order  # (n, generator) -> the epoch's permutation; None = torch.randperm
         self.epoch = 0
         self.skip = (-1, 0)  # (epoch, steps) already done in a resumed epoch
         self.bounds = step_bounds(self.n, self.batch_size * self.world_size, self.world_size)
@@ -69,7 +85,10 @@ class IndexBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[dict]:
         g = seeded_generator(self.seed, self.epoch)
-        order = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        if not self.shuffle:
+            order = torch.arange(self.n)
+        else:
+            order = torch.randperm(self.n, generator=g) if self.order is None else self.order(self.n, g)
         for step, (a, b) in enumerate(self.bounds):
             if step >= self._first_step():
                 yield {"rows": order[a:b][self.rank :: self.world_size], "seed": hash((self.seed, self.epoch, step))}
@@ -155,9 +174,66 @@ class RowBatches(Dataset):
         return {"xu": self.rows(yu, item["seed"]), "xl": self.rows(yl, item["seed"] + 1), "yl": self.y[yl]}
 
 
+def training_rows(x, stream: Optional[dict], world_size: int = 1):
+    """(rows, order) a plan trains on: ``x`` and None (torch.randperm) in memory or with an exact
+    shuffle; for rows on disk with ``stream`` ({"chunk_rows", "buffer_rows"}) a view of ``x`` that reads
+    whole chunks (two buffers of them kept) and the chunked order over the same chunks, each of the
+    ``world_size`` processes given chunks of its own."""
+    if not stream or not getattr(x, "on_disk", False):
+        return x, None
+    chunk, buffer = int(stream["chunk_rows"]), int(stream["buffer_rows"])
+    file_order = x.file_order()
+
+    def order(n, g):
+        return chunked_order(n, chunk, buffer, g, file_order, world_size)
+
+    return x.chunk_cache(chunk, 2 * max(1, buffer // chunk) + 2), order
+
+
+class PrefetchLoader(DataLoader):
+    """A DataLoader whose batches are made ``depth`` ahead in a background thread (rows on disk:
+    the reads overlap the steps). The batches and their order are the DataLoader's own."""
+
+    depth = 4
+
+    def __iter__(self):
+        items: "queue.Queue" = queue.Queue(self.depth)
+        stop = threading.Event()
+        done = object()
+
+        def work(it):
+            try:
+                for item in it:
+                    while not stop.is_set():
+                        try:
+                            items.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                items.put(done)
+            except BaseException as e:  # raised again in the consumer
+                items.put(e)
+
+        worker = threading.Thread(target=work, args=(super().__iter__(),), daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = items.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+
+
 def index_loader(rows: Dataset, sampler: Sampler) -> DataLoader:
-    """The loader of ``sampler``'s index batches over ``rows``. It draws its (unused) worker seed
-    from a generator of its own, not torch's global one, so the noise a run draws does not depend
-    on where an epoch's loader was started: a run resumed inside an epoch draws what the
-    uninterrupted run drew."""
-    return DataLoader(rows, batch_size=None, sampler=sampler, generator=torch.Generator())
+    """The loader of ``sampler``'s index batches over ``rows`` (read ahead in a thread when the rows are
+    on disk). It draws its (unused) worker seed from a generator of its own, not torch's global one,
+    so the noise a run draws does not depend on where an epoch's loader was started: a run resumed
+    inside an epoch draws what the uninterrupted run drew."""
+    cls = PrefetchLoader if getattr(getattr(rows, "x", None), "on_disk", False) else DataLoader
+    return cls(rows, batch_size=None, sampler=sampler, generator=torch.Generator())

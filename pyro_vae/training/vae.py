@@ -2,7 +2,7 @@
 
 from ..models.vae import VAE
 from .base import TrainingPlan, register_plan
-from .batches import IndexBatchSampler, RowBatches, index_loader
+from .batches import IndexBatchSampler, RowBatches, index_loader, training_rows
 from .objectives import make_elbo
 
 
@@ -18,8 +18,9 @@ class ELBOPlan(TrainingPlan):
         self.loss_module = self.objectives[0](model.model, model.guide)
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
-        sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size)
-        rows = RowBatches(data.train.x, dynamic_binarize=data.binarize == "dynamic")
+        x, order = training_rows(data.train.x, data.stream, world_size)
+        sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size, order=order)
+        rows = RowBatches(x, dynamic_binarize=data.binarize == "dynamic")
         return index_loader(rows, sampler)
 
     def loss(self, batch):

@@ -1,0 +1,239 @@
+"""Training on a ``.npy`` read from disk (``data.storage=disk``) against the same rows in memory.
+
+Three measurements, each training run in a fresh process (1 CPU thread), written to
+``benchmarks/bigdata.json``:
+
+* ``speed``: rows per second of the same model (a Gaussian VAE on 1,000 columns) on a 0.8 GB
+  file read from disk (chunked shuffling, the default; and the exact shuffle) and loaded into
+  memory; the fastest of three epochs of ``--steps`` steps is timed, by the wall clock and by the
+  process's CPU time (all its threads; other processes shared the CPU, which the wall clock shows).
+* ``chunks``: Fashion-MNIST's 60,000 training images (pixels / 255, Bernoulli likelihood) in a
+  ``.npy`` sorted by class (the hard case: neighbouring rows alike) and in their own order; the
+  test loss after ``--epochs`` epochs and the rows per second for the exact shuffle and for
+  chunks of 64 .. 4096 rows shuffled in a buffer of 8,192 rows, over two seeds.
+* ``big``: a file of ``--big-gb`` GB streamed from disk (``--big-steps`` steps of one epoch, then the
+  test split evaluated): peak anonymous memory (RssAnon, polled) and rows per second, against an
+  in-memory file of its first 200,000 rows (``--big-key huge --big-gb 30 --big-test-fraction 0.01``:
+  the file larger than the machine's memory).
+
+The page cache was warm for the files that fit in it (they had just been written); no cache was dropped.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bigdata.py [--only speed chunks big] [--big-gb 10]
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from memory import status_mb, write_array  # noqa: E402
+
+COMMON = ["trainer.progress_bar=false", "trainer.logger=none", "trainer.accelerator=cpu", "train.batch_size=128"]
+
+
+def child(spec: str) -> None:
+    import torch
+
+    import pyro_vae
+
+    torch.set_num_threads(1)
+    base = status_mb("RssAnon")  # before Lightning, as benchmarks/memory.py measures it
+    import pyro_vae.train
+
+    overrides = json.loads(spec)
+    cpu = []  # CPU seconds of each training epoch, all threads of the process (the reader's included)
+    metrics = pyro_vae.train.EpochMetrics
+    start, end = metrics.on_train_epoch_start, metrics.on_train_epoch_end
+
+    def on_start(self, trainer, module):
+        self._cpu0 = time.process_time()
+        start(self, trainer, module)
+
+    def on_end(self, trainer, module):
+        cpu.append(round(time.process_time() - self._cpu0, 3))
+        end(self, trainer, module)
+
+    metrics.on_train_epoch_start, metrics.on_train_epoch_end = on_start, on_end
+    peak = [base]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], status_mb("RssAnon"))
+            time.sleep(0.01)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    t0 = time.perf_counter()
+    r = pyro_vae.fit(None, save=False, overrides=overrides)
+    done.set()
+    t.join()
+    print(
+        json.dumps(
+            {
+                "fit_seconds": round(time.perf_counter() - t0, 1),
+                "peak_anon_mb": round(max(peak[0], status_mb("RssAnon")), 1),
+                "anon_after_imports_mb": round(base, 1),
+                "storage": type(r.data.train.x).__name__,
+                "train_rows": len(r.data.train),
+                "steps": r.metrics.get("steps_per_epoch"),
+                "epoch_seconds": [h["seconds"] for h in r.history],
+                "epoch_cpu_seconds": cpu,
+                "train_loss": [round(h["train_loss"], 3) for h in r.history],
+                "test_loss": round(r.metrics["test_loss"], 3),
+            }
+        )
+    )
+
+
+def run(overrides) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+    r = subprocess.run(
+        [sys.executable, __file__, "--child", json.dumps(overrides)], capture_output=True, text=True, env=env
+    )
+    if r.returncode:
+        raise SystemExit(f"training with {overrides} failed:\n{r.stderr[-3000:]}")
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    print(json.dumps({"overrides": overrides[-4:], **out}), flush=True)
+    return out
+
+
+def rows_per_second(out: dict, steps: int, batch: int = 128, key: str = "epoch_seconds") -> float:
+    return round(min(steps, out["steps"] or steps) * batch / min(out[key]), 1)
+
+
+def rates(out: dict, steps: int) -> dict:
+    """Rows per second of the fastest epoch: by the wall clock, and per CPU second of the process."""
+    return {
+        "rows_per_second": rows_per_second(out, steps),
+        "rows_per_cpu_second": rows_per_second(out, steps, key="epoch_cpu_seconds"),
+    }
+
+
+def speed(tmp: Path, steps: int) -> dict:
+    path = tmp / "speed.npy"
+    write_array(path, 200_000)
+    base = ["data=array", f"data.path={path}", "likelihood=gaussian", *COMMON, "train.epochs=3"]
+    base += [f"trainer.extra={{limit_train_batches: {steps}}}"]
+    rows = {}
+    for name, keys in (
+        ("memory", ["data.storage=memory"]),
+        ("disk, chunks (default)", ["data.storage=disk"]),
+        ("disk, exact shuffle", ["data.storage=disk", "data.shuffle=exact"]),
+    ):
+        out = run(base + keys)
+        rows[name] = {**rates(out, steps), "peak_anon_mb": out["peak_anon_mb"]}
+    path.unlink()
+    return {"rows": 200_000, "columns": 1000, "steps": steps, "runs": rows}
+
+
+def fashion(tmp: Path):
+    from pyro_vae.data import load_idx_folder
+
+    train, _, _ = load_idx_folder("/usr/share/datasets/fashion-mnist")
+    x, y = (train.x / 255).numpy().astype(np.float32), train.y.numpy()
+    order = np.argsort(y, kind="stable")
+    paths = {"sorted by class": tmp / "fashion_sorted.npy", "as given": tmp / "fashion.npy"}
+    np.save(paths["sorted by class"], x[order])
+    np.save(paths["as given"], x)
+    return paths
+
+
+def chunks(tmp: Path, epochs: int, seeds) -> dict:
+    out = {"epochs": epochs, "seeds": list(seeds), "buffer_rows": 8192, "files": {}}
+    for name, path in fashion(tmp).items():
+        runs = {}
+        for label, keys in [("exact", ["data.shuffle=exact"])] + [
+            (str(c), [f"data.chunk_rows={c}"]) for c in (64, 256, 1024, 4096)
+        ]:
+            results = []
+            for seed in seeds:
+                o = run(
+                    ["data=array", f"data.path={path}", "likelihood=bernoulli", *COMMON, f"train.epochs={epochs}"]
+                    + ["data.storage=disk", "data.shuffle_buffer=8192", f"seed={seed}", *keys]
+                )
+                results.append(o)
+            losses = [o["test_loss"] for o in results]
+            rps = [o["train_rows"] / np.mean(o["epoch_seconds"]) for o in results]
+            runs[label] = {
+                "test_loss": losses,
+                "test_loss_mean": round(float(np.mean(losses)), 2),
+                "rows_per_second": round(float(np.mean(rps)), 1),
+            }
+        out["files"][name] = runs
+    return out
+
+
+def big(tmp: Path, gb: float, steps: int, test_fraction: float) -> dict:
+    n = int(gb * 1e9 / 4000)
+    path, small = tmp / "big.npy", tmp / "subset.npy"
+    t0 = time.perf_counter()
+    write_array(path, n)
+    write_seconds = time.perf_counter() - t0
+    sub = np.load(path, mmap_mode="r")[:200_000]
+    np.save(small, np.asarray(sub))
+    del sub
+    base = ["likelihood=gaussian", *COMMON, "train.epochs=1", f"trainer.extra={{limit_train_batches: {steps}}}"]
+    base += [f"data.test_fraction={test_fraction}"]
+    disk = run(["data=array", f"data.path={path}", "data.storage=disk", *base])
+    memory = run(["data=array", f"data.path={small}", "data.storage=memory", *base])
+    path.unlink()
+    small.unlink()
+    return {
+        "rows": n,
+        "columns": 1000,
+        "file_gb": round(n * 4000 / 1e9, 2),
+        "write_seconds": round(write_seconds, 1),
+        "steps": steps,
+        "test_fraction": test_fraction,
+        "disk": {**disk, **rates(disk, steps)},
+        "memory_subset": {**memory, **rates(memory, steps), "rows": 200_000},
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", nargs="+", default=["speed", "chunks", "big"])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--big-gb", type=float, default=10.0)
+    p.add_argument("--big-steps", type=int, default=2000)
+    p.add_argument("--big-test-fraction", type=float, default=0.2)
+    p.add_argument("--big-key", default="big", help="entry of bigdata.json the big run goes to")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args.child)
+    out_path = HERE / "bigdata.json"
+    out = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
+        for part in args.only:
+            if part == "speed":
+                out["speed"] = speed(Path(tmp), args.steps)
+            elif part == "chunks":
+                out["chunks"] = chunks(Path(tmp), args.epochs, args.seeds)
+            elif part == "big":
+                out[args.big_key] = big(Path(tmp), args.big_gb, args.big_steps, args.big_test_fraction)
+            out["machine"] = {
+                "cpu": platform.processor() or platform.machine(),
+                "threads": 1,
+                "python": platform.python_version(),
+                "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            }
+            out_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+    main()

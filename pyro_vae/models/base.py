@@ -181,6 +181,11 @@ class LatentVariableModel(LocalPyroModule, metaclass=_ModelMeta):
         """Decode the posterior mean of each input."""
         return self.decode(self.encode(x)[0])
 
+    def inputs(self, split):
+        """The rows this model reads for a data split (``x``, and for a conditional model its
+        covariates appended): what ``encode`` / ``elbo`` / ``log_weights`` take."""
+        return split.x
+
     def save(self, path, overwrite: bool = False) -> Path:
         """Write this model as ``model.pt`` (weights + config; what :func:`pyro_vae.load` reads).
 

@@ -16,7 +16,7 @@ another batch (counterfactual decoding, scVI's ``transform_batch``).
 c is a design vector: one-hot for a categorical covariate (the label, ``data.batch_key``), the
 standardised value of each continuous one (``data.covariate_keys``), concatenated in the order of
 :attr:`CVAE.terms`. The rows the engine passes (training batches, ``evaluate``, ``score``,
-``encode``) are the data columns followed by that design (:meth:`CVAE.conditioned`); a user's
+``encode``) are the data columns followed by that design (:meth:`CVAE.inputs`); a user's
 own rows take ``covariates={key: values}`` instead.
 """
 
@@ -173,6 +173,10 @@ class CVAE(LatentVariableModel):
                 return t
         raise DataError(f"this model has no covariate {key!r}; its covariates: {', '.join(self.covariate_names())}")
 
+    def codes(self, key: str, values, n: int) -> torch.Tensor:
+        """Category codes of covariate ``key`` for ``values`` (names, or integer codes), shape (n,)."""
+        return self._codes(self._term(key), values, n)
+
     def _codes(self, t: Term, values, n: int) -> torch.Tensor:
         """Category codes of ``values`` (names, or integer codes) for term ``t``, shape (n,)."""
         v = values.detach().cpu().numpy() if torch.is_tensor(values) else np.asarray(values, dtype=object)
@@ -209,7 +213,10 @@ class CVAE(LatentVariableModel):
             if t.categories is not None:
                 parts.append(nn.functional.one_hot(self._codes(t, given[t.key], n), t.size).float())
             else:
-                v = torch.as_tensor(np.asarray(given[t.key], dtype=np.float32)).reshape(-1)
+                try:
+                    v = torch.as_tensor(np.asarray(given[t.key], dtype=np.float32)).reshape(-1)
+                except (TypeError, ValueError):
+                    raise DataError(f"covariate {t.key} takes numbers (got {given[t.key]!r})") from None
                 if not bool(torch.isfinite(v).all()):
                     raise DataError(f"covariate {t.key} has NaN/inf values; every row needs a value")
                 parts.append(((v.expand(n) - t.mean) / t.scale)[:, None])
@@ -235,7 +242,7 @@ class CVAE(LatentVariableModel):
                 given[t.key] = split.covariates[:, keys.index(t.key)]
         return self.design(given, n).cpu()
 
-    def conditioned(self, split):
+    def inputs(self, split):
         """The rows the engine passes to this model: the split's data columns followed by its
         design (dense or sparse like ``split.x``). Rows that already carry it are returned as they are."""
         if split.x.shape[1] == self.data_dim + self.cond_dim and split.x.shape[1] != self.data_dim:

@@ -1,6 +1,6 @@
 """Training the conditional VAE: the VAE's ELBO on rows that carry their covariates.
 
-Before training, each split's rows get the model's design appended (``CVAE.conditioned``:
+Before training, each split's rows get the model's design appended (``CVAE.inputs``:
 one-hot label / batch, standardised continuous covariates), so the index batches, their DDP
 shards, a resumed run's batches, validation and every command that reads a split hand the
 model its covariates with its rows.
@@ -61,7 +61,7 @@ class CVAEPlan(ELBOPlan):
             if self.cfg.train.batch_size is None:
                 self.cfg.train.batch_size = self.default_batch_size(len(data.train))
         for _, split in data.splits():
-            split.x = self.model.conditioned(split)
+            split.x = self.model.inputs(split)
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size)

@@ -177,10 +177,12 @@ def main():
             print(f"scvi-tools: no python at {args.scvi_python}; skipped", flush=True)
         else:
             np.savez(data, x=x, y=y, batch=batch, train_rows=rows[0], test_rows=rows[1])
-            codes = tmp / "scvi.npz"
-            run = _child([args.scvi_python, str(HERE / "cvae_scvi.py"), f"--data={data}", f"--codes={codes}", *common])
-            record["runs"]["scvi"] = {**run, **scores(np.load(codes), y, batch)}
-            print("scvi", {k: v for k, v in record["runs"]["scvi"].items() if k != "setting"}, flush=True)
+            for name, extra in (("scvi", []), ("scvi_kl_warmup_off", ["--no-kl-warmup"])):
+                codes = tmp / f"{name}.npz"
+                script = [args.scvi_python, str(HERE / "cvae_scvi.py"), f"--data={data}", f"--codes={codes}"]
+                run = _child(script + common + extra)
+                record["runs"][name] = {**run, **scores(np.load(codes), y, batch)}
+                print(name, {k: v for k, v in record["runs"][name].items() if k != "setting"}, flush=True)
     record["machine"] = {"cpu": _cpu(), "threads": 1, "cores": os.cpu_count()}
     record["epochs"], record["batch_size"] = args.epochs, args.batch_size
     if not args.no_write:

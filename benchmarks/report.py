@@ -652,6 +652,7 @@ def cvae(d):
         "vae": "pyro_vae VAE (no batch)",
         "cvae": "pyro_vae CVAE, data.batch_key",
         "scvi": "scvi-tools SCVI(batch_key)",
+        "scvi_kl_warmup_off": "scvi-tools SCVI(batch_key), KL warm-up off",
     }
     rows = [dict(r, name=names.get(k, k)) for k, r in d["runs"].items()]
     return {

@@ -111,8 +111,10 @@ def test_batch_mixes_in_the_cvae_code_more_than_in_the_vae_code(trained):
 def test_conditioned_batches_shard_rows_with_their_covariates():
     x = torch.arange(50.0).reshape(10, 5)
     c = torch.arange(10.0)[:, None] * 100
-    for dense in (torch.cat([x, c], 1), append_columns(SparseRows.from_torch(x.to_sparse()), c)):
-        batches = ConditionedRowBatches(dense, 5, dynamic_binarize=False)
+    sparse = append_columns(SparseRows.from_torch(x.to_sparse()), c)
+    assert torch.equal(sparse.dense(), torch.cat([x, c], 1))  # zeros stay implicit, the covariates are stored
+    for rows in (torch.cat([x, c], 1), sparse):
+        batches = ConditionedRowBatches(rows, 5, dynamic_binarize=False)
         seen = []
         for rank in (0, 1):
             for item in IndexBatchSampler(10, 2, seed=1, rank=rank, world_size=2):
@@ -148,10 +150,18 @@ def test_bad_covariates_are_one_line_errors(trained):
         m.split_design(Split(torch.zeros(2, 40)))
 
 
-def test_cvae_needs_covariates(quick):
+@pytest.mark.parametrize(
+    "keys, message",
+    [
+        ([], "model=cvae needs covariates: set data.batch_key"),
+        (["model.conditions=[tissue]"], "model.conditions has 'tissue'; choose from: label, batch, covariates"),
+        (["model.conditions=[batch]"], "model.conditions has batch but data.batch_key is not set"),
+    ],
+)
+def test_bad_cvae_keys_are_one_line_errors(quick, keys, message):
     x = np.random.default_rng(0).poisson(2.0, (50, 6)).astype(np.float32)
-    with pytest.raises(pyro_vae.ConfigError, match="model=cvae needs covariates"):
-        pyro_vae.fit(x, overrides=["model=cvae", "likelihood=poisson", *quick], save=False)
+    with pytest.raises(pyro_vae.ConfigError, match=message.replace("[", "\\[")):
+        pyro_vae.fit(x, overrides=["model=cvae", "likelihood=poisson", *keys, *quick], save=False)
 
 
 def test_cli_train_evaluate_sample_encode_score_resume(tmp_path, capsys):

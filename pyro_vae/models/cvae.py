@@ -149,7 +149,8 @@ class CVAE(LatentVariableModel):
     @classmethod
     def from_config(cls, cfg, info: DataInfo) -> "CVAE":
         conditions = resolve_conditions(cfg.model.get("conditions"), info)
-        cfg.model.conditions = conditions  # resolved once: the saved config names them
+        if cfg.model.get("conditions") != conditions:
+            cfg.model.conditions = conditions  # resolved once, before the run's config is written
         terms = terms_of(conditions, info)
         k = sum(t.size for t in terms)
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)

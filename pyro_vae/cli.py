@@ -381,7 +381,7 @@ def cmd_encode(args):
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv", ".h5ad"):
         raise PyroVAEError(f"--out must end in .npy, .csv or .h5ad (got {out.name})")
-    if out.exists() and not args.overwrite:
+    if out.suffix == ".h5ad" and out.exists() and not args.overwrite:  # it may be the user's own AnnData
         raise PyroVAEError(f"{out} exists; choose another --out or pass --overwrite")
     model, cfg, get_data = _load_run(args)
     if args.decode_as and out.suffix == ".h5ad":
@@ -704,7 +704,7 @@ def build_parser():
         help="FILE.npy (codes), FILE.csv (row index, codes, label, batch and covariate columns) or "
         "FILE.h5ad (AnnData input: a copy with the codes in .obsm['X_pyro_vae'])",
     )
-    c.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out FILE.h5ad")
     c.add_argument("--with-scale", action="store_true", help="also write the posterior scales")
     c.add_argument(
         "--decode-as",

@@ -41,7 +41,7 @@ ROOT = HERE.parent
 OUT = HERE / "cvae.json"
 sys.path.insert(0, str(HERE))
 
-from counts import PYRO_SETTING, _cpu, make_counts, peak_rss_mb  # noqa: E402
+from counts import PYRO_SETTING, make_counts, peak_rss_mb  # noqa: E402
 
 KINDS = {"vae": ["model=vae"], "cvae": ["model=cvae", "data.batch_key=batch"]}
 
@@ -119,6 +119,13 @@ def scores(codes, y, batch):
     }
 
 
+def cpu_name():
+    try:
+        return next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return "unknown"
+
+
 def _child(cmd):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
@@ -183,7 +190,7 @@ def main():
                 run = _child(script + common + extra)
                 record["runs"][name] = {**run, **scores(np.load(codes), y, batch)}
                 print(name, {k: v for k, v in record["runs"][name].items() if k != "setting"}, flush=True)
-    record["machine"] = {"cpu": _cpu(), "threads": 1, "cores": os.cpu_count()}
+    record["machine"] = {"cpu": cpu_name(), "threads": 1, "cores": os.cpu_count()}
     record["epochs"], record["batch_size"] = args.epochs, args.batch_size
     if not args.no_write:
         sys.path.insert(0, str(ROOT))

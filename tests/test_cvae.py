@@ -198,6 +198,16 @@ def test_cli_train_evaluate_sample_encode_score_resume(tmp_path, capsys):
     # counterfactual: every cell decoded under batch b1
     assert main(["encode", str(run), "--decode-as", "sample=b1", "--out", str(tmp_path / "as_b1.npy")]) == 0
     assert np.load(tmp_path / "as_b1.npy").shape == (60, 40)
+    # every model kind writes the join columns: a VAE run on the same file
+    vae = tmp_path / "vae"
+    assert main(["train", *data, *KEYS, *NET, "train.epochs=1", "--out", str(vae)]) == 0
+    assert main(["encode", str(vae), "--out", str(tmp_path / "v.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "v.csv")))
+    assert list(rows[0]) == ["row", "z0", "z1", "z2", "label", "sample", "age"] and len(rows) == 60
+    i = int(rows[0]["row"])
+    assert rows[0]["sample"] == a.obs["sample"].iloc[i] and rows[0]["label"] == str(
+        "BNT".index(a.obs["cell_type"].iloc[i][0])
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ from ..errors import ConfigError, DataError
 from ..networks import GaussianEncoder, make_body, make_decoder, network_type
 from ..pyromodule import pyro_program
 from ..registry import option
-from ..sparse import append_columns
+from ..sparse import append_columns, is_sparse
 from .base import MODELS, DataInfo, LatentVariableModel, network_input
 
 CONDITIONS = ("label", "batch", "covariates")
@@ -180,6 +180,11 @@ class CVAE(LatentVariableModel):
 
     def _codes(self, t: Term, values, n: int) -> torch.Tensor:
         """Category codes of ``values`` (names, or integer codes) for term ``t``, shape (n,)."""
+        if torch.is_tensor(values) and not values.is_floating_point() and values.numel() == n:  # codes already
+            codes = values.reshape(-1).long().cpu()
+            if n and not bool(((codes >= 0) & (codes < t.size)).all()):
+                raise DataError(f"{t.key} codes must be in 0..{t.size - 1} ({', '.join(t.categories)})")
+            return codes
         v = values.detach().cpu().numpy() if torch.is_tensor(values) else np.asarray(values, dtype=object)
         v = np.broadcast_to(v.reshape(-1) if v.ndim else v, (n,))
         lookup = {name: k for k, name in enumerate(t.categories)}
@@ -249,7 +254,7 @@ class CVAE(LatentVariableModel):
         if split.x.shape[1] == self.data_dim + self.cond_dim and split.x.shape[1] != self.data_dim:
             return split.x
         c = self.split_design(split)
-        if hasattr(split.x, "crow"):
+        if is_sparse(split.x):
             return append_columns(split.x, c)
         return torch.cat([split.x, c.to(split.x.dtype)], 1)
 

@@ -62,9 +62,26 @@ PYRO_SETTING = [
 ]
 
 
-def make_counts(n_cells=10000, n_genes=2000, n_types=8, seed=0):
-    """The synthetic count matrix described in the module docstring: (counts, cell types)."""
+def make_counts(n_cells=10000, n_genes=2000, n_types=8, seed=0, batches=0):
+    """The synthetic count matrix described in the module docstring: (counts, cell types).
+
+    ``batches`` = B in 2..4 adds batch effects and returns (counts, cell types, batches): each cell
+    is in one of B batches (equal shares); batch b scales every library size by its own factor
+    (1, 0.5, 2, 0.7 for b = 0..3) and shifts the log-expression of a random fifth of the genes by
+    N(0, 1) (a batch's own genes and sizes; batch 0 is the reference, unshifted). The batches come
+    from a second generator, so ``batches=0`` gives the same numbers as before."""
+    if batches and not 2 <= batches <= 4:
+        raise ValueError("batches must be 0 (none) or 2..4")
     rng = np.random.default_rng(seed)
+    batch = shift = factor = None
+    if batches:
+        rb = np.random.default_rng([seed, 1])
+        batch = rb.integers(0, batches, n_cells)
+        shift = np.zeros((batches, n_genes))
+        for b in range(1, batches):
+            genes = rb.choice(n_genes, n_genes // 5, replace=False)
+            shift[b, genes] = rb.normal(0.0, 1.0, genes.size)
+        factor = np.array([1.0, 0.5, 2.0, 0.7])[:batches]
     base = rng.normal(0.0, 1.5, n_genes)
     programs = np.zeros((n_types, n_genes))
     for t in range(n_types):
@@ -74,13 +91,19 @@ def make_counts(n_cells=10000, n_genes=2000, n_types=8, seed=0):
     y = rng.choice(n_types, size=n_cells, p=shares)
     state = rng.normal(0.0, 1.0, (n_cells, 3)) @ rng.normal(0.0, 0.3, (3, n_genes))
     logits = base + programs[y] + state
+    if batches:
+        logits = logits + shift[batch]
     rho = np.exp(logits - logits.max(1, keepdims=True))
     rho /= rho.sum(1, keepdims=True)
     library = np.exp(rng.normal(np.log(3000.0), 0.8, n_cells))
+    if batches:
+        library = library * factor[batch]
     mu = rho * library[:, None]
     theta = np.exp(rng.normal(np.log(3.0), 0.5, n_genes))
     counts = rng.negative_binomial(theta, theta / (theta + mu))
     counts[rng.random((n_cells, n_genes)) < rng.uniform(0.0, 0.2, n_genes)] = 0
+    if batches:
+        return counts.astype(np.float32), y.astype(np.int64), batch.astype(np.int64)
     return counts.astype(np.float32), y.astype(np.int64)
 
 

@@ -789,6 +789,25 @@ def counts(d):
     }
 
 
+@part("cvae.json", need="runs")
+def cvae(d):
+    names = {
+        "vae": "pyro_vae VAE (no batch)",
+        "cvae": "pyro_vae CVAE, data.batch_key",
+        "scvi": "scvi-tools SCVI(batch_key)",
+        "scvi_kl_warmup_off": "scvi-tools SCVI(batch_key), KL warm-up off",
+    }
+    rows = [dict(r, name=names.get(k, k)) for k, r in d["runs"].items()]
+    return {
+        **d["data"],
+        "library_medians": ", ".join(f"{v:.0f}" for v in d["data"]["library_median_per_batch"]),
+        "epochs": d["epochs"],
+        "batch_size": d["batch_size"],
+        "rows": rows,
+        "machine": d["machine"]["cpu"],
+    }
+
+
 # ---------------------------------------------------------------- reliability
 
 

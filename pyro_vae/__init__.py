@@ -23,6 +23,7 @@ from .errors import ConfigError, DataError, Interrupted, PyroVAEError
 _LAZY = {
     "VAE": "models",
     "SSVAE": "models",
+    "CVAE": "models",
     "LatentVariableModel": "models",
     "Classifier": "models",
     "MODELS": "models",
@@ -106,6 +107,7 @@ __all__ = [
     "save",
     "VAE",
     "SSVAE",
+    "CVAE",
     "LatentVariableModel",
     "Classifier",
     "load_config",

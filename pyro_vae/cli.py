@@ -64,39 +64,59 @@ def _load_run(args):
 def _rows_of(model, cfg, get_data, args):
     """The rows a command works on: a --data file whole and in order (used as given, so scale
     it as the training data were), else one split of the run's data set. Checked once for
-    every command: the model's number of columns, and what its likelihood accepts."""
+    every command: the model's number of columns, and what its likelihood accepts. ``split.x``
+    is what the model reads (``model.inputs``: a conditional model's covariates appended)."""
+    return _load_rows(model, cfg, get_data, args)[0]
+
+
+def _load_rows(model, cfg, get_data, args, want_adata: bool = False):
+    """(split, batch names, the AnnData the rows come from or None) of :func:`_rows_of`."""
     from .config import load_config
     from .data import Split, load_array
 
+    adata = None
     if _is_file_spec(args.data) and args.data[0].endswith(".h5ad"):  # whole, in order; labels by the run's names
         import torch
 
-        from .data import from_anndata, read_h5ad
+        from .data import covariates_from_anndata, from_anndata, read_h5ad
 
         keys = [f"data.{k}={cfg.data[k]}" for k in ("layer", "label_key", "batch_key") if cfg.data.get(k)]
+        if cfg.data.get("covariate_keys"):
+            keys.append(f"data.covariate_keys=[{','.join(cfg.data.covariate_keys)}]")
         file_cfg = load_config(None, ["data.name=anndata", f"data.path={args.data[0]}", *keys], import_plugins=False)
-        x, y, _, batch, _ = from_anndata(
-            read_h5ad(Path(args.data[0]).expanduser()),
-            file_cfg.data,
-            args.data[0],
-            getattr(model, "data_info", None) and model.data_info.class_names,
+        adata = read_h5ad(Path(args.data[0]).expanduser())
+        x, y, _, batch, batch_names = from_anndata(
+            adata, file_cfg.data, args.data[0], getattr(model, "data_info", None) and model.data_info.class_names
         )
-        split, where = Split(x, y, torch.arange(x.shape[0]), batch), args.data[0]
+        covariates = covariates_from_anndata(adata, file_cfg.data, args.data[0])
+        keys = list(file_cfg.data.covariate_keys) if covariates is not None else None
+        split, where = Split(x, y, torch.arange(x.shape[0]), batch, covariates, keys), args.data[0]
     elif _is_file_spec(args.data):
         file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg, import_plugins=False)
         x, y, rows = load_array(file_cfg.data)
-        split, where = Split(x, y, rows), args.data[0]
+        split, where, batch_names = Split(x, y, rows), args.data[0], None
     else:
-        split = getattr(get_data(), args.split)
+        data = get_data()
+        split = getattr(data, args.split)
         if split is None:
             raise PyroVAEError(f"this data has no {args.split} split (set data.validation=N for a val split)")
-        where = f"the {args.split} split"
+        where, batch_names = f"the {args.split} split", data.extra.get("batch_names")
+        if want_adata and cfg.data.name == "anndata" and cfg.data.get("path"):
+            from .data import read_h5ad
+
+            adata = read_h5ad(Path(cfg.data.path).expanduser())
     if split.x.shape[1] != model.data_dim:
         raise PyroVAEError(f"{where} has {split.x.shape[1]} columns but the model expects {model.data_dim}")
     from .training.base import check_likelihood
 
     check_likelihood(model.likelihood, split.x, where, split.rows)
-    return split
+    from .models.cvae import CVAE
+
+    if isinstance(model, CVAE) and split.batch is not None and batch_names and cfg.data.get("batch_key"):
+        if any(t.key == cfg.data.batch_key for t in model.terms):  # the file's batch names -> the model's codes
+            split.batch = model.codes(cfg.data.batch_key, [batch_names[int(c)] for c in split.batch], len(split))
+    split.x = model.inputs(split)
+    return split, batch_names, adata
 
 
 def cmd_train(args):
@@ -205,7 +225,16 @@ def cmd_sample(args):
     out = Path(args.out)
     if args.interpolate or args.traverse:
         return _sample_paths(model, args, out)
-    x = model.sample(args.n, mean=not args.draw).cpu()
+    if args.condition:
+        from .models.cvae import CVAE
+
+        if not isinstance(model, CVAE):
+            raise PyroVAEError(
+                f"--condition needs a conditional model (model=cvae); {args.run_dir} holds model={model.config.model.name}"
+            )
+        x = model.sample(args.n, mean=not args.draw, covariates=_conditions(args.condition)).cpu()
+    else:
+        x = model.sample(args.n, mean=not args.draw).cpu()
     if out.suffix == ".npy":
         with atomic_path(out) as tmp:
             np.save(tmp, x.numpy())
@@ -219,6 +248,17 @@ def cmd_sample(args):
         raise PyroVAEError(f"--out must end in .png or .npy (got {out.name})")
     print(f"wrote {out}")
     return 0
+
+
+def _conditions(items) -> dict:
+    """``KEY=VALUE`` strings as {key: value}; one-line error for anything else."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise PyroVAEError(f"--condition takes KEY=VALUE, e.g. --condition batch=b2 (got {item!r})")
+        out[key] = value
+    return out
 
 
 def _sample_paths(model, args, out):
@@ -308,7 +348,7 @@ def cmd_score(args):
     score = S.build(_plain(cfg.score))
     if score.needs_fit:  # statistics of the training data, kept in RUN/scores/
         run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
-        score = S.prepare(score, model, train_x=get_data().train.x, run_dir=run_dir, seed=args.seed)
+        score = S.prepare(score, model, train_x=model.inputs(get_data().train), run_dir=run_dir, seed=args.seed)
     values = S.compute(score, model, split.x)
     name = score.registry_name
     cols, header, fmt = [np.arange(len(split))[:, None], values.numpy()[:, None]], ["row", name], ["%d", "%.6g"]
@@ -339,29 +379,69 @@ def cmd_encode(args):
     from .utils import atomic_path
 
     out = Path(args.out)
-    if out.suffix not in (".npy", ".csv"):
-        raise PyroVAEError(f"--out must end in .npy or .csv (got {out.name})")
+    if out.suffix not in (".npy", ".csv", ".h5ad"):
+        raise PyroVAEError(f"--out must end in .npy, .csv or .h5ad (got {out.name})")
+    if out.suffix == ".h5ad" and out.exists() and not args.overwrite:  # it may be the user's own AnnData
+        raise PyroVAEError(f"{out} exists; choose another --out or pass --overwrite")
     model, cfg, get_data = _load_run(args)
-    split = _rows_of(model, cfg, get_data, args)
+    if args.decode_as and out.suffix == ".h5ad":
+        raise PyroVAEError("--decode-as writes decoded rows to .npy or .csv")
+    split, batch_names, adata = _load_rows(model, cfg, get_data, args, want_adata=out.suffix == ".h5ad")
+    if out.suffix == ".h5ad" and adata is None:
+        raise PyroVAEError("--out FILE.h5ad needs AnnData input (--data FILE.h5ad, or a run on data.name=anndata)")
     from .sparse import batched
 
-    loc, scale = batched(model.encode, split.x, 1000, model.device)
-    arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
+    if args.decode_as:
+        from .models.cvae import CVAE
+
+        if not isinstance(model, CVAE):
+            raise PyroVAEError(
+                f"--decode-as needs a conditional model (model=cvae); this run is model={cfg.model.name}"
+            )
+        to = _conditions(args.decode_as)
+        arr = batched(lambda xb: model.reconstruct(xb, decode_as=to), split.x, 1000, model.device).numpy()
+        names = [f"x{i}" for i in range(arr.shape[1])]
+    else:
+        loc, scale = batched(model.encode, split.x, 1000, model.device)
+        arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
+        d = loc.shape[1]
+        names = [f"z{i}" for i in range(d)] + ([f"scale{i}" for i in range(d)] if args.with_scale else [])
     with atomic_path(out) as tmp:
         if out.suffix == ".npy":
             np.save(tmp, arr)
         elif out.suffix == ".csv":
-            d = loc.shape[1]
-            header = [f"z{i}" for i in range(d)] + ([f"scale{i}" for i in range(d)] if args.with_scale else [])
-            cols = arr
-            if split.y is not None:
-                header.append("label")
-                cols = np.concatenate([arr, split.y.numpy()[:, None]], 1)
-            np.savetxt(tmp, cols, delimiter=",", header=",".join(header), comments="", fmt="%.6g")
+            _write_codes_csv(tmp, arr, names, split, cfg, batch_names)
         else:
-            raise PyroVAEError(f"--out must end in .npy or .csv (got {out.name})")
+            copy = adata[split.rows.numpy()].copy()
+            copy.obsm["X_pyro_vae"] = loc.numpy()
+            if args.with_scale:
+                copy.obsm["X_pyro_vae_scale"] = scale.numpy()
+            copy.write_h5ad(tmp)
     print(f"wrote {out} ({arr.shape[0]} rows x {arr.shape[1]} columns)")
     return 0
+
+
+def _write_codes_csv(path, arr, names, split, cfg, batch_names) -> None:
+    """``row`` (each row's index in the user's data), the codes, then what joins them back to the
+    user's table: the label, the batch (a column named after data.batch_key) and each covariate."""
+    import csv
+
+    header, extra = ["row"] + names, []
+    if split.y is not None:
+        header.append("label")
+        extra.append([int(v) for v in split.y])
+    if split.batch is not None and cfg.data.get("batch_key"):
+        header.append(str(cfg.data.batch_key))
+        extra.append([batch_names[int(c)] if batch_names else int(c) for c in split.batch])
+    for j, key in enumerate(split.covariate_keys or []):
+        header.append(str(key))
+        extra.append([f"{float(v):.6g}" for v in split.covariates[:, j]])
+    rows = split.rows.tolist() if split.rows is not None else range(len(arr))
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        for i, r in enumerate(rows):
+            w.writerow([int(r)] + [f"{v:.6g}" for v in arr[i]] + [col[i] for col in extra])
 
 
 def cmd_classify(args):
@@ -562,6 +642,12 @@ def build_parser():
     s.add_argument("-n", type=int, default=64, help="how many samples (default 64)")
     s.add_argument("--out", required=True, help="FILE.png (image grid) or FILE.npy (array)")
     s.add_argument("--draw", action="store_true", help="draw x ~ p(x|z) instead of showing E[x|z]")
+    s.add_argument(
+        "--condition",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="model=cvae: generate under these covariates (e.g. label=3 batch=b2); others are drawn or at their mean",
+    )
     s.add_argument("--seed", type=int, default=0)
     s.add_argument(
         "--interpolate",
@@ -613,8 +699,21 @@ def build_parser():
 
     c = sub.add_parser("encode", help="write latent codes (posterior means): dimensionality reduction")
     _run_args(c)
-    c.add_argument("--out", required=True, help="FILE.npy or FILE.csv (csv adds a label column when known)")
+    c.add_argument(
+        "--out",
+        required=True,
+        help="FILE.npy (codes), FILE.csv (row index, codes, label, batch and covariate columns) or "
+        "FILE.h5ad (AnnData input: a copy with the codes in .obsm['X_pyro_vae'])",
+    )
+    c.add_argument("--overwrite", action="store_true", help="replace an existing --out FILE.h5ad")
     c.add_argument("--with-scale", action="store_true", help="also write the posterior scales")
+    c.add_argument(
+        "--decode-as",
+        nargs="+",
+        metavar="KEY=VALUE",
+        help="model=cvae: write each row decoded from its code under these covariates instead of the codes "
+        "(counterfactual, e.g. --decode-as batch=b1)",
+    )
     c.set_defaults(func=cmd_encode)
 
     k = sub.add_parser("classify", help="predict labels with a classifier run (model=ssvae or m1m2)")

@@ -88,6 +88,8 @@ class Split:
     y: Optional[torch.Tensor] = None
     rows: Optional[torch.Tensor] = None  # each row's number in the user's file, when it has one
     batch: Optional[torch.Tensor] = None  # int64 batch code per row (data.batch_key), when given
+    covariates: Optional[torch.Tensor] = None  # (N, K) float32: the data.covariate_keys columns, when given
+    covariate_keys: Optional[List[str]] = None  # the names of those K columns
 
     def __len__(self):
         return self.x.shape[0]
@@ -96,7 +98,9 @@ class Split:
         def sub(t):
             return None if t is None else t[idx]
 
-        return Split(self.x[idx], sub(self.y), sub(self.rows), sub(self.batch))
+        return Split(
+            self.x[idx], sub(self.y), sub(self.rows), sub(self.batch), sub(self.covariates), self.covariate_keys
+        )
 
 
 @dataclass
@@ -128,7 +132,22 @@ class Dataset:
             len(self.train),
             list(self.class_names) if self.class_names else None,
             self.levels,
+            self.covariate_specs(),
         )
+
+    def covariate_specs(self) -> Optional[list]:
+        """What a conditional model needs to know of the covariates: the batch key and its names,
+        each continuous covariate's key with its training mean and scale (plain strings and numbers)."""
+        specs = []
+        if self.extra.get("batch_key") and self.extra.get("batch_names"):
+            specs.append(
+                {"role": "batch", "key": self.extra["batch_key"], "categories": list(self.extra["batch_names"])}
+            )
+        c = self.train.covariates
+        for j, key in enumerate(self.train.covariate_keys or []):
+            mean, scale = float(c[:, j].mean()), float(c[:, j].std()) if len(c) > 1 else 1.0
+            specs.append({"role": "covariates", "key": key, "mean": mean, "scale": scale if scale > 0 else 1.0})
+        return specs or None
 
     def splits(self):
         """(name, split) for every split present."""
@@ -144,7 +163,7 @@ class Dataset:
             crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
             if isinstance(split.x, NpyRows):
                 crc = zlib.crc32(split.x.fingerprint().to_bytes(4, "little"), crc)
-            for part in (*_buffers(split.x), split.y, split.rows, split.batch):
+            for part in (*_buffers(split.x), split.y, split.rows, split.batch, split.covariates):
                 if part is not None:
                     crc = zlib.crc32(part.detach().cpu().contiguous().view(torch.uint8).numpy(), crc)
         return f"crc32:{crc:08x}"
@@ -246,8 +265,10 @@ class ArrayConfig(SplitConfig):
 class MemoryConfig(SplitConfig):
     layer: Optional[str] = option(None, "AnnData input: the layer to train on (null = .X)")
     label_key: Optional[str] = option(None, "AnnData input: obs column of labels (NaN/empty/'unknown' = unlabelled)")
-    batch_key: Optional[str] = option(
-        None, "AnnData input: obs column of batches (kept per row; not used by the models yet)"
+    batch_key: Optional[str] = option(None, "AnnData input: obs column of batches (model=cvae conditions on it)")
+    covariate_keys: List[str] = option(
+        help="AnnData input: numeric obs columns of continuous covariates (model=cvae conditions on them)",
+        factory=list,
     )
 
 
@@ -640,6 +661,33 @@ def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[to
     return torch.from_numpy(codes), list(class_names)
 
 
+def covariates_from_anndata(adata, cfg, where: str) -> Optional[torch.Tensor]:
+    """The ``data.covariate_keys`` obs columns as an (N, K) float32 tensor (None when no keys)."""
+    keys = list(cfg.get("covariate_keys") or [])
+    if not keys:
+        return None
+    import pandas as pd
+
+    cols = []
+    for key in keys:
+        if key not in adata.obs.columns:
+            raise DataError(
+                f"{where} has no obs column {key!r} for data.covariate_keys "
+                f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})"
+            )
+        col = adata.obs[key]
+        if not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
+            raise DataError(
+                f"{where} obs[{key!r}] is not numeric; data.covariate_keys takes continuous columns "
+                "(a categorical one: data.batch_key)"
+            )
+        v = col.to_numpy(dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise DataError(f"{where} obs[{key!r}] has {int((~np.isfinite(v)).sum())} missing values; fill them")
+        cols.append(v)
+    return torch.from_numpy(np.stack(cols, 1).astype(np.float32))
+
+
 def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
     """(x, y, class names, batch codes, batch names) of an AnnData: ``data.layer`` (else .X; sparse
     stays sparse), ``data.label_key`` and ``data.batch_key`` obs columns."""
@@ -834,18 +882,19 @@ class InMemory(DataSource):
                 "this run was trained on arrays passed to pyro_vae.fit(x): give the data again "
                 "(--data FILE on the command line, or the arrays in Python)"
             )
-        names = batch = batch_names = None
+        names = batch = batch_names = covariates = None
         if is_anndata(self.x):
             if self.y is not None:
                 raise DataError("fit(adata, y): give the labels as an obs column, data.label_key=COLUMN")
             x, y, names, batch, batch_names = from_anndata(self.x, cfg, "the AnnData")
+            covariates = covariates_from_anndata(self.x, cfg, "the AnnData")
         else:
-            keys = [k for k in ("layer", "label_key", "batch_key") if cfg.get(k)]
+            keys = [k for k in ("layer", "label_key", "batch_key", "covariate_keys") if cfg.get(k)]
             if keys:
                 raise ConfigError(f"data.{keys[0]} applies to AnnData input; x is a {type(self.x).__name__}")
             x = _npy_of(self.x) or as_rows(self.x, "x")
             y = None if self.y is None else labels_from_array(_numbers(self.y), x.shape[0], "y")
-        return _split_rows(x, y, cfg, generator, "x", names, batch, batch_names)
+        return _split_rows(x, y, cfg, generator, "x", names, batch, batch_names, covariates)
 
 
 @DATASETS.register("anndata", config=AnnDataConfig)
@@ -854,15 +903,18 @@ class AnnDataFile(DataSource):
 
     def load(self, cfg, generator):
         path = Path(cfg.path).expanduser()
-        x, y, names, batch, batch_names = from_anndata(read_h5ad(path), cfg, str(path))
-        return _split_rows(x, y, cfg, generator, str(path), names, batch, batch_names)
+        adata = read_h5ad(path)
+        x, y, names, batch, batch_names = from_anndata(adata, cfg, str(path))
+        covariates = covariates_from_anndata(adata, cfg, str(path))
+        return _split_rows(x, y, cfg, generator, str(path), names, batch, batch_names, covariates)
 
 
-def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch_names=None) -> Loaded:
+def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch_names=None, covariates=None) -> Loaded:
     if x.shape[0] < 2:
         raise DataError(f"{where} has {x.shape[0]} rows; need at least 2 to split train/test")
     tr, te = _random_split(len(x), cfg.test_fraction, generator)
-    full = Split(x, y, torch.arange(x.shape[0]), batch)
+    keys = list(cfg.covariate_keys) if covariates is not None else None
+    full = Split(x, y, torch.arange(x.shape[0]), batch, covariates, keys)
     return Loaded(full.subset(tr), full.subset(te), class_names=class_names, batch_names=batch_names)
 
 
@@ -912,7 +964,14 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
         perm = torch.randperm(len(train), generator=g)
         val, train = train.subset(perm[: d.validation]), train.subset(perm[d.validation :])
     if d.labels is not None:
-        train = Split(train.x, select_labels(train.y, d.labels, d.num_classes, g), train.rows, train.batch)
+        train = Split(
+            train.x,
+            select_labels(train.y, d.labels, d.num_classes, g),
+            train.rows,
+            train.batch,
+            train.covariates,
+            train.covariate_keys,
+        )
     num_classes = d.num_classes
     if num_classes is None and loaded.class_names:
         num_classes = len(loaded.class_names)
@@ -936,7 +995,7 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
                     s.x = torch.bernoulli(s.x, generator=g)
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
-    extra = {"batch_names": loaded.batch_names} if loaded.batch_names else {}
+    extra = {"batch_names": loaded.batch_names, "batch_key": d.get("batch_key")} if loaded.batch_names else {}
     data = Dataset(
         d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra, loaded.levels
     )

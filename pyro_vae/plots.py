@@ -158,7 +158,8 @@ def run_report(model, data, run_dir, rows, plan=None):
             )
         with PROFILE.phase("plot: reconstructions.png"):
             x = take(test.x, slice(0, 10))
-            reconstructions(x, model.reconstruct(x.to(device)).cpu(), data.image_shape, run_dir / "reconstructions.png")
+            xr = model.reconstruct(x.to(device)).cpu()  # x may carry covariate columns after the data's
+            reconstructions(x[:, : xr.shape[1]], xr, data.image_shape, run_dir / "reconstructions.png")
     with PROFILE.phase("plot: latent_map.png"):
         n = min(len(test), 5000)
         latent_map(

@@ -217,7 +217,7 @@ class ReconError(AnomalyScore):
     """
 
     def score(self, model, x):
-        return ((model.reconstruct(x) - x) ** 2).sum(-1).float().cpu()
+        return ((model.reconstruct(x) - x[:, : model.data_dim]) ** 2).sum(-1).float().cpu()
 
 
 @register("input_complexity")
@@ -301,7 +301,7 @@ class DensityOfStates(AnomalyScore):
         loc, scale = model.encode(x)
         stats = [
             -model.elbo(x, num_particles=self.num_samples).float(),
-            ((model.reconstruct(x) - x) ** 2).sum(-1).float(),
+            ((model.reconstruct(x) - x[:, : model.data_dim]) ** 2).sum(-1).float(),
             loc.float().pow(2).sum(-1),
             scale.float().log().sum(-1),
         ]

@@ -178,3 +178,23 @@ def batched(fn: Callable, x, batch_size: int = 1000, device: Optional[torch.devi
     if outs and isinstance(outs[0], tuple):
         return tuple(torch.cat(p) for p in zip(*outs))
     return torch.cat(outs)
+
+
+def append_columns(x: SparseRows, dense: torch.Tensor) -> SparseRows:
+    """``x`` with the columns of ``dense`` (n, k) appended after its own, stored explicitly."""
+    n, k = x.shape[0], int(dense.shape[1])
+    if k == 0:
+        return x
+    counts = (x.crow[1:] - x.crow[:-1]).long()
+    row_of = torch.repeat_interleave(torch.arange(n), counts)
+    crow = x.crow.long() + torch.arange(n + 1) * k
+    total = int(crow[-1])
+    col = torch.empty(total, dtype=torch.long)
+    values = torch.empty(total, dtype=x.values.dtype)
+    old = torch.arange(x.nnz) + row_of * k  # each stored value's new place
+    col[old], values[old] = x.col.long(), x.values
+    new = (x.crow[1:].long() + torch.arange(n) * k)[:, None] + torch.arange(k)  # the appended values' places
+    col[new.reshape(-1)] = (torch.arange(k) + x.shape[1]).repeat(n)
+    values[new.reshape(-1)] = dense.to(x.values.dtype).reshape(-1)
+    itype = x.col.dtype if total < 2**31 - 1 else torch.long
+    return SparseRows(crow.to(itype), col.to(itype), values, (n, x.shape[1] + k))

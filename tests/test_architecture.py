@@ -19,7 +19,17 @@ LAYERS = [
     ("foundation", {"errors", "utils", "registry", "fastmath", "sparse", "streaming", "pyromodule"}),
     (
         "math",
-        {"networks", "priors", "likelihoods", "models", "models.base", "models.vae", "models.ssvae", "models.m1m2"},
+        {
+            "networks",
+            "priors",
+            "likelihoods",
+            "models",
+            "models.base",
+            "models.vae",
+            "models.ssvae",
+            "models.m1m2",
+            "models.cvae",
+        },
     ),
     ("data", {"data", "images"}),
     (
@@ -29,6 +39,7 @@ LAYERS = [
             "training.base",
             "training.batches",
             "training.vae",
+            "training.cvae",
             "training.ssvae",
             "training.augment",
             "training.m1m2",

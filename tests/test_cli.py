@@ -34,7 +34,7 @@ def test_train_then_evaluate_sample_encode(run_dir, capsys, tmp_path):
     assert np.load(tmp_path / "z.npy").shape == (359, 4)
     assert main(["encode", str(run_dir), "--out", str(tmp_path / "z.csv")]) == 0
     header = (tmp_path / "z.csv").read_text().splitlines()[0]
-    assert header == "z0,z1,z2,z3,label"
+    assert header == "row,z0,z1,z2,z3,label"
 
 
 def test_encode_an_external_array_file_in_row_order(run_dir, tmp_path):

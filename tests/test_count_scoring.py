@@ -10,6 +10,7 @@ from pyro import poutine
 import pyro_vae
 from pyro_vae.cli import main
 from pyro_vae.config import load_config
+from pyro_vae.data import Split
 from pyro_vae.models import MODELS, DataInfo
 from pyro_vae.train import build_model
 
@@ -22,6 +23,7 @@ MIXED_COUNTS = (
 )
 SMALL = {
     "vae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]"],
+    "cvae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]"],  # conditioned on the label
     "ssvae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]", "model.classifier_hidden=[16]"],
     "m1m2": [
         "model.z1_dim=3",
@@ -65,7 +67,7 @@ def scores(model, x):
     pyro.set_rng_seed(0)
     guide = poutine.trace(model.guide).get_trace(x)
     trace = poutine.trace(poutine.replay(model.model, trace=guide)).get_trace(x)
-    out = {"model trace log p(x)": trace.nodes["x"]["fn"].log_prob(x)}
+    out = {"model trace log p(x)": trace.nodes["x"]["fn"].log_prob(trace.nodes["x"]["value"])}
     pyro.set_rng_seed(1)
     out["log_weights"] = model.log_weights(x)
     pyro.set_rng_seed(2)
@@ -85,6 +87,7 @@ def test_observed_rows_are_scored_at_their_own_total_not_the_stored_median(kind,
     torch.manual_seed(0)
     x = count_rows()
     model = count_model(kind, likelihood, x)
+    x = model.inputs(Split(x, torch.arange(len(x)) % 3))  # what the model reads: a CVAE's covariates appended
     before = scores(model, x)
     assert all(torch.isfinite(v).all() for v in before.values())
     out = torch.randn(4, model.likelihood.output_size)

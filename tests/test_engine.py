@@ -164,13 +164,15 @@ def test_one_line_per_epoch_without_a_terminal(tmp_path):
     assert "\r" not in r.stderr
 
 
-@pytest.mark.parametrize("model", ["vae", "ssvae", "vae-on-sparse-rows"])
+@pytest.mark.parametrize("model", ["vae", "ssvae", "vae-on-sparse-rows", "cvae"])
 def test_two_process_ddp_shards_the_data_and_writes_one_run(tmp_path, model):
     extra = (
         ["model=ssvae", "data.labels=100", "model.classifier_hidden=[32]", "data.validation=100"]
         if model == "ssvae"
         else []
     )
+    if model == "cvae":  # each process's shard carries its rows' labels, the covariate c
+        extra = ["model=cvae"]
     if model == "vae-on-sparse-rows":  # sparse data stay sparse under DDP: each process gathers its shard
         import numpy as np
         import scipy.sparse as sp

@@ -4,3 +4,4 @@ from .base import MODELS, Classifier, DataInfo, LatentPaths, LatentVariableModel
 from .ssvae import SSVAE  # noqa: F401  (registers "ssvae")
 from .m1m2 import M1M2  # noqa: F401  (registers "m1m2")
 from .vae import VAE  # noqa: F401  (registers "vae")
+from .cvae import CVAE  # noqa: F401  (registers "cvae")

@@ -40,6 +40,7 @@ class DataInfo:
     num_data: Optional[int] = None
     class_names: Optional[List[str]] = None  # label k's name, when the data named its classes
     levels: Optional[int] = None  # images: the pixel levels L of the source (values 0..L-1)
+    covariates: Optional[List[dict]] = None  # the data's covariates (Dataset.covariate_specs): keys, names, scales
 
     def to_dict(self):
         d = {
@@ -52,6 +53,8 @@ class DataInfo:
             d["class_names"] = [str(c) for c in self.class_names]
         if self.levels:
             d["levels"] = int(self.levels)
+        if self.covariates:
+            d["covariates"] = [dict(c) for c in self.covariates]
         return d
 
     @classmethod
@@ -65,6 +68,7 @@ class DataInfo:
             d.get("num_data"),
             list(names) if names else None,
             d.get("levels"),
+            d.get("covariates"),
         )
 
 
@@ -176,6 +180,11 @@ class LatentVariableModel(LocalPyroModule, metaclass=_ModelMeta):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Decode the posterior mean of each input."""
         return self.decode(self.encode(x)[0])
+
+    def inputs(self, split):
+        """The rows this model reads for a data split (``x``, and for a conditional model its
+        covariates appended): what ``encode`` / ``elbo`` / ``log_weights`` take."""
+        return split.x
 
     def save(self, path, overwrite: bool = False) -> Path:
         """Write this model as ``model.pt`` (weights + config; what :func:`pyro_vae.load` reads).

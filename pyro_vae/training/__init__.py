@@ -11,3 +11,4 @@ from .batches import IndexBatchSampler, SemiSupervisedBatchSampler, step_bounds 
 from .vae import ELBOPlan  # noqa: F401
 from .ssvae import LOSS_TERMS, SemiSupervisedPlan  # noqa: F401
 from .m1m2 import M1M2Plan  # noqa: F401
+from .cvae import CVAEPlan  # noqa: F401

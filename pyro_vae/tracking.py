@@ -196,7 +196,7 @@ def write_projector(writer, model, data, max_points: int = 2000) -> None:
     thumbs = None
     shape = data.info().image_shape
     if shape is not None:
-        thumbs = torch.as_tensor(x).float().reshape(n, *shape)
+        thumbs = torch.as_tensor(x)[:, : model.data_dim].float().reshape(n, *shape)  # the pixels, not covariates
         lo, hi = thumbs.amin(), thumbs.amax()
         thumbs = (thumbs - lo) / (hi - lo).clamp_min(1e-8)
         if thumbs.shape[1] not in (1, 3):

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from .errors import ConfigError, PyroVAEError
 from .models.base import CHECKPOINT_FORMAT as FORMAT
-from .utils import first_line, read_weights
+from .utils import first_line, process_alive, read_weights
 
 CHECKPOINT = "model.pt"
 LOCK = ".lock"
@@ -164,7 +164,7 @@ def _take_lock(run_dir: Path) -> None:
                 pid = int(lock.read_text().strip() or 0)
             except (OSError, ValueError):
                 pid = 0
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 raise PyroVAEError(
                     f"{run_dir} is being written by another process (pid {pid}); wait for it or choose another --out"
                 ) from None
@@ -175,18 +175,6 @@ def _take_lock(run_dir: Path) -> None:
             f.write(str(os.getpid()))
         return
     raise PyroVAEError(f"could not lock {run_dir}")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def release(run_dir: Path) -> None:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import ConfigError, Interrupted, PyroVAEError, SignalReceived
-from .utils import take_pending_signal
+from .utils import process_alive, take_pending_signal
 
 KINDS = ("log", "float", "int", "choice")
 SPEC_HELP = "log:LOW:HIGH | float:LOW:HIGH | int:LOW:HIGH | choice:A,B,C"
@@ -136,16 +136,6 @@ def _storage(folder: Path):
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _fail_orphans(study) -> List[int]:
     """Trials left running by a process of this machine that is gone: marked failed."""
     import optuna
@@ -153,7 +143,7 @@ def _fail_orphans(study) -> List[int]:
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if host == socket.gethostname() and pid is not None and not _alive(int(pid)):
+        if host == socket.gethostname() and pid is not None and not process_alive(int(pid)):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             failed.append(t.number)
     return failed

@@ -136,6 +136,19 @@ def save_tensors(obj, path, hint: str = "") -> None:
         raise PyroVAEError(f"could not write {path}: {e.strerror or e}{'; ' + hint if hint else ''}") from None
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (this process counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def write_text(path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

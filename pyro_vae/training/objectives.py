@@ -96,7 +96,20 @@ class MonteCarloELBO(Trace_ELBO):
         return cls(num_particles=t.num_particles)
 
 
-class ImportanceWeightedELBO(RenyiELBO):
+class _FromDifferentiableLoss:
+    """``loss`` and ``loss_and_grads`` (what ``pyro.infer.SVI`` calls) from ``differentiable_loss``."""
+
+    def loss(self, model, guide, *args, **kwargs):
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return float(loss)
+
+
+class ImportanceWeightedELBO(_FromDifferentiableLoss, RenyiELBO):
     """The Renyi bound 1/(1-alpha) log 1/K sum_k w_k^(1-alpha) per row, scaled to the full data.
 
     ``differentiable_loss`` makes it a torch module like the other ELBOs (Pyro's ``RenyiELBO`` has only
@@ -150,15 +163,6 @@ class ImportanceWeightedELBO(RenyiELBO):
         bound = (torch.logsumexp(a * log_w, 0) - math.log(log_w.shape[0])) / a
         return -scale * bound.sum()
 
-    def loss(self, model, guide, *args, **kwargs):
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return float(loss)
-
 
 @OBJECTIVES.register("iwae")
 class IWAE(ImportanceWeightedELBO):
@@ -178,7 +182,7 @@ class Renyi(ImportanceWeightedELBO):
         return cls(alpha=float(t.renyi_alpha), num_particles=t.num_particles)
 
 
-class KLWeightedELBO(ELBO):
+class KLWeightedELBO(_FromDifferentiableLoss, ELBO):
     """recon + kl_weight * KL, or with ``gamma`` the capacity objective recon + gamma * |KL - N * capacity|.
 
     ``capacity`` (C, nats per row) is set before each step by the training plan's schedule. The KL of a
@@ -232,15 +236,6 @@ class KLWeightedELBO(ELBO):
         if self.gamma is None:
             return recon + self.kl_weight * kl
         return recon + self.gamma * torch.abs(kl - n * self.capacity)
-
-    def loss(self, model, guide, *args, **kwargs):
-        with torch.no_grad():
-            return float(self.differentiable_loss(model, guide, *args, **kwargs))
-
-    def loss_and_grads(self, model, guide, *args, **kwargs):
-        loss = self.differentiable_loss(model, guide, *args, **kwargs)
-        loss.backward()
-        return float(loss)
 
 
 def weights_kl(t) -> bool:

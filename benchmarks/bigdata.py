@@ -28,7 +28,6 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from memory import status_mb, write_array  # noqa: E402
+from memory import peak_anon, status_mb, write_array  # noqa: E402
 
 COMMON = ["trainer.progress_bar=false", "trainer.logger=none", "trainer.accelerator=cpu", "train.batch_size=128"]
 
@@ -64,20 +63,9 @@ def child(spec: str) -> None:
         end(self, trainer, module)
 
     metrics.on_train_epoch_start, metrics.on_train_epoch_end = on_start, on_end
-    peak = [base]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], status_mb("RssAnon"))
-            time.sleep(0.01)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    t0 = time.perf_counter()
-    r = pyro_vae.fit(None, save=False, overrides=overrides)
-    done.set()
-    t.join()
+    with peak_anon(base) as peak:
+        t0 = time.perf_counter()
+        r = pyro_vae.fit(None, save=False, overrides=overrides)
     print(
         json.dumps(
             {

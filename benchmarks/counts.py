@@ -167,7 +167,8 @@ def run_pyro(args, overrides):
     print("RESULT " + json.dumps(row))
 
 
-def _child(cmd, env=None):
+def run_child(cmd, env=None):
+    """Run a side of the benchmark in a fresh interpreter (one thread) and return its RESULT line."""
     env = dict(os.environ if env is None else env, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -218,12 +219,12 @@ def main():
     }
     pyro = None
     if args.only in (None, "pyro_vae"):
-        pyro = _child([sys.executable, __file__, "--side=pyro_vae", f"--data={data}", *common, *overrides])
+        pyro = run_child([sys.executable, __file__, "--side=pyro_vae", f"--data={data}", *common, *overrides])
         entry["pyro_vae"] = {k: v for k, v in pyro.items() if not k.endswith("_rows")}
         print({k: v for k, v in entry["pyro_vae"].items() if k != "setting"}, flush=True)
     if args.only in (None, "scvi"):
         if pyro is None:  # the split of the last pyro_vae run of this variant is not stored: redo it
-            pyro = _child(
+            pyro = run_child(
                 [
                     sys.executable,
                     __file__,
@@ -235,7 +236,7 @@ def main():
                 ]
             )
         np.savez(data, x=x, y=y, train_rows=np.array(pyro["train_rows"]), test_rows=np.array(pyro["test_rows"]))
-        scvi = _child(
+        scvi = run_child(
             [
                 args.scvi_python,
                 str(HERE / "counts_scvi.py"),

@@ -28,7 +28,6 @@ scvi-tools runs from its own environment (--scvi-python, default $SCVI_PYTHON or
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +40,7 @@ ROOT = HERE.parent
 OUT = HERE / "cvae.json"
 sys.path.insert(0, str(HERE))
 
-from counts import PYRO_SETTING, make_counts, peak_rss_mb  # noqa: E402
+from counts import PYRO_SETTING, make_counts, peak_rss_mb, run_child  # noqa: E402
 
 KINDS = {"vae": ["model=vae"], "cvae": ["model=cvae", "data.batch_key=batch"]}
 
@@ -126,16 +125,6 @@ def cpu_name():
         return "unknown"
 
 
-def _child(cmd):
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-        raise SystemExit(f"{cmd[1]} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len("RESULT ") :])
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=50)
@@ -173,7 +162,7 @@ def main():
     kinds = list(KINDS) if args.only in (None, "pyro_vae") else ["vae"]
     for kind in kinds:
         codes = tmp / f"{kind}.npz"
-        run = _child([sys.executable, __file__, f"--side={kind}", f"--data={data}", f"--codes={codes}", *common])
+        run = run_child([sys.executable, __file__, f"--side={kind}", f"--data={data}", f"--codes={codes}", *common])
         c = np.load(codes)
         rows = c["train_rows"], c["test_rows"]
         if args.only != "scvi":
@@ -187,7 +176,7 @@ def main():
             for name, extra in (("scvi", []), ("scvi_kl_warmup_off", ["--no-kl-warmup"])):
                 codes = tmp / f"{name}.npz"
                 script = [args.scvi_python, str(HERE / "cvae_scvi.py"), f"--data={data}", f"--codes={codes}"]
-                run = _child(script + common + extra)
+                run = run_child(script + common + extra)
                 record["runs"][name] = {**run, **scores(np.load(codes), y, batch)}
                 print(name, {k: v for k, v in record["runs"][name].items() if k != "setting"}, flush=True)
     record["machine"] = {"cpu": cpu_name(), "threads": 1, "cores": os.cpu_count()}

@@ -16,6 +16,7 @@ Each run adds (or replaces) one labelled entry of ``benchmarks/memory.json`` (``
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -50,6 +51,26 @@ def status_mb(key: str) -> float:
     return float("nan")
 
 
+@contextlib.contextmanager
+def peak_anon(base: float):
+    """A one-item list holding the highest RssAnon (MB) seen every 10 ms while the block runs."""
+    peak = [base]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], status_mb("RssAnon"))
+            time.sleep(0.01)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    try:
+        yield peak
+    finally:
+        done.set()
+        t.join()
+
+
 def write_array(path: Path, rows: int, seed: int = 0, chunk: int = 50_000) -> None:
     rng = np.random.default_rng(seed)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, COLUMNS))
@@ -68,21 +89,10 @@ def child(path: str, extra) -> None:
 
     torch.set_num_threads(1)
     base = status_mb("RssAnon")
-    peak = [base]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], status_mb("RssAnon"))
-            time.sleep(0.01)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    t0 = time.perf_counter()
-    r = pyro_vae.fit(None, save=False, overrides=["data=array", f"data.path={path}", *TRAIN, *extra])
-    seconds = time.perf_counter() - t0
-    done.set()
-    t.join()
+    with peak_anon(base) as peak:
+        t0 = time.perf_counter()
+        r = pyro_vae.fit(None, save=False, overrides=["data=array", f"data.path={path}", *TRAIN, *extra])
+        seconds = time.perf_counter() - t0
     peak[0] = max(peak[0], status_mb("RssAnon"))
     print(
         json.dumps(

@@ -137,10 +137,69 @@ class NpyFile:
         return crc
 
 
-class NpyRows:
-    """Rows ``index`` of an :class:`NpyFile` (all rows in file order when None), read on demand."""
+class MemoryArray:
+    """A 2-D array held in memory in its own dtype (e.g. uint8 pixels, 1 byte a value), read like an
+    :class:`NpyFile`: rows gathered by index and converted to float32 one batch at a time."""
 
-    on_disk = True
+    on_disk = False
+    offset = 0
+
+    def __init__(self, array: np.ndarray, where: str = "memory"):
+        self.array = np.ascontiguousarray(array).reshape(len(array), -1)
+        self.path = Path(where)
+        self.rows, self.cols = (int(v) for v in self.array.shape)
+        self.dtype = self.array.dtype
+        self.row_bytes = self.cols * self.dtype.itemsize
+        self.nbytes = self.array.nbytes
+
+    def check_size(self) -> None:
+        """Nothing to check: the rows are in memory."""
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols), or into ``out``."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.cols), dtype=np.float32) if out is None else out
+        out[...] = self.array[rows]
+        return out
+
+    def fingerprint(self) -> int:
+        """CRC-32 of the shape, dtype and every value."""
+        crc = zlib.crc32(f"{self.rows}x{self.cols}:{self.dtype.str}".encode())
+        for a, b in _bounds(self.rows, max(1, (64 << 20) // max(1, self.row_bytes))):
+            crc = zlib.crc32(self.array[a:b], crc)
+        return crc
+
+
+class DividedFile:
+    """The rows of ``file`` (an :class:`NpyFile` or :class:`MemoryArray`) divided by ``divisor`` as they are
+    read: pixel levels 0..L-1 given as [0,1] (divisor L-1) without a float copy of the array."""
+
+    def __init__(self, file, divisor: float):
+        self.file, self.divisor = file, float(divisor)
+
+    def __getattr__(self, name):  # shape, dtype, path, on_disk, ... are the file's
+        if name in ("file", "divisor"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.file, name)
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        out = self.file.read_rows(rows, out)
+        out /= np.float32(self.divisor)
+        return out
+
+    def fingerprint(self) -> int:
+        return zlib.crc32(f"/{self.divisor}".encode(), self.file.fingerprint())
+
+
+def divided(rows: "NpyRows", divisor: float) -> "NpyRows":
+    """The same rows read divided by ``divisor`` (see :class:`DividedFile`)."""
+    return NpyRows(DividedFile(rows.file, divisor), rows.index)
+
+
+class NpyRows:
+    """Rows ``index`` of an :class:`NpyFile` (all rows in file order when None), read on demand; the
+    file may also be a :class:`MemoryArray` (rows in memory, read by index the same way)."""
+
     CHUNK_ROWS = 8192  # rows per read when walking all rows (checks, statistics, materialising)
 
     def __init__(self, file: NpyFile, index: Optional[torch.Tensor] = None, cache=None):
@@ -154,6 +213,11 @@ class NpyRows:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the rows are read from a file (else from an array in memory)."""
+        return getattr(self.file, "on_disk", True)
 
     def __repr__(self) -> str:
         return f"NpyRows({self.shape[0]} x {self.shape[1]} of {self.file.path})"

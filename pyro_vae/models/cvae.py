@@ -250,13 +250,15 @@ class CVAE(LatentVariableModel):
 
     def inputs(self, split):
         """The rows the engine passes to this model: the split's data columns followed by its
-        design (dense or sparse like ``split.x``). Rows that already carry it are returned as they are."""
+        design (dense or sparse like ``split.x``; rows read by index, e.g. uint8 pixels, as float32 in memory).
+        Rows that already carry it are returned as they are."""
         if split.x.shape[1] == self.data_dim + self.cond_dim and split.x.shape[1] != self.data_dim:
             return split.x
         c = self.split_design(split)
         if is_sparse(split.x):
             return append_columns(split.x, c)
-        return torch.cat([split.x, c.to(split.x.dtype)], 1)
+        x = split.x.to_memory() if callable(getattr(split.x, "to_memory", None)) else split.x  # rows read by index
+        return torch.cat([x, c.to(x.dtype)], 1)
 
     def _inputs(self, x: torch.Tensor, covariates=None) -> Tuple[torch.Tensor, torch.Tensor]:
         """(data columns, design) of ``x``: conditioned rows, or data rows with ``covariates``."""

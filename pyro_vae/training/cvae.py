@@ -44,7 +44,7 @@ class CVAEPlan(ELBOPlan):
 
     def check_data(self, data):
         m = self.model
-        if any(isinstance(s.x, NpyRows) for _, s in data.splits()):
+        if any(isinstance(s.x, NpyRows) and s.x.on_disk for _, s in data.splits()):
             raise DataError(
                 "model=cvae carries each row's covariates beside it in memory; rows streamed from disk are not "
                 "supported yet: set data.storage=memory"

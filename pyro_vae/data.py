@@ -261,15 +261,34 @@ class StorageConfig(SplitConfig):
 
 @dataclass
 class ArrayConfig(StorageConfig):
+    """Continuous covariates of the rows (``model=cvae`` conditions on them) come from a second file,
+    ``data.covariates_path``, row i of it for row i of ``data.path``, as labels come from ``labels_path``:
+    a ``.csv`` whose header names its columns (``data.covariate_keys`` picks some of them), or a ``.npy``
+    (N,) or (N, K) whose columns ``data.covariate_keys`` names (else ``covariate_0``, ``covariate_1``, ...).
+    Those names are the keys of ``sample --condition KEY=VALUE`` and the columns ``encode`` writes."""
+
     path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
     labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
     label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+    covariates_path: Optional[str] = option(
+        None, "continuous covariates in a separate .npy/.csv, one row per data row (model=cvae conditions on them)"
+    )
+    covariate_keys: List[str] = option(
+        help="with data.covariates_path: the csv columns to use (header names), or the names of a .npy's columns; "
+        "empty = every column (the csv header's names, else covariate_0, covariate_1, ...)",
+        factory=list,
+    )
 
     @staticmethod
     def check(c) -> None:
         StorageConfig.check(c)
         if not c.path:
             raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
+        if c.get("covariate_keys") and not c.get("covariates_path"):
+            raise ConfigError(
+                "data.covariate_keys on data=array names the columns of data.covariates_path=FILE (.npy or .csv); "
+                "give that file"
+            )
 
 
 @dataclass
@@ -574,6 +593,53 @@ def load_array(cfg, lazy: bool = False) -> Tuple[torch.Tensor, Optional[torch.Te
     return xt, yt, rows
 
 
+def covariates_from_file(cfg, n: int) -> Tuple[torch.Tensor, List[str]]:
+    """(the (n, K) float32 covariates of ``data.covariates_path``, their names): see :class:`ArrayConfig`."""
+    path = Path(cfg.covariates_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.covariates_path {path} does not exist")
+    header = None
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix == ".csv":
+            values, header, _ = _read_csv(path)
+        else:
+            raise DataError(f"data.covariates_path {path}: unsupported file type {path.suffix!r}; use .npy or .csv")
+    except (OSError, ValueError) as e:
+        raise DataError(f"could not read {path}: {first_line(e)}") from None
+    if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
+        raise DataError(f"{path} must hold numbers, found dtype {values.dtype}")
+    values = np.asarray(values, dtype=np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    if values.ndim != 2 or values.shape[0] != n:
+        raise DataError(
+            f"{path} holds covariates of shape {values.shape} for {n} data rows; give one row of covariates per data row"
+        )
+    keys = [str(k) for k in (cfg.get("covariate_keys") or [])]
+    if header is not None:
+        missing = [k for k in keys if k not in header]
+        if missing:
+            raise DataError(
+                f"{path} has no column {missing[0]!r} for data.covariate_keys (columns: {', '.join(header)})"
+            )
+        keys = keys or list(header)
+        values = values[:, [header.index(k) for k in keys]]
+    elif keys and len(keys) != values.shape[1]:
+        raise DataError(f"data.covariate_keys names {len(keys)} columns but {path} has {values.shape[1]}")
+    keys = keys or [f"covariate_{j}" for j in range(values.shape[1])]
+    if len(set(keys)) != len(keys):
+        raise DataError(f"the covariates of {path} repeat a name ({', '.join(keys)}); give each column its own")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        j = int(bad.any(0).nonzero()[0][0])
+        raise DataError(
+            f"{path} column {keys[j]!r} has {int(bad[:, j].sum())} missing or NaN/inf values "
+            f"(first: row {int(bad[:, j].nonzero()[0][0])}); every row needs a value"
+        )
+    return torch.from_numpy(values.astype(np.float32)), keys
+
+
 def _open_npy(path: Path):
     """A .npy of numbers in C order as :class:`NpyRows` (nothing read but the header); any other
     .npy (Fortran order, ...) read whole by ``np.load``."""
@@ -865,7 +931,8 @@ class ArrayFile(DataSource):
         if x.shape[0] < 2:
             raise DataError(f"{cfg.path} has {x.shape[0]} rows; need at least 2 to split train/test")
         tr, te = _random_split(len(x), cfg.test_fraction, generator)
-        full = Split(x, y, rows)
+        covariates, keys = covariates_from_file(cfg, x.shape[0]) if cfg.get("covariates_path") else (None, None)
+        full = Split(x, y, rows, None, covariates, keys)
         return Loaded(full.subset(tr), full.subset(te))  # a .npy: row numbers only, placed by load_data
 
 

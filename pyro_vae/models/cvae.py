@@ -84,8 +84,8 @@ def resolve_conditions(conditions, info: DataInfo) -> List[str]:
     conditions = list(conditions)
     if not conditions:
         raise ConfigError(
-            "model=cvae needs covariates: set data.batch_key / data.covariate_keys (AnnData obs columns) "
-            "or give labels (model.conditions=[label])"
+            "model=cvae needs covariates: set data.batch_key / data.covariate_keys (AnnData obs columns), "
+            "data.covariates_path (data=array) or give labels (model.conditions=[label])"
         )
     for name in conditions:
         if name == "label" and not info.num_classes:

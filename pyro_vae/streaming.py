@@ -291,6 +291,63 @@ class NpyRows:
         return zlib.crc32(str(tuple(self.shape)).encode(), crc)
 
 
+class AppendedRows:
+    """Rows read by index (:class:`NpyRows`, in memory or on disk) with columns held in memory appended:
+    ``dense(idx)`` is ``cat([rows.dense(idx), columns[idx]], 1)`` (a conditional model's design after
+    each row). Subsets, chunked reads and the chunk cache are the rows' own, the columns following."""
+
+    def __init__(self, rows: NpyRows, columns: torch.Tensor):
+        self.rows, self.columns = rows, columns.float()
+        self.shape = torch.Size((rows.shape[0], rows.shape[1] + columns.shape[1]))
+
+    dtype, device = NpyRows.dtype, NpyRows.device
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"AppendedRows({self.rows!r} + {self.columns.shape[1]} columns)"
+
+    @property
+    def on_disk(self) -> bool:
+        return self.rows.on_disk
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.columns.numel() * 4
+
+    def __getitem__(self, idx) -> "AppendedRows":
+        idx = _as_index(idx, len(self))
+        return AppendedRows(self.rows[idx], self.columns[idx])
+
+    def dense(self, idx=None) -> torch.Tensor:
+        columns = self.columns if idx is None else self.columns[_as_index(idx, len(self))]
+        return torch.cat([self.rows.dense(idx), columns], 1)
+
+    def to_memory(self) -> torch.Tensor:
+        return torch.cat([self.rows.to_memory(), self.columns], 1)
+
+    def chunks(self, rows: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for pos, chunk in self.rows.chunks(rows):
+            yield pos, torch.cat([chunk, self.columns[pos]], 1)
+
+    def file_order(self) -> torch.Tensor:
+        return self.rows.file_order()
+
+    def file_rows(self, idx=None) -> np.ndarray:
+        return self.rows.file_rows(idx)
+
+    def chunk_cache(self, chunk_rows: int, capacity: int) -> "AppendedRows":
+        return AppendedRows(self.rows.chunk_cache(chunk_rows, capacity), self.columns)
+
+    def to(self, device) -> "AppendedRows":
+        self.rows.to(device)
+        return self
+
+    def fingerprint(self) -> int:
+        return zlib.crc32(self.columns.contiguous().numpy().tobytes(), self.rows.fingerprint())
+
+
 class ChunkCache:
     """Reads for :meth:`NpyRows.chunk_cache`: a row asked for brings its whole chunk in (one run of the
     file) into one of ``capacity`` slots of a preallocated slab, the least recently used slot given up;

@@ -239,12 +239,26 @@ def test_list_names_the_cvae(capsys):
     assert "cvae" in capsys.readouterr().out
 
 
-def test_rows_streamed_from_disk_are_refused_in_one_line(tmp_path):
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((200, 5), dtype=np.float32))
-    np.save(tmp_path / "y.npy", np.arange(200) % 2)
-    overrides = [f"data.path={tmp_path / 'x.npy'}", f"data.labels_path={tmp_path / 'y.npy'}", "data.storage=disk"]
-    with pytest.raises(DataError, match="data.storage=memory"):
-        pyro_vae.fit(None, overrides=["model=cvae", "data=array", "train.epochs=1", *overrides], save=False)
+def test_rows_streamed_from_disk_train_as_rows_in_memory(tmp_path):
+    """The design rides beside rows read by index (AppendedRows): from disk with the exact shuffle the
+    run is the in-memory one; in chunks it trains too."""
+    _dose_data(tmp_path, n=300)
+    np.save(tmp_path / "y.npy", np.arange(300) % 2)
+    data = ["data=array", f"data.path={tmp_path / 'x.npy'}", f"data.covariates_path={tmp_path / 'cov.csv'}"]
+    keys = ["model=cvae", *data, f"data.labels_path={tmp_path / 'y.npy'}", "likelihood=gaussian", *NET]
+    keys += ["model.conditions=[label,covariates]", "data.validation=30", "train.epochs=2"]
+
+    def fit(*extra):
+        torch.set_num_threads(1)
+        return pyro_vae.fit(None, overrides=[*keys, *extra], save=False)
+
+    memory, disk = fit("data.storage=memory"), fit("data.storage=disk", "data.shuffle=exact")
+    assert disk.data.train.x.on_disk and isinstance(memory.data.train.x, torch.Tensor)
+    assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]
+    assert memory.metrics["test_loss"] == pytest.approx(disk.metrics["test_loss"], rel=1e-6)
+    assert torch.equal(disk.data.test.x.dense(), memory.data.test.x)  # each row's design after it
+    chunks = fit("data.storage=disk", "data.chunk_rows=16", "data.shuffle_buffer=64")
+    assert chunks.data.stream == {"chunk_rows": 16, "buffer_rows": 64} and np.isfinite(chunks.metrics["test_loss"])
 
 
 def _dose_data(tmp_path, n=800, seed=0):

@@ -162,3 +162,12 @@ def test_storage_keys_on_image_folders(folder, caplog, monkeypatch):
     with caplog.at_level("INFO", logger="pyro_vae"):
         d = _data(folder)
     assert d.train.x.on_disk and "uint8 rows streamed from disk (data.storage=auto)" in caplog.text
+
+
+def test_a_class_conditional_vae_keeps_the_pixels_uint8_in_memory_or_on_disk(folder):
+    memory = _fit(folder, "model=cvae", "data.storage=memory", "data.validation=10")
+    disk = _fit(folder, "model=cvae", "data.storage=disk", "data.shuffle=exact", "data.validation=10")
+    assert memory.data.train.x.rows.file.dtype == np.uint8 and not memory.data.train.x.on_disk
+    assert disk.data.train.x.on_disk and memory.data.train.x.shape[1] == 144 + 2  # the pixels, then the label
+    assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]
+    assert torch.equal(memory.data.test.x.dense(), disk.data.test.x.dense())

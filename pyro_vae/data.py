@@ -9,7 +9,8 @@ Built-in sources:
 * ``image_folder`` — ``data.root`` with one sub-folder of images per class (PNG, JPEG, ...),
   resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels. A test
   folder from ``data.test_root`` or ``root/{train,test}``; decoded in parallel and cached
-  (:mod:`pyro_vae.images`).
+  (:mod:`pyro_vae.images`). The pixels stay uint8, read by index (:class:`~pyro_vae.streaming.NpyRows`)
+  from memory or from the cache's file (``data.storage``), each batch made float32 as it is read.
 * ``anndata`` — an ``.h5ad`` file: ``data.layer`` (default .X), ``data.label_key`` and
   ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
@@ -17,6 +18,7 @@ Built-in sources:
   column), ``labels_path`` optional. A ``.npy`` is split by row numbers before any row is read;
   ``data.storage`` then reads each split into memory, or leaves it on disk
   (:class:`~pyro_vae.streaming.NpyRows`: read by index, trained on in shuffled chunks).
+  ``data.covariates_path``: continuous covariates for ``model=cvae`` (see :class:`ArrayConfig`).
 
 Sparse input (a sparse ``.npz``, scipy / torch sparse matrices given to ``pyro_vae.fit``)
 stays sparse: ``Split.x`` is then a :class:`~pyro_vae.sparse.SparseRows`, densified one

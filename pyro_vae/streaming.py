@@ -137,10 +137,69 @@ class NpyFile:
         return crc
 
 
-class NpyRows:
-    """Rows ``index`` of an :class:`NpyFile` (all rows in file order when None), read on demand."""
+class MemoryArray:
+    """A 2-D array held in memory in its own dtype (e.g. uint8 pixels, 1 byte a value), read like an
+    :class:`NpyFile`: rows gathered by index and converted to float32 one batch at a time."""
 
-    on_disk = True
+    on_disk = False
+    offset = 0
+
+    def __init__(self, array: np.ndarray, where: str = "memory"):
+        self.array = np.ascontiguousarray(array).reshape(len(array), -1)
+        self.path = Path(where)
+        self.rows, self.cols = (int(v) for v in self.array.shape)
+        self.dtype = self.array.dtype
+        self.row_bytes = self.cols * self.dtype.itemsize
+        self.nbytes = self.array.nbytes
+
+    def check_size(self) -> None:
+        """Nothing to check: the rows are in memory."""
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols), or into ``out``."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.cols), dtype=np.float32) if out is None else out
+        out[...] = self.array[rows]
+        return out
+
+    def fingerprint(self) -> int:
+        """CRC-32 of the shape, dtype and every value."""
+        crc = zlib.crc32(f"{self.rows}x{self.cols}:{self.dtype.str}".encode())
+        for a, b in _bounds(self.rows, max(1, (64 << 20) // max(1, self.row_bytes))):
+            crc = zlib.crc32(self.array[a:b], crc)
+        return crc
+
+
+class DividedFile:
+    """The rows of ``file`` (an :class:`NpyFile` or :class:`MemoryArray`) divided by ``divisor`` as they are
+    read: pixel levels 0..L-1 given as [0,1] (divisor L-1) without a float copy of the array."""
+
+    def __init__(self, file, divisor: float):
+        self.file, self.divisor = file, float(divisor)
+
+    def __getattr__(self, name):  # shape, dtype, path, on_disk, ... are the file's
+        if name in ("file", "divisor"):  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.file, name)
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        out = self.file.read_rows(rows, out)
+        out /= np.float32(self.divisor)
+        return out
+
+    def fingerprint(self) -> int:
+        return zlib.crc32(f"/{self.divisor}".encode(), self.file.fingerprint())
+
+
+def divided(rows: "NpyRows", divisor: float) -> "NpyRows":
+    """The same rows read divided by ``divisor`` (see :class:`DividedFile`)."""
+    return NpyRows(DividedFile(rows.file, divisor), rows.index)
+
+
+class NpyRows:
+    """Rows ``index`` of an :class:`NpyFile` (all rows in file order when None), read on demand; the
+    file may also be a :class:`MemoryArray` (rows in memory, read by index the same way)."""
+
     CHUNK_ROWS = 8192  # rows per read when walking all rows (checks, statistics, materialising)
 
     def __init__(self, file: NpyFile, index: Optional[torch.Tensor] = None, cache=None):
@@ -154,6 +213,11 @@ class NpyRows:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the rows are read from a file (else from an array in memory)."""
+        return getattr(self.file, "on_disk", True)
 
     def __repr__(self) -> str:
         return f"NpyRows({self.shape[0]} x {self.shape[1]} of {self.file.path})"
@@ -225,6 +289,63 @@ class NpyRows:
         if self.index is not None:
             crc = zlib.crc32(self.index.numpy().tobytes(), crc)
         return zlib.crc32(str(tuple(self.shape)).encode(), crc)
+
+
+class AppendedRows:
+    """Rows read by index (:class:`NpyRows`, in memory or on disk) with columns held in memory appended:
+    ``dense(idx)`` is ``cat([rows.dense(idx), columns[idx]], 1)`` (a conditional model's design after
+    each row). Subsets, chunked reads and the chunk cache are the rows' own, the columns following."""
+
+    def __init__(self, rows: NpyRows, columns: torch.Tensor):
+        self.rows, self.columns = rows, columns.float()
+        self.shape = torch.Size((rows.shape[0], rows.shape[1] + columns.shape[1]))
+
+    dtype, device = NpyRows.dtype, NpyRows.device
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"AppendedRows({self.rows!r} + {self.columns.shape[1]} columns)"
+
+    @property
+    def on_disk(self) -> bool:
+        return self.rows.on_disk
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.columns.numel() * 4
+
+    def __getitem__(self, idx) -> "AppendedRows":
+        idx = _as_index(idx, len(self))
+        return AppendedRows(self.rows[idx], self.columns[idx])
+
+    def dense(self, idx=None) -> torch.Tensor:
+        columns = self.columns if idx is None else self.columns[_as_index(idx, len(self))]
+        return torch.cat([self.rows.dense(idx), columns], 1)
+
+    def to_memory(self) -> torch.Tensor:
+        return torch.cat([self.rows.to_memory(), self.columns], 1)
+
+    def chunks(self, rows: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for pos, chunk in self.rows.chunks(rows):
+            yield pos, torch.cat([chunk, self.columns[pos]], 1)
+
+    def file_order(self) -> torch.Tensor:
+        return self.rows.file_order()
+
+    def file_rows(self, idx=None) -> np.ndarray:
+        return self.rows.file_rows(idx)
+
+    def chunk_cache(self, chunk_rows: int, capacity: int) -> "AppendedRows":
+        return AppendedRows(self.rows.chunk_cache(chunk_rows, capacity), self.columns)
+
+    def to(self, device) -> "AppendedRows":
+        self.rows.to(device)
+        return self
+
+    def fingerprint(self) -> int:
+        return zlib.crc32(self.columns.contiguous().numpy().tobytes(), self.rows.fingerprint())
 
 
 class ChunkCache:

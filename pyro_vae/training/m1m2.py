@@ -97,6 +97,7 @@ class M1M2Plan(TrainingPlan):
     """M1's ELBO for ``model.m1_epochs`` epochs, then M2's objective on M1's codes for ``train.epochs``."""
 
     selection = ("accuracy", "max")
+    compiles = True  # the first stage (M1's ELBO); the second runs M2's objective eagerly
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
@@ -107,7 +108,7 @@ class M1M2Plan(TrainingPlan):
                 "set train.early_stopping_patience=null"
             )
         self.objectives = [make_elbo(t)]
-        self.m1_loss = self.objectives[0](model.m1.model, model.m1.guide)
+        self.m1_loss = self.compiled(self.objectives[0](model.m1.model, model.m1.guide))
         self.m2_plan = SemiSupervisedPlan(model.m2, m2_plan_config(cfg))
         self.sampler = None  # of the training batches (train_dataloader): its epoch says the stage
 

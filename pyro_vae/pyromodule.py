@@ -144,7 +144,7 @@ class TracedProgram:
         return out
 
     def _key(self, args, module_tensors):
-        device = next((t.device.type for t in _flatten(args, [])), "cpu")
+        device = next((t.device.type for t in _flatten(args, [])), "cpu")  # autocast's device type
         autocast = _autocast(device)
         training = tuple(m.training for m in self.modules)
         return _signature(args), autocast, torch.is_grad_enabled(), training, tuple(map(id, module_tensors))
@@ -169,8 +169,13 @@ class TracedProgram:
                 for (obj, attr), value in zip(self.scalars, old):
                     setattr(obj, attr, value)
 
-        with pyro.validation_enabled(False), warnings.catch_warnings():
+        device = next((t.device.type for t in data), "cpu")
+        enabled, dtype = _autocast(device)
+        # autocast's cache of cast weights (filled by the run above) would enter the graph as constants
+        uncached = torch.autocast(device, dtype=dtype, cache_enabled=False) if enabled else contextlib.nullcontext()
+        with pyro.validation_enabled(False), warnings.catch_warnings(), uncached:
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", message=".*torch.jit.trace. is deprecated", category=FutureWarning)
             graph = torch.jit.trace(replay, tuple(params + data + self._scalar_inputs()), check_trace=False)
         return graph, params
 

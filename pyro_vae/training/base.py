@@ -95,6 +95,11 @@ class TrainingPlan(abc.ABC):
     def __init__(self, model: LatentVariableModel, cfg):
         self.model, self.cfg = model, cfg
         self.objectives = []  # the ELBOs of the loss (make_elbo's): the KL schedule sets their capacity
+        if getattr(cfg.train, "compile", "none") == "jit" and not self.compiles:
+            raise ConfigError(
+                f"train.compile=jit: model={type(model).registry_name} has no compiled training step; "
+                "use train.compile=auto or none"
+            )
 
     # ---- data ----------------------------------------------------------------
     def check_data(self, data) -> None:
@@ -143,13 +148,8 @@ class TrainingPlan(abc.ABC):
         :class:`~pyro_vae.pyromodule.TracedProgram`: recorded by ``torch.jit.trace`` once per batch shape
         and replayed, with the warm-up factor ``model.beta`` and the capacity C(t) read at every step."""
         mode = getattr(self.cfg.train, "compile", "none")
-        if mode == "none" or (mode == "auto" and not self.compiles):
+        if mode == "none" or not self.compiles:
             return loss
-        if not self.compiles:
-            raise ConfigError(
-                f"train.compile=jit: model={type(self.model).registry_name} has no compiled training step; "
-                "use train.compile=auto or none"
-            )
         scalars = [(self.model, "beta")] + [(o, "capacity") for o in self.objectives if isinstance(o, KLWeightedELBO)]
         return TracedProgram(loss, modules=[self.model], scalars=scalars)
 

@@ -56,6 +56,8 @@ def m2_plan_config(cfg):
         aux_loss_multiplier=float(cfg.model.aux_loss_multiplier),
     )
     train = dict(OmegaConf.to_container(cfg.train), kl_weight=1.0, capacity_max=None, capacity_epochs=None)
+    if train.get("compile") == "jit":  # M2's objective has no compiled step: the first stage alone compiles
+        train["compile"] = "auto"
     if train["elbo"] not in ("trace", "meanfield"):
         train["elbo"] = "meanfield"
     return OmegaConf.merge(m2_model_config(cfg), {"model": objective, "train": train})

@@ -10,13 +10,16 @@ measures, in one run on the same machine, what bounds that ratio from above:
              matplotlib and torchvision.models)
   steps      milliseconds per training step (batch 256, real Fashion-MNIST rows, fused Adam,
              median of --repeats rounds of --steps steps, the variants interleaved) of
-               pyro      this project's loss: Pyro's Trace_ELBO on the VAE's model and guide
+               pyro      Pyro's Trace_ELBO on the VAE's model and guide, run eagerly (train.compile=none)
+               pyro jit  the same loss recorded by torch.jit.trace and replayed (train.compile=jit,
+                         pyro_vae.pyromodule.TracedProgram: Pyro's ELBO semantics, the same draws)
                torch     the same networks and the same estimator written as plain torch
                          (reparameterised z, Bernoulli log-likelihood, Monte-Carlo KL): the
                          eager floor with no probabilistic-programming layer at all
              in float32 and, where oneDNN has native bf16 kernels, under bf16 autocast
   compile    torch.compile of the Pyro loss module (the first step's seconds: the compile, with
-             an empty compile cache; then ms per step), and whether Pyro's JitTrace_ELBO runs
+             an empty compile cache; then ms per step), whether Pyro's JitTrace_ELBO runs, and
+             the seconds of train.compile=jit's first step (run, record, replay)
   M2 convs   ms per training step of M2 with its defaults (its q(y|x) is convolutional) under
              bf16 autocast with the convolutions in float32 and in bf16 (native bf16 CPUs only)
   jobs       `pyro-vae train examples/configs/fashion_vae.yaml` and Pyro's examples/vae/vae.py,
@@ -83,7 +86,7 @@ def build(root):
     from pyro_vae.train import build_model
     from pyro_vae.training import plan_for
 
-    cfg = load_config(str(H.REPO / "examples/configs/fashion_vae.yaml"), [f"data.root={root}"])
+    cfg = load_config(str(H.REPO / "examples/configs/fashion_vae.yaml"), [f"data.root={root}", "train.compile=jit"])
     x = load_data(cfg).train.x[:BATCH].clone()
     model = build_model(cfg, DataInfo(784, (1, 28, 28), 10, ROWS))
     model.num_data = ROWS
@@ -129,7 +132,7 @@ def step_ms(torch, params, loss, x, bf16, steps):
 
 
 def step_times(torch, model, plan, x, bf16_ok, steps, repeats):
-    variants = {"pyro": plan.loss, "torch": torch_loss(model, torch)}
+    variants = {"pyro": plan.loss_module, "pyro jit": plan.step_loss, "torch": torch_loss(model, torch)}
     precisions = ["float32"] + (["bf16-mixed"] if bf16_ok else [])
     runs = {f"{v} {p}": [] for p in precisions for v in variants}
     params = list(model.parameters())
@@ -141,6 +144,7 @@ def step_times(torch, model, plan, x, bf16_ok, steps, repeats):
     return {
         k: {
             "ms_per_step": round(statistics.median(ms), 3),
+            "vs_torch": round(statistics.median(ms) / statistics.median(runs["torch " + k.split()[-1]]), 3),
             "rounds": [round(m, 3) for m in ms],
             "gflops": round(GFLOP_PER_STEP / (statistics.median(ms) / 1000), 1),
         }
@@ -211,6 +215,19 @@ def compiled(torch, plan, x, steps):
     return {"first_step_seconds": round(first, 1), "ms_per_step": round(ms, 3)}
 
 
+def jit_first_step(torch, plan, x):
+    """Seconds of train.compile=jit's first step on a new batch shape: a run that finds the parameters,
+    the recording by torch.jit.trace, and the first replay (forward and backward)."""
+    from pyro_vae.pyromodule import TracedProgram
+
+    fresh = TracedProgram(plan.step_loss.fn, plan.step_loss.modules, plan.step_loss.scalars)
+    t = time.perf_counter()
+    fresh(x).backward()
+    first = time.perf_counter() - t
+    H.log(f"train.compile=jit: first step {first:.2f} s")
+    return {"first_step_seconds": round(first, 3)}
+
+
 def jit_elbo(torch, model, x):
     """Whether Pyro's JitTrace_ELBO runs on the model (PyroModule parameters)."""
     from pyro.infer import JitTrace_ELBO
@@ -279,6 +296,7 @@ def main(argv=None):
     for k, s in steps.items():
         s["percent_of_peak"] = round(100 * s["gflops"] / peak["bfloat16" if "bf16" in k else "float32"], 1)
     jit = jit_elbo(torch, model, x)
+    ours_jit = jit_first_step(torch, plan, x)
     comp = compiled(torch, plan, x, args.steps)
     m2 = m2_conv_precision(torch, args.root, args.steps, args.repeats) if bf16 else None
 
@@ -314,6 +332,7 @@ def main(argv=None):
         "m2_step_ms": m2,
         "torch_compile": comp,
         "jit_trace_elbo": jit,
+        "compile_jit": ours_jit,
         "ours": ours,
         "peer": peer,
         "bound": bound,

@@ -151,9 +151,9 @@ def test_m2_has_no_compiled_step_jit_is_one_line_and_auto_runs_it_eagerly():
 
 def test_m1m2_compiles_its_first_stage():
     plan, data = _plan(["model=m1m2", "data.labels=50"])
-    assert isinstance(plan.m1_loss, TracedProgram)
+    assert isinstance(plan.m1_step, TracedProgram)
     x = data.train.x[:32]
-    eager = plan.objectives[0](plan.model.m1.model, plan.model.m1.guide)
+    eager = plan.m1_loss
     for seed in (1, 2):
         torch.manual_seed(seed)
         a = eager(x).item()

@@ -110,7 +110,8 @@ class M1M2Plan(TrainingPlan):
                 "set train.early_stopping_patience=null"
             )
         self.objectives = [make_elbo(t)]
-        self.m1_loss = self.compiled(self.objectives[0](model.m1.model, model.m1.guide))
+        self.m1_loss = self.objectives[0](model.m1.model, model.m1.guide)
+        self.m1_step = self.compiled(self.m1_loss)  # as train.compile says
         self.m2_plan = SemiSupervisedPlan(model.m2, m2_plan_config(cfg))
         self.sampler = None  # of the training batches (train_dataloader): its epoch says the stage
 
@@ -159,7 +160,7 @@ class M1M2Plan(TrainingPlan):
 
     def m1_stage_loss(self, batch):
         """The first stage: M1's -ELBO on a batch ``(x, y)`` of all rows (y unused)."""
-        return self.m1_loss(batch[0])
+        return self.m1_step(batch[0])
 
     def m2_stage_loss(self, batch):
         """The second stage: M2's objective on M1's code means of a semi-supervised batch

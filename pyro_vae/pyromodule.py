@@ -6,6 +6,9 @@ priors, likelihoods and models always use the second, so two models in one proce
 parameters by name; but importing it changes nothing: the mode is entered for the duration of
 each call (:class:`LocalPyroModule.__call__` and :func:`pyro_program`) and left on return, and
 Pyro programs of the user's own keep the mode the user chose.
+
+:class:`TracedProgram` compiles a function of such programs (an ELBO's loss) with ``torch.jit.trace``,
+which Pyro's own JIT (``JitTrace_ELBO``) cannot do for module-local parameters.
 """
 
 import contextlib
@@ -75,6 +78,21 @@ def _autocast(device: str):
         if device == "cpu":
             return torch.is_autocast_cpu_enabled(), torch.get_autocast_cpu_dtype()
         return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
+
+
+@contextlib.contextmanager
+def _recorded_casts():
+    """Replay a graph with the casts it holds alone: one recorded under autocast holds autocast's casts,
+    which TorchScript's own autocast pass would insert again at every replay (extra work per step)."""
+    set_mode = getattr(torch._C, "_jit_set_autocast_mode", None)
+    if set_mode is None:
+        yield
+        return
+    old = set_mode(False)
+    try:
+        yield
+    finally:
+        set_mode(old)
 
 
 def _signature(value):
@@ -190,4 +208,5 @@ class TracedProgram:
             with torch.random.fork_rng(devices=devices):  # recording leaves the caller's random stream as it was
                 self.graphs[key] = self._record(args, module_tensors)
         graph, params = self.graphs[key]
-        return graph(*params, *_flatten(args, []), *self._scalar_inputs())
+        with _recorded_casts():
+            return graph(*params, *_flatten(args, []), *self._scalar_inputs())

@@ -80,21 +80,6 @@ def _autocast(device: str):
         return torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype()
 
 
-@contextlib.contextmanager
-def _recorded_casts():
-    """Replay a graph with the casts it holds alone: one recorded under autocast holds autocast's casts,
-    which TorchScript's own autocast pass would insert again at every replay (extra work per step)."""
-    set_mode = getattr(torch._C, "_jit_set_autocast_mode", None)
-    if set_mode is None:
-        yield
-        return
-    old = set_mode(False)
-    try:
-        yield
-    finally:
-        set_mode(old)
-
-
 def _signature(value):
     """What a traced graph is specialised to in one argument: a tensor's shape, dtype and device, else the value."""
     if isinstance(value, torch.Tensor):
@@ -132,7 +117,8 @@ def _rebuild(value, tensors):
 
 class TracedProgram:
     """``fn(*args)``, a function that runs Pyro programs and returns a tensor (an ELBO's loss), compiled by
-    ``torch.jit.trace`` once per input signature and then replayed as one TorchScript graph.
+    ``torch.jit.trace`` once per input signature and then replayed: the tensor operations it recorded,
+    run one after another without Pyro's Python work (its handlers, traces and sites).
 
     Pyro's own ``pyro.ops.jit.trace`` (behind ``JitTrace_ELBO``) finds the parameters by their names in the
     global parameter store, where module-local ``PyroModule`` parameters never are (``KeyError``). Here
@@ -208,5 +194,7 @@ class TracedProgram:
             with torch.random.fork_rng(devices=devices):  # recording leaves the caller's random stream as it was
                 self.graphs[key] = self._record(args, module_tensors)
         graph, params = self.graphs[key]
-        with _recorded_casts():
+        # the recorded operations one by one, each with its own autograd as in an eager step (autocast's
+        # casts as recorded): no TorchScript graph optimisation, whose autodiff and autocast pass differ
+        with torch.jit.optimized_execution(False):
             return graph(*params, *_flatten(args, []), *self._scalar_inputs())

@@ -125,26 +125,31 @@ def step_ms(torch, params, loss, x, bf16, steps):
 
     for _ in range(5):
         step()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t) / steps * 1000
+    return (time.perf_counter() - t) / steps * 1000, (time.process_time() - cpu) / steps * 1000
 
 
 def step_times(torch, model, plan, x, bf16_ok, steps, repeats):
     variants = {"pyro": plan.loss_module, "pyro jit": plan.step_loss, "torch": torch_loss(model, torch)}
     precisions = ["float32"] + (["bf16-mixed"] if bf16_ok else [])
     runs = {f"{v} {p}": [] for p in precisions for v in variants}
+    cpu = {k: [] for k in runs}  # the process's CPU ms per step: less moved by other work on the machine
     params = list(model.parameters())
     for r in range(repeats):
         for p in precisions:
             for v, fn in variants.items():
-                runs[f"{v} {p}"].append(step_ms(torch, params, fn, x, p != "float32", steps))
+                wall, used = step_ms(torch, params, fn, x, p != "float32", steps)
+                runs[f"{v} {p}"].append(wall)
+                cpu[f"{v} {p}"].append(used)
         H.log(f"steps, round {r + 1}/{repeats}: " + ", ".join(f"{k} {ms[-1]:.2f} ms" for k, ms in runs.items()))
     return {
         k: {
             "ms_per_step": round(statistics.median(ms), 3),
             "vs_torch": round(statistics.median(ms) / statistics.median(runs["torch " + k.split()[-1]]), 3),
+            "cpu_ms_per_step": round(statistics.median(cpu[k]), 3),
+            "cpu_vs_torch": round(statistics.median(cpu[k]) / statistics.median(cpu["torch " + k.split()[-1]]), 3),
             "rounds": [round(m, 3) for m in ms],
             "gflops": round(GFLOP_PER_STEP / (statistics.median(ms) / 1000), 1),
         }
@@ -175,7 +180,9 @@ def m2_conv_precision(torch, root, steps, repeats):
         for _ in range(repeats):
             for k in times:
                 networks.cpu_has_native_bf16 = lambda k=k: k.startswith("bf16")
-                times[k].append(step_ms(torch, list(model.parameters()), plan.loss, batch, True, max(10, steps // 5)))
+                times[k].append(
+                    step_ms(torch, list(model.parameters()), plan.loss, batch, True, max(10, steps // 5))[0]
+                )
     finally:
         networks.cpu_has_native_bf16 = native
     H.log("M2 step: " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in times.items()))
@@ -279,6 +286,7 @@ def main(argv=None):
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache.name  # a cold compile, as a user's first run
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     mach = H.machine(args.threads)
+    load_start = os.getloadavg()[0]  # the machine's 1-minute load: other work timed beside this run
     try:
         ours, peer = (None, None) if args.no_peer else run_jobs(args, bool(mach["cpu_native_bf16"]))
     except H.BenchError as e:
@@ -337,6 +345,7 @@ def main(argv=None):
         "peer": peer,
         "bound": bound,
         "seconds": round(time.perf_counter() - t0, 1),
+        "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2), "cores": os.cpu_count()},
     }
     H.write_json(args.out, out)
     H.log(

@@ -10,13 +10,16 @@ measures, in one run on the same machine, what bounds that ratio from above:
              matplotlib and torchvision.models)
   steps      milliseconds per training step (batch 256, real Fashion-MNIST rows, fused Adam,
              median of --repeats rounds of --steps steps, the variants interleaved) of
-               pyro      this project's loss: Pyro's Trace_ELBO on the VAE's model and guide
+               pyro      Pyro's Trace_ELBO on the VAE's model and guide, run eagerly (train.compile=none)
+               pyro jit  the same loss recorded by torch.jit.trace and replayed (train.compile=jit,
+                         pyro_vae.pyromodule.TracedProgram: Pyro's ELBO semantics, the same draws)
                torch     the same networks and the same estimator written as plain torch
                          (reparameterised z, Bernoulli log-likelihood, Monte-Carlo KL): the
                          eager floor with no probabilistic-programming layer at all
              in float32 and, where oneDNN has native bf16 kernels, under bf16 autocast
   compile    torch.compile of the Pyro loss module (the first step's seconds: the compile, with
-             an empty compile cache; then ms per step), and whether Pyro's JitTrace_ELBO runs
+             an empty compile cache; then ms per step), whether Pyro's JitTrace_ELBO runs, and
+             the seconds of train.compile=jit's first step (run, record, replay)
   M2 convs   ms per training step of M2 with its defaults (its q(y|x) is convolutional) under
              bf16 autocast with the convolutions in float32 and in bf16 (native bf16 CPUs only)
   jobs       `pyro-vae train examples/configs/fashion_vae.yaml` and Pyro's examples/vae/vae.py,
@@ -83,7 +86,7 @@ def build(root):
     from pyro_vae.train import build_model
     from pyro_vae.training import plan_for
 
-    cfg = load_config(str(H.REPO / "examples/configs/fashion_vae.yaml"), [f"data.root={root}"])
+    cfg = load_config(str(H.REPO / "examples/configs/fashion_vae.yaml"), [f"data.root={root}", "train.compile=jit"])
     x = load_data(cfg).train.x[:BATCH].clone()
     model = build_model(cfg, DataInfo(784, (1, 28, 28), 10, ROWS))
     model.num_data = ROWS
@@ -122,25 +125,31 @@ def step_ms(torch, params, loss, x, bf16, steps):
 
     for _ in range(5):
         step()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t) / steps * 1000
+    return (time.perf_counter() - t) / steps * 1000, (time.process_time() - cpu) / steps * 1000
 
 
 def step_times(torch, model, plan, x, bf16_ok, steps, repeats):
-    variants = {"pyro": plan.loss, "torch": torch_loss(model, torch)}
+    variants = {"pyro": plan.loss_module, "pyro jit": plan.step_loss, "torch": torch_loss(model, torch)}
     precisions = ["float32"] + (["bf16-mixed"] if bf16_ok else [])
     runs = {f"{v} {p}": [] for p in precisions for v in variants}
+    cpu = {k: [] for k in runs}  # the process's CPU ms per step: less moved by other work on the machine
     params = list(model.parameters())
     for r in range(repeats):
         for p in precisions:
             for v, fn in variants.items():
-                runs[f"{v} {p}"].append(step_ms(torch, params, fn, x, p != "float32", steps))
+                wall, used = step_ms(torch, params, fn, x, p != "float32", steps)
+                runs[f"{v} {p}"].append(wall)
+                cpu[f"{v} {p}"].append(used)
         H.log(f"steps, round {r + 1}/{repeats}: " + ", ".join(f"{k} {ms[-1]:.2f} ms" for k, ms in runs.items()))
     return {
         k: {
             "ms_per_step": round(statistics.median(ms), 3),
+            "vs_torch": round(statistics.median(ms) / statistics.median(runs["torch " + k.split()[-1]]), 3),
+            "cpu_ms_per_step": round(statistics.median(cpu[k]), 3),
+            "cpu_vs_torch": round(statistics.median(cpu[k]) / statistics.median(cpu["torch " + k.split()[-1]]), 3),
             "rounds": [round(m, 3) for m in ms],
             "gflops": round(GFLOP_PER_STEP / (statistics.median(ms) / 1000), 1),
         }
@@ -171,7 +180,9 @@ def m2_conv_precision(torch, root, steps, repeats):
         for _ in range(repeats):
             for k in times:
                 networks.cpu_has_native_bf16 = lambda k=k: k.startswith("bf16")
-                times[k].append(step_ms(torch, list(model.parameters()), plan.loss, batch, True, max(10, steps // 5)))
+                times[k].append(
+                    step_ms(torch, list(model.parameters()), plan.loss, batch, True, max(10, steps // 5))[0]
+                )
     finally:
         networks.cpu_has_native_bf16 = native
     H.log("M2 step: " + ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in times.items()))
@@ -209,6 +220,19 @@ def compiled(torch, plan, x, steps):
         return {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     H.log(f"torch.compile: first step {first:.1f} s, then {ms:.2f} ms/step")
     return {"first_step_seconds": round(first, 1), "ms_per_step": round(ms, 3)}
+
+
+def jit_first_step(torch, plan, x):
+    """Seconds of train.compile=jit's first step on a new batch shape: a run that finds the parameters,
+    the recording by torch.jit.trace, and the first replay (forward and backward)."""
+    from pyro_vae.pyromodule import TracedProgram
+
+    fresh = TracedProgram(plan.step_loss.fn, plan.step_loss.modules, plan.step_loss.scalars)
+    t = time.perf_counter()
+    fresh(x).backward()
+    first = time.perf_counter() - t
+    H.log(f"train.compile=jit: first step {first:.2f} s")
+    return {"first_step_seconds": round(first, 3)}
 
 
 def jit_elbo(torch, model, x):
@@ -262,6 +286,7 @@ def main(argv=None):
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = compile_cache.name  # a cold compile, as a user's first run
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     mach = H.machine(args.threads)
+    load_start = os.getloadavg()[0]  # the machine's 1-minute load: other work timed beside this run
     try:
         ours, peer = (None, None) if args.no_peer else run_jobs(args, bool(mach["cpu_native_bf16"]))
     except H.BenchError as e:
@@ -279,6 +304,7 @@ def main(argv=None):
     for k, s in steps.items():
         s["percent_of_peak"] = round(100 * s["gflops"] / peak["bfloat16" if "bf16" in k else "float32"], 1)
     jit = jit_elbo(torch, model, x)
+    ours_jit = jit_first_step(torch, plan, x)
     comp = compiled(torch, plan, x, args.steps)
     m2 = m2_conv_precision(torch, args.root, args.steps, args.repeats) if bf16 else None
 
@@ -314,10 +340,12 @@ def main(argv=None):
         "m2_step_ms": m2,
         "torch_compile": comp,
         "jit_trace_elbo": jit,
+        "compile_jit": ours_jit,
         "ours": ours,
         "peer": peer,
         "bound": bound,
         "seconds": round(time.perf_counter() - t0, 1),
+        "load_average": {"start": round(load_start, 2), "end": round(os.getloadavg()[0], 2), "cores": os.cpu_count()},
     }
     H.write_json(args.out, out)
     H.log(

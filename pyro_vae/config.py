@@ -79,11 +79,18 @@ class TrainConfig:
         None, "stop after this many epochs without validation improvement (needs data.validation)"
     )
     eval_batch_size: int = option(2000, "rows per batch when evaluating")
+    compile: str = option(
+        "auto",
+        "the training step: none (Pyro's ELBO run eagerly) | jit (the same ELBO recorded by torch.jit.trace once "
+        "per batch shape and replayed as one graph: the same loss and gradients, less Pyro work per step; "
+        "model=vae, cvae and m1m2's first stage) | auto (jit where the model kind has it, else none)",
+    )
 
     @staticmethod
     def check(t) -> None:
         _choice("train.elbo", t.elbo, _objectives())
         _choice("train.lr_schedule", t.lr_schedule, ("constant", "cosine"))
+        _choice("train.compile", t.compile, _compile_modes())
         for key in ("epochs", "batch_size", "num_particles", "eval_batch_size", "capacity_epochs"):
             if t[key] is not None and t[key] < 1:
                 raise ConfigError(f"train.{key} must be at least 1 (got {t[key]})")
@@ -98,6 +105,12 @@ class TrainConfig:
             raise ConfigError(
                 f"train.early_stopping_patience must be at least 1 or null (got {t.early_stopping_patience})"
             )
+
+
+def _compile_modes():
+    from .training import COMPILE_MODES
+
+    return COMPILE_MODES
 
 
 def _objectives():

@@ -5,7 +5,7 @@ One :class:`TrainingPlan` per model kind (found by the model's class, see
 No Lightning here.
 """
 
-from .base import TrainingPlan, plan_for, register_plan  # noqa: F401
+from .base import COMPILE_MODES, TrainingPlan, plan_for, register_plan  # noqa: F401
 from .objectives import OBJECTIVES, make_elbo  # noqa: F401
 from .batches import IndexBatchSampler, SemiSupervisedBatchSampler, step_bounds  # noqa: F401
 from .vae import ELBOPlan  # noqa: F401

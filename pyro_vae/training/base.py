@@ -9,12 +9,17 @@ from torch.utils.data import DataLoader
 from ..errors import ConfigError, DataError
 from ..likelihoods import Likelihood, Mixed
 from ..models.base import MODELS, LatentVariableModel
+from ..pyromodule import TracedProgram
 from ..sparse import is_sparse
 from ..streaming import row_chunks, stats_rows
 from .batches import IndexBatchSampler, RowBatches, index_loader
 from .objectives import KLWeightedELBO, capacity_at, warmup_at
 
 _PLANS: Dict[type, type] = {}
+
+#: ``train.compile``: the training step as Pyro runs it, recorded once per batch shape and replayed, or
+#: the second where the model kind has it
+COMPILE_MODES = ("none", "jit", "auto")
 
 
 def register_plan(model_cls: type, config: Optional[type] = None):
@@ -83,10 +88,18 @@ class TrainingPlan(abc.ABC):
     """
 
     selection: Tuple[str, str] = ("loss", "min")
+    #: whether :meth:`compiled` records the kind's loss (``train.compile=jit``); a kind sets it once its
+    #: compiled loss is tested equal to the eager one
+    compiles: bool = False
 
     def __init__(self, model: LatentVariableModel, cfg):
         self.model, self.cfg = model, cfg
         self.objectives = []  # the ELBOs of the loss (make_elbo's): the KL schedule sets their capacity
+        if getattr(cfg.train, "compile", "none") == "jit" and not self.compiles:
+            raise ConfigError(
+                f"train.compile=jit: model={type(model).registry_name} has no compiled training step; "
+                "use train.compile=auto or none"
+            )
 
     # ---- data ----------------------------------------------------------------
     def check_data(self, data) -> None:
@@ -130,6 +143,17 @@ class TrainingPlan(abc.ABC):
     @abc.abstractmethod
     def loss(self, batch) -> torch.Tensor:
         """Minibatch estimate of the full-data loss (nats)."""
+
+    def compiled(self, loss):
+        """``loss`` (a function of the batch's tensors that runs the model's Pyro programs) as
+        ``train.compile`` says: itself (``none``, or ``auto`` for a kind that does not compile), or a
+        :class:`~pyro_vae.pyromodule.TracedProgram`: recorded by ``torch.jit.trace`` once per batch shape
+        and replayed, with the warm-up factor ``model.beta`` and the capacity C(t) read at every step."""
+        mode = getattr(self.cfg.train, "compile", "none")
+        if mode == "none" or not self.compiles:
+            return loss
+        scalars = [(self.model, "beta")] + [(o, "capacity") for o in self.objectives if isinstance(o, KLWeightedELBO)]
+        return TracedProgram(loss, modules=[self.model], scalars=scalars)
 
     def batch_size_of(self, batch) -> int:
         return batch.shape[0]

@@ -56,6 +56,8 @@ def m2_plan_config(cfg):
         aux_loss_multiplier=float(cfg.model.aux_loss_multiplier),
     )
     train = dict(OmegaConf.to_container(cfg.train), kl_weight=1.0, capacity_max=None, capacity_epochs=None)
+    if train.get("compile") == "jit":  # M2's objective has no compiled step: the first stage alone compiles
+        train["compile"] = "auto"
     if train["elbo"] not in ("trace", "meanfield"):
         train["elbo"] = "meanfield"
     return OmegaConf.merge(m2_model_config(cfg), {"model": objective, "train": train})
@@ -97,6 +99,7 @@ class M1M2Plan(TrainingPlan):
     """M1's ELBO for ``model.m1_epochs`` epochs, then M2's objective on M1's codes for ``train.epochs``."""
 
     selection = ("accuracy", "max")
+    compiles = True  # the first stage (M1's ELBO); the second runs M2's objective eagerly
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
@@ -108,6 +111,7 @@ class M1M2Plan(TrainingPlan):
             )
         self.objectives = [make_elbo(t)]
         self.m1_loss = self.objectives[0](model.m1.model, model.m1.guide)
+        self.m1_step = self.compiled(self.m1_loss)  # as train.compile says
         self.m2_plan = SemiSupervisedPlan(model.m2, m2_plan_config(cfg))
         self.sampler = None  # of the training batches (train_dataloader): its epoch says the stage
 
@@ -156,7 +160,7 @@ class M1M2Plan(TrainingPlan):
 
     def m1_stage_loss(self, batch):
         """The first stage: M1's -ELBO on a batch ``(x, y)`` of all rows (y unused)."""
-        return self.m1_loss(batch[0])
+        return self.m1_step(batch[0])
 
     def m2_stage_loss(self, batch):
         """The second stage: M2's objective on M1's code means of a semi-supervised batch

@@ -38,7 +38,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_item, torch_sum
 from torch.distributions import kl_divergence
 
 from ..errors import ConfigError
@@ -72,8 +72,33 @@ def subsample_scale(model_trace) -> float:
     return s
 
 
+class _SurrogateLoss:
+    """``differentiable_loss`` of Pyro's Trace_ELBO and TraceMeanField_ELBO as their surrogate loss alone.
+
+    Pyro returns ``loss + (surrogate - surrogate.item())``: the value of the ELBO estimate with the
+    gradient of the surrogate. Where every guide site is reparameterized (no score-function term) the
+    two are the same estimate, and the surrogate alone has the same value and gradient without reading
+    the loss back to the host each step, which ``torch.jit.trace`` would record as a constant
+    (``train.compile=jit``). A guide with a score-function term keeps Pyro's form."""
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate, exact = 0.0, 0.0, True
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            loss_particle, surrogate_particle = self._differentiable_loss_particle(model_trace, guide_trace)
+            loss = loss + loss_particle / self.num_particles
+            surrogate = surrogate + surrogate_particle / self.num_particles
+            exact = exact and all(
+                is_identically_zero(site["score_parts"].score_function)
+                for site in guide_trace.nodes.values()
+                if site["type"] == "sample"
+            )
+        if exact:
+            return surrogate
+        return loss + (surrogate - torch_item(surrogate))
+
+
 @OBJECTIVES.register("meanfield")
-class MeanFieldELBO(TraceMeanField_ELBO):
+class MeanFieldELBO(_SurrogateLoss, TraceMeanField_ELBO):
     """E_q[log p(x|z)] - KL(q||p), the KL in closed form where the prior has one (Pyro's TraceMeanField_ELBO)."""
 
     separates_kl = True  # train.kl_weight and the capacity schedule apply
@@ -85,7 +110,7 @@ class MeanFieldELBO(TraceMeanField_ELBO):
 
 
 @OBJECTIVES.register("trace")
-class MonteCarloELBO(Trace_ELBO):
+class MonteCarloELBO(_SurrogateLoss, Trace_ELBO):
     """E_q[log p(x,z) - log q(z|x)]: the ELBO with a Monte-Carlo KL (Pyro's Trace_ELBO)."""
 
     separates_kl = True

@@ -10,12 +10,15 @@ from .objectives import make_elbo
 class ELBOPlan(TrainingPlan):
     """Minimises the objective ``train.elbo`` names (:func:`~pyro_vae.training.objectives.make_elbo`: an
     ELBO, the importance weighted or Renyi bound, the KL weighed or held at a capacity):
-    ``ELBO(...)(model, guide)`` is an ``nn.Module``."""
+    ``ELBO(...)(model, guide)`` is an ``nn.Module``, run as ``train.compile`` says."""
+
+    compiles = True
 
     def __init__(self, model, cfg):
         super().__init__(model, cfg)
         self.objectives = [make_elbo(cfg.train)]
         self.loss_module = self.objectives[0](model.model, model.guide)
+        self.step_loss = self.compiled(self.loss_module)
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
         x, order = training_rows(data.train.x, data.stream, world_size)
@@ -24,4 +27,4 @@ class ELBOPlan(TrainingPlan):
         return index_loader(rows, sampler)
 
     def loss(self, batch):
-        return self.loss_module(batch)
+        return self.step_loss(batch)

@@ -1,31 +1,31 @@
-"""The hierarchical VAE with top-down inference (Kingma et al. 2016's top-down form, as in NVAE, Vahdat &
-Kautz 2020; the ladder VAE's idea, Sonderby et al. 2016) as a Pyro program.
+"""The hierarchical VAE with top-down inference (the ladder VAE, Sonderby et al. 2016; the top-down form of
+Kingma et al. 2016 and NVAE, Vahdat & Kautz 2020) as a Pyro program.
 
 L stochastic layers, z_1 next to the data and z_L on top (L = 1 + len(``model.lower_dims``); z_L has
-``latent_dim`` dimensions, z_l for l < L has ``model.lower_dims[l-1]``).
+``latent_dim`` dimensions, z_l for l < L has ``model.lower_dims[l-1]``). Write z_{>l} = [z_{l+1}, ..., z_L].
 
-Generative model (``model``), top-down with a deterministic state s_l that carries every layer above::
+Generative model (``model``), top-down::
 
-    z_L ~ p(z_L)                                     prior from the registry (default N(0, I))
-    s_L = f_L(z_L)
-    z_l ~ N(mu_p,l(s_{l+1}), sigma_p,l(s_{l+1}))     l = L-1 .. 1: p(z_l | z_{>l})
-    s_l = f_l(s_{l+1}, z_l)
-    x   ~ p(x | decoder(s_1))                        likelihood from the registry: p(x | z_1..z_L)
+    z_L ~ p(z_L)                                       prior from the registry (default N(0, I))
+    z_l ~ N(mu_p,l(z_{>l}), sigma_p,l(z_{>l}))         l = L-1 .. 1: p(z_l | z_{>l}), small MLPs
+    x   ~ p(x | decoder([z_1, ..., z_L]))              likelihood from the registry
 
-f_l, mu_p,l, sigma_p,l are small MLPs (``model.hidden`` wide). Inference (``guide``) runs in the same
-top-down order: a deterministic bottom-up pass d_1 = body(x), d_l = MLP_l(d_{l-1}), then::
+the decoder reading every layer (a skip from each z_l to x, as the top-down path of Kingma et al. 2016
+and NVAE carries every layer above to the data). Inference (``guide``) runs in the same top-down order,
+after one deterministic bottom-up pass d = body(x) (the encoder network)::
 
-    q(z_L | x)          = N(mu_L(d_L), sigma_L(d_L))
-    q(z_l | z_{>l}, x)  = N(mu_p,l + dmu_l, sigma_p,l * dsigma_l),   (dmu_l, dsigma_l) = g_l(d_l, s_{l+1})
+    q(z_L | x)          = N(mu(d), sigma(d))
+    q(z_l | z_{>l}, x)  = N(mu_p,l + dmu_l, sigma_p,l * dsigma_l),   (dmu_l, dsigma_l) = g_l(d, z_{>l})
 
-the posterior of each lower layer a correction of its prior at the same s_{l+1} (the residual
-parameterisation of NVAE, Vahdat & Kautz 2020, eq. 2), so the guide shares the model's top-down path.
-The ELBO is ``E_q[log p(x|z)] - KL(q(z_L|x) || p(z_L)) - sum_l E_q[KL(q(z_l|z_{>l},x) || p(z_l|z_{>l}))]``.
+each lower layer's posterior a correction of its prior at the same z_{>l} (NVAE's residual normal,
+Vahdat & Kautz 2020, eq. 2), so the guide shares the model's top-down networks. The ELBO::
+
+    E_q[log p(x | z)] - KL(q(z_L|x) || p(z_L)) - sum_{l<L} E_q[KL(q(z_l | z_{>l}, x) || p(z_l | z_{>l}))]
 
 Sample sites: ``z`` is the top layer z_L (what ``encode`` returns: the mean and scale of q(z_L|x), of
 size ``latent_dim``, the code every command reads), ``z_1`` .. ``z_{L-1}`` the layers below it. ``beta``
-(KL warm-up) scales every z site in model and guide. ``decode(z)`` follows the means of p(z_l | z_{>l})
-from the top code down.
+(KL warm-up) scales every z site in model and guide. ``decode(z)`` sets each lower layer to the mean of
+p(z_l | z_{>l}) below the top code z.
 """
 
 import math
@@ -57,7 +57,7 @@ class HVAEConfig:
     lower_dims: List[int] = option(
         help="sizes of z_1 .. z_{L-1} (z_1 next to x); the top layer z_L has latent_dim", factory=lambda: [16]
     )
-    hidden: int = option(128, "width of the small MLPs between the layers and of the bottom-up steps d_l")
+    hidden: int = option(128, "width of the small MLPs between the layers: p(z_l | z_>l) and the posterior's g_l")
     activation: str = option("relu", "activation of those MLPs (softplus relu elu gelu silu tanh ...)")
 
     @staticmethod
@@ -88,33 +88,24 @@ def _cat(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class BottomUp(nn.Module):
-    """The deterministic bottom-up pass d_1 = body(x), d_l = MLP(d_{l-1}) (l = 2..L), and q(z_L|x)'s head on d_L."""
+    """The deterministic bottom-up pass d = body(x), which every layer's posterior reads, and q(z_L|x)'s head on it."""
 
-    def __init__(self, body: nn.Module, levels: int, top_dim: int, hidden: int, activation: str):
+    def __init__(self, body: nn.Module, top_dim: int):
         super().__init__()
         self.body = body
-        steps, d = [], body.out_dim
-        for _ in range(levels - 1):
-            steps.append(MLP(d, [hidden], None, activation))
-            d = hidden
-        self.steps = nn.ModuleList(steps)
-        self.out_dims = [body.out_dim] + [hidden] * (levels - 1)
-        self.head = nn.Linear(d, 2 * top_dim)
+        self.out_dim = body.out_dim
+        self.head = nn.Linear(body.out_dim, 2 * top_dim)
 
-    def forward(self, x) -> List[torch.Tensor]:
-        """[d_1, ..., d_L]."""
-        ds = [self.body(x)]
-        for step in self.steps:
-            ds.append(step(ds[-1]))
-        return ds
+    def forward(self, x) -> torch.Tensor:
+        return self.body(x)
 
-    def top(self, ds: List[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def top(self, d: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """loc and scale of q(z_L | x)."""
-        return _gaussian(self.head(ds[-1]))
+        return _gaussian(self.head(d))
 
 
 def above(dims: List[int], level: int) -> int:
-    """The size of s_{level+1} = [z_{level+1}, ..., z_L]."""
+    """The size of z_{>level} = [z_{level+1}, ..., z_L]."""
     return sum(dims[level:])
 
 
@@ -135,8 +126,8 @@ class HVAE(LatentVariableModel, LatentPaths):
         num_data: Optional[int] = None,
     ):
         super().__init__(encoder, decoder, prior, likelihood, dims[-1], image_shape, num_data)
-        self.top_down = top_down  # top_down[l - 1]: s_{l+1} -> (mu_p,l, sigma_p,l), l = 1..L-1
-        self.posterior = posterior  # posterior[l - 1]: g_l(d_l, s_{l+1}) -> (dmu_l, dsigma_l), l = 1..L-1
+        self.top_down = top_down  # top_down[l - 1]: z_{>l} -> (mu_p,l, sigma_p,l), l = 1..L-1
+        self.posterior = posterior  # posterior[l - 1]: g_l(d, z_{>l}) -> (dmu_l, dsigma_l), l = 1..L-1
         self.dims = [int(d) for d in dims]
 
     @classmethod
@@ -147,12 +138,11 @@ class HVAE(LatentVariableModel, LatentPaths):
         likelihood = likelihoods_mod.LIKELIHOODS.build(cfg.likelihood, data_dim=info.data_dim)
         prior = priors_mod.PRIORS.build(cfg.prior, latent_dim=cfg.latent_dim)
         body = network_input(make_body(cfg.encoder, info.data_dim, info.image_shape), likelihood, info)
-        act = m.activation
-        encoder = BottomUp(body, len(dims), dims[-1], hidden, act)
+        encoder = BottomUp(body, dims[-1])
         lower = range(1, len(dims))
-        top_down = nn.ModuleList(MLP(above(dims, lv), [hidden], 2 * dims[lv - 1], act) for lv in lower)
+        top_down = nn.ModuleList(MLP(above(dims, lv), [hidden], 2 * dims[lv - 1], m.activation) for lv in lower)
         posterior = nn.ModuleList(
-            MLP(encoder.out_dims[lv - 1] + above(dims, lv), [hidden], 2 * dims[lv - 1], act) for lv in lower
+            MLP(encoder.out_dim + above(dims, lv), [hidden], 2 * dims[lv - 1], m.activation) for lv in lower
         )
         decoder = make_decoder(cfg.decoder, sum(dims), likelihood.output_size, info.data_dim, info.image_shape)
         return cls(encoder, decoder, top_down, posterior, prior, likelihood, dims, info.image_shape, info.num_data)
@@ -171,18 +161,13 @@ class HVAE(LatentVariableModel, LatentPaths):
         return range(len(self.dims) - 1, 0, -1)
 
     def p_down(self, level: int, s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """loc and scale of p(z_level | z_{>level}), from the top-down state s_{level+1}."""
+        """loc and scale of p(z_level | z_{>level}); ``s`` is z_{>level}."""
         return _gaussian(self.top_down[level - 1](s))
 
     def q_down(self, level: int, d: torch.Tensor, s: torch.Tensor, loc_p, scale_p) -> Tuple[torch.Tensor, torch.Tensor]:
-        """loc and scale of q(z_level | z_{>level}, x): the prior's corrected by g_level(d_level, s_{level+1})."""
+        """loc and scale of q(z_level | z_{>level}, x): the prior's corrected by g_level(d, z_{>level})."""
         dloc, raw = self.posterior[level - 1](_cat(d, s)).float().chunk(2, -1)
         return loc_p + dloc, scale_p * (fast_softplus(raw + _UNIT) + 1e-5)
-
-    @staticmethod
-    def merge(level: int, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """s_level = [z_level, s_{level+1}] = [z_level, ..., z_L]."""
-        return _cat(z, s)
 
     # ---- the Pyro program -------------------------------------------------
     @pyro_program
@@ -193,20 +178,20 @@ class HVAE(LatentVariableModel, LatentPaths):
                 s = pyro.sample("z", self.prior())
                 for level in self._levels():
                     z = pyro.sample(self._site(level), dist.Normal(*self.p_down(level, s)).to_event(1))
-                    s = self.merge(level, s, z)
+                    s = _cat(z, s)
             pyro.sample("x", self.likelihood(self.decoder(s), x), obs=x)
 
     @pyro_program
     def guide(self, x: torch.Tensor):
         """q(z_L | x) prod_l q(z_l | z_{>l}, x), top-down, each lower layer a correction of its prior."""
         with self._plate(x):
-            ds = self.encoder(x)
+            d = self.encoder(x)
             with poutine.scale(scale=self.beta):
-                s = pyro.sample("z", dist.Normal(*self.encoder.top(ds)).to_event(1))
+                s = pyro.sample("z", dist.Normal(*self.encoder.top(d)).to_event(1))
                 for level in self._levels():
-                    q = self.q_down(level, ds[level - 1], s, *self.p_down(level, s))
+                    q = self.q_down(level, d, s, *self.p_down(level, s))
                     z = pyro.sample(self._site(level), dist.Normal(*q).to_event(1))
-                    s = self.merge(level, s, z)
+                    s = _cat(z, s)
 
     def q_z(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.encoder.top(self.encoder(x))
@@ -217,25 +202,25 @@ class HVAE(LatentVariableModel, LatentPaths):
         """Mean and scale of q(z_L|x), the top layer: shapes (batch, latent_dim)."""
         return self.q_z(x)
 
-    def _state_at_means(self, z: torch.Tensor) -> torch.Tensor:
-        """s_1 from the top code z_L, each lower z_l at the mean of p(z_l | z_{>l})."""
+    def _layers_at_means(self, z: torch.Tensor) -> torch.Tensor:
+        """[z_1, ..., z_L] from the top code z_L, each lower z_l at the mean of p(z_l | z_{>l})."""
         s = z
         for level in self._levels():
-            s = self.merge(level, s, self.p_down(level, s)[0])
+            s = _cat(self.p_down(level, s)[0], s)
         return s
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """E[x | z] for the top code z = z_L, the layers below it at the means of p(z_l | z_{>l})."""
-        return self.likelihood.mean(self.decoder(self._state_at_means(z)))
+        return self.likelihood.mean(self.decoder(self._layers_at_means(z)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """E[x | z] at the means of the top-down posterior (count likelihoods: at the input's total count)."""
-        ds = self.encoder(x)
-        s = self.encoder.top(ds)[0]
+        d = self.encoder(x)
+        s = self.encoder.top(d)[0]
         for level in self._levels():
-            s = self.merge(level, s, self.q_down(level, ds[level - 1], s, *self.p_down(level, s))[0])
+            s = _cat(self.q_down(level, d, s, *self.p_down(level, s))[0], s)
         return self.likelihood.mean(self.decoder(s), x)
 
     @torch.no_grad()
@@ -243,23 +228,23 @@ class HVAE(LatentVariableModel, LatentPaths):
         """New data: z_L ~ p(z_L), z_l ~ p(z_l | z_{>l}), then E[x|z] (``mean=True``) or x ~ p(x|z)."""
         s = self.prior().sample((n,))
         for level in self._levels():
-            s = self.merge(level, s, dist.Normal(*self.p_down(level, s)).sample())
+            s = _cat(dist.Normal(*self.p_down(level, s)).sample(), s)
         out = self.decoder(s)
         return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
 
     def log_weights(self, x: torch.Tensor) -> torch.Tensor:
         """log p(x, z_1..z_L) - log q(z_1..z_L | x) for one draw per row: shape (batch, 1). Unscaled."""
-        ds = self.encoder(x)
-        q = dist.Normal(*self.encoder.top(ds)).to_event(1)
+        d = self.encoder(x)
+        q = dist.Normal(*self.encoder.top(d)).to_event(1)
         z = q.rsample()
         w = self.prior().log_prob(z) - q.log_prob(z)
         s = z
         for level in self._levels():
             p = dist.Normal(*self.p_down(level, s)).to_event(1)
-            q = dist.Normal(*self.q_down(level, ds[level - 1], s, p.base_dist.loc, p.base_dist.scale)).to_event(1)
+            q = dist.Normal(*self.q_down(level, d, s, p.base_dist.loc, p.base_dist.scale)).to_event(1)
             z = q.rsample()
             w = w + p.log_prob(z) - q.log_prob(z)
-            s = self.merge(level, s, z)
+            s = _cat(z, s)
         w = w + self.likelihood(self.decoder(s), x).log_prob(x)
         return w[:, None]
 

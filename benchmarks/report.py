@@ -652,6 +652,69 @@ def iwae(d):
     }
 
 
+@part("hvae.json")
+def hvae(d):
+    """Per data set and model: the IWAE-K test log-likelihood, test ELBO, parameters and seconds per epoch
+    (mean, sd over seeds); per data set, how many seeds the hierarchical VAE was ahead on and by how much."""
+    groups, by_seed = {}, {}
+    for r in d["runs"]:
+        groups.setdefault((r["data"], r["networks"], r["epochs"], r["model"]), []).append(r)
+        by_seed[(r["data"], r["networks"], r["epochs"], r["seed"], r["model"])] = r
+    names = {"digits": "digits (8x8)", "fashion": "Fashion-MNIST (28x28)"}
+    rows = []
+    for (data, networks, epochs, model), rs in sorted(
+        groups.items(), key=lambda g: (g[0][0] != "digits", g[0][0], g[0][1], g[0][2], g[0][3] != "vae")
+    ):
+        ll, loss = [r["test_log_likelihood"] for r in rs], [r["test_loss"] for r in rs]
+        rows.append(
+            {
+                "data": names.get(data, data),
+                "networks": "defaults (resnet)" if networks == "defaults" else _code(networks.split()),
+                "model": f"`{model}`",
+                "epochs": epochs,
+                "seeds": len(rs),
+                "ll": statistics.mean(ll),
+                "ll_sd": statistics.stdev(ll) if len(ll) > 1 else 0.0,
+                "eval_k": rs[0]["eval_k"],
+                "eval_rows": rs[0]["eval_rows"],
+                "loss": statistics.mean(loss),
+                "loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
+                "units": statistics.mean(r["active_units"] for r in rs),
+                "params": rs[0]["parameters"],
+                "seconds": statistics.mean(r["s_per_epoch"] for r in rs),
+            }
+        )
+    gains = [
+        {"data": data, "gain": r["test_log_likelihood"] - by_seed[(data, net, ep, seed, "vae")]["test_log_likelihood"]}
+        for (data, net, ep, seed, model), r in sorted(by_seed.items())
+        if model == "hvae" and (data, net, ep, seed, "vae") in by_seed
+    ]
+    # the control: a VAE whose code has as many dimensions as all of the hvae's layers (networks + latent_dim=...)
+    wide = [
+        {"data": data, "gain": r["test_log_likelihood"] - w["test_log_likelihood"], "z": w["overrides"]}
+        for (data, net, ep, seed, model), r in sorted(by_seed.items())
+        if model == "hvae"
+        for (d2, net2, ep2, seed2, model2), w in sorted(by_seed.items())
+        if model2 == "vae" and (d2, ep2, seed2) == (data, ep, seed) and net2.startswith(net + " latent_dim=")
+    ]
+    ratios = {}
+    for (data, net, ep, seed, model), r in by_seed.items():
+        if model == "hvae" and (data, net, ep, seed, "vae") in by_seed:
+            vae = by_seed[(data, net, ep, seed, "vae")]
+            ratios.setdefault(data, []).append(r["s_per_epoch"] / vae["s_per_epoch"])
+    short = {"digits": "digits", "fashion": "Fashion-MNIST"}
+    return {
+        "rows": rows,
+        "summary": _ahead(gains, lambda r: short.get(r["data"], r["data"]) + ":"),
+        "wide": _ahead(wide, lambda r: short.get(r["data"], r["data"]) + ":"),
+        "cost": ", ".join(
+            f"{short.get(x, x)} {statistics.median(v):.1f}x" for x, v in sorted(ratios.items(), key=lambda i: i[0])
+        ),
+        "verdict": d.get("note", ""),
+        "cpu": d["machine"]["cpu"].strip("\t :"),
+    }
+
+
 @part("cifar.json")
 def cifar(d):
     return d

@@ -24,6 +24,7 @@ from .evaluate import iwae_log_likelihood as iwae_log_likelihood
 from .evaluate import test_metrics as test_metrics
 from .likelihoods import LIKELIHOODS as LIKELIHOODS
 from .models import CVAE as CVAE
+from .models import HVAE as HVAE
 from .models import MODELS as MODELS
 from .models import SSVAE as SSVAE
 from .models import VAE as VAE

@@ -12,3 +12,4 @@ from .vae import ELBOPlan  # noqa: F401
 from .ssvae import LOSS_TERMS, SemiSupervisedPlan  # noqa: F401
 from .m1m2 import M1M2Plan  # noqa: F401
 from .cvae import CVAEPlan  # noqa: F401
+from .hvae import HVAEPlan  # noqa: F401

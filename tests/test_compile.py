@@ -74,6 +74,8 @@ FAMILIES = [
     ["prior=student_t", "likelihood=continuous_bernoulli"],
     ["train.elbo=iwae", "train.num_particles=3"],
     ["train.kl_weight=0.5"],
+    ["model=hvae", "model.lower_dims=[3]", "model.hidden=16"],  # two stochastic layers, top-down inference
+    ["model=cvae"],  # conditioned on the one-hot label
 ]
 
 

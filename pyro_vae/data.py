@@ -10,8 +10,9 @@ Built-in sources:
   resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels. A test
   folder from ``data.test_root`` or ``root/{train,test}``; decoded in parallel and cached
   (:mod:`pyro_vae.images`).
-* ``anndata`` — an ``.h5ad`` file: ``data.layer`` (default .X), ``data.label_key`` and
-  ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
+* ``anndata`` — an ``.h5ad`` file or ``.zarr`` store: ``data.layer`` (default .X), ``data.label_key``
+  and ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``). ``data.storage``
+  reads it whole, or leaves the matrix (dense or CSR) on disk (:mod:`pyro_vae.backed`), as a .npy.
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
   ``scipy.sparse.save_npz`` matrix) | ``X.csv`` (numbers; ``label_column`` picks a label
   column), ``labels_path`` optional. A ``.npy`` is split by row numbers before any row is read;
@@ -63,7 +64,7 @@ from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
-from .streaming import NpyRows, UnsupportedLayout, available_memory, physical_memory
+from .streaming import DiskRows, NpyRows, UnsupportedLayout, available_memory, physical_memory
 from .utils import first_line
 
 DATASETS = Registry("data set")
@@ -157,11 +158,11 @@ class Dataset:
         """A checksum of every split's rows, labels and row numbers (CRC-32 over the raw buffers,
         about a second a GB): ``--resume`` compares it with the run's own to detect changed data.
         Rows left on disk count by their file's size, modification time, header and sampled rows
-        (:meth:`~pyro_vae.streaming.NpyRows.fingerprint`), not by reading them all."""
+        (:meth:`~pyro_vae.streaming.DiskRows.fingerprint`), not by reading them all."""
         crc = 0
         for name, split in self.splits():
             crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
-            if isinstance(split.x, NpyRows):
+            if isinstance(split.x, DiskRows):
                 crc = zlib.crc32(split.x.fingerprint().to_bytes(4, "little"), crc)
             for part in (*_buffers(split.x), split.y, split.rows, split.batch, split.covariates):
                 if part is not None:
@@ -171,7 +172,7 @@ class Dataset:
 
 def _buffers(x):
     """The tensors that hold a split's values: the tensor itself, a CSR's three arrays, none on disk."""
-    if isinstance(x, NpyRows):
+    if isinstance(x, DiskRows):
         return ()
     return (x.crow, x.col, x.values) if hasattr(x, "crow") else (x,)
 
@@ -226,14 +227,14 @@ class IdxConfig(DataConfig):
 
 
 @dataclass
-class ArrayConfig(SplitConfig):
-    path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
-    labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
-    label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+class StorageConfig(SplitConfig):
+    """Keys of a source whose rows can stay on disk (a .npy, an AnnData file)."""
+
     storage: str = option(
         "auto",
-        "auto | memory | disk: a .npy read into memory, or left on disk and read in chunks as training goes "
-        f"(auto: memory when its float32 rows take under {MEMORY_SHARE:.0%} of the machine's memory)",
+        "auto | memory | disk: the rows read into memory, or left on disk and read in chunks as training goes "
+        f"(auto: memory when they take under {MEMORY_SHARE:.0%} of the machine's memory: float32 rows, or a "
+        "sparse AnnData's CSR arrays)",
     )
     shuffle: str = option(
         "chunks",
@@ -250,8 +251,6 @@ class ArrayConfig(SplitConfig):
     @staticmethod
     def check(c) -> None:
         SplitConfig.check(c)
-        if not c.path:
-            raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
         if c.get("storage", "auto") not in ("auto", "memory", "disk"):
             raise ConfigError(f"data.storage={c.storage!r} is not valid; choose one of: auto, memory, disk")
         if c.get("shuffle", "chunks") not in ("chunks", "exact"):
@@ -262,7 +261,20 @@ class ArrayConfig(SplitConfig):
 
 
 @dataclass
-class MemoryConfig(SplitConfig):
+class ArrayConfig(StorageConfig):
+    path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
+    labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
+    label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+
+    @staticmethod
+    def check(c) -> None:
+        if not c.path:
+            raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
+        StorageConfig.check(c)
+
+
+@dataclass
+class MemoryConfig(StorageConfig):
     layer: Optional[str] = option(None, "AnnData input: the layer to train on (null = .X)")
     label_key: Optional[str] = option(None, "AnnData input: obs column of labels (NaN/empty/'unknown' = unlabelled)")
     batch_key: Optional[str] = option(None, "AnnData input: obs column of batches (model=cvae conditions on it)")
@@ -274,13 +286,13 @@ class MemoryConfig(SplitConfig):
 
 @dataclass
 class AnnDataConfig(MemoryConfig):
-    path: Optional[str] = option(None, "an .h5ad file (pip install pyro_vae[anndata])")
+    path: Optional[str] = option(None, "an .h5ad file or a .zarr store (pip install pyro_vae[anndata])")
 
     @staticmethod
     def check(c) -> None:
-        SplitConfig.check(c)
         if not c.path:
-            raise ConfigError("data.name=anndata needs data.path=FILE.h5ad")
+            raise ConfigError("data.name=anndata needs data.path=FILE.h5ad (or STORE.zarr)")
+        StorageConfig.check(c)
 
 
 @dataclass
@@ -576,7 +588,8 @@ def storage_of(nbytes: int, cfg) -> str:
 
 
 def placed(x, cfg, where: str, parts=None):
-    """Rows on disk (:class:`NpyRows`) read into one float32 tensor, or left where they are, as
+    """Rows on disk (:class:`~pyro_vae.streaming.DiskRows`) read into memory (one float32 tensor, or a
+    sparse file's :class:`~pyro_vae.sparse.SparseRows`), or left where they are, as
     ``data.storage`` says (logged); ``parts`` (of x, e.g. its splits) are placed instead of x and
     returned as a list. In memory NaN/inf is refused as for any array."""
     whole = parts is None
@@ -584,15 +597,17 @@ def placed(x, cfg, where: str, parts=None):
     nbytes = sum(p.nbytes for p in parts)
     storage = storage_of(nbytes, cfg)
     gb, free = nbytes / 1e9, available_memory() / 1e9
+    kind = "CSR rows" if getattr(parts[0], "sparse", False) else "float32 rows"
     if storage == "disk":
-        log.info("%s: %.2f GB of float32 rows streamed from disk (data.storage=%s)", where, gb, cfg.get("storage"))
+        log.info("%s: %.2f GB of %s streamed from disk (data.storage=%s)", where, gb, kind, cfg.get("storage"))
         out = parts
     else:
         if nbytes >= LOG_BYTES:  # small data in memory: nothing to say
             log.info(
-                "%s: %.2f GB of float32 rows loaded into memory (data.storage=%s; %.1f GB available)",
+                "%s: %.2f GB of %s loaded into memory (data.storage=%s; %.1f GB available)",
                 where,
                 gb,
+                kind,
                 cfg.get("storage"),
                 free,
             )
@@ -602,10 +617,18 @@ def placed(x, cfg, where: str, parts=None):
 
 
 def _check_finite(tensors, parts, where: str) -> None:
-    """NaN/inf refused in rows read from ``parts`` (NpyRows), chunk by chunk: the count of bad rows and
+    """NaN/inf refused in rows read from ``parts`` (DiskRows), chunk by chunk: the count of bad rows and
     the first bad row's number in the file."""
     count, first = 0, None
     for t, p in zip(tensors, parts):
+        if is_sparse(t):  # the stored values; the row of the first bad one
+            bad = ~torch.isfinite(t.values)
+            if bool(bad.any()):
+                count += int(bad.sum())
+                r = int(torch.searchsorted(t.crow.long(), bad.nonzero()[0, 0], right=True)) - 1
+                r = int(p.file_rows([r])[0])
+                first = r if first is None else min(first, r)
+            continue
         for a in range(0, t.shape[0], NpyRows.CHUNK_ROWS):
             bad = ~torch.isfinite(t[a : a + NpyRows.CHUNK_ROWS]).all(1)
             if bool(bad.any()):
@@ -628,17 +651,49 @@ def is_anndata(x) -> bool:
 
 
 def read_h5ad(path: Path):
-    """An AnnData from an .h5ad file (in memory); one-line errors."""
+    """An AnnData from an .h5ad file or a .zarr store, read whole into memory; one-line errors."""
     try:
         import anndata
     except ImportError:
         raise DataError(ANNDATA_MISSING) from None
-    if not path.is_file():
+    if not (path.is_dir() if path.suffix == ".zarr" else path.is_file()):
         raise DataError(f"data.path {path} does not exist")
     try:
-        return anndata.read_h5ad(path)
-    except Exception as e:  # h5py / anndata raise many kinds
+        return anndata.read_zarr(path) if path.suffix == ".zarr" else anndata.read_h5ad(path)
+    except Exception as e:  # h5py / zarr / anndata raise many kinds
         raise DataError(f"could not read {path} as AnnData: {first_line(e)}") from None
+
+
+def anndata_rows(cfg, where: str, adata=None, class_names: Optional[list] = None):
+    """(x, y, class names, batch codes, batch names, covariates) of the AnnData in ``data.path`` (or
+    ``adata``, given in Python). The matrix (``data.layer``, else .X) stays on disk as
+    :class:`~pyro_vae.streaming.DiskRows` of an :class:`~pyro_vae.backed.AnnDataMatrix` (only ``obs``
+    is read) when ``data.storage`` says disk, or auto finds it too big for memory (:func:`storage_of`
+    of its float32 rows, or a sparse matrix's CSR arrays); else the AnnData is read whole. An
+    in-memory ``adata`` stays as it is; a backed one (``anndata.read_h5ad(path, backed="r")``) is
+    read from its file the same way."""
+    try:
+        import anndata  # noqa: F401  (the obs table is read by anndata either way)
+    except ImportError:
+        raise DataError(ANNDATA_MISSING) from None
+    path = Path(cfg.path).expanduser() if adata is None else None
+    if adata is not None and getattr(adata, "isbacked", False):
+        path = Path(adata.filename)
+    if path is not None and (cfg.get("storage") or "auto") != "memory":
+        from .backed import AnnDataMatrix
+
+        matrix = AnnDataMatrix(path, cfg.get("layer"))
+        if storage_of(matrix.nbytes_of(None), cfg) == "disk":
+            obs = matrix.obs() if adata is None else adata.obs
+            y, names, batch, batch_names = obs_codes(obs, cfg, where, class_names)
+            return DiskRows(matrix), y, names, batch, batch_names, covariates_from_obs(obs, cfg, where)
+        matrix.close()
+    if adata is None:
+        adata = read_h5ad(path)
+    elif getattr(adata, "isbacked", False):
+        adata = adata.to_memory()
+    x, y, names, batch, batch_names = from_anndata(adata, cfg, where, class_names)
+    return x, y, names, batch, batch_names, covariates_from_anndata(adata, cfg, where)
 
 
 def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[torch.Tensor, list]:
@@ -663,6 +718,11 @@ def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[to
 
 def covariates_from_anndata(adata, cfg, where: str) -> Optional[torch.Tensor]:
     """The ``data.covariate_keys`` obs columns as an (N, K) float32 tensor (None when no keys)."""
+    return covariates_from_obs(adata.obs, cfg, where)
+
+
+def covariates_from_obs(obs, cfg, where: str) -> Optional[torch.Tensor]:
+    """The ``data.covariate_keys`` columns of an obs table as an (N, K) float32 tensor (None when no keys)."""
     keys = list(cfg.get("covariate_keys") or [])
     if not keys:
         return None
@@ -670,12 +730,12 @@ def covariates_from_anndata(adata, cfg, where: str) -> Optional[torch.Tensor]:
 
     cols = []
     for key in keys:
-        if key not in adata.obs.columns:
+        if key not in obs.columns:
             raise DataError(
                 f"{where} has no obs column {key!r} for data.covariate_keys "
-                f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})"
+                f"(columns: {', '.join(map(str, obs.columns)) or 'none'})"
             )
-        col = adata.obs[key]
+        col = obs[key]
         if not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
             raise DataError(
                 f"{where} obs[{key!r}] is not numeric; data.covariate_keys takes continuous columns "
@@ -704,14 +764,20 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
         if matrix is None:
             raise DataError(f"{where} has no .X; set data.layer to one of: {', '.join(adata.layers.keys())}")
     x = as_rows(matrix, f"{where} ({'layer ' + layer if layer else '.X'})")
+    return (x, *obs_codes(adata.obs, cfg, where, class_names))
+
+
+def obs_codes(obs, cfg, where: str, class_names: Optional[list] = None):
+    """(y, class names, batch codes, batch names) from the ``data.label_key`` and ``data.batch_key``
+    columns of an obs table (None where a key is not set)."""
 
     def column(key, what):
-        if key not in adata.obs.columns:
+        if key not in obs.columns:
             raise DataError(
                 f"{where} has no obs column {key!r} for data.{what} "
-                f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})"
+                f"(columns: {', '.join(map(str, obs.columns)) or 'none'})"
             )
-        return adata.obs[key]
+        return obs[key]
 
     y = names = batch = batch_names = None
     if cfg.get("label_key"):
@@ -725,7 +791,7 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
         batch, batch_names = codes_of(col.astype(str), f"{where} obs[{cfg.batch_key!r}]")
         if bool((batch < 0).any()):
             raise DataError(f"{where} obs[{cfg.batch_key!r}] has empty/'unknown' batch names; every row needs a batch")
-    return x, y, names, batch, batch_names
+    return y, names, batch, batch_names
 
 
 # ---------------------------------------------------------------- sources
@@ -886,8 +952,7 @@ class InMemory(DataSource):
         if is_anndata(self.x):
             if self.y is not None:
                 raise DataError("fit(adata, y): give the labels as an obs column, data.label_key=COLUMN")
-            x, y, names, batch, batch_names = from_anndata(self.x, cfg, "the AnnData")
-            covariates = covariates_from_anndata(self.x, cfg, "the AnnData")
+            x, y, names, batch, batch_names, covariates = anndata_rows(cfg, "the AnnData", adata=self.x)
         else:
             keys = [k for k in ("layer", "label_key", "batch_key", "covariate_keys") if cfg.get(k)]
             if keys:
@@ -899,13 +964,11 @@ class InMemory(DataSource):
 
 @DATASETS.register("anndata", config=AnnDataConfig)
 class AnnDataFile(DataSource):
-    """An .h5ad file (data.path; data.layer, data.label_key, data.batch_key); a random test split."""
+    """An .h5ad file or .zarr store (data.path; data.layer, data.label_key, data.batch_key); a random test split."""
 
     def load(self, cfg, generator):
         path = Path(cfg.path).expanduser()
-        adata = read_h5ad(path)
-        x, y, names, batch, batch_names = from_anndata(adata, cfg, str(path))
-        covariates = covariates_from_anndata(adata, cfg, str(path))
+        x, y, names, batch, batch_names, covariates = anndata_rows(cfg, str(path))
         return _split_rows(x, y, cfg, generator, str(path), names, batch, batch_names, covariates)
 
 
@@ -983,7 +1046,7 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     if d.binarize == "static":
         for s in (train, val, test):
             if s is not None:
-                if isinstance(s.x, NpyRows):
+                if isinstance(s.x, DiskRows):
                     raise DataError(
                         "data.binarize=static draws every value once in memory; with rows on disk use "
                         "data.binarize=dynamic (drawn per batch) or data.storage=memory"
@@ -1006,13 +1069,13 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
 def _place(data: Dataset, d) -> None:
     """Splits whose rows are still on disk (a .npy, split by row numbers) read into memory, or left
     there and read in shuffled chunks (``Dataset.stream``), as ``data.storage`` says."""
-    splits = [s for _, s in data.splits() if isinstance(s.x, NpyRows)]
+    splits = [s for _, s in data.splits() if isinstance(s.x, DiskRows)]
     if not splits:
         return
     xs = placed(splits[0].x, d, str(d.get("path") or d.name), parts=[s.x for s in splits])
     for s, x in zip(splits, xs):
         s.x = x
-    if isinstance(data.train.x, NpyRows) and d.get("shuffle", "chunks") == "chunks":
+    if isinstance(data.train.x, DiskRows) and d.get("shuffle", "chunks") == "chunks":
         chunk, buffer = int(d.get("chunk_rows") or 1024), int(d.get("shuffle_buffer") or 65536)
         fits = BUFFER_BYTES // (4 * data.train.x.shape[1])
         if buffer > fits:  # wide rows: fewer rows in a buffer, and chunks small enough to mix MIN_CHUNKS of them
@@ -1022,7 +1085,7 @@ def _place(data: Dataset, d) -> None:
 
 
 def _check_unit(x, what):
-    if isinstance(x, NpyRows):  # one pass over the file, a chunk at a time
+    if isinstance(x, DiskRows):  # one pass over the file, a chunk at a time
         for _, chunk in x.chunks():
             _check_unit(chunk, what)
         return

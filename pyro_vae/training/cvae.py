@@ -13,7 +13,7 @@ import torch
 from ..models.cvae import CVAE
 from ..errors import DataError
 from ..sparse import is_sparse
-from ..streaming import NpyRows
+from ..streaming import DiskRows
 from .base import check_likelihood, register_plan
 from .batches import IndexBatchSampler, RowBatches, index_loader, seeded_generator
 from .vae import ELBOPlan
@@ -44,7 +44,7 @@ class CVAEPlan(ELBOPlan):
 
     def check_data(self, data):
         m = self.model
-        if any(isinstance(s.x, NpyRows) for _, s in data.splits()):
+        if any(isinstance(s.x, DiskRows) for _, s in data.splits()):
             raise DataError(
                 "model=cvae carries each row's covariates beside it in memory; rows streamed from disk are not "
                 "supported yet: set data.storage=memory"

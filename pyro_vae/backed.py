@@ -23,7 +23,6 @@ from .sparse import SparseRows
 from .streaming import RowFile
 from .utils import first_line
 
-SUFFIXES = (".h5ad", ".zarr")
 ANNDATA_MISSING = "reading AnnData files needs the anndata package: pip install pyro_vae[anndata]"
 
 
@@ -216,10 +215,6 @@ class AnnDataMatrix(RowFile):
             return read_elem(self.store["obs"])
         except Exception as e:
             raise DataError(f"could not read the obs table of {self.path}: {first_line(e)}") from None
-
-
-def is_anndata_path(path) -> bool:
-    return Path(str(path)).suffix in SUFFIXES
 
 
 class ObsmWriter:

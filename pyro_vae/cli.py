@@ -105,7 +105,12 @@ def _load_rows(model, cfg, get_data, args, want_adata: bool = False):
             raise PyroVAEError(f"this data has no {args.split} split (set data.validation=N for a val split)")
         where, batch_names = f"the {args.split} split", data.extra.get("batch_names")
         if want_adata and cfg.data.name == "anndata" and cfg.data.get("path"):
-            source = Path(cfg.data.path).expanduser()
+            from .data import anndata_paths
+
+            paths = anndata_paths(cfg.data.path)
+            if len(paths) > 1:
+                raise PyroVAEError("--out FILE.h5ad copies one AnnData file; this run read several: write .npy or .csv")
+            source = paths[0]
     if split.x.shape[1] != model.data_dim:
         raise PyroVAEError(f"{where} has {split.x.shape[1]} columns but the model expects {model.data_dim}")
     from .training.base import check_likelihood

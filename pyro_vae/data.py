@@ -53,7 +53,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -286,7 +286,11 @@ class MemoryConfig(StorageConfig):
 
 @dataclass
 class AnnDataConfig(MemoryConfig):
-    path: Optional[str] = option(None, "an .h5ad file or a .zarr store (pip install pyro_vae[anndata])")
+    path: Any = option(
+        None,
+        "an .h5ad file or a .zarr store (pip install pyro_vae[anndata]), or a list of them with the same genes: "
+        "one data set, their rows one after another",
+    )
 
     @staticmethod
     def check(c) -> None:
@@ -664,36 +668,65 @@ def read_h5ad(path: Path):
         raise DataError(f"could not read {path} as AnnData: {first_line(e)}") from None
 
 
+def anndata_paths(path) -> List[Path]:
+    """``data.path`` of data=anndata as a list of paths (one file, or several: one data set)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path or [])
+    if not paths:
+        raise ConfigError("data.name=anndata needs data.path=FILE.h5ad (or STORE.zarr, or a list of them)")
+    return [Path(str(p)).expanduser() for p in paths]
+
+
 def anndata_rows(cfg, where: str, adata=None, class_names: Optional[list] = None):
-    """(x, y, class names, batch codes, batch names, covariates) of the AnnData in ``data.path`` (or
-    ``adata``, given in Python). The matrix (``data.layer``, else .X) stays on disk as
-    :class:`~pyro_vae.streaming.DiskRows` of an :class:`~pyro_vae.backed.AnnDataMatrix` (only ``obs``
-    is read) when ``data.storage`` says disk, or auto finds it too big for memory (:func:`storage_of`
-    of its float32 rows, or a sparse matrix's CSR arrays); else the AnnData is read whole. An
-    in-memory ``adata`` stays as it is; a backed one (``anndata.read_h5ad(path, backed="r")``) is
-    read from its file the same way."""
+    """(x, y, class names, batch codes, batch names, covariates) of the AnnData in ``data.path`` (one
+    file, or several as one data set: their rows one after another), or ``adata`` given in Python.
+    The matrix (``data.layer``, else .X) stays on disk as :class:`~pyro_vae.streaming.DiskRows` of an
+    :class:`~pyro_vae.backed.AnnDataMatrix` (only ``obs`` is read) when ``data.storage`` says disk, or
+    auto finds it too big for memory (:func:`storage_of` of its float32 rows, or a sparse matrix's CSR
+    arrays); else it is read whole. An in-memory ``adata`` stays as it is; a backed one
+    (``anndata.read_h5ad(path, backed="r")``) is read from its file the same way."""
     try:
-        import anndata  # noqa: F401  (the obs table is read by anndata either way)
+        import anndata
     except ImportError:
         raise DataError(ANNDATA_MISSING) from None
-    path = Path(cfg.path).expanduser() if adata is None else None
+    paths = anndata_paths(cfg.path) if adata is None else None
     if adata is not None and getattr(adata, "isbacked", False):
-        path = Path(adata.filename)
-    if path is not None and (cfg.get("storage") or "auto") != "memory":
+        paths = [Path(adata.filename)]
+    if paths is not None and (cfg.get("storage") or "auto") != "memory":
         from .backed import AnnDataMatrix
+        from .streaming import JoinedFiles
 
-        matrix = AnnDataMatrix(path, cfg.get("layer"))
+        matrices = [AnnDataMatrix(p, cfg.get("layer")) for p in paths]
+        matrix = matrices[0] if len(matrices) == 1 else JoinedFiles(matrices)
         if storage_of(matrix.nbytes_of(None), cfg) == "disk":
-            obs = matrix.obs() if adata is None else adata.obs
+            obs = adata.obs if adata is not None else _joined_obs([m.obs() for m in matrices])
             y, names, batch, batch_names = obs_codes(obs, cfg, where, class_names)
             return DiskRows(matrix), y, names, batch, batch_names, covariates_from_obs(obs, cfg, where)
-        matrix.close()
+        for m in matrices:
+            m.close()
     if adata is None:
-        adata = read_h5ad(path)
+        parts = [read_h5ad(p) for p in paths]
+        adata = parts[0] if len(parts) == 1 else anndata.concat(parts, join="outer", index_unique="-")
     elif getattr(adata, "isbacked", False):
         adata = adata.to_memory()
     x, y, names, batch, batch_names = from_anndata(adata, cfg, where, class_names)
     return x, y, names, batch, batch_names, covariates_from_anndata(adata, cfg, where)
+
+
+def _joined_obs(tables):
+    """The obs tables of several files, one after another (categories joined, as ``anndata.concat`` does)."""
+    if len(tables) == 1:
+        return tables[0]
+    import pandas as pd
+
+    from pandas.api.types import union_categoricals
+
+    joined = pd.concat(tables, ignore_index=True)
+    for key in tables[0].columns:
+        if all(key in t.columns and isinstance(t[key].dtype, pd.CategoricalDtype) for t in tables):
+            joined[key] = pd.Categorical(
+                joined[key], categories=union_categoricals([t[key] for t in tables]).categories
+            )
+    return joined
 
 
 def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[torch.Tensor, list]:
@@ -967,9 +1000,9 @@ class AnnDataFile(DataSource):
     """An .h5ad file or .zarr store (data.path; data.layer, data.label_key, data.batch_key); a random test split."""
 
     def load(self, cfg, generator):
-        path = Path(cfg.path).expanduser()
-        x, y, names, batch, batch_names, covariates = anndata_rows(cfg, str(path))
-        return _split_rows(x, y, cfg, generator, str(path), names, batch, batch_names, covariates)
+        where = ", ".join(str(p) for p in anndata_paths(cfg.path))
+        x, y, names, batch, batch_names, covariates = anndata_rows(cfg, where)
+        return _split_rows(x, y, cfg, generator, where, names, batch, batch_names, covariates)
 
 
 def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch_names=None, covariates=None) -> Loaded:

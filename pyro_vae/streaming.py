@@ -140,6 +140,49 @@ def concat_rows(pieces):
     return SparseRows(torch.cat(crows).to(itype), col, values, (rows, pieces[0].shape[1]))
 
 
+class JoinedFiles(RowFile):
+    """Several :class:`RowFile` of the same columns as one: the rows of the first, then of the second, ...
+    (a data set kept in several files). Sparse when every file is."""
+
+    def __init__(self, files):
+        self.files = list(files)
+        cols = {f.cols for f in self.files}
+        if len(cols) > 1:
+            names = ", ".join(f"{f.path} ({f.cols})" for f in self.files)
+            raise DataError(f"files of one data set need the same number of columns; got {names}")
+        self.path = Path(", ".join(str(f.path) for f in self.files))  # named in messages
+        self.cols = cols.pop()
+        self.starts = np.cumsum([0] + [f.rows for f in self.files])
+        self.rows = int(self.starts[-1])
+        self.sparse = all(f.sparse for f in self.files)
+        self.row_bytes = max(f.row_bytes for f in self.files)
+
+    def _pieces(self, lo: int, hi: int):
+        """(file, its first row, its end row) for the file rows [lo, hi), file by file."""
+        k = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        while lo < hi:
+            end = min(hi, int(self.starts[k + 1]))
+            yield self.files[k], lo - int(self.starts[k]), end - int(self.starts[k])
+            lo, k = end, k + 1
+
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        parts = [f.read_span(a, b) for f, a, b in self._pieces(lo, hi)]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def read_csr(self, lo: int, hi: int):
+        parts = [f.read_csr(a, b) for f, a, b in self._pieces(lo, hi)] or [self.files[0].read_csr(0, 0)]
+        return concat_rows(parts) if len(parts) != 1 else parts[0]
+
+    def stat_key(self) -> str:
+        return "|".join(f.stat_key() for f in self.files)
+
+    def nbytes_of(self, rows: Optional[np.ndarray]) -> int:
+        if rows is None:
+            return sum(f.nbytes_of(None) for f in self.files)
+        k = np.searchsorted(self.starts, rows, side="right") - 1
+        return sum(f.nbytes_of(rows[k == i] - int(self.starts[i])) for i, f in enumerate(self.files))
+
+
 class NpyFile(RowFile):
     """An open ``.npy`` file: its header (shape, dtype, data offset) and a file descriptor shared by
     every view (``os.preadv`` takes an offset, so threads may read at once)."""

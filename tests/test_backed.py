@@ -71,7 +71,8 @@ def files(tmp_path):
 
 def _fit(path, *overrides):
     torch.set_num_threads(1)
-    return pyro_vae.fit(None, save=False, overrides=["data=anndata", f"data.path={path}", *FIT, *overrides])
+    path = path if str(path).startswith("data.path=") else f"data.path={path}"
+    return pyro_vae.fit(None, save=False, overrides=["data=anndata", path, *FIT, *overrides])
 
 
 @pytest.mark.parametrize("kind", ["sparse", "dense", "zarr", "zarr2"])
@@ -224,3 +225,20 @@ def test_a_backed_file_changed_before_resume_is_one_line(files, tmp_path, capsys
     os.replace(tmp_path / "new.h5ad", paths["sparse"])  # same shape, other values
     assert main(["train", "--resume", str(run), "train.epochs=2"]) == 2
     assert "data differ" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_several_files_are_one_data_set_on_disk_as_in_memory(files, tmp_path):
+    x, kind, _ = files
+    a, b = tmp_path / "a.h5ad", tmp_path / "b.zarr"
+    _adata(x[:180], kind[:180]).write_h5ad(a)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _adata(x[180:], kind[180:]).write_zarr(b)
+    joined = f"data.path=[{a},{b}]"
+    memory = _fit(joined, "data.storage=memory", "data.label_key=cell_type")
+    disk = _fit(joined, "data.storage=disk", "data.shuffle=exact", "data.label_key=cell_type")
+    rows = disk.data.train.x
+    assert isinstance(rows, DiskRows) and torch.equal(rows.dense(), torch.from_numpy(x[disk.data.train.rows.numpy()]))
+    assert torch.equal(rows.rows_as_read().dense(), rows.dense())  # CSR rows across the two files
+    assert torch.equal(disk.data.train.y, memory.data.train.y)
+    assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]

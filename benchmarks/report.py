@@ -530,6 +530,7 @@ def bigdata(d):
             density_pct=f"{100 * b['density']:.1f}%",
             subset_rows=b["memory_subset"]["rows"],
             ratio=b["memory_subset"]["rows_per_second"] / b["disk"]["rows_per_second"],
+            cpu_ratio=b["memory_subset"]["rows_per_cpu_second"] / b["disk"]["rows_per_cpu_second"],
         )
     out["machine_memory"] = f"{d['machine']['memory_gb']:.0f}"
     out["big"] = []

@@ -4,6 +4,7 @@ files are one line."""
 
 import json
 import os
+import pickle
 import warnings
 
 import numpy as np
@@ -115,6 +116,8 @@ def test_rows_of_a_csr_file_in_any_order_and_in_memory_are_the_file_s_rows(files
     part = rows[torch.randperm(300, generator=torch.Generator().manual_seed(0))[:120]]
     assert torch.equal(part.to_memory().dense(), part.dense())  # memory: CSR in the split's order
     assert part.nbytes == 8 * (int((x[part.file_rows()] != 0).sum()) + 121)
+    moved = pickle.loads(pickle.dumps(part))  # a spawned DDP process: the store opened again there
+    assert moved.file._store is None and torch.equal(moved.dense(), part.dense())
 
 
 def test_storage_auto_streams_an_anndata_too_big_for_memory_and_fit_takes_a_backed_anndata(files, monkeypatch, caplog):

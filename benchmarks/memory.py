@@ -13,6 +13,16 @@ gives the peak anonymous memory above the imports' against the array's size.
 
 Each run adds (or replaces) one labelled entry of ``benchmarks/memory.json`` (``before`` /
 ``after`` a change), so one file holds both measurements.
+
+``--images ROOT`` measures an image folder instead (CIFAR-10's 60,000 32x32 colour JPEGs in
+``ROOT/train`` and ``ROOT/test``): each run a fresh process trains ``data=image_folder
+data.channels=3`` (the default network and likelihood) for ``--steps`` steps of 128 images, then
+evaluates the test split, with the decoded cache made beforehand (the loads read it, they do not
+decode). Measured with the sources of ``--baseline COMMIT`` (the float32 tensors before this
+change), and now with ``data.storage=memory`` (uint8 in memory) and ``data.storage=disk`` (uint8
+read from the cache's file by index); written to the ``images`` entry of ``memory.json``.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/memory.py --images /work/data/cifar10 --baseline COMMIT
 """
 
 import argparse
@@ -108,10 +118,116 @@ def child(path: str, extra) -> None:
     )
 
 
-def measure(path: Path, extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(HERE.parent))
+def image_child(root: str, extra) -> None:
+    """Train on the image folder ``root`` in this process and print one JSON line."""
+    import torch
+
+    import pyro_vae
+
+    torch.set_num_threads(1)
+    base = status_mb("RssAnon")
+    with peak_anon(base) as peak:
+        t0 = time.perf_counter()
+        overrides = ["data=image_folder", f"data.root={root}", "data.channels=3", *TRAIN[1:], *extra]
+        r = pyro_vae.fit(None, save=False, overrides=overrides)
+        seconds = time.perf_counter() - t0
+    peak[0] = max(peak[0], status_mb("RssAnon"))
+    x = r.data.train.x
+    print(
+        json.dumps(
+            {
+                "peak_anon_mb": round(peak[0], 1),
+                "anon_after_imports_mb": round(base, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "fit_seconds": round(seconds, 1),
+                "rows": type(x).__name__,
+                "held_as": str(getattr(x, "dtype", "")) if torch.is_tensor(x) else str(x.file.dtype),
+                "on_disk": bool(getattr(x, "on_disk", False)),
+                "test_loss": round(r.metrics["test_loss"], 2),
+            }
+        )
+    )
+
+
+def batch_reads(cache: str, root: str, batches: int = 400) -> dict:
+    """Milliseconds to gather one batch of 128 random training images as float32 in [0,1]: from the
+    float32 tensor the splits held before, from the uint8 rows in memory, and from the cache's file."""
+    import torch
+
+    sys.path.insert(0, str(HERE.parent))
+    os.environ["PYRO_VAE_CACHE"] = cache
+    from pyro_vae.images import cache_dir
+    from pyro_vae.sparse import take
+    from pyro_vae.streaming import DiskRows, MemoryArray, NpyRows, divided
+
+    torch.set_num_threads(1)
+    path = cache_dir(Path(root) / "train", None, 3) / "images.npy"
+    pixels = np.load(path)
+    held = {
+        "float32 tensor (before)": torch.from_numpy(pixels.reshape(len(pixels), -1)).float() / 255,
+        "uint8 rows in memory": divided(DiskRows(MemoryArray(pixels)), 255),
+        "uint8 rows on disk (random rows)": divided(NpyRows.open(path), 255),
+    }
+    g = torch.Generator().manual_seed(0)
+    idx = [torch.randperm(len(pixels), generator=g)[:128] for _ in range(batches)]
+    out = {}
+    for name, x in held.items():
+        take(x, idx[0])
+        t = time.perf_counter()
+        for i in idx:
+            take(x, i)
+        out[name] = round((time.perf_counter() - t) / batches * 1e3, 3)
+    return out
+
+
+def images(args, extra) -> None:
+    """The ``--images`` measurements (see the module's docstring)."""
+    import importlib
+
+    sys.path.insert(0, str(HERE))
+    sources_of = importlib.import_module("image_cache").sources_of
+    steps = [f"trainer.extra={{limit_train_batches: {args.steps}}}", *extra]
+    runs = []
+    with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as old:
+        env = {"PYRO_VAE_CACHE": cache}
+        measure(args.images, ["data.storage=memory", "trainer.extra={limit_train_batches: 1}"], env, "--image-child")
+        cases = [
+            ("after", "memory", ["data.storage=memory"], HERE.parent),
+            ("after", "disk", ["data.storage=disk"], HERE.parent),
+        ]
+        if args.baseline:
+            cases.insert(0, ("before", "memory (float32)", [], sources_of(args.baseline, Path(old))))
+        for label, storage, keys, src in cases:
+            row = {"measured": label, "storage": storage}
+            row.update(measure(args.images, [*keys, *steps], env, "--image-child", src))
+            runs.append(row)
+            print(json.dumps(row), flush=True)
+        reads = batch_reads(cache, args.images)
+        print(json.dumps(reads), flush=True)
+    suffixes = (".png", ".jpg", ".jpeg")
+    count = sum(f.lower().endswith(suffixes) for _, _, files in os.walk(args.images) for f in files)
+    pixels = count * 32 * 32 * 3
+    out_path = HERE / "memory.json"
+    out = json.loads(out_path.read_text()) if out_path.is_file() else {}
+    out["images"] = {
+        "root": args.images,
+        "images": pixels // 3072,
+        "pixels_mb": round(pixels / 2**20, 1),
+        "steps": args.steps,
+        "baseline": args.baseline,
+        "runs": runs,
+        "batch_ms": [{"held_as": k, "ms": v} for k, v in reads.items()],
+        "train_overrides": ["data=image_folder", "data.channels=3", *TRAIN[1:], *steps],
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+    out_path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {out_path} (images)")
+
+
+def measure(path: Path, extra, env=None, mode="--child", src: Path = HERE.parent) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH=str(src), **(env or {}))
     r = subprocess.run(
-        [sys.executable, __file__, "--child", str(path), *extra],
+        [sys.executable, __file__, mode, str(path), *extra],
         capture_output=True,
         text=True,
         env=env,
@@ -126,10 +242,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[0.25, 1.0, 4.0], help="array sizes in GB")
     p.add_argument("--label", default="after", help="entry of memory.json to write (before | after)")
+    p.add_argument("--images", help="an image folder (CIFAR-10's, with train/ and test/) instead of arrays")
+    p.add_argument("--steps", type=int, default=50, help="--images: training steps of 128 images")
+    p.add_argument("--baseline", help="--images: a commit whose sources are measured as 'before'")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--image-child", help=argparse.SUPPRESS)
     args, extra = p.parse_known_args()
     if args.child:
         return child(args.child, extra)
+    if args.image_child:
+        return image_child(args.image_child, extra)
+    if args.images:
+        return images(args, extra)
     rows_out = []
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp:
         for gb in args.sizes:

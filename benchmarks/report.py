@@ -469,7 +469,16 @@ def memory(d):
         for r in (d.get(label) or {}).get("rows", []):
             rows.append(dict(r, measured=label, growth=r["peak_anon_mb"] - r["anon_after_imports_mb"]))
     after = [r for r in rows if r["measured"] == "after"]
-    return {"rows": rows, "largest_after": max(after, key=lambda r: r["array_mb"]) if after else {}}
+    out = {"rows": rows, "largest_after": max(after, key=lambda r: r["array_mb"]) if after else {}}
+    images = d.get("images") or {}
+    out["images"] = dict(images, runs=[])
+    for r in images.get("runs", []):
+        growth = r["peak_anon_mb"] - r["anon_after_imports_mb"]
+        out["images"]["runs"].append(dict(r, growth=growth, over_pixels=growth / images["pixels_mb"]))
+    by = {r["storage"]: r for r in out["images"]["runs"]}
+    if "memory (float32)" in by and "memory" in by:
+        out["images"]["less"] = 1 - by["memory"]["growth"] / by["memory (float32)"]["growth"]
+    return out
 
 
 @part("bigdata.json")

@@ -9,7 +9,9 @@ Built-in sources:
 * ``image_folder`` — ``data.root`` with one sub-folder of images per class (PNG, JPEG, ...),
   resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels. A test
   folder from ``data.test_root`` or ``root/{train,test}``; decoded in parallel and cached
-  (:mod:`pyro_vae.images`).
+  (:mod:`pyro_vae.images`). The pixels stay uint8, read by index (:class:`~pyro_vae.streaming.DiskRows`
+  of a :class:`~pyro_vae.streaming.MemoryArray`, or of the cache's file: ``data.storage``), each
+  batch made float32 as it is read.
 * ``anndata`` — an ``.h5ad`` file or ``.zarr`` store: ``data.layer`` (default .X), ``data.label_key``
   and ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``). ``data.storage``
   reads it whole, or leaves the matrix (dense or CSR) on disk (:mod:`pyro_vae.backed`), as a .npy.
@@ -18,6 +20,7 @@ Built-in sources:
   column), ``labels_path`` optional. A ``.npy`` is split by row numbers before any row is read;
   ``data.storage`` then reads each split into memory, or leaves it on disk
   (:class:`~pyro_vae.streaming.NpyRows`: read by index, trained on in shuffled chunks).
+  ``data.covariates_path``: continuous covariates for ``model=cvae`` (see :class:`ArrayConfig`).
 
 Sparse input (a sparse ``.npz``, scipy / torch sparse matrices given to ``pyro_vae.fit``)
 stays sparse: ``Split.x`` is then a :class:`~pyro_vae.sparse.SparseRows`, densified one
@@ -64,7 +67,7 @@ from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
-from .streaming import DiskRows, NpyRows, UnsupportedLayout, available_memory, physical_memory
+from .streaming import DiskRows, MemoryArray, NpyRows, UnsupportedLayout, available_memory, divided, physical_memory
 from .utils import first_line
 
 DATASETS = Registry("data set")
@@ -72,7 +75,7 @@ log = logging.getLogger(__name__)
 LOG_BYTES = 100 << 20  # rows of at least this size say in the log where they were placed
 BUFFER_BYTES = 256 << 20  # data on disk: the shuffle buffer holds at most this many bytes of rows (or one chunk)
 MIN_CHUNKS = 32  # a buffer capped by BUFFER_BYTES still mixes rows of at least this many chunks
-MEMORY_SHARE = 0.4  # data.storage=auto loads an array whose float32 rows take at most this share of the memory
+MEMORY_SHARE = 0.4  # data.storage=auto loads rows that take at most this share of the memory (memory_bytes)
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -162,7 +165,7 @@ class Dataset:
         crc = 0
         for name, split in self.splits():
             crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
-            if isinstance(split.x, DiskRows):
+            if callable(getattr(split.x, "fingerprint", None)):  # rows read by index: DiskRows, AppendedRows
                 crc = zlib.crc32(split.x.fingerprint().to_bytes(4, "little"), crc)
             for part in (*_buffers(split.x), split.y, split.rows, split.batch, split.covariates):
                 if part is not None:
@@ -172,7 +175,7 @@ class Dataset:
 
 def _buffers(x):
     """The tensors that hold a split's values: the tensor itself, a CSR's three arrays, none on disk."""
-    if isinstance(x, DiskRows):
+    if callable(getattr(x, "fingerprint", None)):
         return ()
     return (x.crow, x.col, x.values) if hasattr(x, "crow") else (x,)
 
@@ -228,13 +231,14 @@ class IdxConfig(DataConfig):
 
 @dataclass
 class StorageConfig(SplitConfig):
-    """Keys of a source whose rows can stay on disk (a .npy, an AnnData file)."""
+    """Where the rows of a file go (a .npy, an AnnData file, an image folder's decoded cache): into memory,
+    or left on disk and read by index as training goes."""
 
     storage: str = option(
         "auto",
         "auto | memory | disk: the rows read into memory, or left on disk and read in chunks as training goes "
-        f"(auto: memory when they take under {MEMORY_SHARE:.0%} of the machine's memory: float32 rows, or a "
-        "sparse AnnData's CSR arrays)",
+        f"(auto: memory when they take under {MEMORY_SHARE:.0%} of the machine's memory; 8- and 16-bit integers "
+        "stay in their own type in memory, a sparse AnnData's CSR arrays stay CSR, others are float32)",
     )
     shuffle: str = option(
         "chunks",
@@ -262,15 +266,34 @@ class StorageConfig(SplitConfig):
 
 @dataclass
 class ArrayConfig(StorageConfig):
+    """Continuous covariates of the rows (``model=cvae`` conditions on them) come from a second file,
+    ``data.covariates_path``, row i of it for row i of ``data.path``, as labels come from ``labels_path``:
+    a ``.csv`` whose header names its columns (``data.covariate_keys`` picks some of them), or a ``.npy``
+    (N,) or (N, K) whose columns ``data.covariate_keys`` names (else ``covariate_0``, ``covariate_1``, ...).
+    Those names are the keys of ``sample --condition KEY=VALUE`` and the columns ``encode`` writes."""
+
     path: Optional[str] = option(None, "X.npy | X.npz (arrays x[, y]) | X.csv")
     labels_path: Optional[str] = option(None, "labels in a separate .npy/.csv (one per row; -1/empty = unknown)")
     label_column: Optional[int] = option(None, "csv: index of the label column (-1 = last)")
+    covariates_path: Optional[str] = option(
+        None, "continuous covariates in a separate .npy/.csv, one row per data row (model=cvae conditions on them)"
+    )
+    covariate_keys: List[str] = option(
+        help="with data.covariates_path: the csv columns to use (header names), or the names of a .npy's columns; "
+        "empty = every column (the csv header's names, else covariate_0, covariate_1, ...)",
+        factory=list,
+    )
 
     @staticmethod
     def check(c) -> None:
+        StorageConfig.check(c)
         if not c.path:
             raise ConfigError("data.name=array needs data.path=FILE (.npy, .npz or .csv)")
-        StorageConfig.check(c)
+        if c.get("covariate_keys") and not c.get("covariates_path"):
+            raise ConfigError(
+                "data.covariate_keys on data=array names the columns of data.covariates_path=FILE (.npy or .csv); "
+                "give that file"
+            )
 
 
 @dataclass
@@ -300,7 +323,10 @@ class AnnDataConfig(MemoryConfig):
 
 
 @dataclass
-class ImageFolderConfig(SplitConfig):
+class ImageFolderConfig(StorageConfig):
+    """An image folder's pixels are kept as uint8 (1 byte a value) in memory or in the decoded cache on disk
+    (``data.storage``; disk needs ``data.cache=true``) and become float levels or [0,1] one batch at a time."""
+
     root: Optional[str] = option(
         None,
         "folder of images: one sub-folder per class (its name = the label), or images directly inside (unlabelled)",
@@ -322,9 +348,13 @@ class ImageFolderConfig(SplitConfig):
 
     @staticmethod
     def check(c) -> None:
-        SplitConfig.check(c)
+        StorageConfig.check(c)
         if not c.root:
             raise ConfigError("data.name=image_folder needs data.root=FOLDER")
+        if c.get("storage") == "disk" and not c.get("cache", True):
+            raise ConfigError(
+                "data.storage=disk reads the decoded images from their cache; set data.cache=true (or data.storage=memory)"
+            )
         if c.channels not in (1, 3):
             raise ConfigError(f"data.channels must be 1 (grey) or 3 (colour), got {c.channels}")
         if c.image_size is not None and c.image_size < 1:
@@ -572,6 +602,53 @@ def load_array(cfg, lazy: bool = False) -> Tuple[torch.Tensor, Optional[torch.Te
     return xt, yt, rows
 
 
+def covariates_from_file(cfg, n: int) -> Tuple[torch.Tensor, List[str]]:
+    """(the (n, K) float32 covariates of ``data.covariates_path``, their names): see :class:`ArrayConfig`."""
+    path = Path(cfg.covariates_path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.covariates_path {path} does not exist")
+    header = None
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        elif path.suffix == ".csv":
+            values, header, _ = _read_csv(path)
+        else:
+            raise DataError(f"data.covariates_path {path}: unsupported file type {path.suffix!r}; use .npy or .csv")
+    except (OSError, ValueError) as e:
+        raise DataError(f"could not read {path}: {first_line(e)}") from None
+    if not np.issubdtype(values.dtype, np.number) and values.dtype != bool:
+        raise DataError(f"{path} must hold numbers, found dtype {values.dtype}")
+    values = np.asarray(values, dtype=np.float64)
+    values = values[:, None] if values.ndim == 1 else values
+    if values.ndim != 2 or values.shape[0] != n:
+        raise DataError(
+            f"{path} holds covariates of shape {values.shape} for {n} data rows; give one row of covariates per data row"
+        )
+    keys = [str(k) for k in (cfg.get("covariate_keys") or [])]
+    if header is not None:
+        missing = [k for k in keys if k not in header]
+        if missing:
+            raise DataError(
+                f"{path} has no column {missing[0]!r} for data.covariate_keys (columns: {', '.join(header)})"
+            )
+        keys = keys or list(header)
+        values = values[:, [header.index(k) for k in keys]]
+    elif keys and len(keys) != values.shape[1]:
+        raise DataError(f"data.covariate_keys names {len(keys)} columns but {path} has {values.shape[1]}")
+    keys = keys or [f"covariate_{j}" for j in range(values.shape[1])]
+    if len(set(keys)) != len(keys):
+        raise DataError(f"the covariates of {path} repeat a name ({', '.join(keys)}); give each column its own")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        j = int(bad.any(0).nonzero()[0][0])
+        raise DataError(
+            f"{path} column {keys[j]!r} has {int(bad[:, j].sum())} missing or NaN/inf values "
+            f"(first: row {int(bad[:, j].nonzero()[0][0])}); every row needs a value"
+        )
+    return torch.from_numpy(values.astype(np.float32)), keys
+
+
 def _open_npy(path: Path):
     """A .npy of numbers in C order as :class:`NpyRows` (nothing read but the header); any other
     .npy (Fortran order, ...) read whole by ``np.load``."""
@@ -582,7 +659,7 @@ def _open_npy(path: Path):
 
 
 def storage_of(nbytes: int, cfg) -> str:
-    """memory | disk for ``nbytes`` of float32 rows on disk under ``data.storage`` (auto: memory when
+    """memory | disk for rows on disk taking ``nbytes`` in memory under ``data.storage`` (auto: memory when
     under MEMORY_SHARE of the machine's memory; the physical memory, so that every process of a run
     decides alike)."""
     storage = cfg.get("storage") or "auto"
@@ -592,32 +669,63 @@ def storage_of(nbytes: int, cfg) -> str:
 
 
 def placed(x, cfg, where: str, parts=None):
-    """Rows on disk (:class:`~pyro_vae.streaming.DiskRows`) read into memory (one float32 tensor, or a
-    sparse file's :class:`~pyro_vae.sparse.SparseRows`), or left where they are, as
+    """Rows on disk (:class:`~pyro_vae.streaming.DiskRows`) read into memory, or left where they are, as
     ``data.storage`` says (logged); ``parts`` (of x, e.g. its splits) are placed instead of x and
-    returned as a list. In memory NaN/inf is refused as for any array."""
+    returned as a list. In memory: 8- and 16-bit integers in their own type (:class:`DiskRows` of a
+    :class:`~pyro_vae.streaming.MemoryArray`), a sparse file's rows as a
+    :class:`~pyro_vae.sparse.SparseRows`, others as one float32 tensor (NaN/inf refused as for any array)."""
     whole = parts is None
     parts = [x] if whole else parts
-    nbytes = sum(p.nbytes for p in parts)
+    own = keeps_type(parts[0])
+    nbytes = sum(memory_bytes(p) for p in parts)
     storage = storage_of(nbytes, cfg)
     gb, free = nbytes / 1e9, available_memory() / 1e9
-    kind = "CSR rows" if getattr(parts[0], "sparse", False) else "float32 rows"
+    kind = "CSR" if parts[0].sparse else str(parts[0].file.dtype) if own else "float32"
     if storage == "disk":
-        log.info("%s: %.2f GB of %s streamed from disk (data.storage=%s)", where, gb, kind, cfg.get("storage"))
+        log.info("%s: %.2f GB of %s rows streamed from disk (data.storage=%s)", where, gb, kind, cfg.get("storage"))
         out = parts
     else:
         if nbytes >= LOG_BYTES:  # small data in memory: nothing to say
             log.info(
-                "%s: %.2f GB of %s loaded into memory (data.storage=%s; %.1f GB available)",
+                "%s: %.2f GB of %s rows loaded into memory (data.storage=%s; %.1f GB available)",
                 where,
                 gb,
                 kind,
                 cfg.get("storage"),
                 free,
             )
-        out = [p.to_memory() for p in parts]
-        _check_finite(out, parts, where)
+        if own:  # integers: no NaN to look for
+            out = [DiskRows(MemoryArray(in_own_type(p), str(p.file.path))) for p in parts]
+        else:
+            out = [p.to_memory() for p in parts]
+            _check_finite(out, parts, where)
     return out[0] if whole else out
+
+
+def keeps_type(rows: DiskRows) -> bool:
+    """Whether ``rows`` stay in their file's type in memory: dense integers of at most 16 bits (exact in
+    float32, and a half or a quarter of its size), each batch converted to float32 as it is read."""
+    dtype = rows.file.dtype
+    return not rows.sparse and dtype.kind in "biu" and dtype.itemsize <= 2
+
+
+def memory_bytes(rows: DiskRows) -> int:
+    """Bytes ``rows`` take once :func:`placed` in memory: their own type (:func:`keeps_type`), else
+    float32 rows or a sparse file's CSR arrays."""
+    if keeps_type(rows):
+        return rows.shape[0] * rows.shape[1] * rows.file.dtype.itemsize
+    return rows.nbytes
+
+
+def in_own_type(rows: DiskRows) -> np.ndarray:
+    """All of ``rows`` in one array of the file's own type, read in file order a chunk at a time."""
+    out = np.empty(tuple(rows.shape), dtype=rows.file.dtype)
+    order, file_rows = rows.file_order().numpy(), rows.file_rows()
+    step = rows.chunk_size()
+    for a in range(0, len(order), step):
+        pos = order[a : a + step]
+        out[pos] = rows.file.read_rows(file_rows[pos], np.empty((len(pos), rows.shape[1]), dtype=out.dtype))
+    return out
 
 
 def _check_finite(tensors, parts, where: str) -> None:
@@ -633,11 +741,11 @@ def _check_finite(tensors, parts, where: str) -> None:
                 r = int(p.file_rows([r])[0])
                 first = r if first is None else min(first, r)
             continue
-        for a in range(0, t.shape[0], NpyRows.CHUNK_ROWS):
-            bad = ~torch.isfinite(t[a : a + NpyRows.CHUNK_ROWS]).all(1)
+        for a in range(0, t.shape[0], DiskRows.CHUNK_ROWS):
+            bad = ~torch.isfinite(t[a : a + DiskRows.CHUNK_ROWS]).all(1)
             if bool(bad.any()):
                 count += int(bad.sum())
-                r = int(p.file_rows(slice(a, a + NpyRows.CHUNK_ROWS))[bad.numpy()].min())
+                r = int(p.file_rows(slice(a, a + DiskRows.CHUNK_ROWS))[bad.numpy()].min())
                 first = r if first is None else min(first, r)
     if count:
         raise DataError(
@@ -682,7 +790,7 @@ def anndata_rows(cfg, where: str, adata=None, class_names: Optional[list] = None
     The matrix (``data.layer``, else .X) stays on disk as :class:`~pyro_vae.streaming.DiskRows` of an
     :class:`~pyro_vae.backed.AnnDataMatrix` (only ``obs`` is read) when ``data.storage`` says disk, or
     auto finds it too big for memory (:func:`storage_of` of its float32 rows, or a sparse matrix's CSR
-    arrays); else it is read whole. An in-memory ``adata`` stays as it is; a backed one
+    arrays, as anndata reads it); else it is read whole. An in-memory ``adata`` stays as it is; a backed one
     (``anndata.read_h5ad(path, backed="r")``) is read from its file the same way."""
     try:
         import anndata
@@ -696,11 +804,11 @@ def anndata_rows(cfg, where: str, adata=None, class_names: Optional[list] = None
         from .streaming import JoinedFiles
 
         matrices = [AnnDataMatrix(p, cfg.get("layer")) for p in paths]
-        matrix = matrices[0] if len(matrices) == 1 else JoinedFiles(matrices)
-        if storage_of(matrix.nbytes_of(None), cfg) == "disk":
+        rows = DiskRows(matrices[0] if len(matrices) == 1 else JoinedFiles(matrices))
+        if storage_of(rows.nbytes, cfg) == "disk":  # its size as anndata reads it whole
             obs = adata.obs if adata is not None else _joined_obs([m.obs() for m in matrices])
             y, names, batch, batch_names = obs_codes(obs, cfg, where, class_names)
-            return DiskRows(matrix), y, names, batch, batch_names, covariates_from_obs(obs, cfg, where)
+            return rows, y, names, batch, batch_names, covariates_from_obs(obs, cfg, where)
         for m in matrices:
             m.close()
     if adata is None:
@@ -924,7 +1032,8 @@ class ArrayFile(DataSource):
         if x.shape[0] < 2:
             raise DataError(f"{cfg.path} has {x.shape[0]} rows; need at least 2 to split train/test")
         tr, te = _random_split(len(x), cfg.test_fraction, generator)
-        full = Split(x, y, rows)
+        covariates, keys = covariates_from_file(cfg, x.shape[0]) if cfg.get("covariates_path") else (None, None)
+        full = Split(x, y, rows, None, covariates, keys)
         return Loaded(full.subset(tr), full.subset(te))  # a .npy: row numbers only, placed by load_data
 
 
@@ -936,7 +1045,7 @@ class ImageFolder(DataSource):
         train_root, test_root = split_folders(cfg.root, cfg.test_root)
         if test_root is not None:
             check_same_classes(train_root, test_root)
-        images, y, names = load_image_folder(train_root, cfg.image_size, cfg.channels, cfg.cache)
+        images, y, names = load_image_folder(train_root, cfg.image_size, cfg.channels, cfg.cache, mmap=True)
         shape = tuple(int(v) for v in images.shape[1:])
         if test_root is None:
             if images.shape[0] < 2:
@@ -944,7 +1053,7 @@ class ImageFolder(DataSource):
             tr, te = _random_split(len(images), cfg.test_fraction, generator)
             train, test = _pixel_rows(images, y, tr), _pixel_rows(images, y, te)
         else:
-            test_images, test_y, _ = load_image_folder(test_root, cfg.image_size, cfg.channels, cfg.cache)
+            test_images, test_y, _ = load_image_folder(test_root, cfg.image_size, cfg.channels, cfg.cache, mmap=True)
             if test_images.shape[1:] != images.shape[1:]:
                 (h, w), (h0, w0) = test_images.shape[2:], images.shape[2:]
                 raise DataError(
@@ -958,14 +1067,13 @@ class ImageFolder(DataSource):
 
 
 def _pixel_rows(images: np.ndarray, y: Optional[np.ndarray], idx=None) -> Split:
-    """The rows ``idx`` (all when None) of uint8 images as a Split of float32 rows of levels 0..255;
-    each row's number is its image's place in the folder's loading order."""
-    rows = torch.arange(images.shape[0])
-    if idx is not None:
-        images, rows = images[idx.numpy()], rows[idx]
-        y = None if y is None else y[idx.numpy()]
-    x = torch.from_numpy(images.reshape(images.shape[0], -1)).float()
-    return Split(x, None if y is None else torch.from_numpy(y), rows)
+    """The rows ``idx`` (all when None) of uint8 images (N, C, H, W) as a Split whose x reads them by index
+    (:class:`DiskRows`: of the cache's file when ``images`` maps it, placed later by ``data.storage``; else of
+    the array in memory, a :class:`MemoryArray`), each row's number its image's place in the folder's loading
+    order."""
+    x = _npy_of(images) or DiskRows(MemoryArray(images, "the decoded images"))
+    split = Split(x, None if y is None else torch.from_numpy(np.asarray(y)), torch.arange(images.shape[0]))
+    return split if idx is None else split.subset(idx)
 
 
 @DATASETS.register("memory", config=MemoryConfig)
@@ -1041,9 +1149,6 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     g = torch.Generator().manual_seed(int(cfg.seed))
     loaded = (source or DATASETS.get(d.name)()).load(d, g)
     train, test = loaded.train, loaded.test
-    if loaded.levels and not LIKELIHOODS.get(cfg.likelihood.name).scores_levels:
-        for s in (train, test):  # levels 0..L-1 -> [0,1]
-            s.x = s.x / (loaded.levels - 1)
     if d.limit:
         train = train.subset(slice(0, int(d.limit)))
     if d.exclude_classes:
@@ -1076,45 +1181,55 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
         if ys:
             top = max(int(t.max()) for t in ys)
             num_classes = top + 1 if top >= 0 else None
+    splits = [s for s in (train, val, test) if s is not None]
+    stream = _place(splits, d)
+    if loaded.levels and not LIKELIHOODS.get(cfg.likelihood.name).scores_levels:
+        for s in splits:  # levels 0..L-1 -> [0,1] (rows read by index: as each batch is read)
+            s.x = divided(s.x, loaded.levels - 1) if isinstance(s.x, DiskRows) else s.x / (loaded.levels - 1)
     if d.binarize == "static":
-        for s in (train, val, test):
-            if s is not None:
-                if isinstance(s.x, DiskRows):
-                    raise DataError(
-                        "data.binarize=static draws every value once in memory; with rows on disk use "
-                        "data.binarize=dynamic (drawn per batch) or data.storage=memory"
-                    )
-                _check_unit(s.x, "data.binarize")
-                if is_sparse(s.x):  # zeros stay zero: only the stored values are drawn
-                    s.x = s.x.with_values(torch.bernoulli(s.x.values, generator=g))
-                else:
-                    s.x = torch.bernoulli(s.x, generator=g)
+        for s in splits:
+            if isinstance(s.x, DiskRows) and s.x.on_disk:
+                raise DataError(
+                    "data.binarize=static draws every value once in memory; with rows on disk use "
+                    "data.binarize=dynamic (drawn per batch) or data.storage=memory"
+                )
+            if isinstance(s.x, DiskRows):
+                s.x = s.x.to_memory()  # the drawn values: float32 in memory
+            _check_unit(s.x, "data.binarize")
+            if is_sparse(s.x):  # zeros stay zero: only the stored values are drawn
+                s.x = s.x.with_values(torch.bernoulli(s.x.values, generator=g))
+            else:
+                s.x = torch.bernoulli(s.x, generator=g)
     elif d.binarize == "dynamic":
         _check_unit(train.x, "data.binarize")
     extra = {"batch_names": loaded.batch_names, "batch_key": d.get("batch_key")} if loaded.batch_names else {}
     data = Dataset(
         d.name, train, test, val, loaded.image_shape, num_classes, loaded.class_names, d.binarize, extra, loaded.levels
     )
-    _place(data, d)
+    data.stream = stream
     return data
 
 
-def _place(data: Dataset, d) -> None:
-    """Splits whose rows are still on disk (a .npy, split by row numbers) read into memory, or left
-    there and read in shuffled chunks (``Dataset.stream``), as ``data.storage`` says."""
-    splits = [s for _, s in data.splits() if isinstance(s.x, DiskRows)]
-    if not splits:
-        return
-    xs = placed(splits[0].x, d, str(d.get("path") or d.name), parts=[s.x for s in splits])
-    for s, x in zip(splits, xs):
+def _place(splits: List[Split], d) -> Optional[dict]:
+    """Splits whose rows are still on disk (a .npy split by row numbers, an AnnData matrix, an image
+    folder's decoded cache) read into memory, or left there and read in shuffled chunks, as
+    ``data.storage`` says; the training order of rows left on disk ({"chunk_rows", "buffer_rows"};
+    None: in memory, or the exact shuffle)."""
+    on_disk = [s for s in splits if isinstance(s.x, DiskRows) and s.x.on_disk]
+    if not on_disk:
+        return None
+    xs = placed(on_disk[0].x, d, str(d.get("path") or d.get("root") or d.name), parts=[s.x for s in on_disk])
+    for s, x in zip(on_disk, xs):
         s.x = x
-    if isinstance(data.train.x, DiskRows) and d.get("shuffle", "chunks") == "chunks":
-        chunk, buffer = int(d.get("chunk_rows") or 1024), int(d.get("shuffle_buffer") or 65536)
-        fits = BUFFER_BYTES // (4 * data.train.x.shape[1])
-        if buffer > fits:  # wide rows: fewer rows in a buffer, and chunks small enough to mix MIN_CHUNKS of them
-            buffer = max(1, fits)
-            chunk = max(1, min(chunk, buffer // MIN_CHUNKS))
-        data.stream = {"chunk_rows": chunk, "buffer_rows": buffer}
+    train = splits[0].x
+    if not (isinstance(train, DiskRows) and train.on_disk) or d.get("shuffle", "chunks") != "chunks":
+        return None
+    chunk, buffer = int(d.get("chunk_rows") or 1024), int(d.get("shuffle_buffer") or 65536)
+    fits = BUFFER_BYTES // (4 * train.shape[1])
+    if buffer > fits:  # wide rows: fewer rows in a buffer, and chunks small enough to mix MIN_CHUNKS of them
+        buffer = max(1, fits)
+        chunk = max(1, min(chunk, buffer // MIN_CHUNKS))
+    return {"chunk_rows": chunk, "buffer_rows": buffer}
 
 
 def _check_unit(x, what):

@@ -10,7 +10,10 @@ the folder has classes) and ``manifest.json`` (a format version, the folder's fi
 relative paths, sizes and modification times of its images, the image size, channels, the
 decoder and checksums of both arrays). An entry whose manifest does not match the folder as
 it is now, or whose arrays do not match their checksums, is decoded again and rewritten;
-arrays are read with ``allow_pickle=False`` (reading never runs code). The cache lives in
+arrays are read with ``allow_pickle=False`` (reading never runs code). Decoded chunks are
+written to ``images.npy`` as they come (the pixels are never all in memory at once), and the
+entry can be opened as a memory map (``mmap``), which :class:`~pyro_vae.streaming.NpyRows`
+then reads by index. The cache lives in
 ``$PYRO_VAE_CACHE/images`` (default ``$XDG_CACHE_HOME/pyro_vae/images``, i.e.
 ``~/.cache/pyro_vae/images``); deleting it is always safe.
 """
@@ -188,17 +191,48 @@ def _pool(workers: int):
     return ThreadPool(workers)
 
 
-def decode_images(files: List[Path], channels: int = 1, image_size: Optional[int] = None, workers=None, where=""):
+class NpyWriter:
+    """A uint8 ``.npy`` written chunk by chunk, in order (``begin(shape)``, then ``write(chunk)``), its
+    CRC-32 kept as it goes: the file is complete once every row was written."""
+
+    def __init__(self, path):
+        self.path, self.crc, self.shape, self._f = Path(path), 0, None, None
+
+    def begin(self, shape) -> None:
+        self.shape = tuple(int(v) for v in shape)
+        self._f = open(self.path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False}
+        np.lib.format.write_array_header_1_0(self._f, {**header, "shape": self.shape})
+
+    def write(self, chunk: np.ndarray) -> None:
+        chunk = np.ascontiguousarray(chunk, dtype=np.uint8)
+        self._f.write(chunk.data)
+        self.crc = zlib.crc32(chunk.data, self.crc)
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def decode_images(
+    files: List[Path], channels: int = 1, image_size: Optional[int] = None, workers=None, where="", sink=None
+):
     """uint8 array (N, C, H, W) of ``files`` decoded with Pillow, grey (``channels=1``) or RGB,
     resized to ``image_size`` square when given (else all must have the first one's size).
     ``workers``: processes (threads where the platform does not fork) decoding chunks in
-    parallel; None = every usable CPU for folders of at least PARALLEL_MIN images, else 1."""
+    parallel; None = every usable CPU for folders of at least PARALLEL_MIN images, else 1.
+    With ``sink`` (a :class:`NpyWriter`) the chunks are written to it in order instead of kept,
+    and the array's shape is returned."""
     mode = "L" if channels == 1 else "RGB"
     n = len(files)
     first, error = _decode_or_error(files[0], mode, image_size)
     if error:
         raise DataError(error)
-    out = np.empty((n, channels) + first.shape[:2], dtype=np.uint8)
+    shape = (n, channels) + first.shape[:2]
+    if sink is not None:
+        sink.begin(shape)
+    out = np.empty(shape, dtype=np.uint8) if sink is None else None
     if workers is None:
         workers = usable_cpus() if n >= PARALLEL_MIN else 1
     size = int(min(1000, max(16, -(-n // (workers * 8)))))  # ~8 chunks a worker: balanced, progress often
@@ -212,7 +246,11 @@ def decode_images(files: List[Path], channels: int = 1, image_size: Optional[int
         for (a, b), (arr, error) in zip(bounds, results):
             if error:
                 raise DataError(error)
-            out[a:b] = arr[:, None] if channels == 1 else arr.transpose(0, 3, 1, 2)
+            block = arr[:, None] if channels == 1 else arr.transpose(0, 3, 1, 2)
+            if sink is None:
+                out[a:b] = block
+            else:
+                sink.write(block)
             now = time.perf_counter()
             if now - last >= PROGRESS_SECONDS and b < n:
                 log.info("decoding the images in %s: %d of %d (%.0f s)", where, b, n, now - t0)
@@ -224,7 +262,7 @@ def decode_images(files: List[Path], channels: int = 1, image_size: Optional[int
     if pool:
         pool.close()
         pool.join()
-    return out
+    return out if sink is None else shape
 
 
 # ---------------------------------------------------------------- the cache
@@ -255,7 +293,12 @@ def fingerprint(root: Path, files: List[Path]) -> str:
 
 
 def _crc(a: np.ndarray) -> str:
-    return f"crc32:{zlib.crc32(np.ascontiguousarray(a).data):08x}"
+    """CRC-32 of an array's bytes (a memory map is read a slice at a time, nothing copied)."""
+    a = np.ascontiguousarray(a).reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+    crc, step = 0, max(1, (64 << 20) // max(1, a[:1].nbytes))
+    for i in range(0, len(a), step):
+        crc = zlib.crc32(a[i : i + step].data, crc)
+    return f"crc32:{crc:08x}"
 
 
 def _decoder() -> str:
@@ -264,9 +307,10 @@ def _decoder() -> str:
     return f"Pillow {PIL.__version__}"  # another Pillow may decode a JPEG to other pixels
 
 
-def read_cache(entry: Path, expect: dict, labels: Optional[np.ndarray]):
+def read_cache(entry: Path, expect: dict, labels: Optional[np.ndarray], mmap: bool = False):
     """(images, why): the cached uint8 images when ``entry``'s manifest matches ``expect`` and
-    its arrays their checksums (and the labels ``labels``), else (None, why not)."""
+    its arrays their checksums (and the labels ``labels``), else (None, why not). With ``mmap``
+    the images are a read-only memory map of the entry's file, not read into memory."""
     manifest = entry / "manifest.json"
     if not manifest.is_file():
         return None, "new"
@@ -274,7 +318,7 @@ def read_cache(entry: Path, expect: dict, labels: Optional[np.ndarray]):
         m = json.loads(manifest.read_text())
         if any(m.get(k) != v for k, v in expect.items()):
             return None, "out of date"
-        images = np.load(entry / "images.npy", allow_pickle=False)
+        images = np.load(entry / "images.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
         if images.dtype != np.uint8 or list(images.shape) != m["shape"] or _crc(images) != m["images_crc"]:
             return None, "damaged"
         if labels is not None:
@@ -286,28 +330,37 @@ def read_cache(entry: Path, expect: dict, labels: Optional[np.ndarray]):
         return None, "damaged"
 
 
-def write_cache(entry: Path, manifest: dict, images: np.ndarray, labels: Optional[np.ndarray]) -> None:
-    """Each file written atomically (not synced to disk: the cache can be made again); the
+def write_cache(entry: Path, manifest: dict, decode, labels: Optional[np.ndarray]) -> None:
+    """``decode(sink)`` writes the images into the entry's ``images.npy`` (an :class:`NpyWriter`) as it
+    decodes them. Each file written atomically (not synced to disk: the cache can be made again); the
     manifest last, with both arrays' checksums, so an entry that was cut short (a crash, a full
     disk) or mixed by two writers never matches and is rebuilt."""
     entry.mkdir(parents=True, exist_ok=True)
     (entry / "manifest.json").unlink(missing_ok=True)
     with atomic_path(entry / "images.npy", sync=False) as tmp:
-        np.save(tmp, images, allow_pickle=False)
+        sink = NpyWriter(tmp)
+        try:
+            decode(sink)
+        finally:
+            sink.close()
     if labels is not None:
         with atomic_path(entry / "labels.npy", sync=False) as tmp:
             np.save(tmp, labels, allow_pickle=False)
-    extra = {"shape": list(images.shape), "images_crc": _crc(images)}
+    extra = {"shape": list(sink.shape), "images_crc": f"crc32:{sink.crc:08x}"}
     if labels is not None:
         extra["labels_crc"] = _crc(labels)
     write_json(entry / "manifest.json", {**manifest, **extra})
 
 
-def load_image_folder(root, image_size: Optional[int] = None, channels: int = 1, cache: bool = True, workers=None):
+def load_image_folder(
+    root, image_size: Optional[int] = None, channels: int = 1, cache: bool = True, workers=None, mmap: bool = False
+):
     """(uint8 array (N, C, H, W), labels (N,) or None, class names or None) from a folder: one
     sub-folder per class, or the images directly inside it (no labels). The pixels come from the
     cache when its entry matches the folder as it is now; otherwise each file is decoded once
-    with Pillow (in parallel) and, with ``cache``, the entry is (re)written."""
+    with Pillow (in parallel) and, with ``cache``, the entry is (re)written as it is decoded.
+    With ``cache`` and ``mmap`` the array is a read-only memory map of the entry's ``images.npy``
+    (its ``filename``), else in memory."""
     root = Path(os.path.abspath(Path(root).expanduser()))  # absolute: no "." for pathlib to drop from the files
     t0 = time.perf_counter()
     files, labels, classes = list_image_folder(root)
@@ -326,22 +379,25 @@ def load_image_folder(root, image_size: Optional[int] = None, channels: int = 1,
         "classes": classes,
         "fingerprint": fingerprint(root, files),
     }
-    images, why = read_cache(entry, expect, labels)
+    images, why = read_cache(entry, expect, labels, mmap)
     if images is not None:
         log.info(
             "read %d decoded images of %s from the cache %s (%.1f s)", len(files), root, entry, time.perf_counter() - t0
         )
         return images, labels, classes
-    images = decode_images(files, channels, image_size, workers, root)
     try:
-        write_cache(entry, expect, images, labels)
+        write_cache(entry, expect, lambda sink: decode_images(files, channels, image_size, workers, root, sink), labels)
     except OSError as e:
         warnings.warn(
             f"could not write the image cache {entry}: {e.strerror or e}; the next load decodes again "
             "(set PYRO_VAE_CACHE to a writable folder, or data.cache=false)",
             stacklevel=2,
         )
-        return images, labels, classes
+        return decode_images(files, channels, image_size, workers, root), labels, classes
+    try:
+        images = np.load(entry / "images.npy", allow_pickle=False, mmap_mode="r" if mmap else None)
+    except (OSError, ValueError) as e:  # removed or cut short since it was written a moment ago
+        raise DataError(f"could not read the image cache {entry}: {first_line(e)}; delete it and run again") from None
     old = {"new": "", "out of date": "; the folder changed since the last one", "damaged": "; the last one was damaged"}
     log.info(
         "decoded %d images in %s (%.1f s) and cached them in %s (%.1f MB%s; delete it to free the space)",

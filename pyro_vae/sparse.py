@@ -161,7 +161,7 @@ def is_sparse(x) -> bool:
 def take(x, idx) -> torch.Tensor:
     """Rows ``idx`` of ``x`` as a dense tensor (``x`` dense or :class:`SparseRows`); an int
     gives one row of shape (D,), as tensor indexing does."""
-    if isinstance(x, SparseRows) or getattr(x, "on_disk", False):  # read by index: SparseRows, rows on disk
+    if isinstance(x, SparseRows) or callable(getattr(x, "dense", None)):  # read by index: SparseRows, NpyRows
         return x.dense(idx)[0] if isinstance(idx, int) else x.dense(idx)
     return x[idx]
 

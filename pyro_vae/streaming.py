@@ -1,4 +1,4 @@
-"""Rows of a file read from disk by index, in chunks, without loading the file.
+"""Rows of a file read by index, in chunks, without loading the file.
 
 A :class:`DiskRows` is the rows ``index`` (row numbers in the file) of a :class:`RowFile`:
 ``shape``, ``len``, ``x[idx]`` (again a ``DiskRows``: splits and subsets cost an index, not
@@ -6,9 +6,12 @@ the rows), ``x.dense(idx)`` (those rows as a float32 tensor). A file says how to
 rows; the requested rows are sorted and read as contiguous runs. Files: :class:`NpyFile` (a
 ``.npy``: NumPy's header, rows read with ``os.preadv`` straight into a buffer, so the file's pages
 never count as the process's memory and a file shorter than its header says is a one-line
-:class:`~pyro_vae.errors.DataError`; :class:`NpyRows` its rows) and
-:class:`pyro_vae.backed.AnnDataMatrix` (an AnnData's ``X`` or layer in ``.h5ad`` / ``.zarr``,
-dense or CSR).
+:class:`~pyro_vae.errors.DataError`; :class:`NpyRows` its rows; an image folder's decoded cache is
+one), :class:`pyro_vae.backed.AnnDataMatrix` (an AnnData's ``X`` or layer in ``.h5ad`` / ``.zarr``,
+dense or CSR), :class:`JoinedFiles` (several as one) and :class:`MemoryArray` (an array in memory in
+its own dtype, e.g. uint8 pixels, read by index the same way; ``on_disk`` is False).
+:class:`DividedFile` reads any dense one divided by a constant (levels as [0,1]), and
+:class:`AppendedRows` appends columns held in memory to each row read (a conditional model's design).
 
 Training on such rows reads them in chunks: :func:`chunked_order` is an epoch's order of
 contiguous chunks (of the rows sorted by file position) in a shuffled order, shuffled again
@@ -41,17 +44,20 @@ class UnsupportedLayout(Exception):
 class RowFile:
     """What :class:`DiskRows` reads: a file of ``rows`` x ``cols`` numbers, read by contiguous spans.
 
-    A subclass gives ``path``, ``rows``, ``cols``, ``row_bytes`` (bytes of one row as a read moves
-    them, to size the reads), ``read_span(lo, hi)`` (rows [lo, hi) as an array of numbers, shape
-    (hi - lo, cols)), ``stat_key()`` (a string that changes when the file does: size, time, shape)
-    and ``nbytes_of(rows)`` (what those rows take in memory). Sparse files (``sparse = True``) also
-    give ``read_csr(lo, hi)`` (the same rows as a :class:`~pyro_vae.sparse.SparseRows`). Reads of
-    any rows in any order (:meth:`read_rows`) and the fingerprint are built on these."""
+    A subclass gives ``path``, ``rows``, ``cols``, ``dtype`` (the type the values are stored in),
+    ``row_bytes`` (bytes of one row as a read moves them, to size the reads), ``read_span(lo, hi)``
+    (rows [lo, hi) as an array of numbers, shape (hi - lo, cols)), ``stat_key()`` (a string that
+    changes when the file does: size, time, shape) and ``nbytes_of(rows)`` (what those rows take in
+    memory as float32). Sparse files (``sparse = True``) also give ``read_csr(lo, hi)`` (the same rows
+    as a :class:`~pyro_vae.sparse.SparseRows`); a file held in memory says ``on_disk = False``. Reads
+    of any rows in any order (:meth:`read_rows`) and the fingerprint are built on these."""
 
     sparse = False
+    on_disk = True
     path: Path
     rows: int
     cols: int
+    dtype: np.dtype
     row_bytes: int
 
     def read_span(self, lo: int, hi: int) -> np.ndarray:
@@ -158,6 +164,8 @@ class JoinedFiles(RowFile):
         self.starts = np.cumsum([0] + [f.rows for f in self.files])
         self.rows = int(self.starts[-1])
         self.sparse = all(f.sparse for f in self.files)
+        self.on_disk = any(f.on_disk for f in self.files)
+        self.dtype = np.result_type(*(f.dtype for f in self.files))
         self.row_bytes = max(f.row_bytes for f in self.files)
 
     def _pieces(self, lo: int, hi: int):
@@ -258,11 +266,84 @@ class NpyFile(RowFile):
         return f"{st.st_size}:{st.st_mtime_ns}:{self.rows}x{self.cols}:{self.dtype.str}"
 
 
+class MemoryArray(RowFile):
+    """A 2-D array held in memory in its own dtype (e.g. uint8 pixels, 1 byte a value), read like a file:
+    rows gathered by index and converted to float32 one batch at a time."""
+
+    on_disk = False
+
+    def __init__(self, array: np.ndarray, where: str = "memory"):
+        self.array = np.ascontiguousarray(array).reshape(len(array), -1)
+        self.path = Path(where)
+        self.rows, self.cols = (int(v) for v in self.array.shape)
+        self.dtype = self.array.dtype
+        self.row_bytes = self.cols * self.dtype.itemsize
+        self.nbytes = self.array.nbytes
+
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        return self.array[lo:hi]
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols), or into ``out``: one
+        gather, no runs to cut."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.cols), dtype=np.float32) if out is None else out
+        out[...] = self.array[rows]
+        return out
+
+    def stat_key(self) -> str:
+        return f"{self.rows}x{self.cols}:{self.dtype.str}"
+
+    def fingerprint(self) -> int:
+        """CRC-32 of :meth:`stat_key` and every value (they are in memory)."""
+        crc = zlib.crc32(self.stat_key().encode())
+        for a, b in _bounds(self.rows, max(1, (64 << 20) // max(1, self.row_bytes))):
+            crc = zlib.crc32(self.array[a:b], crc)
+        return crc
+
+
+class DividedFile(RowFile):
+    """The rows of ``file`` (a dense :class:`RowFile`: an :class:`NpyFile`, a :class:`MemoryArray`, ...)
+    divided by ``divisor`` as they are read: pixel levels 0..L-1 given as [0,1] (divisor L-1) without a
+    float copy of the array. Shape, dtype, size and place (``on_disk``) are the file's."""
+
+    def __init__(self, file: RowFile, divisor: float):
+        self.file, self.divisor = file, float(divisor)
+        self.path, self.rows, self.cols, self.row_bytes = file.path, file.rows, file.cols, file.row_bytes
+        self.dtype, self.on_disk = file.dtype, file.on_disk
+
+    @property
+    def nbytes(self) -> int:
+        return self.file.nbytes
+
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        return np.divide(self.file.read_span(lo, hi), np.float32(self.divisor), dtype=np.float32)
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        out = self.file.read_rows(rows, out)
+        out /= np.float32(self.divisor)
+        return out
+
+    def stat_key(self) -> str:
+        return f"{self.file.stat_key()}/{self.divisor}"
+
+    def nbytes_of(self, rows: Optional[np.ndarray]) -> int:
+        return self.file.nbytes_of(rows)
+
+    def fingerprint(self) -> int:
+        return zlib.crc32(f"/{self.divisor}".encode(), self.file.fingerprint())
+
+
+def divided(rows: "DiskRows", divisor: float) -> "DiskRows":
+    """The same rows read divided by ``divisor`` (see :class:`DividedFile`)."""
+    return type(rows)(DividedFile(rows.file, divisor), rows.index)
+
+
 class DiskRows:
     """Rows ``index`` of a :class:`RowFile` (all rows in file order when None), read on demand: the
-    one view every file on disk gives (a ``.npy``, an AnnData's matrix in ``.h5ad`` or ``.zarr``)."""
+    one view every file gives (a ``.npy``, an AnnData's matrix in ``.h5ad`` or ``.zarr``, an image
+    folder's decoded cache), and a :class:`MemoryArray` in memory alike (``on_disk`` says which)."""
 
-    on_disk = True
     CHUNK_BYTES = 64 << 20  # a pass over all rows (checks, statistics, materialising) reads this much at a time
     CHUNK_ROWS = 8192  # and at most this many rows
 
@@ -273,6 +354,11 @@ class DiskRows:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    @property
+    def on_disk(self) -> bool:
+        """Whether the rows are read from a file (else from an array in memory): the file's."""
+        return self.file.on_disk
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.shape[0]} x {self.shape[1]} of {self.file.path})"
@@ -353,7 +439,7 @@ class DiskRows:
 
     def to(self, device) -> "DiskRows":
         if torch.device(device).type != "cpu":
-            raise ValueError("rows on disk are read on the CPU; move each batch instead")
+            raise ValueError("rows read by index are read on the CPU; move each batch instead")
         return self
 
     def file_order(self) -> torch.Tensor:
@@ -381,6 +467,63 @@ class NpyRows(DiskRows):
     @classmethod
     def open(cls, path) -> "NpyRows":
         return cls(NpyFile(path))
+
+
+class AppendedRows:
+    """Rows read by index (:class:`DiskRows`, in memory or on disk) with columns held in memory appended:
+    ``dense(idx)`` is ``cat([rows.dense(idx), columns[idx]], 1)`` (a conditional model's design after
+    each row). Subsets, chunked reads and the chunk cache are the rows' own, the columns following."""
+
+    def __init__(self, rows: DiskRows, columns: torch.Tensor):
+        self.rows, self.columns = rows, columns.float()
+        self.shape = torch.Size((rows.shape[0], rows.shape[1] + columns.shape[1]))
+
+    dtype, device = DiskRows.dtype, DiskRows.device
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"AppendedRows({self.rows!r} + {self.columns.shape[1]} columns)"
+
+    @property
+    def on_disk(self) -> bool:
+        return self.rows.on_disk
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.columns.numel() * 4
+
+    def __getitem__(self, idx) -> "AppendedRows":
+        idx = _as_index(idx, len(self))
+        return AppendedRows(self.rows[idx], self.columns[idx])
+
+    def dense(self, idx=None) -> torch.Tensor:
+        columns = self.columns if idx is None else self.columns[_as_index(idx, len(self))]
+        return torch.cat([self.rows.dense(idx), columns], 1)
+
+    def to_memory(self) -> torch.Tensor:
+        return torch.cat([self.rows.to_memory(), self.columns], 1)
+
+    def chunks(self, rows: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        for pos, chunk in self.rows.chunks(rows):
+            yield pos, torch.cat([chunk, self.columns[pos]], 1)
+
+    def file_order(self) -> torch.Tensor:
+        return self.rows.file_order()
+
+    def file_rows(self, idx=None) -> np.ndarray:
+        return self.rows.file_rows(idx)
+
+    def chunk_cache(self, chunk_rows: int, capacity: int) -> "AppendedRows":
+        return AppendedRows(self.rows.chunk_cache(chunk_rows, capacity), self.columns)
+
+    def to(self, device) -> "AppendedRows":
+        self.rows.to(device)
+        return self
+
+    def fingerprint(self) -> int:
+        return zlib.crc32(self.columns.contiguous().numpy().tobytes(), self.rows.fingerprint())
 
 
 class ChunkCache:

@@ -239,9 +239,86 @@ def test_list_names_the_cvae(capsys):
     assert "cvae" in capsys.readouterr().out
 
 
-def test_rows_streamed_from_disk_are_refused_in_one_line(tmp_path):
-    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((200, 5), dtype=np.float32))
-    np.save(tmp_path / "y.npy", np.arange(200) % 2)
-    overrides = [f"data.path={tmp_path / 'x.npy'}", f"data.labels_path={tmp_path / 'y.npy'}", "data.storage=disk"]
-    with pytest.raises(DataError, match="data.storage=memory"):
-        pyro_vae.fit(None, overrides=["model=cvae", "data=array", "train.epochs=1", *overrides], save=False)
+def test_rows_streamed_from_disk_train_as_rows_in_memory(tmp_path):
+    """The design rides beside rows read by index (AppendedRows): from disk with the exact shuffle the
+    run is the in-memory one; in chunks it trains too."""
+    _dose_data(tmp_path, n=300)
+    np.save(tmp_path / "y.npy", np.arange(300) % 2)
+    data = ["data=array", f"data.path={tmp_path / 'x.npy'}", f"data.covariates_path={tmp_path / 'cov.csv'}"]
+    keys = ["model=cvae", *data, f"data.labels_path={tmp_path / 'y.npy'}", "likelihood=gaussian", *NET]
+    keys += ["model.conditions=[label,covariates]", "data.validation=30", "train.epochs=2"]
+
+    def fit(*extra):
+        torch.set_num_threads(1)
+        return pyro_vae.fit(None, overrides=[*keys, *extra], save=False)
+
+    memory, disk = fit("data.storage=memory"), fit("data.storage=disk", "data.shuffle=exact")
+    assert disk.data.train.x.on_disk and isinstance(memory.data.train.x, torch.Tensor)
+    assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]
+    assert memory.metrics["test_loss"] == pytest.approx(disk.metrics["test_loss"], rel=1e-6)
+    assert torch.equal(disk.data.test.x.dense(), memory.data.test.x)  # each row's design after it
+    chunks = fit("data.storage=disk", "data.chunk_rows=16", "data.shuffle_buffer=64")
+    assert chunks.data.stream == {"chunk_rows": 16, "buffer_rows": 64} and np.isfinite(chunks.metrics["test_loss"])
+
+
+def _dose_data(tmp_path, n=800, seed=0):
+    """Rows x = z W + dose * v + noise (10 columns, 2-D z) in x.npy; the covariates in cov.csv (a ``dose``
+    column with the known effect v per unit and a ``noise`` column with none)."""
+    rng = np.random.default_rng(seed)
+    w, v = rng.normal(0, 1, (2, 10)), np.linspace(-1, 1, 10)
+    dose, noise = rng.normal(0, 1, n), rng.normal(0, 1, n)
+    x = rng.normal(0, 1, (n, 2)) @ w + dose[:, None] * v + rng.normal(0, 0.1, (n, 10))
+    np.save(tmp_path / "x.npy", x.astype(np.float32))
+    np.savetxt(tmp_path / "cov.csv", np.stack([noise, dose], 1), delimiter=",", header="noise,dose", comments="")
+    return v, dose
+
+
+def test_covariates_from_an_array_file_recover_their_known_effect(tmp_path):
+    v, dose = _dose_data(tmp_path)
+    data = ["data=array", f"data.path={tmp_path / 'x.npy'}", f"data.covariates_path={tmp_path / 'cov.csv'}"]
+    keys = [*data, "data.covariate_keys=[dose]", "likelihood=gaussian", *NET, "latent_dim=2"]
+    r = pyro_vae.fit(None, overrides=["model=cvae", *keys, "train.epochs=40"], save=False)
+    m = r.model
+    assert m.config.model.conditions == ["covariates"] and m.covariate_names() == ["dose"]
+    assert torch.allclose(r.data.train.covariates[:, 0], torch.from_numpy(dose).float()[r.data.train.rows])
+    z = m.encode(r.data.test.x)[0]
+    effect = (m.decode(z, covariates={"dose": 1.0}) - m.decode(z, covariates={"dose": -1.0})).mean(0) / 2
+    assert float(torch.nn.functional.cosine_similarity(effect, torch.from_numpy(v).float(), 0)) > 0.95
+    assert float(effect.norm() / np.linalg.norm(v)) == pytest.approx(1.0, abs=0.3)  # the effect of one unit of dose
+
+
+def test_array_covariates_round_trip_through_the_cli(tmp_path, capsys):
+    _, dose = _dose_data(tmp_path, n=200)
+    np.save(tmp_path / "cov.npy", dose)  # a .npy column, named by data.covariate_keys
+    run = tmp_path / "run"
+    data = ["data=array", f"data.path={tmp_path / 'x.npy'}", f"data.covariates_path={tmp_path / 'cov.npy'}"]
+    args = ["model=cvae", *data, "data.covariate_keys=[dose]", "likelihood=gaussian", *NET, "train.epochs=2"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    assert pyro_vae.load(run).covariate_names() == ["dose"]
+    assert main(["sample", str(run), "-n", "3", "--condition", "dose=2", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (3, 10)
+    assert main(["encode", str(run), "--out", str(tmp_path / "z.csv")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "z.csv")))
+    assert list(rows[0]) == ["row", "z0", "z1", "z2", "dose"] and len(rows) == 40
+    assert all(abs(float(r["dose"]) - dose[int(r["row"])]) < 1e-4 for r in rows)
+    assert main(["evaluate", str(run)]) == 0 and main(["train", "--resume", str(run), "train.epochs=3"]) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.covariate_keys=[dose]"], "data.covariates_path=FILE"),
+        (["data.covariates_path=COV", "data.covariate_keys=[age]"], "no column 'age' for data.covariate_keys"),
+        (["data.covariates_path=SHORT"], "one row of covariates per data row"),
+        (["data.covariates_path=NAN"], "column 'covariate_0' has 1 missing"),
+    ],
+)
+def test_bad_array_covariates_are_one_line_errors(tmp_path, capsys, extra, message):
+    _dose_data(tmp_path, n=50)
+    np.save(tmp_path / "short.npy", np.zeros(49))
+    np.save(tmp_path / "nan.npy", np.r_[np.zeros(49), np.nan])
+    files = {"COV": tmp_path / "cov.csv", "SHORT": tmp_path / "short.npy", "NAN": tmp_path / "nan.npy"}
+    extra = [e.split("=")[0] + "=" + str(files.get(e.split("=")[1], e.split("=")[1])) for e in extra]
+    assert main(["train", "model=cvae", "data=array", f"data.path={tmp_path / 'x.npy'}", *extra, *NET]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert message in err[-1] and err[-1].startswith("pyro-vae: error:")

@@ -242,7 +242,8 @@ def test_image_folder_trains_through_the_cli_and_fit(tmp_path, capsys):
             "trainer.progress_bar=false",
         ],
     )
-    x = torch.cat([r.data.train.x, r.data.test.x])
+    assert r.data.train.x.file.dtype == np.uint8  # the pixels stay uint8; each batch is read as float32
+    x = torch.cat([r.data.train.x.dense(), r.data.test.x.dense()])
     assert r.data.image_shape == (3, 20, 20) and r.data.class_names == ["disc", "square"]
     assert float(x.min()) >= 0 and float(x.max()) <= 1 and float(x.max()) > 0.8
     assert sorted(torch.cat([r.data.train.y, r.data.test.y]).tolist()) == [0] * 10 + [1] * 10

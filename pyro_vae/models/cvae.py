@@ -37,6 +37,7 @@ from ..networks import GaussianEncoder, make_body, make_decoder, network_type
 from ..pyromodule import pyro_program
 from ..registry import option
 from ..sparse import append_columns, is_sparse
+from ..streaming import AppendedRows, DiskRows
 from .base import MODELS, DataInfo, LatentVariableModel, network_input
 
 CONDITIONS = ("label", "batch", "covariates")
@@ -84,8 +85,8 @@ def resolve_conditions(conditions, info: DataInfo) -> List[str]:
     conditions = list(conditions)
     if not conditions:
         raise ConfigError(
-            "model=cvae needs covariates: set data.batch_key / data.covariate_keys (AnnData obs columns) "
-            "or give labels (model.conditions=[label])"
+            "model=cvae needs covariates: set data.batch_key / data.covariate_keys (AnnData obs columns), "
+            "data.covariates_path (data=array) or give labels (model.conditions=[label])"
         )
     for name in conditions:
         if name == "label" and not info.num_classes:
@@ -250,12 +251,15 @@ class CVAE(LatentVariableModel):
 
     def inputs(self, split):
         """The rows the engine passes to this model: the split's data columns followed by its
-        design (dense or sparse like ``split.x``). Rows that already carry it are returned as they are."""
+        design (dense, sparse or read by index like ``split.x``: :class:`~pyro_vae.streaming.AppendedRows`).
+        Rows that already carry it are returned as they are."""
         if split.x.shape[1] == self.data_dim + self.cond_dim and split.x.shape[1] != self.data_dim:
             return split.x
         c = self.split_design(split)
         if is_sparse(split.x):
             return append_columns(split.x, c)
+        if isinstance(split.x, DiskRows):  # rows read by index (uint8 pixels, a .npy or AnnData on disk) stay so
+            return AppendedRows(split.x, c)
         return torch.cat([split.x, c.to(split.x.dtype)], 1)
 
     def _inputs(self, x: torch.Tensor, covariates=None) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..errors import ConfigError, DataError
-from ..likelihoods import Mixed
+from ..likelihoods import Likelihood, Mixed
 from ..models.base import MODELS, LatentVariableModel
 from ..sparse import is_sparse
 from ..streaming import row_chunks, stats_rows
@@ -106,7 +106,9 @@ class TrainingPlan(abc.ABC):
         """Called once before training: counts the loss needs (plate sizes) and the likelihood's
         statistics of the training rows (e.g. the median library size of count likelihoods)."""
         self.model.num_data = len(data.train)
-        self.model.likelihood.fit_data(stats_rows(data.train.x))
+        likelihood = self.model.likelihood
+        if type(likelihood).fit_data is not Likelihood.fit_data:  # it keeps statistics: rows read for it only then
+            likelihood.fit_data(stats_rows(data.train.x))
         if self.cfg.train.batch_size is None:  # resolved here and saved with the run's config
             self.cfg.train.batch_size = self.default_batch_size(len(data.train))
 

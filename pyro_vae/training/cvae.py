@@ -13,9 +13,9 @@ import torch
 from ..models.cvae import CVAE
 from ..errors import DataError
 from ..sparse import is_sparse
-from ..streaming import DiskRows
+from ..streaming import AppendedRows, stats_rows
 from .base import check_likelihood, register_plan
-from .batches import IndexBatchSampler, RowBatches, index_loader, seeded_generator
+from .batches import IndexBatchSampler, RowBatches, index_loader, seeded_generator, training_rows
 from .vae import ELBOPlan
 
 
@@ -44,11 +44,6 @@ class CVAEPlan(ELBOPlan):
 
     def check_data(self, data):
         m = self.model
-        if any(isinstance(s.x, DiskRows) for _, s in data.splits()):
-            raise DataError(
-                "model=cvae carries each row's covariates beside it in memory; rows streamed from disk are not "
-                "supported yet: set data.storage=memory"
-            )
         for name, split in data.splits():
             if m.cond_dim and split.x.shape[1] == m.data_dim + m.cond_dim:
                 continue  # rows conditioned by an earlier run on the same data
@@ -63,15 +58,19 @@ class CVAEPlan(ELBOPlan):
         else:
             self.model.num_data = len(data.train)
             x, d = data.train.x, self.model.data_dim
-            self.model.likelihood.fit_data(x.columns(torch.arange(d)) if is_sparse(x) else x[:, :d])
+            if isinstance(x, AppendedRows):
+                self.model.likelihood.fit_data(stats_rows(x.rows))
+            else:
+                self.model.likelihood.fit_data(x.columns(torch.arange(d)) if is_sparse(x) else x[:, :d])
             if self.cfg.train.batch_size is None:
                 self.cfg.train.batch_size = self.default_batch_size(len(data.train))
         for _, split in data.splits():
             split.x = self.model.inputs(split)
 
     def train_dataloader(self, data, seed, rank=0, world_size=1):
-        sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size)
-        rows = ConditionedRowBatches(data.train.x, self.model.data_dim, data.binarize == "dynamic")
+        x, order = training_rows(data.train.x, data.stream, world_size)  # rows on disk: in shuffled chunks
+        sampler = IndexBatchSampler(len(data.train), self.cfg.train.batch_size, seed, rank, world_size, order=order)
+        rows = ConditionedRowBatches(x, self.model.data_dim, data.binarize == "dynamic")
         return index_loader(rows, sampler)
 
     def extra_plots(self, data, run_dir):

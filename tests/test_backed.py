@@ -19,7 +19,7 @@ from pyro_vae.cli import main
 from pyro_vae.config import load_config
 from pyro_vae.data import load_data
 from pyro_vae.errors import DataError
-from pyro_vae.streaming import DiskRows
+from pyro_vae.streaming import DiskRows, DividedFile, MemoryArray, divided
 
 anndata = pytest.importorskip("anndata")
 import pandas as pd  # noqa: E402
@@ -245,3 +245,34 @@ def test_several_files_are_one_data_set_on_disk_as_in_memory(files, tmp_path):
     assert torch.equal(rows.rows_as_read().dense(), rows.dense())  # CSR rows across the two files
     assert torch.equal(disk.data.train.y, memory.data.train.y)
     assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]
+
+
+def test_a_cvae_on_anndata_streamed_from_disk_trains_as_in_memory(files):
+    """The design rides beside CSR rows read by index (AppendedRows over DiskRows of the file)."""
+    keys = ["model=cvae", "data.batch_key=cell_type", "data.covariate_keys=[depth]"]
+    memory = _fit(files[2]["sparse"], *keys, "data.storage=memory")
+    disk = _fit(files[2]["sparse"], *keys, "data.storage=disk", "data.shuffle=exact")
+    assert disk.data.train.x.on_disk and disk.data.train.x.rows.sparse
+    assert torch.equal(disk.data.test.x.dense(), memory.data.test.x.dense())  # each row's design after it
+    assert [h["val_loss"] for h in memory.history] == [h["val_loss"] for h in disk.history]
+    assert memory.metrics["test_loss"] == pytest.approx(disk.metrics["test_loss"], rel=1e-6)
+
+
+def test_small_integer_rows_too_big_as_float32_stay_in_their_own_type_in_memory(files, tmp_path, monkeypatch):
+    """Dense int16 counts: as float32 (28,800 bytes) over data.storage=auto's share of a 50,000-byte machine,
+    as int16 (14,400 bytes) under it: read into memory as int16 rows (a MemoryArray), read by index."""
+    x, kind, _ = files
+    path = tmp_path / "int16.h5ad"
+    _adata(x.astype(np.int16), kind, sparse=False).write_h5ad(path)
+    monkeypatch.setattr(pyro_vae.data, "physical_memory", lambda: 50_000)
+    data = load_data(load_config(None, ["data=anndata", f"data.path={path}", "data.validation=40"]))
+    for _, split in data.splits():
+        rows = split.x
+        assert isinstance(rows, DiskRows) and isinstance(rows.file, MemoryArray) and not rows.on_disk
+        assert rows.file.dtype == np.int16 and rows.file.nbytes == 2 * x.shape[1] * len(split)
+        assert torch.equal(rows.dense(), torch.from_numpy(x[split.rows.numpy()]))
+    level = divided(data.test.x, 4.0)  # another file read through the same view, as levels are read
+    assert isinstance(level.file, DividedFile) and not level.on_disk and level.file.dtype == np.int16
+    assert torch.equal(level.dense(), data.test.x.dense() / 4) and level.fingerprint() != data.test.x.fingerprint()
+    moved = pickle.loads(pickle.dumps(level[torch.tensor([3, 1])]))
+    assert torch.equal(moved.dense(), data.test.x.dense()[[3, 1]] / 4)

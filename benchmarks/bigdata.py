@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from memory import peak_anon, status_mb, write_array  # noqa: E402
 
+EVAL_ROWS = 256  # backed: rows of 20,000 genes evaluated at a time (the Poisson terms of 2,000 would take ~1 GB)
 COMMON = ["trainer.progress_bar=false", "trainer.logger=none", "trainer.accelerator=cpu", "train.batch_size=128"]
 
 
@@ -189,6 +190,81 @@ def big(tmp: Path, gb: float, steps: int, test_fraction: float) -> dict:
     }
 
 
+def write_counts_h5ad(path: Path, cells: int, genes: int, density: float, block: int = 2000) -> int:
+    """A sparse AnnData of ``cells`` x ``genes`` counts (about ``density`` of them non-zero) written as an
+    .h5ad a block of rows at a time (CSR: float32 values, int32 columns), never held whole in memory: two
+    cell types, each with its own genes up (1 + Poisson(2) against 1 + Poisson(0.5) where non-zero). Block
+    k is drawn from seed k, so a file of fewer cells holds the first rows of a larger one. Its non-zeros."""
+    import anndata
+    import h5py
+    import pandas as pd
+
+    obs = pd.DataFrame({"cell_type": pd.Categorical(["a"] * cells)}, index=[f"c{i}" for i in range(cells)])
+    var = pd.DataFrame(index=[f"g{j}" for j in range(genes)])
+    anndata.AnnData(obs=obs, var=var).write_h5ad(path)
+    with h5py.File(path, "r+") as f:
+        if "X" in f:
+            del f["X"]
+        x = f.create_group("X")
+        x.attrs["encoding-type"], x.attrs["encoding-version"] = "csr_matrix", "0.1.0"
+        x.attrs["shape"] = np.array([cells, genes])
+        data = x.create_dataset("data", shape=(0,), maxshape=(None,), chunks=(1 << 20,), dtype="float32")
+        indices = x.create_dataset("indices", shape=(0,), maxshape=(None,), chunks=(1 << 20,), dtype="int32")
+        indptr = np.zeros(cells + 1, dtype=np.int64)
+        for k, a in enumerate(range(0, cells, block)):
+            rng = np.random.default_rng(k)
+            b = min(cells, a + block)
+            kind = rng.integers(0, 2, b - a)
+            r, c = np.nonzero(rng.random((b - a, genes), dtype=np.float32) < density)
+            values = 1 + rng.poisson(np.where(c % 2 == kind[r], 2.0, 0.5)).astype(np.float32)
+            lo = int(indptr[a])
+            data.resize((lo + len(values),))
+            indices.resize((lo + len(values),))
+            data[lo:], indices[lo:] = values, c.astype(np.int32)
+            indptr[a + 1 : b + 1] = lo + np.cumsum(np.bincount(r, minlength=b - a))
+        x.create_dataset("indptr", data=indptr)
+        nnz = int(indptr[-1])
+    return nnz
+
+
+def backed(tmp: Path, cells: int, genes: int, density: float, steps: int, subset: int, keep: bool = False) -> dict:
+    """A sparse .h5ad streamed from disk (``data.storage=disk``) against its first ``subset`` cells in memory;
+    ``keep``: the files stay in ``tmp`` (and files already there of the same size are used again)."""
+    name = f"cells_{cells}x{genes}_{density}"
+    path, small = tmp / f"{name}.h5ad", tmp / f"{name}_first{subset}.h5ad"
+    t0 = time.perf_counter()
+    if keep and path.is_file() and small.is_file():
+        import h5py
+
+        with h5py.File(path, "r") as f:
+            nnz, write_seconds = int(f["X/indptr"][-1]), None
+    else:
+        nnz = write_counts_h5ad(path, cells, genes, density)
+        write_seconds = time.perf_counter() - t0
+        write_counts_h5ad(small, subset, genes, density)
+    base = ["data=anndata", "likelihood=poisson", *COMMON, "train.epochs=1", f"train.eval_batch_size={EVAL_ROWS}"]
+    base += [f"trainer.extra={{limit_train_batches: {steps}}}"]
+    disk = run([*base, f"data.path={path}", "data.storage=disk", "data.test_fraction=0.01"])
+    memory = run([*base, f"data.path={small}", "data.storage=memory", "data.test_fraction=0.05"])
+    file_gb = path.stat().st_size / 1e9
+    if not keep:
+        path.unlink()
+        small.unlink()
+    return {
+        "cells": cells,
+        "genes": genes,
+        "nonzeros": nnz,
+        "density": round(nnz / (cells * genes), 4),
+        "file_gb": round(file_gb, 2),
+        "dense_gb": round(cells * genes * 4 / 1e9, 1),
+        "write_seconds": write_seconds and round(write_seconds, 1),
+        "eval_batch_size": EVAL_ROWS,
+        "steps": steps,
+        "disk": {**disk, **rates(disk, steps)},
+        "memory_subset": {**memory, **rates(memory, steps), "rows": subset},
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", nargs="+", default=["speed", "chunks", "big"])
@@ -199,6 +275,12 @@ def main():
     p.add_argument("--big-steps", type=int, default=2000)
     p.add_argument("--big-test-fraction", type=float, default=0.2)
     p.add_argument("--big-key", default="big", help="entry of bigdata.json the big run goes to")
+    p.add_argument("--cells", type=int, default=600_000, help="backed: cells of the sparse .h5ad")
+    p.add_argument("--genes", type=int, default=20_000, help="backed: genes of the sparse .h5ad")
+    p.add_argument("--density", type=float, default=0.05, help="backed: share of non-zero counts")
+    p.add_argument("--backed-steps", type=int, default=500)
+    p.add_argument("--subset", type=int, default=100_000, help="backed: cells of the in-memory comparison")
+    p.add_argument("--keep-dir", help="backed: write the .h5ad files here and keep them (reused when there)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -211,6 +293,11 @@ def main():
                 out["speed"] = speed(Path(tmp), args.steps)
             elif part == "chunks":
                 out["chunks"] = chunks(Path(tmp), args.epochs, args.seeds)
+            elif part == "backed":
+                where, keep = (Path(args.keep_dir), True) if args.keep_dir else (Path(tmp), False)
+                out["backed"] = backed(
+                    where, args.cells, args.genes, args.density, args.backed_steps, args.subset, keep
+                )
             elif part == "big":
                 out[args.big_key] = big(Path(tmp), args.big_gb, args.big_steps, args.big_test_fraction)
             out["machine"] = {

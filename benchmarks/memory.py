@@ -158,14 +158,14 @@ def batch_reads(cache: str, root: str, batches: int = 400) -> dict:
     os.environ["PYRO_VAE_CACHE"] = cache
     from pyro_vae.images import cache_dir
     from pyro_vae.sparse import take
-    from pyro_vae.streaming import MemoryArray, NpyRows, divided
+    from pyro_vae.streaming import DiskRows, MemoryArray, NpyRows, divided
 
     torch.set_num_threads(1)
     path = cache_dir(Path(root) / "train", None, 3) / "images.npy"
     pixels = np.load(path)
     held = {
         "float32 tensor (before)": torch.from_numpy(pixels.reshape(len(pixels), -1)).float() / 255,
-        "uint8 rows in memory": divided(NpyRows(MemoryArray(pixels)), 255),
+        "uint8 rows in memory": divided(DiskRows(MemoryArray(pixels)), 255),
         "uint8 rows on disk (random rows)": divided(NpyRows.open(path), 255),
     }
     g = torch.Generator().manual_seed(0)

@@ -540,6 +540,20 @@ def bigdata(d):
                 f"{file}: seed spread of the exact shuffle {spread:.2f}, largest gap of a chunk size {gap:.2f}"
             )
         out["chunks_note"] = "Test loss in nats per image; " + "; ".join(notes) + "."
+    if d.get("backed"):
+        b = d["backed"]
+        table = []
+        for name, key in (("sparse .h5ad on disk", "disk"), ("its first cells in memory", "memory_subset")):
+            r = b[key]
+            table.append(dict(r, name=name, growth=r["peak_anon_mb"] - r["anon_after_imports_mb"]))
+        out["backed"] = dict(
+            b,
+            table=table,
+            density_pct=f"{100 * b['density']:.1f}%",
+            subset_rows=b["memory_subset"]["rows"],
+            ratio=b["memory_subset"]["rows_per_second"] / b["disk"]["rows_per_second"],
+            cpu_ratio=b["memory_subset"]["rows_per_cpu_second"] / b["disk"]["rows_per_cpu_second"],
+        )
     out["machine_memory"] = f"{d['machine']['memory_gb']:.0f}"
     out["big"] = []
     for key in ("big", "huge"):

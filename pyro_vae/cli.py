@@ -28,12 +28,16 @@ Continue a run after a crash or Ctrl-C:  pyro-vae train --resume RUN_DIR
 """
 
 
+OUTPUT_ROWS = 1000  # encode / score: rows computed and written at a time
+
+
 def _data_overrides(spec):
     """--data either names an array file or gives data.* overrides (name=... root=...)."""
     if not spec:
         return []
     if len(spec) == 1 and "=" not in spec[0]:
-        return [f"data.name={'anndata' if spec[0].endswith('.h5ad') else 'array'}", f"data.path={spec[0]}"]
+        anndata = spec[0].rstrip("/").endswith((".h5ad", ".zarr"))
+        return [f"data.name={'anndata' if anndata else 'array'}", f"data.path={spec[0]}"]
     return [s if s.startswith("data.") else f"data.{s}" for s in spec]
 
 
@@ -70,27 +74,26 @@ def _rows_of(model, cfg, get_data, args):
 
 
 def _load_rows(model, cfg, get_data, args, want_adata: bool = False):
-    """(split, batch names, the AnnData the rows come from or None) of :func:`_rows_of`."""
+    """(split, batch names, the AnnData file the rows come from or None) of :func:`_rows_of`."""
     from .config import load_config
     from .data import Split, load_array
 
-    adata = None
-    if _is_file_spec(args.data) and args.data[0].endswith(".h5ad"):  # whole, in order; labels by the run's names
+    source = None
+    if _is_file_spec(args.data) and args.data[0].rstrip("/").endswith((".h5ad", ".zarr")):  # whole, in order
         import torch
 
-        from .data import covariates_from_anndata, from_anndata, read_h5ad
+        from .data import anndata_rows
 
-        keys = [f"data.{k}={cfg.data[k]}" for k in ("layer", "label_key", "batch_key") if cfg.data.get(k)]
+        keys = [f"data.{k}={cfg.data[k]}" for k in ("layer", "label_key", "batch_key", "storage") if cfg.data.get(k)]
         if cfg.data.get("covariate_keys"):
             keys.append(f"data.covariate_keys=[{','.join(cfg.data.covariate_keys)}]")
         file_cfg = load_config(None, ["data.name=anndata", f"data.path={args.data[0]}", *keys], import_plugins=False)
-        adata = read_h5ad(Path(args.data[0]).expanduser())
-        x, y, _, batch, batch_names = from_anndata(
-            adata, file_cfg.data, args.data[0], getattr(model, "data_info", None) and model.data_info.class_names
+        x, y, _, batch, batch_names, covariates = anndata_rows(
+            file_cfg.data, args.data[0], class_names=getattr(model, "data_info", None) and model.data_info.class_names
         )
-        covariates = covariates_from_anndata(adata, file_cfg.data, args.data[0])
         keys = list(file_cfg.data.covariate_keys) if covariates is not None else None
         split, where = Split(x, y, torch.arange(x.shape[0]), batch, covariates, keys), args.data[0]
+        source = Path(args.data[0]).expanduser()
     elif _is_file_spec(args.data):
         file_cfg = load_config(None, ["data.name=array", f"data.path={args.data[0]}"], base=cfg, import_plugins=False)
         x, y, rows = load_array(file_cfg.data)
@@ -102,9 +105,12 @@ def _load_rows(model, cfg, get_data, args, want_adata: bool = False):
             raise PyroVAEError(f"this data has no {args.split} split (set data.validation=N for a val split)")
         where, batch_names = f"the {args.split} split", data.extra.get("batch_names")
         if want_adata and cfg.data.name == "anndata" and cfg.data.get("path"):
-            from .data import read_h5ad
+            from .data import anndata_paths
 
-            adata = read_h5ad(Path(cfg.data.path).expanduser())
+            paths = anndata_paths(cfg.data.path)
+            if len(paths) > 1:
+                raise PyroVAEError("--out FILE.h5ad copies one AnnData file; this run read several: write .npy or .csv")
+            source = paths[0]
     if split.x.shape[1] != model.data_dim:
         raise PyroVAEError(f"{where} has {split.x.shape[1]} columns but the model expects {model.data_dim}")
     from .training.base import check_likelihood
@@ -116,7 +122,21 @@ def _load_rows(model, cfg, get_data, args, want_adata: bool = False):
         if any(t.key == cfg.data.batch_key for t in model.terms):  # the file's batch names -> the model's codes
             split.batch = model.codes(cfg.data.batch_key, [batch_names[int(c)] for c in split.batch], len(split))
     split.x = model.inputs(split)
-    return split, batch_names, adata
+    return split, batch_names, source
+
+
+def _blocks(fn, x, device):
+    """(first row, ``fn`` of rows [first, first + OUTPUT_ROWS) of ``x`` on ``device``, on the CPU) in
+    order: what encode and score write as it comes, so that memory holds one block of rows (rows on
+    disk are read a block at a time)."""
+    import torch
+
+    from .sparse import take
+
+    with torch.no_grad():
+        for a in range(0, x.shape[0], OUTPUT_ROWS):
+            out = fn(take(x, slice(a, a + OUTPUT_ROWS)).to(device))
+            yield a, tuple(o.cpu() for o in out) if isinstance(out, tuple) else out.cpu()
 
 
 def cmd_train(args):
@@ -349,15 +369,19 @@ def cmd_score(args):
     if score.needs_fit:  # statistics of the training data, kept in RUN/scores/
         run_dir = Path(args.run_dir) if Path(args.run_dir).is_dir() else Path(args.run_dir).parent
         score = S.prepare(score, model, train_x=model.inputs(get_data().train), run_dir=run_dir, seed=args.seed)
-    values = S.compute(score, model, split.x)
     name = score.registry_name
-    cols, header, fmt = [np.arange(len(split))[:, None], values.numpy()[:, None]], ["row", name], ["%d", "%.6g"]
-    if split.y is not None:
-        cols.append(split.y.numpy()[:, None])
-        header.append("label")
-        fmt.append("%d")
-    with atomic_path(out) as tmp:
-        np.savetxt(tmp, np.concatenate(cols, 1), delimiter=",", header=",".join(header), comments="", fmt=fmt)
+    header, fmt = ["row", name] + (["label"] if split.y is not None else []), ["%d", "%.6g", "%d"]
+    model.eval()
+    values = []
+    with atomic_path(out) as tmp, open(tmp, "w") as f:  # a block of rows scored, then written
+        f.write(",".join(header) + "\n")
+        for a, v in _blocks(lambda xb: score.score(model, xb).float(), split.x, model.device):
+            values.append(v)
+            cols = [np.arange(a, a + len(v))[:, None], v.numpy()[:, None]]
+            if split.y is not None:
+                cols.append(split.y[a : a + len(v)].numpy()[:, None])
+            np.savetxt(f, np.concatenate(cols, 1), delimiter=",", fmt=fmt[: len(cols)])
+    values = torch.cat(values) if values else torch.zeros(0)
     print(f"wrote {out} ({len(split)} rows; higher {name} = more anomalous)")
     if positive is not None:
         class_names = getattr(get_data(), "class_names", None) if not _is_file_spec(args.data) else None
@@ -374,9 +398,11 @@ def _plain(node):
 
 
 def cmd_encode(args):
+    import itertools
+
     import numpy as np
 
-    from .utils import atomic_path
+    from .utils import NpyWriter, atomic_path
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".csv", ".h5ad"):
@@ -386,11 +412,10 @@ def cmd_encode(args):
     model, cfg, get_data = _load_run(args)
     if args.decode_as and out.suffix == ".h5ad":
         raise PyroVAEError("--decode-as writes decoded rows to .npy or .csv")
-    split, batch_names, adata = _load_rows(model, cfg, get_data, args, want_adata=out.suffix == ".h5ad")
-    if out.suffix == ".h5ad" and adata is None:
+    split, batch_names, source = _load_rows(model, cfg, get_data, args, want_adata=out.suffix == ".h5ad")
+    if out.suffix == ".h5ad" and source is None:
         raise PyroVAEError("--out FILE.h5ad needs AnnData input (--data FILE.h5ad, or a run on data.name=anndata)")
-    from .sparse import batched
-
+    model.eval()
     if args.decode_as:
         from .models.cvae import CVAE
 
@@ -399,49 +424,106 @@ def cmd_encode(args):
                 f"--decode-as needs a conditional model (model=cvae); this run is model={cfg.model.name}"
             )
         to = _conditions(args.decode_as)
-        arr = batched(lambda xb: model.reconstruct(xb, decode_as=to), split.x, 1000, model.device).numpy()
-        names = [f"x{i}" for i in range(arr.shape[1])]
+        width = model.data_dim
+        names = [f"x{i}" for i in range(width)]
+        blocks = (
+            (a, xr.numpy(), None)
+            for a, xr in _blocks(lambda xb: model.reconstruct(xb, decode_as=to), split.x, model.device)
+        )
     else:
-        loc, scale = batched(model.encode, split.x, 1000, model.device)
-        arr = loc.numpy() if not args.with_scale else np.concatenate([loc.numpy(), scale.numpy()], 1)
-        d = loc.shape[1]
+        d = int(model.latent_dim)
+        width = d * (2 if args.with_scale else 1)
         names = [f"z{i}" for i in range(d)] + ([f"scale{i}" for i in range(d)] if args.with_scale else [])
+        blocks = (
+            (a, np.concatenate([loc.numpy(), scale.numpy()], 1) if args.with_scale else loc.numpy(), (loc, scale))
+            for a, (loc, scale) in _blocks(model.encode, split.x, model.device)
+        )
+    first = next(blocks, None)  # the width of what is written: that of the first block
+    if first is not None:
+        width, blocks = first[1].shape[1], itertools.chain([first], blocks)
+        if not args.decode_as:
+            d = first[2][0].shape[1]
+            names = [f"z{i}" for i in range(d)] + ([f"scale{i}" for i in range(d)] if args.with_scale else [])
+    n = len(split)
     with atomic_path(out) as tmp:
         if out.suffix == ".npy":
-            np.save(tmp, arr)
+            w = NpyWriter(tmp, n, width)
+            for _, arr, _ in blocks:
+                w.write(arr)
+            w.close()
         elif out.suffix == ".csv":
-            _write_codes_csv(tmp, arr, names, split, cfg, batch_names)
+            with open(tmp, "w", newline="") as f:
+                _write_codes_csv(f, blocks, names, split, cfg, batch_names)
         else:
-            copy = adata[split.rows.numpy()].copy()
-            copy.obsm["X_pyro_vae"] = loc.numpy()
-            if args.with_scale:
-                copy.obsm["X_pyro_vae_scale"] = scale.numpy()
-            copy.write_h5ad(tmp)
-    print(f"wrote {out} ({arr.shape[0]} rows x {arr.shape[1]} columns)")
+            _write_codes_h5ad(tmp, source, blocks, split, cfg, args.with_scale)
+    print(f"wrote {out} ({n} rows x {width} columns)")
     return 0
 
 
-def _write_codes_csv(path, arr, names, split, cfg, batch_names) -> None:
+def _write_codes_h5ad(tmp, source: Path, blocks, split, cfg, with_scale: bool) -> None:
+    """A copy of the AnnData ``source`` (the split's rows) with the codes in ``.obsm['X_pyro_vae']`` (and
+    the scales in ``X_pyro_vae_scale``). An .h5ad whose rows are all there, in order, is copied as a file
+    and the codes written into the copy a block at a time (its matrix never read); otherwise (a split,
+    a .zarr store) the split's rows are read into memory and written with the codes."""
+    import numpy as np
+
+    from .backed import AnnDataMatrix, ObsmWriter
+
+    rows = split.rows.numpy()
+    if source.suffix == ".h5ad" and len(rows) == AnnDataMatrix(source, cfg.data.get("layer")).rows:
+        if np.array_equal(rows, np.arange(len(rows))):
+            w = ObsmWriter(source, tmp, len(rows))
+            try:
+                for a, _, (loc, scale) in blocks:
+                    w.write("X_pyro_vae", a, loc.numpy())
+                    if with_scale:
+                        w.write("X_pyro_vae_scale", a, scale.numpy())
+            finally:
+                w.close()
+            return
+    import anndata
+
+    from .data import read_h5ad
+
+    parts = [(loc.numpy(), scale.numpy()) for _, _, (loc, scale) in blocks]
+    if source.suffix == ".h5ad":  # only the split's rows read: file order, then the split's
+        order = np.argsort(rows, kind="stable")
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        copy = anndata.read_h5ad(source, backed="r")[rows[order]].to_memory()[back]
+    else:
+        copy = read_h5ad(source)[rows]
+    copy = copy.copy()
+    copy.obsm["X_pyro_vae"] = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, 0), np.float32)
+    if with_scale:
+        copy.obsm["X_pyro_vae_scale"] = np.concatenate([p[1] for p in parts])
+    copy.write_h5ad(tmp)
+
+
+def _write_codes_csv(f, blocks, names, split, cfg, batch_names) -> None:
     """``row`` (each row's index in the user's data), the codes, then what joins them back to the
-    user's table: the label, the batch (a column named after data.batch_key) and each covariate."""
+    user's table: the label, the batch (a column named after data.batch_key) and each covariate;
+    written to the open file ``f`` a block of (first row, codes) at a time."""
     import csv
 
     header, extra = ["row"] + names, []
     if split.y is not None:
         header.append("label")
-        extra.append([int(v) for v in split.y])
+        extra.append(lambda i: int(split.y[i]))
     if split.batch is not None and cfg.data.get("batch_key"):
         header.append(str(cfg.data.batch_key))
-        extra.append([batch_names[int(c)] if batch_names else int(c) for c in split.batch])
+        extra.append(lambda i: batch_names[int(split.batch[i])] if batch_names else int(split.batch[i]))
     for j, key in enumerate(split.covariate_keys or []):
         header.append(str(key))
-        extra.append([f"{float(v):.6g}" for v in split.covariates[:, j]])
-    rows = split.rows.tolist() if split.rows is not None else range(len(arr))
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        for i, r in enumerate(rows):
-            w.writerow([int(r)] + [f"{v:.6g}" for v in arr[i]] + [col[i] for col in extra])
+        extra.append(lambda i, j=j: f"{float(split.covariates[i, j]):.6g}")
+    rows = split.rows.tolist() if split.rows is not None else None
+    w = csv.writer(f)
+    w.writerow(header)
+    for a, arr, _ in blocks:
+        for i in range(a, a + len(arr)):
+            w.writerow(
+                [int(rows[i]) if rows is not None else i] + [f"{v:.6g}" for v in arr[i - a]] + [c(i) for c in extra]
+            )
 
 
 def cmd_classify(args):

@@ -9,10 +9,12 @@ Built-in sources:
 * ``image_folder`` — ``data.root`` with one sub-folder of images per class (PNG, JPEG, ...),
   resized to ``data.image_size``, ``data.channels`` 1 (grey) or 3 (colour); 8-bit levels. A test
   folder from ``data.test_root`` or ``root/{train,test}``; decoded in parallel and cached
-  (:mod:`pyro_vae.images`). The pixels stay uint8, read by index (:class:`~pyro_vae.streaming.NpyRows`)
-  from memory or from the cache's file (``data.storage``), each batch made float32 as it is read.
-* ``anndata`` — an ``.h5ad`` file: ``data.layer`` (default .X), ``data.label_key`` and
-  ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``).
+  (:mod:`pyro_vae.images`). The pixels stay uint8, read by index (:class:`~pyro_vae.streaming.DiskRows`
+  of a :class:`~pyro_vae.streaming.MemoryArray`, or of the cache's file: ``data.storage``), each
+  batch made float32 as it is read.
+* ``anndata`` — an ``.h5ad`` file or ``.zarr`` store: ``data.layer`` (default .X), ``data.label_key``
+  and ``data.batch_key`` obs columns (needs ``pip install pyro_vae[anndata]``). ``data.storage``
+  reads it whole, or leaves the matrix (dense or CSR) on disk (:mod:`pyro_vae.backed`), as a .npy.
 * ``array`` — ``data.path`` = ``X.npy`` | ``X.npz`` (arrays ``x`` and optional ``y``, or a
   ``scipy.sparse.save_npz`` matrix) | ``X.csv`` (numbers; ``label_column`` picks a label
   column), ``labels_path`` optional. A ``.npy`` is split by row numbers before any row is read;
@@ -54,7 +56,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -65,7 +67,7 @@ from .likelihoods import LIKELIHOODS
 from .models.base import DataInfo
 from .registry import Registry, option
 from .sparse import SparseRows, is_sparse
-from .streaming import MemoryArray, NpyRows, UnsupportedLayout, available_memory, divided, physical_memory
+from .streaming import DiskRows, MemoryArray, NpyRows, UnsupportedLayout, available_memory, divided, physical_memory
 from .utils import first_line
 
 DATASETS = Registry("data set")
@@ -73,7 +75,7 @@ log = logging.getLogger(__name__)
 LOG_BYTES = 100 << 20  # rows of at least this size say in the log where they were placed
 BUFFER_BYTES = 256 << 20  # data on disk: the shuffle buffer holds at most this many bytes of rows (or one chunk)
 MIN_CHUNKS = 32  # a buffer capped by BUFFER_BYTES still mixes rows of at least this many chunks
-MEMORY_SHARE = 0.4  # data.storage=auto loads an array whose float32 rows take at most this share of the memory
+MEMORY_SHARE = 0.4  # data.storage=auto loads rows that take at most this share of the memory (memory_bytes)
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -159,11 +161,11 @@ class Dataset:
         """A checksum of every split's rows, labels and row numbers (CRC-32 over the raw buffers,
         about a second a GB): ``--resume`` compares it with the run's own to detect changed data.
         Rows left on disk count by their file's size, modification time, header and sampled rows
-        (:meth:`~pyro_vae.streaming.NpyRows.fingerprint`), not by reading them all."""
+        (:meth:`~pyro_vae.streaming.DiskRows.fingerprint`), not by reading them all."""
         crc = 0
         for name, split in self.splits():
             crc = zlib.crc32(f"{name}:{tuple(split.x.shape)}".encode(), crc)
-            if callable(getattr(split.x, "fingerprint", None)):  # rows read by index: NpyRows, AppendedRows
+            if callable(getattr(split.x, "fingerprint", None)):  # rows read by index: DiskRows, AppendedRows
                 crc = zlib.crc32(split.x.fingerprint().to_bytes(4, "little"), crc)
             for part in (*_buffers(split.x), split.y, split.rows, split.batch, split.covariates):
                 if part is not None:
@@ -229,13 +231,14 @@ class IdxConfig(DataConfig):
 
 @dataclass
 class StorageConfig(SplitConfig):
-    """Where the rows of a file go: into memory, or left on disk and read by index as training goes."""
+    """Where the rows of a file go (a .npy, an AnnData file, an image folder's decoded cache): into memory,
+    or left on disk and read by index as training goes."""
 
     storage: str = option(
         "auto",
-        "auto | memory | disk: a .npy (or an image folder's decoded cache) read into memory, or left on disk and "
-        f"read in chunks as training goes (auto: memory when its rows take under {MEMORY_SHARE:.0%} of the "
-        "machine's memory; 8- and 16-bit integers stay in their own type in memory, others are float32)",
+        "auto | memory | disk: the rows read into memory, or left on disk and read in chunks as training goes "
+        f"(auto: memory when they take under {MEMORY_SHARE:.0%} of the machine's memory; 8- and 16-bit integers "
+        "stay in their own type in memory, a sparse AnnData's CSR arrays stay CSR, others are float32)",
     )
     shuffle: str = option(
         "chunks",
@@ -294,7 +297,7 @@ class ArrayConfig(StorageConfig):
 
 
 @dataclass
-class MemoryConfig(SplitConfig):
+class MemoryConfig(StorageConfig):
     layer: Optional[str] = option(None, "AnnData input: the layer to train on (null = .X)")
     label_key: Optional[str] = option(None, "AnnData input: obs column of labels (NaN/empty/'unknown' = unlabelled)")
     batch_key: Optional[str] = option(None, "AnnData input: obs column of batches (model=cvae conditions on it)")
@@ -306,13 +309,17 @@ class MemoryConfig(SplitConfig):
 
 @dataclass
 class AnnDataConfig(MemoryConfig):
-    path: Optional[str] = option(None, "an .h5ad file (pip install pyro_vae[anndata])")
+    path: Any = option(
+        None,
+        "an .h5ad file or a .zarr store (pip install pyro_vae[anndata]), or a list of them with the same genes: "
+        "one data set, their rows one after another",
+    )
 
     @staticmethod
     def check(c) -> None:
-        SplitConfig.check(c)
         if not c.path:
-            raise ConfigError("data.name=anndata needs data.path=FILE.h5ad")
+            raise ConfigError("data.name=anndata needs data.path=FILE.h5ad (or STORE.zarr)")
+        StorageConfig.check(c)
 
 
 @dataclass
@@ -652,7 +659,7 @@ def _open_npy(path: Path):
 
 
 def storage_of(nbytes: int, cfg) -> str:
-    """memory | disk for ``nbytes`` of float32 rows on disk under ``data.storage`` (auto: memory when
+    """memory | disk for rows on disk taking ``nbytes`` in memory under ``data.storage`` (auto: memory when
     under MEMORY_SHARE of the machine's memory; the physical memory, so that every process of a run
     decides alike)."""
     storage = cfg.get("storage") or "auto"
@@ -662,16 +669,18 @@ def storage_of(nbytes: int, cfg) -> str:
 
 
 def placed(x, cfg, where: str, parts=None):
-    """Rows on disk (:class:`NpyRows`) read into one float32 tensor, or left where they are, as
+    """Rows on disk (:class:`~pyro_vae.streaming.DiskRows`) read into memory, or left where they are, as
     ``data.storage`` says (logged); ``parts`` (of x, e.g. its splits) are placed instead of x and
-    returned as a list. In memory NaN/inf is refused as for any array."""
+    returned as a list. In memory: 8- and 16-bit integers in their own type (:class:`DiskRows` of a
+    :class:`~pyro_vae.streaming.MemoryArray`), a sparse file's rows as a
+    :class:`~pyro_vae.sparse.SparseRows`, others as one float32 tensor (NaN/inf refused as for any array)."""
     whole = parts is None
     parts = [x] if whole else parts
-    own = keeps_type(parts[0].file.dtype)
-    kind = str(parts[0].file.dtype) if own else "float32"
-    nbytes = sum(p.shape[0] * p.shape[1] * (parts[0].file.dtype.itemsize if own else 4) for p in parts)
+    own = keeps_type(parts[0])
+    nbytes = sum(memory_bytes(p) for p in parts)
     storage = storage_of(nbytes, cfg)
     gb, free = nbytes / 1e9, available_memory() / 1e9
+    kind = "CSR" if parts[0].sparse else str(parts[0].file.dtype) if own else "float32"
     if storage == "disk":
         log.info("%s: %.2f GB of %s rows streamed from disk (data.storage=%s)", where, gb, kind, cfg.get("storage"))
         out = parts
@@ -686,39 +695,57 @@ def placed(x, cfg, where: str, parts=None):
                 free,
             )
         if own:  # integers: no NaN to look for
-            out = [NpyRows(MemoryArray(in_own_type(p), str(p.file.path))) for p in parts]
+            out = [DiskRows(MemoryArray(in_own_type(p), str(p.file.path))) for p in parts]
         else:
             out = [p.to_memory() for p in parts]
             _check_finite(out, parts, where)
     return out[0] if whole else out
 
 
-def keeps_type(dtype: np.dtype) -> bool:
-    """Whether rows of this type stay in it in memory: integers of at most 16 bits (exact in float32, and a
-    half or a quarter of its size), each batch converted to float32 as it is read."""
-    return dtype.kind in "biu" and dtype.itemsize <= 2
+def keeps_type(rows: DiskRows) -> bool:
+    """Whether ``rows`` stay in their file's type in memory: dense integers of at most 16 bits (exact in
+    float32, and a half or a quarter of its size), each batch converted to float32 as it is read."""
+    dtype = rows.file.dtype
+    return not rows.sparse and dtype.kind in "biu" and dtype.itemsize <= 2
 
 
-def in_own_type(rows: NpyRows) -> np.ndarray:
+def memory_bytes(rows: DiskRows) -> int:
+    """Bytes ``rows`` take once :func:`placed` in memory: their own type (:func:`keeps_type`), else
+    float32 rows or a sparse file's CSR arrays."""
+    if keeps_type(rows):
+        return rows.shape[0] * rows.shape[1] * rows.file.dtype.itemsize
+    return rows.nbytes
+
+
+def in_own_type(rows: DiskRows) -> np.ndarray:
     """All of ``rows`` in one array of the file's own type, read in file order a chunk at a time."""
     out = np.empty(tuple(rows.shape), dtype=rows.file.dtype)
     order, file_rows = rows.file_order().numpy(), rows.file_rows()
-    for a in range(0, len(order), NpyRows.CHUNK_ROWS):
-        pos = order[a : a + NpyRows.CHUNK_ROWS]
+    step = rows.chunk_size()
+    for a in range(0, len(order), step):
+        pos = order[a : a + step]
         out[pos] = rows.file.read_rows(file_rows[pos], np.empty((len(pos), rows.shape[1]), dtype=out.dtype))
     return out
 
 
 def _check_finite(tensors, parts, where: str) -> None:
-    """NaN/inf refused in rows read from ``parts`` (NpyRows), chunk by chunk: the count of bad rows and
+    """NaN/inf refused in rows read from ``parts`` (DiskRows), chunk by chunk: the count of bad rows and
     the first bad row's number in the file."""
     count, first = 0, None
     for t, p in zip(tensors, parts):
-        for a in range(0, t.shape[0], NpyRows.CHUNK_ROWS):
-            bad = ~torch.isfinite(t[a : a + NpyRows.CHUNK_ROWS]).all(1)
+        if is_sparse(t):  # the stored values; the row of the first bad one
+            bad = ~torch.isfinite(t.values)
             if bool(bad.any()):
                 count += int(bad.sum())
-                r = int(p.file_rows(slice(a, a + NpyRows.CHUNK_ROWS))[bad.numpy()].min())
+                r = int(torch.searchsorted(t.crow.long(), bad.nonzero()[0, 0], right=True)) - 1
+                r = int(p.file_rows([r])[0])
+                first = r if first is None else min(first, r)
+            continue
+        for a in range(0, t.shape[0], DiskRows.CHUNK_ROWS):
+            bad = ~torch.isfinite(t[a : a + DiskRows.CHUNK_ROWS]).all(1)
+            if bool(bad.any()):
+                count += int(bad.sum())
+                r = int(p.file_rows(slice(a, a + DiskRows.CHUNK_ROWS))[bad.numpy()].min())
                 first = r if first is None else min(first, r)
     if count:
         raise DataError(
@@ -736,17 +763,78 @@ def is_anndata(x) -> bool:
 
 
 def read_h5ad(path: Path):
-    """An AnnData from an .h5ad file (in memory); one-line errors."""
+    """An AnnData from an .h5ad file or a .zarr store, read whole into memory; one-line errors."""
     try:
         import anndata
     except ImportError:
         raise DataError(ANNDATA_MISSING) from None
-    if not path.is_file():
+    if not (path.is_dir() if path.suffix == ".zarr" else path.is_file()):
         raise DataError(f"data.path {path} does not exist")
     try:
-        return anndata.read_h5ad(path)
-    except Exception as e:  # h5py / anndata raise many kinds
+        return anndata.read_zarr(path) if path.suffix == ".zarr" else anndata.read_h5ad(path)
+    except Exception as e:  # h5py / zarr / anndata raise many kinds
         raise DataError(f"could not read {path} as AnnData: {first_line(e)}") from None
+
+
+def anndata_paths(path) -> List[Path]:
+    """``data.path`` of data=anndata as a list of paths (one file, or several: one data set)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path or [])
+    if not paths:
+        raise ConfigError("data.name=anndata needs data.path=FILE.h5ad (or STORE.zarr, or a list of them)")
+    return [Path(str(p)).expanduser() for p in paths]
+
+
+def anndata_rows(cfg, where: str, adata=None, class_names: Optional[list] = None):
+    """(x, y, class names, batch codes, batch names, covariates) of the AnnData in ``data.path`` (one
+    file, or several as one data set: their rows one after another), or ``adata`` given in Python.
+    The matrix (``data.layer``, else .X) stays on disk as :class:`~pyro_vae.streaming.DiskRows` of an
+    :class:`~pyro_vae.backed.AnnDataMatrix` (only ``obs`` is read) when ``data.storage`` says disk, or
+    auto finds it too big for memory (:func:`storage_of` of its float32 rows, or a sparse matrix's CSR
+    arrays, as anndata reads it); else it is read whole. An in-memory ``adata`` stays as it is; a backed one
+    (``anndata.read_h5ad(path, backed="r")``) is read from its file the same way."""
+    try:
+        import anndata
+    except ImportError:
+        raise DataError(ANNDATA_MISSING) from None
+    paths = anndata_paths(cfg.path) if adata is None else None
+    if adata is not None and getattr(adata, "isbacked", False):
+        paths = [Path(adata.filename)]
+    if paths is not None and (cfg.get("storage") or "auto") != "memory":
+        from .backed import AnnDataMatrix
+        from .streaming import JoinedFiles
+
+        matrices = [AnnDataMatrix(p, cfg.get("layer")) for p in paths]
+        rows = DiskRows(matrices[0] if len(matrices) == 1 else JoinedFiles(matrices))
+        if storage_of(rows.nbytes, cfg) == "disk":  # its size as anndata reads it whole
+            obs = adata.obs if adata is not None else _joined_obs([m.obs() for m in matrices])
+            y, names, batch, batch_names = obs_codes(obs, cfg, where, class_names)
+            return rows, y, names, batch, batch_names, covariates_from_obs(obs, cfg, where)
+        for m in matrices:
+            m.close()
+    if adata is None:
+        parts = [read_h5ad(p) for p in paths]
+        adata = parts[0] if len(parts) == 1 else anndata.concat(parts, join="outer", index_unique="-")
+    elif getattr(adata, "isbacked", False):
+        adata = adata.to_memory()
+    x, y, names, batch, batch_names = from_anndata(adata, cfg, where, class_names)
+    return x, y, names, batch, batch_names, covariates_from_anndata(adata, cfg, where)
+
+
+def _joined_obs(tables):
+    """The obs tables of several files, one after another (categories joined, as ``anndata.concat`` does)."""
+    if len(tables) == 1:
+        return tables[0]
+    import pandas as pd
+
+    from pandas.api.types import union_categoricals
+
+    joined = pd.concat(tables, ignore_index=True)
+    for key in tables[0].columns:
+        if all(key in t.columns and isinstance(t[key].dtype, pd.CategoricalDtype) for t in tables):
+            joined[key] = pd.Categorical(
+                joined[key], categories=union_categoricals([t[key] for t in tables]).categories
+            )
+    return joined
 
 
 def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[torch.Tensor, list]:
@@ -771,6 +859,11 @@ def codes_of(values, where: str, class_names: Optional[list] = None) -> Tuple[to
 
 def covariates_from_anndata(adata, cfg, where: str) -> Optional[torch.Tensor]:
     """The ``data.covariate_keys`` obs columns as an (N, K) float32 tensor (None when no keys)."""
+    return covariates_from_obs(adata.obs, cfg, where)
+
+
+def covariates_from_obs(obs, cfg, where: str) -> Optional[torch.Tensor]:
+    """The ``data.covariate_keys`` columns of an obs table as an (N, K) float32 tensor (None when no keys)."""
     keys = list(cfg.get("covariate_keys") or [])
     if not keys:
         return None
@@ -778,12 +871,12 @@ def covariates_from_anndata(adata, cfg, where: str) -> Optional[torch.Tensor]:
 
     cols = []
     for key in keys:
-        if key not in adata.obs.columns:
+        if key not in obs.columns:
             raise DataError(
                 f"{where} has no obs column {key!r} for data.covariate_keys "
-                f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})"
+                f"(columns: {', '.join(map(str, obs.columns)) or 'none'})"
             )
-        col = adata.obs[key]
+        col = obs[key]
         if not pd.api.types.is_numeric_dtype(col) or isinstance(col.dtype, pd.CategoricalDtype):
             raise DataError(
                 f"{where} obs[{key!r}] is not numeric; data.covariate_keys takes continuous columns "
@@ -812,14 +905,20 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
         if matrix is None:
             raise DataError(f"{where} has no .X; set data.layer to one of: {', '.join(adata.layers.keys())}")
     x = as_rows(matrix, f"{where} ({'layer ' + layer if layer else '.X'})")
+    return (x, *obs_codes(adata.obs, cfg, where, class_names))
+
+
+def obs_codes(obs, cfg, where: str, class_names: Optional[list] = None):
+    """(y, class names, batch codes, batch names) from the ``data.label_key`` and ``data.batch_key``
+    columns of an obs table (None where a key is not set)."""
 
     def column(key, what):
-        if key not in adata.obs.columns:
+        if key not in obs.columns:
             raise DataError(
                 f"{where} has no obs column {key!r} for data.{what} "
-                f"(columns: {', '.join(map(str, adata.obs.columns)) or 'none'})"
+                f"(columns: {', '.join(map(str, obs.columns)) or 'none'})"
             )
-        return adata.obs[key]
+        return obs[key]
 
     y = names = batch = batch_names = None
     if cfg.get("label_key"):
@@ -833,7 +932,7 @@ def from_anndata(adata, cfg, where: str, class_names: Optional[list] = None):
         batch, batch_names = codes_of(col.astype(str), f"{where} obs[{cfg.batch_key!r}]")
         if bool((batch < 0).any()):
             raise DataError(f"{where} obs[{cfg.batch_key!r}] has empty/'unknown' batch names; every row needs a batch")
-    return x, y, names, batch, batch_names
+    return y, names, batch, batch_names
 
 
 # ---------------------------------------------------------------- sources
@@ -969,9 +1068,10 @@ class ImageFolder(DataSource):
 
 def _pixel_rows(images: np.ndarray, y: Optional[np.ndarray], idx=None) -> Split:
     """The rows ``idx`` (all when None) of uint8 images (N, C, H, W) as a Split whose x reads them by index
-    (:class:`NpyRows`: of the cache's file when ``images`` maps it, placed later by ``data.storage``; else of
-    the array in memory), each row's number its image's place in the folder's loading order."""
-    x = _npy_of(images) or NpyRows(MemoryArray(images, "the decoded images"))
+    (:class:`DiskRows`: of the cache's file when ``images`` maps it, placed later by ``data.storage``; else of
+    the array in memory, a :class:`MemoryArray`), each row's number its image's place in the folder's loading
+    order."""
+    x = _npy_of(images) or DiskRows(MemoryArray(images, "the decoded images"))
     split = Split(x, None if y is None else torch.from_numpy(np.asarray(y)), torch.arange(images.shape[0]))
     return split if idx is None else split.subset(idx)
 
@@ -993,8 +1093,7 @@ class InMemory(DataSource):
         if is_anndata(self.x):
             if self.y is not None:
                 raise DataError("fit(adata, y): give the labels as an obs column, data.label_key=COLUMN")
-            x, y, names, batch, batch_names = from_anndata(self.x, cfg, "the AnnData")
-            covariates = covariates_from_anndata(self.x, cfg, "the AnnData")
+            x, y, names, batch, batch_names, covariates = anndata_rows(cfg, "the AnnData", adata=self.x)
         else:
             keys = [k for k in ("layer", "label_key", "batch_key", "covariate_keys") if cfg.get(k)]
             if keys:
@@ -1006,14 +1105,12 @@ class InMemory(DataSource):
 
 @DATASETS.register("anndata", config=AnnDataConfig)
 class AnnDataFile(DataSource):
-    """An .h5ad file (data.path; data.layer, data.label_key, data.batch_key); a random test split."""
+    """An .h5ad file or .zarr store (data.path; data.layer, data.label_key, data.batch_key); a random test split."""
 
     def load(self, cfg, generator):
-        path = Path(cfg.path).expanduser()
-        adata = read_h5ad(path)
-        x, y, names, batch, batch_names = from_anndata(adata, cfg, str(path))
-        covariates = covariates_from_anndata(adata, cfg, str(path))
-        return _split_rows(x, y, cfg, generator, str(path), names, batch, batch_names, covariates)
+        where = ", ".join(str(p) for p in anndata_paths(cfg.path))
+        x, y, names, batch, batch_names, covariates = anndata_rows(cfg, where)
+        return _split_rows(x, y, cfg, generator, where, names, batch, batch_names, covariates)
 
 
 def _split_rows(x, y, cfg, generator, where, class_names=None, batch=None, batch_names=None, covariates=None) -> Loaded:
@@ -1088,15 +1185,15 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
     stream = _place(splits, d)
     if loaded.levels and not LIKELIHOODS.get(cfg.likelihood.name).scores_levels:
         for s in splits:  # levels 0..L-1 -> [0,1] (rows read by index: as each batch is read)
-            s.x = divided(s.x, loaded.levels - 1) if isinstance(s.x, NpyRows) else s.x / (loaded.levels - 1)
+            s.x = divided(s.x, loaded.levels - 1) if isinstance(s.x, DiskRows) else s.x / (loaded.levels - 1)
     if d.binarize == "static":
         for s in splits:
-            if isinstance(s.x, NpyRows) and s.x.on_disk:
+            if isinstance(s.x, DiskRows) and s.x.on_disk:
                 raise DataError(
                     "data.binarize=static draws every value once in memory; with rows on disk use "
                     "data.binarize=dynamic (drawn per batch) or data.storage=memory"
                 )
-            if isinstance(s.x, NpyRows):
+            if isinstance(s.x, DiskRows):
                 s.x = s.x.to_memory()  # the drawn values: float32 in memory
             _check_unit(s.x, "data.binarize")
             if is_sparse(s.x):  # zeros stay zero: only the stored values are drawn
@@ -1114,17 +1211,18 @@ def load_data(cfg, source: Optional[DataSource] = None) -> Dataset:
 
 
 def _place(splits: List[Split], d) -> Optional[dict]:
-    """Splits whose rows are still on disk (a .npy split by row numbers, an image folder's decoded cache)
-    read into memory, or left there and read in shuffled chunks, as ``data.storage`` says; the training
-    order of rows left on disk ({"chunk_rows", "buffer_rows"}; None: in memory, or the exact shuffle)."""
-    on_disk = [s for s in splits if isinstance(s.x, NpyRows) and s.x.on_disk]
+    """Splits whose rows are still on disk (a .npy split by row numbers, an AnnData matrix, an image
+    folder's decoded cache) read into memory, or left there and read in shuffled chunks, as
+    ``data.storage`` says; the training order of rows left on disk ({"chunk_rows", "buffer_rows"};
+    None: in memory, or the exact shuffle)."""
+    on_disk = [s for s in splits if isinstance(s.x, DiskRows) and s.x.on_disk]
     if not on_disk:
         return None
     xs = placed(on_disk[0].x, d, str(d.get("path") or d.get("root") or d.name), parts=[s.x for s in on_disk])
     for s, x in zip(on_disk, xs):
         s.x = x
     train = splits[0].x
-    if not (isinstance(train, NpyRows) and train.on_disk) or d.get("shuffle", "chunks") != "chunks":
+    if not (isinstance(train, DiskRows) and train.on_disk) or d.get("shuffle", "chunks") != "chunks":
         return None
     chunk, buffer = int(d.get("chunk_rows") or 1024), int(d.get("shuffle_buffer") or 65536)
     fits = BUFFER_BYTES // (4 * train.shape[1])
@@ -1135,7 +1233,7 @@ def _place(splits: List[Split], d) -> Optional[dict]:
 
 
 def _check_unit(x, what):
-    if isinstance(x, NpyRows):  # one pass over the file, a chunk at a time
+    if isinstance(x, DiskRows):  # one pass over the file, a chunk at a time
         for _, chunk in x.chunks():
             _check_unit(chunk, what)
         return

@@ -1,15 +1,21 @@
-"""Rows of a ``.npy`` file read from disk by index, in chunks, without loading the file.
+"""Rows of a file read by index, in chunks, without loading the file.
 
-A :class:`NpyRows` is the rows ``index`` (row numbers in the file) of a 2-D ``.npy`` array:
-``shape``, ``len``, ``x[idx]`` (again an ``NpyRows``: splits and subsets cost an index, not
-the rows), ``x.dense(idx)`` (those rows as a float32 tensor). The header is NumPy's
-(``np.lib.format``); rows are read with ``os.preadv`` straight into a buffer, the requested
-rows sorted and read as contiguous runs, so the file's pages never count as the process's
-memory and a file shorter than its header says is a one-line :class:`~pyro_vae.errors.DataError`.
+A :class:`DiskRows` is the rows ``index`` (row numbers in the file) of a :class:`RowFile`:
+``shape``, ``len``, ``x[idx]`` (again a ``DiskRows``: splits and subsets cost an index, not
+the rows), ``x.dense(idx)`` (those rows as a float32 tensor). A file says how to read a span of
+rows; the requested rows are sorted and read as contiguous runs. Files: :class:`NpyFile` (a
+``.npy``: NumPy's header, rows read with ``os.preadv`` straight into a buffer, so the file's pages
+never count as the process's memory and a file shorter than its header says is a one-line
+:class:`~pyro_vae.errors.DataError`; :class:`NpyRows` its rows; an image folder's decoded cache is
+one), :class:`pyro_vae.backed.AnnDataMatrix` (an AnnData's ``X`` or layer in ``.h5ad`` / ``.zarr``,
+dense or CSR), :class:`JoinedFiles` (several as one) and :class:`MemoryArray` (an array in memory in
+its own dtype, e.g. uint8 pixels, read by index the same way; ``on_disk`` is False).
+:class:`DividedFile` reads any dense one divided by a constant (levels as [0,1]), and
+:class:`AppendedRows` appends columns held in memory to each row read (a conditional model's design).
 
 Training on such rows reads them in chunks: :func:`chunked_order` is an epoch's order of
 contiguous chunks (of the rows sorted by file position) in a shuffled order, shuffled again
-row by row inside a buffer of several chunks; :meth:`NpyRows.chunk_cache` gives a view
+row by row inside a buffer of several chunks; :meth:`DiskRows.chunk_cache` gives a view
 that reads a whole chunk when one of its rows is asked for and keeps the most recent ones,
 so every chunk is read once per epoch with one contiguous read.
 """
@@ -24,6 +30,7 @@ import numpy as np
 import torch
 
 from .errors import DataError
+from .sparse import SparseRows
 
 READ_BYTES = 8 << 20  # the largest single read: runs of rows are cut to this size
 GAP_ROWS = 4  # rows between two wanted rows that are read through rather than skipped
@@ -34,7 +41,160 @@ class UnsupportedLayout(Exception):
     """A .npy that cannot be read row by row (Fortran order, not numbers, no rows): read it whole."""
 
 
-class NpyFile:
+class RowFile:
+    """What :class:`DiskRows` reads: a file of ``rows`` x ``cols`` numbers, read by contiguous spans.
+
+    A subclass gives ``path``, ``rows``, ``cols``, ``dtype`` (the type the values are stored in),
+    ``row_bytes`` (bytes of one row as a read moves them, to size the reads), ``read_span(lo, hi)``
+    (rows [lo, hi) as an array of numbers, shape (hi - lo, cols)), ``stat_key()`` (a string that
+    changes when the file does: size, time, shape) and ``nbytes_of(rows)`` (what those rows take in
+    memory as float32). Sparse files (``sparse = True``) also give ``read_csr(lo, hi)`` (the same rows
+    as a :class:`~pyro_vae.sparse.SparseRows`); a file held in memory says ``on_disk = False``. Reads
+    of any rows in any order (:meth:`read_rows`) and the fingerprint are built on these."""
+
+    sparse = False
+    on_disk = True
+    path: Path
+    rows: int
+    cols: int
+    dtype: np.dtype
+    row_bytes: int
+
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def read_csr(self, lo: int, hi: int):
+        raise NotImplementedError
+
+    def stat_key(self) -> str:
+        raise NotImplementedError
+
+    def nbytes_of(self, rows: Optional[np.ndarray]) -> int:
+        n = self.rows if rows is None else len(rows)
+        return n * self.cols * 4
+
+    def _runs(self, rows: np.ndarray):
+        """(order, sorted rows, [(a, b, lo, hi)]): ``rows`` sorted, cut into reads of file rows [lo, hi)
+        that serve sorted positions [a, b): contiguous runs (gaps under GAP_ROWS read through) of at
+        most READ_BYTES."""
+        if rows.min() < 0 or rows.max() >= self.rows:
+            raise IndexError(f"row {int(rows.max())} is outside {self.path}'s {self.rows} rows")
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        per_read = max(1, READ_BYTES // max(1, self.row_bytes))
+        cut = np.flatnonzero(np.diff(srt) > GAP_ROWS) + 1
+        starts = np.concatenate([[0], cut])
+        ends = np.concatenate([cut, [len(srt)]])
+        spans = []
+        for a, b in zip(starts.tolist(), ends.tolist()):
+            while a < b:  # one run, cut to reads of at most per_read rows
+                lo = int(srt[a])
+                stop = int(np.searchsorted(srt, lo + per_read, side="left"))
+                stop = max(a + 1, min(b, stop))
+                spans.append((a, stop, lo, int(srt[stop - 1]) + 1))
+                a = stop
+        return order, srt, spans
+
+    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """File rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols): sorted, read as
+        contiguous runs of at most READ_BYTES (gaps under GAP_ROWS read through), put back in order."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), self.cols), dtype=np.float32) if out is None else out
+        if not len(rows):
+            return out
+        order, srt, spans = self._runs(rows)
+        for a, b, lo, hi in spans:
+            block = self.read_span(lo, hi)
+            out[order[a:b]] = block[srt[a:b] - lo]
+        return out
+
+    def read_sparse_rows(self, rows: np.ndarray):
+        """File rows ``rows`` (any order) of a sparse file as a :class:`~pyro_vae.sparse.SparseRows`,
+        read as :meth:`read_rows` reads them."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if not len(rows):
+            return self.read_csr(0, 0)
+        order, srt, spans = self._runs(rows)
+        pieces = []
+        for a, b, lo, hi in spans:
+            piece, keep = self.read_csr(lo, hi), srt[a:b] - lo
+            pieces.append(piece if np.array_equal(keep, np.arange(hi - lo)) else piece[torch.from_numpy(keep)])
+        whole = pieces[0] if len(pieces) == 1 else concat_rows(pieces)
+        if np.array_equal(order, np.arange(len(rows))):
+            return whole
+        back = np.empty_like(order)
+        back[order] = np.arange(len(order))
+        return whole[torch.from_numpy(back)]
+
+    def fingerprint(self) -> int:
+        """CRC-32 of :meth:`stat_key` and FINGERPRINT_ROWS evenly spaced rows: cheap for any size; a
+        truncated, rewritten or touched file gives another value."""
+        crc = zlib.crc32(self.stat_key().encode())
+        if self.rows:
+            sample = np.unique(np.linspace(0, self.rows - 1, min(self.rows, FINGERPRINT_ROWS)).astype(np.int64))
+            crc = zlib.crc32(self.read_rows(sample).tobytes(), crc)
+        return crc
+
+
+def concat_rows(pieces):
+    """:class:`~pyro_vae.sparse.SparseRows` pieces (the same columns) stacked row-wise into one."""
+    crows, offset = [pieces[0].crow[:1].long()], 0
+    for p in pieces:
+        crows.append(p.crow[1:].long() + offset)
+        offset += p.nnz
+    itype = torch.int32 if offset < 2**31 - 1 and pieces[0].shape[1] < 2**31 - 1 else torch.long
+    col = torch.cat([p.col.to(itype) for p in pieces])
+    values = torch.cat([p.values for p in pieces])
+    rows = sum(p.shape[0] for p in pieces)
+    return SparseRows(torch.cat(crows).to(itype), col, values, (rows, pieces[0].shape[1]))
+
+
+class JoinedFiles(RowFile):
+    """Several :class:`RowFile` of the same columns as one: the rows of the first, then of the second, ...
+    (a data set kept in several files). Sparse when every file is."""
+
+    def __init__(self, files):
+        self.files = list(files)
+        cols = {f.cols for f in self.files}
+        if len(cols) > 1:
+            names = ", ".join(f"{f.path} ({f.cols})" for f in self.files)
+            raise DataError(f"files of one data set need the same number of columns; got {names}")
+        self.path = Path(", ".join(str(f.path) for f in self.files))  # named in messages
+        self.cols = cols.pop()
+        self.starts = np.cumsum([0] + [f.rows for f in self.files])
+        self.rows = int(self.starts[-1])
+        self.sparse = all(f.sparse for f in self.files)
+        self.on_disk = any(f.on_disk for f in self.files)
+        self.dtype = np.result_type(*(f.dtype for f in self.files))
+        self.row_bytes = max(f.row_bytes for f in self.files)
+
+    def _pieces(self, lo: int, hi: int):
+        """(file, its first row, its end row) for the file rows [lo, hi), file by file."""
+        k = int(np.searchsorted(self.starts, lo, side="right")) - 1
+        while lo < hi:
+            end = min(hi, int(self.starts[k + 1]))
+            yield self.files[k], lo - int(self.starts[k]), end - int(self.starts[k])
+            lo, k = end, k + 1
+
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        parts = [f.read_span(a, b) for f, a, b in self._pieces(lo, hi)]
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
+
+    def read_csr(self, lo: int, hi: int):
+        parts = [f.read_csr(a, b) for f, a, b in self._pieces(lo, hi)] or [self.files[0].read_csr(0, 0)]
+        return concat_rows(parts) if len(parts) != 1 else parts[0]
+
+    def stat_key(self) -> str:
+        return "|".join(f.stat_key() for f in self.files)
+
+    def nbytes_of(self, rows: Optional[np.ndarray]) -> int:
+        if rows is None:
+            return sum(f.nbytes_of(None) for f in self.files)
+        k = np.searchsorted(self.starts, rows, side="right") - 1
+        return sum(f.nbytes_of(rows[k == i] - int(self.starts[i])) for i, f in enumerate(self.files))
+
+
+class NpyFile(RowFile):
     """An open ``.npy`` file: its header (shape, dtype, data offset) and a file descriptor shared by
     every view (``os.preadv`` takes an offset, so threads may read at once)."""
 
@@ -101,48 +261,16 @@ class NpyFile:
             raise DataError(f"{self.path}: could not read rows {lo}..{hi - 1} (got {got} of {want} bytes)")
         return buf
 
-    def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """File rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols): sorted, read as
-        contiguous runs of at most READ_BYTES (gaps under GAP_ROWS read through), put back in order."""
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        out = np.empty((len(rows), self.cols), dtype=np.float32) if out is None else out
-        if not len(rows):
-            return out
-        if rows.min() < 0 or rows.max() >= self.rows:
-            raise IndexError(f"row {int(rows.max())} is outside {self.path}'s {self.rows} rows")
-        order = np.argsort(rows, kind="stable")
-        srt = rows[order]
-        per_read = max(1, READ_BYTES // max(1, self.row_bytes))
-        cut = np.flatnonzero(np.diff(srt) > GAP_ROWS) + 1
-        starts = np.concatenate([[0], cut])
-        ends = np.concatenate([cut, [len(srt)]])
-        for a, b in zip(starts.tolist(), ends.tolist()):
-            while a < b:  # one run, cut to reads of at most per_read rows
-                lo = int(srt[a])
-                stop = int(np.searchsorted(srt, lo + per_read, side="left"))
-                stop = max(a + 1, min(b, stop))
-                block = self.read_span(lo, int(srt[stop - 1]) + 1)
-                out[order[a:stop]] = block[srt[a:stop] - lo]
-                a = stop
-        return out
-
-    def fingerprint(self) -> int:
-        """CRC-32 of the file's size, modification time, header and FINGERPRINT_ROWS evenly spaced rows:
-        cheap for any size; a truncated, rewritten or touched file gives another value."""
+    def stat_key(self) -> str:
         st = self.path.stat()
-        crc = zlib.crc32(f"{st.st_size}:{st.st_mtime_ns}:{self.rows}x{self.cols}:{self.dtype.str}".encode())
-        if self.rows:
-            sample = np.unique(np.linspace(0, self.rows - 1, min(self.rows, FINGERPRINT_ROWS)).astype(np.int64))
-            crc = zlib.crc32(self.read_rows(sample).tobytes(), crc)
-        return crc
+        return f"{st.st_size}:{st.st_mtime_ns}:{self.rows}x{self.cols}:{self.dtype.str}"
 
 
-class MemoryArray:
-    """A 2-D array held in memory in its own dtype (e.g. uint8 pixels, 1 byte a value), read like an
-    :class:`NpyFile`: rows gathered by index and converted to float32 one batch at a time."""
+class MemoryArray(RowFile):
+    """A 2-D array held in memory in its own dtype (e.g. uint8 pixels, 1 byte a value), read like a file:
+    rows gathered by index and converted to float32 one batch at a time."""
 
     on_disk = False
-    offset = 0
 
     def __init__(self, array: np.ndarray, where: str = "memory"):
         self.array = np.ascontiguousarray(array).reshape(len(array), -1)
@@ -152,75 +280,92 @@ class MemoryArray:
         self.row_bytes = self.cols * self.dtype.itemsize
         self.nbytes = self.array.nbytes
 
-    def check_size(self) -> None:
-        """Nothing to check: the rows are in memory."""
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        return self.array[lo:hi]
 
     def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
-        """Rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols), or into ``out``."""
+        """Rows ``rows`` (any order, repeats allowed) as float32 (len(rows), cols), or into ``out``: one
+        gather, no runs to cut."""
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         out = np.empty((len(rows), self.cols), dtype=np.float32) if out is None else out
         out[...] = self.array[rows]
         return out
 
+    def stat_key(self) -> str:
+        return f"{self.rows}x{self.cols}:{self.dtype.str}"
+
     def fingerprint(self) -> int:
-        """CRC-32 of the shape, dtype and every value."""
-        crc = zlib.crc32(f"{self.rows}x{self.cols}:{self.dtype.str}".encode())
+        """CRC-32 of :meth:`stat_key` and every value (they are in memory)."""
+        crc = zlib.crc32(self.stat_key().encode())
         for a, b in _bounds(self.rows, max(1, (64 << 20) // max(1, self.row_bytes))):
             crc = zlib.crc32(self.array[a:b], crc)
         return crc
 
 
-class DividedFile:
-    """The rows of ``file`` (an :class:`NpyFile` or :class:`MemoryArray`) divided by ``divisor`` as they are
-    read: pixel levels 0..L-1 given as [0,1] (divisor L-1) without a float copy of the array."""
+class DividedFile(RowFile):
+    """The rows of ``file`` (a dense :class:`RowFile`: an :class:`NpyFile`, a :class:`MemoryArray`, ...)
+    divided by ``divisor`` as they are read: pixel levels 0..L-1 given as [0,1] (divisor L-1) without a
+    float copy of the array. Shape, dtype, size and place (``on_disk``) are the file's."""
 
-    def __init__(self, file, divisor: float):
+    def __init__(self, file: RowFile, divisor: float):
         self.file, self.divisor = file, float(divisor)
+        self.path, self.rows, self.cols, self.row_bytes = file.path, file.rows, file.cols, file.row_bytes
+        self.dtype, self.on_disk = file.dtype, file.on_disk
 
-    def __getattr__(self, name):  # shape, dtype, path, on_disk, ... are the file's
-        if name in ("file", "divisor"):  # not set yet (unpickling)
-            raise AttributeError(name)
-        return getattr(self.file, name)
+    @property
+    def nbytes(self) -> int:
+        return self.file.nbytes
+
+    def read_span(self, lo: int, hi: int) -> np.ndarray:
+        return np.divide(self.file.read_span(lo, hi), np.float32(self.divisor), dtype=np.float32)
 
     def read_rows(self, rows: np.ndarray, out: Optional[np.ndarray] = None) -> np.ndarray:
         out = self.file.read_rows(rows, out)
         out /= np.float32(self.divisor)
         return out
 
+    def stat_key(self) -> str:
+        return f"{self.file.stat_key()}/{self.divisor}"
+
+    def nbytes_of(self, rows: Optional[np.ndarray]) -> int:
+        return self.file.nbytes_of(rows)
+
     def fingerprint(self) -> int:
         return zlib.crc32(f"/{self.divisor}".encode(), self.file.fingerprint())
 
 
-def divided(rows: "NpyRows", divisor: float) -> "NpyRows":
+def divided(rows: "DiskRows", divisor: float) -> "DiskRows":
     """The same rows read divided by ``divisor`` (see :class:`DividedFile`)."""
-    return NpyRows(DividedFile(rows.file, divisor), rows.index)
+    return type(rows)(DividedFile(rows.file, divisor), rows.index)
 
 
-class NpyRows:
-    """Rows ``index`` of an :class:`NpyFile` (all rows in file order when None), read on demand; the
-    file may also be a :class:`MemoryArray` (rows in memory, read by index the same way)."""
+class DiskRows:
+    """Rows ``index`` of a :class:`RowFile` (all rows in file order when None), read on demand: the
+    one view every file gives (a ``.npy``, an AnnData's matrix in ``.h5ad`` or ``.zarr``, an image
+    folder's decoded cache), and a :class:`MemoryArray` in memory alike (``on_disk`` says which)."""
 
-    CHUNK_ROWS = 8192  # rows per read when walking all rows (checks, statistics, materialising)
+    CHUNK_BYTES = 64 << 20  # a pass over all rows (checks, statistics, materialising) reads this much at a time
+    CHUNK_ROWS = 8192  # and at most this many rows
 
-    def __init__(self, file: NpyFile, index: Optional[torch.Tensor] = None, cache=None):
+    def __init__(self, file: RowFile, index: Optional[torch.Tensor] = None, cache=None):
         self.file, self.index, self._cache = file, index, cache
         n = file.rows if index is None else len(index)
         self.shape = torch.Size((n, file.cols))
-
-    @classmethod
-    def open(cls, path) -> "NpyRows":
-        return cls(NpyFile(path))
 
     def __len__(self) -> int:
         return self.shape[0]
 
     @property
     def on_disk(self) -> bool:
-        """Whether the rows are read from a file (else from an array in memory)."""
-        return getattr(self.file, "on_disk", True)
+        """Whether the rows are read from a file (else from an array in memory): the file's."""
+        return self.file.on_disk
 
     def __repr__(self) -> str:
-        return f"NpyRows({self.shape[0]} x {self.shape[1]} of {self.file.path})"
+        return f"{type(self).__name__}({self.shape[0]} x {self.shape[1]} of {self.file.path})"
+
+    @property
+    def sparse(self) -> bool:
+        return self.file.sparse
 
     @property
     def dtype(self) -> torch.dtype:
@@ -232,17 +377,17 @@ class NpyRows:
 
     @property
     def nbytes(self) -> int:
-        """Bytes these rows take as float32 in memory."""
-        return self.shape[0] * self.shape[1] * 4
+        """Bytes these rows take in memory: float32 rows, or a sparse file's CSR arrays."""
+        return self.file.nbytes_of(None if self.index is None else self.index.numpy())
 
     def file_rows(self, idx=None) -> np.ndarray:
         """The file row of each of these rows (of rows ``idx`` when given), int64."""
         rows = np.arange(self.file.rows, dtype=np.int64) if self.index is None else self.index.numpy()
         return rows if idx is None else rows[_as_index(idx, len(self)).numpy()]
 
-    def __getitem__(self, idx) -> "NpyRows":
+    def __getitem__(self, idx) -> "DiskRows":
         idx = _as_index(idx, len(self))
-        return NpyRows(self.file, idx.clone() if self.index is None else self.index[idx])
+        return type(self)(self.file, idx.clone() if self.index is None else self.index[idx])
 
     def dense(self, idx=None) -> torch.Tensor:
         """Rows ``idx`` (all when None) as a float32 tensor (len(idx), D), read from the file."""
@@ -250,26 +395,51 @@ class NpyRows:
             return self._cache.rows(_as_index(idx, len(self)))
         return torch.from_numpy(self.file.read_rows(self.file_rows(idx)))
 
-    def to_memory(self) -> torch.Tensor:
-        """All rows in one float32 tensor, read in file order CHUNK_ROWS rows at a time (sequential
-        reads) and put in place: no second copy of the rows."""
+    def rows_as_read(self, idx=None):
+        """Rows ``idx`` (all when None) as the file keeps them: a :class:`~pyro_vae.sparse.SparseRows`
+        from a sparse file, else a dense float32 tensor."""
+        if self.file.sparse:
+            return self.file.read_sparse_rows(self.file_rows(idx))
+        return self.dense(idx)
+
+    def to_memory(self):
+        """All rows in memory, read in file order a chunk at a time (sequential reads): one float32
+        tensor, the rows put in place as they are read; a sparse file's rows as a
+        :class:`~pyro_vae.sparse.SparseRows` (its pieces joined, then put in order)."""
+        if self.file.sparse:
+            order = self.file_order()
+            whole = concat_rows([c for _, c in self.chunks(as_read=True)])
+            if self.index is None or torch.equal(order, torch.arange(len(self))):
+                return whole
+            back = torch.empty_like(order)
+            back[order] = torch.arange(len(order))
+            return whole[back]
         out = np.empty(tuple(self.shape), dtype=np.float32)
         for pos, chunk in self.chunks():
             out[pos.numpy()] = chunk.numpy()
         return torch.from_numpy(out)
 
-    def chunks(self, rows: Optional[int] = None) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        """(positions, their rows as a float32 tensor) over all rows, ``rows`` at a time, in file order:
-        one sequential pass over the file (for what does not depend on the order: checks, statistics)."""
+    def chunk_size(self) -> int:
+        """Rows per chunk of a pass over all rows: CHUNK_BYTES of float32 rows, at most CHUNK_ROWS."""
+        return max(1, min(self.CHUNK_ROWS, self.CHUNK_BYTES // max(1, 4 * self.shape[1])))
+
+    def chunks(self, rows: Optional[int] = None, as_read: bool = False) -> Iterator[Tuple[torch.Tensor, object]]:
+        """(positions, their rows) over all rows, ``rows`` at a time (default :meth:`chunk_size`), in file
+        order: one sequential pass over the file (for what does not depend on the order: checks,
+        statistics). Rows as float32 tensors, or as the file keeps them with ``as_read``."""
         order = self.file_order()
         file_rows = self.file_rows()
-        for a, b in _bounds(len(self), rows or self.CHUNK_ROWS):
+        for a, b in _bounds(len(self), rows or self.chunk_size()):
             pos = order[a:b]
-            yield pos, torch.from_numpy(self.file.read_rows(file_rows[pos.numpy()]))
+            fr = file_rows[pos.numpy()]
+            if as_read and self.file.sparse:
+                yield pos, self.file.read_sparse_rows(fr)
+            else:
+                yield pos, torch.from_numpy(self.file.read_rows(fr))
 
-    def to(self, device) -> "NpyRows":
+    def to(self, device) -> "DiskRows":
         if torch.device(device).type != "cpu":
-            raise ValueError("rows on disk are read on the CPU; move each batch instead")
+            raise ValueError("rows read by index are read on the CPU; move each batch instead")
         return self
 
     def file_order(self) -> torch.Tensor:
@@ -278,29 +448,37 @@ class NpyRows:
             return torch.arange(len(self))
         return torch.from_numpy(np.argsort(self.index.numpy(), kind="stable"))
 
-    def chunk_cache(self, chunk_rows: int, capacity: int) -> "NpyRows":
+    def chunk_cache(self, chunk_rows: int, capacity: int) -> "DiskRows":
         """The same rows, read a whole chunk at a time (chunk k = positions file_order()[k*chunk_rows:
         (k+1)*chunk_rows], as :func:`chunked_order` cuts them), the last ``capacity`` chunks kept."""
-        return NpyRows(self.file, self.index, ChunkCache(self, chunk_rows, capacity))
+        return type(self)(self.file, self.index, ChunkCache(self, chunk_rows, capacity))
 
     def fingerprint(self) -> int:
-        """The file's fingerprint (:meth:`NpyFile.fingerprint`) and CRC-32 of the row numbers."""
+        """The file's fingerprint (:meth:`RowFile.fingerprint`) and CRC-32 of the row numbers."""
         crc = self.file.fingerprint()
         if self.index is not None:
             crc = zlib.crc32(self.index.numpy().tobytes(), crc)
         return zlib.crc32(str(tuple(self.shape)).encode(), crc)
 
 
+class NpyRows(DiskRows):
+    """Rows of a ``.npy`` file (:class:`NpyFile`)."""
+
+    @classmethod
+    def open(cls, path) -> "NpyRows":
+        return cls(NpyFile(path))
+
+
 class AppendedRows:
-    """Rows read by index (:class:`NpyRows`, in memory or on disk) with columns held in memory appended:
+    """Rows read by index (:class:`DiskRows`, in memory or on disk) with columns held in memory appended:
     ``dense(idx)`` is ``cat([rows.dense(idx), columns[idx]], 1)`` (a conditional model's design after
     each row). Subsets, chunked reads and the chunk cache are the rows' own, the columns following."""
 
-    def __init__(self, rows: NpyRows, columns: torch.Tensor):
+    def __init__(self, rows: DiskRows, columns: torch.Tensor):
         self.rows, self.columns = rows, columns.float()
         self.shape = torch.Size((rows.shape[0], rows.shape[1] + columns.shape[1]))
 
-    dtype, device = NpyRows.dtype, NpyRows.device
+    dtype, device = DiskRows.dtype, DiskRows.device
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -349,11 +527,11 @@ class AppendedRows:
 
 
 class ChunkCache:
-    """Reads for :meth:`NpyRows.chunk_cache`: a row asked for brings its whole chunk in (one run of the
+    """Reads for :meth:`DiskRows.chunk_cache`: a row asked for brings its whole chunk in (one run of the
     file) into one of ``capacity`` slots of a preallocated slab, the least recently used slot given up;
     a batch is then one gather from the slab."""
 
-    def __init__(self, rows: NpyRows, chunk_rows: int, capacity: int):
+    def __init__(self, rows: DiskRows, chunk_rows: int, capacity: int):
         self.base, self.chunk_rows = rows, int(chunk_rows)
         n = len(rows)
         n_chunks = -(-n // self.chunk_rows)
@@ -466,14 +644,16 @@ def physical_memory() -> int:
 
 CHECK_ROWS = 65536  # rows per chunk of a pass over all rows in memory
 STATS_ROWS = 100_000  # rows on disk that a likelihood's statistics are computed from
+STATS_BYTES = 128 << 20  # and at most this many bytes of them (float32 rows, or a sparse file's CSR arrays)
 
 
-def row_chunks(x, rows=None):
-    """(dense chunk, the chunk's row numbers) covering ``x`` (a dense tensor, or :class:`NpyRows` read in
-    file order): one pass, a chunk at a time; row numbers from ``rows`` (else the positions). A tensor
-    of at most CHECK_ROWS rows is one chunk, itself."""
-    if isinstance(x, NpyRows):
-        for pos, chunk in x.chunks():
+def row_chunks(x, rows=None, as_read: bool = False):
+    """(chunk, the chunk's row numbers) covering ``x`` (a dense tensor, or :class:`DiskRows` read in
+    file order; dense chunks, or as the file keeps them with ``as_read``): one pass, a chunk at a time;
+    row numbers from ``rows`` (else the positions). A tensor of at most CHECK_ROWS rows is one chunk,
+    itself."""
+    if isinstance(x, DiskRows):
+        for pos, chunk in x.chunks(as_read=as_read):
             yield chunk, (rows[pos] if rows is not None else pos)
     elif x.shape[0] <= CHECK_ROWS:
         yield x, rows
@@ -483,10 +663,16 @@ def row_chunks(x, rows=None):
 
 
 def stats_rows(x):
-    """The rows a likelihood's statistics (``fit_data``) see: ``x`` itself in memory; for rows on disk,
-    at most STATS_ROWS of them, evenly spaced (all when there are fewer)."""
-    if not isinstance(x, NpyRows):
+    """The rows a likelihood's statistics (``fit_data``, e.g. the median library size) see: ``x`` itself
+    in memory; for rows on disk, at most STATS_ROWS of them evenly spaced (all when there are fewer),
+    fewer for wide rows so that they take at most STATS_BYTES (16,000 cells of 20,000 genes at 5%
+    non-zeros), read in file order (statistics do not depend on the order); a sparse file's rows stay
+    sparse."""
+    if not isinstance(x, DiskRows):
         return x
     n = len(x)
-    idx = torch.arange(n) if n <= STATS_ROWS else torch.linspace(0, n - 1, STATS_ROWS).long()
-    return x.dense(idx)
+    per_row = max(1, x.nbytes // max(1, n))
+    k = max(1, min(n, STATS_ROWS, STATS_BYTES // per_row))
+    idx = torch.arange(n) if k == n else torch.linspace(0, n - 1, k).long()
+    idx = idx[torch.from_numpy(np.argsort(x.file_rows(idx), kind="stable"))]
+    return x.rows_as_read(idx)

@@ -210,3 +210,31 @@ class Profile:
 
 
 PROFILE = Profile()
+
+
+class NpyWriter:
+    """A ``.npy`` of ``rows`` x ``cols`` float32 written a block of rows at a time: NumPy's header
+    first (``np.lib.format``), then each block's bytes as they come, so that memory holds one block.
+    ``close`` checks that every row was written."""
+
+    def __init__(self, path, rows: int, cols: int):
+        import numpy as np
+
+        self.rows, self.cols, self.done = int(rows), int(cols), 0
+        self.f = open(path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False}
+        np.lib.format.write_array_header_2_0(self.f, {**header, "shape": (self.rows, self.cols)})
+
+    def write(self, block) -> None:
+        import numpy as np
+
+        block = np.ascontiguousarray(block, dtype=np.float32)
+        if block.ndim != 2 or block.shape[1] != self.cols or self.done + block.shape[0] > self.rows:
+            raise ValueError(f"a block of shape {block.shape} does not fit {self.rows} x {self.cols} rows")
+        self.f.write(block.tobytes())
+        self.done += block.shape[0]
+
+    def close(self) -> None:
+        self.f.close()
+        if self.done != self.rows:
+            raise ValueError(f"{self.done} of {self.rows} rows were written")

@@ -16,7 +16,7 @@ PKG = Path(__file__).resolve().parents[1] / "pyro_vae"
 
 # the README's architecture section: lower layers never import higher ones
 LAYERS = [
-    ("foundation", {"errors", "utils", "registry", "fastmath", "sparse", "streaming", "pyromodule"}),
+    ("foundation", {"errors", "utils", "registry", "fastmath", "sparse", "streaming", "backed", "pyromodule"}),
     (
         "math",
         {

@@ -37,7 +37,7 @@ from ..networks import GaussianEncoder, make_body, make_decoder, network_type
 from ..pyromodule import pyro_program
 from ..registry import option
 from ..sparse import append_columns, is_sparse
-from ..streaming import AppendedRows, NpyRows
+from ..streaming import AppendedRows, DiskRows
 from .base import MODELS, DataInfo, LatentVariableModel, network_input
 
 CONDITIONS = ("label", "batch", "covariates")
@@ -258,7 +258,7 @@ class CVAE(LatentVariableModel):
         c = self.split_design(split)
         if is_sparse(split.x):
             return append_columns(split.x, c)
-        if isinstance(split.x, NpyRows):  # rows read by index (uint8 pixels, a .npy on disk) stay so
+        if isinstance(split.x, DiskRows):  # rows read by index (uint8 pixels, a .npy or AnnData on disk) stay so
             return AppendedRows(split.x, c)
         return torch.cat([split.x, c.to(split.x.dtype)], 1)
 

@@ -62,6 +62,10 @@ def check_likelihood(likelihood, x, where: str, rows=None) -> None:
     """``likelihood.check_data`` on dense rows, or on a sparse matrix's stored values (and one
     zero when some entries are implicit zeros), the error naming the right row either way; a
     ``mixed`` likelihood's groups each on their own columns."""
+    if getattr(x, "on_disk", False) and getattr(x, "sparse", False):  # a sparse file, a chunk of CSR rows at a time
+        for chunk, chunk_rows in row_chunks(x, rows, as_read=True):
+            check_likelihood(likelihood, chunk, where, chunk_rows)
+        return
     if not is_sparse(x):  # a chunk of rows at a time: bounded temporaries, rows on disk read once
         for chunk, chunk_rows in row_chunks(x, rows):
             likelihood.check_data(chunk, where=where, rows=chunk_rows)

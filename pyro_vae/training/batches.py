@@ -10,7 +10,7 @@ takes every ``world_size``-th row of each step. The processes' batches are disjo
 together cover the epoch once, and every process takes the same number of steps (a last
 step too short to give every process a row is folded into the one before).
 
-Rows on disk (:class:`~pyro_vae.streaming.NpyRows`) are drawn in the order of
+Rows on disk (:class:`~pyro_vae.streaming.DiskRows`) are drawn in the order of
 :func:`~pyro_vae.streaming.chunked_order` (contiguous chunks in a shuffled order, rows shuffled
 within a buffer; still one permutation per epoch, cut and sharded as above) and read a chunk at a
 time; their loader reads the next batches in a background thread while a step runs.

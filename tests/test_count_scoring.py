@@ -24,6 +24,7 @@ MIXED_COUNTS = (
 SMALL = {
     "vae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]"],
     "cvae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]"],  # conditioned on the label
+    "hvae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]", "model.lower_dims=[3]", "model.hidden=16"],
     "ssvae": ["latent_dim=3", "encoder.hidden=[16]", "decoder.hidden=[16]", "model.classifier_hidden=[16]"],
     "m1m2": [
         "model.z1_dim=3",

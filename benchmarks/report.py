@@ -196,6 +196,35 @@ def vae_speed(d):
         out["phases"] = [time(k, v) for k, v in prof.items() if k != "total"]
         out["outside"] = [time("", v) for v in [s.get("wall_minus_profile_total")] if v is not None]
         out.update(rest=time("", wall - prof.get(H.STEPS, prof.get("training epochs (steps)", 0.0))), wall=wall)
+    b = (d.get("breakdown") or {}).get(ours)
+    if b:
+        out["breakdown"] = [
+            {"part": k, "seconds": v, "share": b["share"][k], "per_step": "", "cpu": ""}
+            for k, v in b["seconds"].items()
+        ]
+        for row in out["breakdown"]:
+            if row["part"].startswith("training steps, the step alone"):
+                row["per_step"] = f"{b['bare_step']['ms_per_step']:.2f}"
+            elif row["part"].startswith("training steps, Lightning"):
+                row["per_step"] = f"{b['ms_per_step_in_job'] - b['bare_step']['ms_per_step']:.2f}"
+            elif row["part"].startswith("the loop around"):
+                row["per_step"] = f"{b['loop_ms_per_step']:.2f}"
+        out["breakdown_of"] = {
+            "steps": b["steps"],
+            "cpu": b.get("cpu_seconds"),
+            "wall": b["wall_seconds"],
+            "bare_cpu": b["bare_step"]["cpu_ms_per_step"],
+        }
+    la = d.get("load_average")
+    out["load"] = (
+        f"{la['start']} at the start, {la['end']} at the end, on {la['cores']} cores" if la else "not recorded"
+    )
+    cpu = [
+        f"{SPEED_LABELS.get(n, n)} {r[ours]:.2f}x"
+        for n, r in ((n, s.get("cpu_speedup") or {}) for n, s in d["summary"].items())
+        if ours in r
+    ]
+    out["cpu_speedups"] = "; ".join(cpu) if cpu else ""
     return out
 
 

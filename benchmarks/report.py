@@ -215,6 +215,13 @@ def vae_speed(d):
             "wall": b["wall_seconds"],
             "bare_cpu": b["bare_step"]["cpu_ms_per_step"],
         }
+        # the job with nothing but its start-up and the bare steps: the most any cut around the steps can give
+        floor = b["seconds"]["start-up (interpreter, imports, config)"] + b["seconds"]["training steps, the step alone"]
+        peers = {n: d["summary"][n]["wall_seconds_median"] for n in ("pyro-vae.py", "pythae") if n in d["summary"]}
+        out["floor"] = {
+            "seconds": floor,
+            "ratios": "; ".join(f"{SPEED_LABELS[n]} {w / floor:.2f}x" for n, w in peers.items() if w) or "no peer ran",
+        }
     la = d.get("load_average")
     out["load"] = (
         f"{la['start']} at the start, {la['end']} at the end, on {la['cores']} cores" if la else "not recorded"

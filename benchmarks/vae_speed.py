@@ -195,7 +195,8 @@ def run_pythae(args, workdir, rep):
 
 def bare_step_ms(args, precision: str, steps: int = 200) -> dict:
     """ms per training step of the job's compiled loss (train.compile=jit) with fused Adam alone, in this
-    process at --threads threads: no Lightning, no batching, one batch of real rows (speed_floor.py's step)."""
+    process at --threads threads: no Lightning, no batching, one batch of real rows (speed_floor.py's step;
+    a fresh batch per step costs the same). Timed right after each run of ours, at the load that run saw."""
     import torch
 
     from speed_floor import build, step_ms
@@ -312,6 +313,8 @@ def main(argv=None):
             for name in names:
                 if name.startswith("ours"):
                     row = run_ours(name, args, workdir, rep)
+                    if not args.cuda and row["rc"] == 0:  # at the machine's load of the job just run
+                        row["bare_step"] = bare_step_ms(args, _precision(name))
                 elif name == "pyro-vae.py":
                     row = run_pyro(args, workdir, rep, vae_dir)
                 else:
@@ -325,7 +328,11 @@ def main(argv=None):
                 )
     peaks += [H.matmul_peak(args.threads, device=device, dtype=dt) for dt in dtypes]
     peak = {dt: max(pk["gflops"] for pk in peaks if pk["dtype"] == dt) for dt in dtypes}
-    bare = {} if args.cuda else {n: bare_step_ms(args, _precision(n)) for n in names if n.startswith("ours")}
+    bare = {}  # per command of ours: the median of the bare steps timed right after each of its runs
+    for name in names:
+        steps = [r["bare_step"] for r in runs if r["name"] == name and "bare_step" in r]
+        if steps:
+            bare[name] = {k: H.median([b[k] for b in steps]) for k in steps[0]}
     summary, speedup = H.summarise(
         runs, "test_loss", flops_per_row=flops_per_epoch(1), peak_gflops=peak, default_rows=TRAIN_ROWS
     )

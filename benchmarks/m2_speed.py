@@ -94,13 +94,17 @@ def run_ours(name, args, workdir, rep):
     if args.cuda:
         cmd.append("trainer.accelerator=gpu")
     res = H.run_timed(cmd, H.REPO, H.thread_env(args.threads, {"PYTHONPATH": str(H.REPO)}), args.timeout)
-    row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
+    row = {
+        "command": _show(cmd),
+        "rc": res["rc"],
+        **{k: res[k] for k in ("wall_seconds", "cpu_seconds", "load_before")},
+    }
     if res["rc"] != 0:
         return {**row, "error": H.failure(res)}
     metrics = json.loads((out / "metrics.json").read_text())
     profile = H.parse_profile(res["stderr"])
     epochs = int(metrics.get("epochs") or args.epochs)
-    steps = profile.get("training epochs (steps)")
+    steps = H.training_seconds(profile)
     row.update(
         {
             "test_accuracy": round(metrics["test_accuracy"], 4),
@@ -124,7 +128,11 @@ def run_pyro(args, workdir, rep, vae_dir):
     if args.cuda:
         cmd.append("--cuda")
     res = H.run_timed(cmd, cwd, H.thread_env(args.threads), args.timeout)
-    row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
+    row = {
+        "command": _show(cmd),
+        "rc": res["rc"],
+        **{k: res[k] for k in ("wall_seconds", "cpu_seconds", "load_before")},
+    }
     last = [
         m
         for _, ln in res["lines"]

@@ -22,6 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from markdown_template import fill, names  # noqa: E402
+from peers import harness as H  # noqa: E402
 
 README = HERE.parent / "README.md"
 RESULTS = HERE / "RESULTS.md"
@@ -134,7 +135,7 @@ def defaults(d):
 
 # issue 18's `pyro-vae train` (10 epochs) before the whole-job work: the one phase it timed apart, s; the
 # template holds its totals
-BEFORE = {"training epochs (steps)": "60.0"}
+BEFORE = {"training epochs (steps)": "60.0", H.STEPS: "60.0 (with the loop)"}
 SPEED_LABELS = {
     "ours-fp32": "`pyro-vae train`, fp32",
     "ours-bf16": "`pyro-vae train`, bf16-mixed",
@@ -194,7 +195,43 @@ def vae_speed(d):
 
         out["phases"] = [time(k, v) for k, v in prof.items() if k != "total"]
         out["outside"] = [time("", v) for v in [s.get("wall_minus_profile_total")] if v is not None]
-        out.update(rest=time("", wall - prof.get("training epochs (steps)", 0.0)), wall=wall)
+        out.update(rest=time("", wall - prof.get(H.STEPS, prof.get("training epochs (steps)", 0.0))), wall=wall)
+    b = (d.get("breakdown") or {}).get(ours)
+    if b:
+        out["breakdown"] = [
+            {"part": k, "seconds": v, "share": b["share"][k], "per_step": "", "cpu": ""}
+            for k, v in b["seconds"].items()
+        ]
+        for row in out["breakdown"]:
+            if row["part"].startswith("training steps, the step alone"):
+                row["per_step"] = f"{b['bare_step']['ms_per_step']:.2f}"
+            elif row["part"].startswith("training steps, Lightning"):
+                row["per_step"] = f"{b['ms_per_step_in_job'] - b['bare_step']['ms_per_step']:.2f}"
+            elif row["part"].startswith("the loop around"):
+                row["per_step"] = f"{b['loop_ms_per_step']:.2f}"
+        out["breakdown_of"] = {
+            "steps": b["steps"],
+            "cpu": b.get("cpu_seconds"),
+            "wall": b["wall_seconds"],
+            "bare_cpu": b["bare_step"]["cpu_ms_per_step"],
+        }
+        # the job with nothing but its start-up and the bare steps: the most any cut around the steps can give
+        floor = b["seconds"]["start-up (interpreter, imports, config)"] + b["seconds"]["training steps, the step alone"]
+        peers = {n: d["summary"][n]["wall_seconds_median"] for n in ("pyro-vae.py", "pythae") if n in d["summary"]}
+        out["floor"] = {
+            "seconds": floor,
+            "ratios": "; ".join(f"{SPEED_LABELS[n]} {w / floor:.2f}x" for n, w in peers.items() if w) or "no peer ran",
+        }
+    la = d.get("load_average")
+    out["load"] = (
+        f"{la['start']} at the start, {la['end']} at the end, on {la['cores']} cores" if la else "not recorded"
+    )
+    cpu = [
+        f"{SPEED_LABELS.get(n, n)} {r[ours]:.2f}x"
+        for n, r in ((n, s.get("cpu_speedup") or {}) for n, s in d["summary"].items())
+        if ours in r
+    ]
+    out["cpu_speedups"] = "; ".join(cpu) if cpu else ""
     return out
 
 

@@ -45,6 +45,7 @@ Quick check of the plumbing (1.5-2.5 minutes):
 
 import argparse
 import json
+import os
 import re
 import shlex
 import sys
@@ -75,9 +76,13 @@ def commands(args, bf16: bool):
     return [n for n in names if not args.only or n in args.only]
 
 
+def _precision(name: str) -> str:
+    return "bf16-mixed" if name.endswith("bf16") else "32-true"
+
+
 def run_ours(name, args, workdir, rep):
     out = Path(workdir) / f"{name}-{rep}"
-    precision = "bf16-mixed" if name.endswith("bf16") else "32-true"
+    precision = _precision(name)
     cmd = [
         sys.executable,
         "-m",
@@ -95,19 +100,24 @@ def run_ours(name, args, workdir, rep):
     if args.cuda:
         cmd.append("trainer.accelerator=gpu")
     res = H.run_timed(cmd, H.REPO, H.thread_env(args.threads, {"PYTHONPATH": str(H.REPO)}), args.timeout)
-    row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
+    row = {
+        "command": _show(cmd),
+        "rc": res["rc"],
+        **{k: res[k] for k in ("wall_seconds", "cpu_seconds", "load_before")},
+    }
     if res["rc"] != 0:
         return {**row, "error": H.failure(res)}
     metrics = json.loads((out / "metrics.json").read_text())
     profile = H.parse_profile(res["stderr"])
     epochs = int(metrics.get("epochs") or args.epochs)
-    steps = profile.get("training epochs (steps)")
+    steps = H.training_seconds(profile)
     row.update(
         {
             "test_loss": round(metrics["test_loss"], 2),
             "epochs": epochs,
             "precision": metrics.get("precision"),
             "num_train": metrics.get("num_train"),
+            "steps_per_epoch": metrics.get("steps_per_epoch"),
             "profile": profile,
             "seconds_per_epoch_with_validation": metrics.get("seconds_per_epoch"),
             "seconds_per_epoch": round(steps / epochs, 3) if steps is not None else metrics.get("seconds_per_epoch"),
@@ -123,7 +133,11 @@ def run_pyro(args, workdir, rep, vae_dir):
     if args.cuda:
         cmd.append("--cuda")
     res = H.run_timed(cmd, cwd, H.thread_env(args.threads), args.timeout)
-    row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
+    row = {
+        "command": _show(cmd),
+        "rc": res["rc"],
+        **{k: res[k] for k in ("wall_seconds", "cpu_seconds", "load_before")},
+    }
     if res["rc"] != 0:
         return {**row, "error": H.failure(res)}
     tests = [float(m.group(1)) for _, ln in res["lines"] if (m := re.search(r"average test loss: ([-\d.]+)", ln))]
@@ -158,7 +172,11 @@ def run_pythae(args, workdir, rep):
         str(out),
     ] + (["--cuda"] if args.cuda else [])
     res = H.run_timed(cmd, Path(workdir), H.thread_env(args.threads), args.timeout)
-    row = {"command": _show(cmd), "wall_seconds": res["wall_seconds"], "rc": res["rc"]}
+    row = {
+        "command": _show(cmd),
+        "rc": res["rc"],
+        **{k: res[k] for k in ("wall_seconds", "cpu_seconds", "load_before")},
+    }
     result = [json.loads(ln.split(" ", 1)[1]) for _, ln in res["lines"] if ln.startswith("PYTHAE_RESULT ")]
     if res["rc"] != 0 or not result:
         return {**row, "error": H.failure(res)}
@@ -173,6 +191,63 @@ def run_pythae(args, workdir, rep):
         }
     )
     return row
+
+
+def bare_step_ms(args, precision: str, steps: int = 200) -> dict:
+    """ms per training step of the job's compiled loss (train.compile=jit) with fused Adam alone, in this
+    process at --threads threads: no Lightning, no batching, one batch of real rows (speed_floor.py's step;
+    a fresh batch per step costs the same). Timed right after each run of ours, at the load that run saw."""
+    import torch
+
+    from speed_floor import build, step_ms
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    _, model, plan, x = build(args.root)
+    wall, cpu = step_ms(torch, list(model.parameters()), plan.step_loss, x, precision == "bf16-mixed", steps)
+    return {"ms_per_step": round(wall, 3), "cpu_ms_per_step": round(cpu, 3), "steps": steps}
+
+
+def breakdown(summary: dict, bare: dict) -> dict:
+    """Per run of ours: its --profile medians grouped into start-up, data, steps (the bare step times the
+    steps taken, and Lightning's work inside each step), the loop around the steps, evaluation, pictures."""
+    out = {}
+    for name, s in summary.items():
+        prof, b = s.get("profile_median"), bare.get(name)
+        if not prof or not b or H.STEPS not in prof:
+            continue
+        steps = s["steps_per_epoch"] * s["epochs"]
+        bare_s = min(prof[H.STEPS], steps * b["ms_per_step"] / 1000)
+        groups = {
+            "start-up (interpreter, imports, config)": sum(v for k, v in prof.items() if k.startswith("import"))
+            + prof.get("the rest (interpreter start-up, the command's own work)", 0.0)
+            + (s.get("wall_minus_profile_total") or 0.0),
+            "data loading": prof.get("data", 0.0),
+            "model, plan, Trainer": prof.get("model and training plan", 0.0) + prof.get("Lightning Trainer", 0.0),
+            "training steps, the step alone": bare_s,
+            "training steps, Lightning's work inside each step": prof[H.STEPS] - bare_s,
+            "the loop around the steps (next batch, hooks)": prof.get(H.LOOP, 0.0),
+            "Lightning start/stop, checkpoints, validation": sum(
+                prof.get(k, 0.0)
+                for k in ("Lightning loop (checkpoints, logging, start/stop)", "validation", "best checkpoint reload")
+            ),
+            "test evaluation": prof.get("test metrics", 0.0),
+            "pictures": sum(v for k, v in prof.items() if k.startswith("plot:")),
+            "saving (model.pt, metrics, trackers)": prof.get("save model.pt, metrics.json", 0.0)
+            + prof.get("trackers: test metrics, artifacts", 0.0),
+        }
+        wall = s["wall_seconds_median"]
+        out[name] = {
+            "wall_seconds": wall,
+            "cpu_seconds": s.get("cpu_seconds_median"),
+            "steps": steps,
+            "bare_step": b,
+            "ms_per_step_in_job": round(1000 * prof[H.STEPS] / steps, 3),
+            "loop_ms_per_step": round(1000 * prof.get(H.LOOP, 0.0) / steps, 3),
+            "seconds": {k: round(v, 3) for k, v in groups.items()},
+            "share": {k: round(100 * v / wall, 1) for k, v in groups.items()},
+        }
+    return out
 
 
 def _show(cmd):
@@ -231,12 +306,15 @@ def main(argv=None):
     if any(not n.startswith("ours") for n in names):
         H.warm_up(args.peer_python, ["torch", "pyro", "torchvision"], args.threads)
     runs = []
+    load0 = round(os.getloadavg()[0], 2)
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vae_speed-") as workdir:
         for rep in range(args.repeats):
             for name in names:
                 if name.startswith("ours"):
                     row = run_ours(name, args, workdir, rep)
+                    if not args.cuda and row["rc"] == 0:  # at the machine's load of the job just run
+                        row["bare_step"] = bare_step_ms(args, _precision(name))
                 elif name == "pyro-vae.py":
                     row = run_pyro(args, workdir, rep, vae_dir)
                 else:
@@ -250,9 +328,18 @@ def main(argv=None):
                 )
     peaks += [H.matmul_peak(args.threads, device=device, dtype=dt) for dt in dtypes]
     peak = {dt: max(pk["gflops"] for pk in peaks if pk["dtype"] == dt) for dt in dtypes}
+    bare = {}  # per command of ours: the median of the bare steps timed right after each of its runs
+    for name in names:
+        steps = [r["bare_step"] for r in runs if r["name"] == name and "bare_step" in r]
+        if steps:
+            bare[name] = {k: H.median([b[k] for b in steps]) for k in steps[0]}
     summary, speedup = H.summarise(
         runs, "test_loss", flops_per_row=flops_per_epoch(1), peak_gflops=peak, default_rows=TRAIN_ROWS
     )
+    for name, s in summary.items():
+        ok = [r for r in runs if r["name"] == name and r["rc"] == 0]
+        if name.startswith("ours") and ok:
+            s.update(steps_per_epoch=ok[0]["steps_per_epoch"], epochs=ok[0]["epochs"])
     out = {
         "benchmark": "vae_speed",
         "setup": "Fashion-MNIST 60k/10k, MLP 784-400-50 softplus, Bernoulli on grey levels, batch 256, "
@@ -279,6 +366,8 @@ def main(argv=None):
         "runs": runs,
         "summary": summary,
         "speedup": speedup,
+        "breakdown": breakdown(summary, bare),
+        "load_average": {"start": load0, "end": round(os.getloadavg()[0], 2), "cores": os.cpu_count()},
     }
     return H.finish(args.out, out)
 

@@ -202,10 +202,11 @@ class EpochMetrics(Callback):
         self.rows = []
         self.train_seconds = 0.0  # epochs of the whole run, validation included (kept across resumes)
         self.epoch_seconds = self.val_seconds = 0.0  # of this process, for --profile
+        self.batch_seconds = 0.0  # of this process: from each batch's start hook to its end hook, for --profile
 
     @property
     def step_seconds(self) -> float:
-        """Seconds of this process's epochs outside validation: the optimisation steps."""
+        """Seconds of this process's epochs outside validation: the optimisation steps and the loop around them."""
         return max(0.0, self.epoch_seconds - self.val_seconds)
 
     def state_dict(self):
@@ -219,6 +220,12 @@ class EpochMetrics(Callback):
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._t0 = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._tb = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.batch_seconds += time.perf_counter() - self._tb
 
     def on_validation_start(self, trainer, pl_module):
         self._tv = time.perf_counter()
@@ -701,7 +708,9 @@ def _train(trainer, module, run: _Run, built: _Built, metrics: EpochMetrics) -> 
             raise PyroVAEError(f"could not resume from {ckpt_path}: {first_line(e)}") from None
         raise
     fit_seconds = time.perf_counter() - t_fit
-    PROFILE.add("training epochs (steps)", metrics.step_seconds)
+    steps = min(metrics.batch_seconds, metrics.step_seconds)
+    PROFILE.add("training steps (forward, backward, optimiser)", steps)
+    PROFILE.add("loop around the steps (next batch, hooks)", metrics.step_seconds - steps)
     PROFILE.add("validation", metrics.val_seconds)
     PROFILE.add(
         "Lightning loop (checkpoints, logging, start/stop)",

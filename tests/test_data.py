@@ -102,6 +102,10 @@ def test_index_batches_cover_each_row_once_per_epoch_and_reshuffle_per_epoch():
     assert torch.equal(seen, again)  # the order is a function of (seed, epoch): a resumed run sees the same
     sampler.set_epoch(1)
     assert not torch.equal(seen, torch.cat([b["rows"] for b in sampler]))
+    x, y = torch.randn(100, 5), torch.arange(100)
+    idx = torch.randperm(100)[:7]
+    xb, yb = RowBatches(x, y)[{"rows": idx, "seed": 0}]
+    assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])  # the batch's rows in the sampler's order
     rows = RowBatches(torch.full((100, 5), 0.5), dynamic_binarize=True)
     b1, b2 = rows[{"rows": torch.arange(100), "seed": 1}], rows[{"rows": torch.arange(100), "seed": 2}]
     assert set(b1.unique().tolist()) == {0.0, 1.0} and not torch.equal(b1, b2)

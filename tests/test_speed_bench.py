@@ -144,3 +144,36 @@ def test_the_floor_benchmarks_plain_torch_step_is_the_same_estimator_as_pyros():
     # and it is a loss of the right size: the minibatch -ELBO scaled to the training rows
     per_datum = float(b.mean()) / model.num_data
     assert 10 < per_datum < 200
+
+
+def test_breakdown_splits_the_steps_into_the_bare_step_and_lightning_and_cpu_ratios():
+    vae = _load("bench_vae_speed", ROOT / "benchmarks" / "vae_speed.py")
+    prof = {
+        "import torch + pyro, config": 2.0,
+        "import Lightning (the engine)": 3.0,
+        "data": 1.0,
+        harness.STEPS: 20.0,
+        harness.LOOP: 2.0,
+        "test metrics": 0.5,
+        "plot: samples.png": 0.25,
+        "plot: latent_map.png": 0.25,
+        "the rest (interpreter start-up, the command's own work)": 0.5,
+        "total": 29.5,
+    }
+    runs = [
+        {"name": "ours-fp32", "rc": 0, "wall_seconds": 30.0, "cpu_seconds": 25.0, "profile": prof},
+        {"name": "pyro-vae.py", "rc": 0, "wall_seconds": 75.0, "cpu_seconds": 75.0},
+    ]
+    summary, speedup = harness.summarise(runs, "test_loss")
+    assert speedup == {"pyro-vae.py / ours-fp32": 2.5}
+    assert summary["pyro-vae.py"]["cpu_speedup"] == {"ours-fp32": 3.0}
+    assert harness.training_seconds(prof) == 22.0 and harness.training_seconds({"training epochs (steps)": 5}) == 5
+    summary["ours-fp32"].update(steps_per_epoch=200, epochs=10)
+    b = vae.breakdown(summary, {"ours-fp32": {"ms_per_step": 8.0}})["ours-fp32"]
+    sec = b["seconds"]
+    assert sec["training steps, the step alone"] == 16.0  # 2000 steps x 8 ms
+    assert sec["training steps, Lightning's work inside each step"] == 4.0
+    assert sec["the loop around the steps (next batch, hooks)"] == 2.0 and b["loop_ms_per_step"] == 1.0
+    assert sec["start-up (interpreter, imports, config)"] == 6.0  # imports + the rest + exec/exit (0.5)
+    assert sec["pictures"] == 0.5 and b["ms_per_step_in_job"] == 10.0
+    assert abs(sum(sec.values()) - 30.0) < 1e-9  # every second of the wall clock lands in one group

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -124,8 +125,11 @@ def thread_env(threads: int, extra: dict = None) -> dict:
 
 
 def run_timed(cmd, cwd, env, timeout: float) -> dict:
-    """Run ``cmd``; wall seconds from start to exit, stdout lines with their arrival times."""
+    """Run ``cmd``; wall seconds from start to exit, its CPU seconds (user + system, its children's
+    included), the 1-minute load average before it, stdout lines with their arrival times."""
     lines, err = [], []
+    load = os.getloadavg()[0]
+    used0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [str(c) for c in cmd],
@@ -154,9 +158,18 @@ def run_timed(cmd, cwd, env, timeout: float) -> dict:
         proc.wait()
         rc = "timeout"
     wall = time.perf_counter() - t0
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = used.ru_utime + used.ru_stime - used0.ru_utime - used0.ru_stime
     for r in readers:
         r.join(timeout=10)
-    return {"rc": rc, "wall_seconds": round(wall, 2), "lines": lines, "stderr": "".join(err)}
+    return {
+        "rc": rc,
+        "wall_seconds": round(wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "load_before": round(load, 2),
+        "lines": lines,
+        "stderr": "".join(err),
+    }
 
 
 def failure(res: dict) -> str:
@@ -182,6 +195,19 @@ def parse_profile(stderr: str) -> dict:
             continue
         out[m.group(1).strip()] = float(m.group(2))
     return out
+
+
+#: ``--profile``'s phases of the training epochs outside validation: the steps and the loop around them
+STEPS = "training steps (forward, backward, optimiser)"
+LOOP = "loop around the steps (next batch, hooks)"
+
+
+def training_seconds(profile: dict):
+    """Seconds of the training epochs outside validation in a ``--profile`` table (steps + the loop
+    around them; an older table's one phase), None when it has neither."""
+    if STEPS in profile:
+        return profile[STEPS] + profile.get(LOOP, 0.0)
+    return profile.get("training epochs (steps)")
 
 
 def epoch_seconds_from_lines(lines, pattern: str):
@@ -323,6 +349,8 @@ def summarise(runs, quality: str, flops_per_row: float = None, peak_gflops: dict
             "failed": len(rs) - len(ok),
             "wall_seconds": [r["wall_seconds"] for r in ok],
             "wall_seconds_median": median([r["wall_seconds"] for r in ok]),
+            "cpu_seconds_median": median([r.get("cpu_seconds") for r in ok]),
+            "load_before": [r.get("load_before") for r in ok],
             quality: median([r.get(quality) for r in ok]),
             "seconds_per_epoch": median([r.get("seconds_per_epoch") for r in ok]),
         }
@@ -349,6 +377,9 @@ def summarise(runs, quality: str, flops_per_row: float = None, peak_gflops: dict
             a, b = summary[ours]["wall_seconds_median"], summary[peer]["wall_seconds_median"]
             if a and b:
                 speedup[f"{peer} / {ours}"] = round(b / a, 2)
+            a, b = summary[ours]["cpu_seconds_median"], summary[peer]["cpu_seconds_median"]
+            if a and b:  # the same ratio in CPU seconds: less moved by other work on a shared machine
+                summary[peer].setdefault("cpu_speedup", {})[ours] = round(b / a, 2)
     return summary, speedup
 
 

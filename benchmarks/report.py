@@ -240,7 +240,8 @@ def m2_speed(d):
     """M2 in Pyro's setup: per command the whole job, test accuracy and s/epoch, and our settings."""
     out = _whole_jobs(d, ("ours-pyro-setup",))
     out.update(pyro_setup=_code(d["ours_pyro_setup"]), defaults=_code(d.get("ours_defaults_overrides") or []))
-    return dict(out, vs_script=d["speedup"].get("pyro-ss_vae_M2 / ours-pyro-setup"))
+    cpu = (d.get("machine") or {}).get("cpu", "")
+    return dict(out, vs_script=d["speedup"].get("pyro-ss_vae_M2 / ours-pyro-setup"), cpu=cpu)
 
 
 @part("speed_floor.json")

@@ -31,8 +31,10 @@ def open_store(path: Path, mode: str = "r"):
     if path.suffix == ".zarr":
         if not path.is_dir():
             raise DataError(f"data.path {path} does not exist (a .zarr store is a folder)")
-        import zarr
-
+        try:
+            import zarr
+        except ImportError:
+            raise DataError(f"reading {path} (a .zarr store) needs the zarr package: pip install zarr") from None
         try:
             return zarr.open_group(str(path), mode=mode)
         except Exception as e:  # zarr raises many kinds
@@ -209,8 +211,11 @@ class AnnDataMatrix(RowFile):
         """The obs table (a pandas DataFrame), read whole by anndata."""
         try:
             from anndata.io import read_elem
-        except ImportError:
-            raise DataError(ANNDATA_MISSING) from None
+        except ImportError:  # anndata before 0.11 kept it in anndata.experimental
+            try:
+                from anndata.experimental import read_elem
+            except ImportError:
+                raise DataError(ANNDATA_MISSING) from None
         try:
             return read_elem(self.store["obs"])
         except Exception as e:

@@ -54,7 +54,9 @@ def _counts(n=300, d=24, seed=0):
 def _adata(x, kind, sparse=True):
     obs = pd.DataFrame({"cell_type": pd.Categorical(np.where(kind == 1, "B", "T")), "depth": x.sum(1)})
     obs.index = [f"c{i}" for i in range(len(x))]
-    a = anndata.AnnData(sp.csr_matrix(x) if sparse else x, obs=obs)
+    X = sp.csr_matrix(x) if sparse else x
+    a = anndata.AnnData(X.astype(np.float32), obs=obs)
+    a.X = X  # kept in its own dtype (anndata before 0.9 made X float32 when built with it)
     a.layers["counts"] = sp.csr_matrix(x * 2)
     return a
 

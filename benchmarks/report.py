@@ -767,6 +767,15 @@ def hvae(d):
     }
 
 
+@part("dimred_resnet.json")
+def dimred_resnet(d):
+    """The default image network's codes at two learning rates, with the largest rise of the train loss."""
+    for r in d["fashion"]:
+        h = r["train_loss_per_epoch"]
+        r["jump"] = max([0.0] + [b - a for a, b in zip(h, h[1:])])
+    return d
+
+
 @part("cifar.json")
 def cifar(d):
     return d

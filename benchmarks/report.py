@@ -640,6 +640,22 @@ def images(d):
     return {"rows": rows, "cpu": d["machine"]["cpu"]}
 
 
+def _ll_stats(rs):
+    """Over the seeds of one setting: the IWAE-K test log-likelihood and the test ELBO (mean, sd), the K and the
+    rows it was scored on, the active units."""
+    ll, loss = [r["test_log_likelihood"] for r in rs], [r["test_loss"] for r in rs]
+    return {
+        "seeds": len(rs),
+        "ll": statistics.mean(ll),
+        "ll_sd": statistics.stdev(ll) if len(ll) > 1 else 0.0,
+        "eval_k": rs[0]["eval_k"],
+        "eval_rows": rs[0]["eval_rows"],
+        "loss": statistics.mean(loss),
+        "loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
+        "units": statistics.mean(r["active_units"] for r in rs),
+    }
+
+
 @part("iwae.json")
 def iwae(d):
     """Per data set and objective: the IWAE-K test log-likelihood and the test ELBO (mean, sd over seeds);
@@ -652,20 +668,12 @@ def iwae(d):
     for (data, elbo, k, epochs), rs in sorted(
         groups.items(), key=lambda g: (g[0][0] != "digits", g[0][0], g[0][1] != "meanfield")
     ):
-        ll, loss = [r["test_log_likelihood"] for r in rs], [r["test_loss"] for r in rs]
         rows.append(
             {
                 "data": {"digits": "digits (8x8)", "fashion": "Fashion-MNIST (28x28)"}.get(data, data),
                 "objective": f"`{elbo}`" + (" (default)" if elbo == "meanfield" else f", K={k}"),
                 "epochs": epochs,
-                "seeds": len(rs),
-                "ll": statistics.mean(ll),
-                "ll_sd": statistics.stdev(ll) if len(ll) > 1 else 0.0,
-                "eval_k": rs[0]["eval_k"],
-                "eval_rows": rs[0]["eval_rows"],
-                "loss": statistics.mean(loss),
-                "loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
-                "units": statistics.mean(r["active_units"] for r in rs),
+                **_ll_stats(rs),
                 "seconds": statistics.mean(r["s_per_epoch"] for r in rs),
             }
         )
@@ -717,21 +725,13 @@ def hvae(d):
     for (data, networks, epochs, model), rs in sorted(
         groups.items(), key=lambda g: (g[0][0] != "digits", g[0][0], g[0][1], g[0][2], g[0][3] != "vae")
     ):
-        ll, loss = [r["test_log_likelihood"] for r in rs], [r["test_loss"] for r in rs]
         rows.append(
             {
                 "data": names.get(data, data),
                 "networks": "defaults (resnet)" if networks == "defaults" else _code(networks.split()),
                 "model": f"`{model}`",
                 "epochs": epochs,
-                "seeds": len(rs),
-                "ll": statistics.mean(ll),
-                "ll_sd": statistics.stdev(ll) if len(ll) > 1 else 0.0,
-                "eval_k": rs[0]["eval_k"],
-                "eval_rows": rs[0]["eval_rows"],
-                "loss": statistics.mean(loss),
-                "loss_sd": statistics.stdev(loss) if len(loss) > 1 else 0.0,
-                "units": statistics.mean(r["active_units"] for r in rs),
+                **_ll_stats(rs),
                 "params": rs[0]["parameters"],
                 "seconds": statistics.mean(r["s_per_epoch"] for r in rs),
             }

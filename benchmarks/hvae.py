@@ -11,32 +11,21 @@ parameter count.
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pyro_vae.evaluate import iwae_log_likelihood  # noqa: E402
-from pyro_vae.train import fit  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from iwae import DATA, fit_and_score  # noqa: E402
 from pyro_vae.utils import write_json  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "hvae.json"
-DATA = {
-    "digits": ["data.name=digits"],
-    "fashion": ["data.name=fashion-mnist", "data.root=/usr/share/datasets/fashion-mnist"],
-}
 
 
 def run(data, model, epochs, seed, extra, eval_k, eval_rows):
     overrides = [*DATA[data], f"model={model}", *extra, f"train.epochs={epochs}", f"seed={seed}"]
-    t = time.perf_counter()
-    r = fit(None, save=False, overrides=overrides + ["trainer.progress_bar=false"])
-    wall = time.perf_counter() - t
-    x = r.data.test.x[:eval_rows] if eval_rows else r.data.test.x
-    torch.manual_seed(0)
-    t = time.perf_counter()
-    ll = float(iwae_log_likelihood(r.model.eval(), x, eval_k).mean())
+    r, scored = fit_and_score(overrides, eval_k, eval_rows)
     row = {
         "data": data,
         "model": model,
@@ -44,15 +33,8 @@ def run(data, model, epochs, seed, extra, eval_k, eval_rows):
         "seed": seed,
         "overrides": overrides,
         "networks": " ".join(extra) or "defaults",
-        "test_log_likelihood": ll,
-        "eval_k": eval_k,
-        "eval_rows": int(x.shape[0]),
-        "test_loss": r.metrics["test_loss"],
-        "active_units": r.metrics.get("active_units"),
+        **scored,
         "parameters": sum(p.numel() for p in r.model.parameters()),
-        "s_per_epoch": r.metrics.get("seconds_per_epoch"),
-        "wall_s": wall,
-        "eval_s": time.perf_counter() - t,
     }
     print(json.dumps(row), flush=True)
     return row

@@ -31,8 +31,9 @@ def objective(elbo, k):
     return ["train.elbo=meanfield"] if elbo == "meanfield" else [f"train.elbo={elbo}", f"train.num_particles={k}"]
 
 
-def run(data, elbo, k, epochs, seed, eval_k, eval_rows):
-    overrides = [*DATA[data], *objective(elbo, k), f"train.epochs={epochs}", f"seed={seed}"]
+def fit_and_score(overrides, eval_k, eval_rows):
+    """Train with ``overrides`` (no run folder), then score the first ``eval_rows`` test rows (all when 0) by the
+    IWAE-``eval_k`` log-likelihood (seed 0): the fitted result and the row's measured fields."""
     t = time.perf_counter()
     r = fit(None, save=False, overrides=overrides + ["trainer.progress_bar=false"])
     wall = time.perf_counter() - t
@@ -40,13 +41,7 @@ def run(data, elbo, k, epochs, seed, eval_k, eval_rows):
     torch.manual_seed(0)
     t = time.perf_counter()
     ll = float(iwae_log_likelihood(r.model.eval(), x, eval_k).mean())
-    row = {
-        "data": data,
-        "elbo": elbo,
-        "k": k if elbo != "meanfield" else 1,
-        "epochs": epochs,
-        "seed": seed,
-        "overrides": overrides,
+    return r, {
         "test_log_likelihood": ll,
         "eval_k": eval_k,
         "eval_rows": int(x.shape[0]),
@@ -55,6 +50,20 @@ def run(data, elbo, k, epochs, seed, eval_k, eval_rows):
         "s_per_epoch": r.metrics.get("seconds_per_epoch"),
         "wall_s": wall,
         "eval_s": time.perf_counter() - t,
+    }
+
+
+def run(data, elbo, k, epochs, seed, eval_k, eval_rows):
+    overrides = [*DATA[data], *objective(elbo, k), f"train.epochs={epochs}", f"seed={seed}"]
+    _, scored = fit_and_score(overrides, eval_k, eval_rows)
+    row = {
+        "data": data,
+        "elbo": elbo,
+        "k": k if elbo != "meanfield" else 1,
+        "epochs": epochs,
+        "seed": seed,
+        "overrides": overrides,
+        **scored,
     }
     print(json.dumps(row), flush=True)
     return row

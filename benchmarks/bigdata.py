@@ -24,7 +24,6 @@ The page cache was warm for the files that fit in it (they had just been written
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from memory import peak_anon, status_mb, write_array  # noqa: E402
+from memory import machine, peak_anon, status_mb, write_array  # noqa: E402
 
 EVAL_ROWS = 256  # backed: rows of 20,000 genes evaluated at a time (the Poisson terms of 2,000 would take ~1 GB)
 COMMON = ["trainer.progress_bar=false", "trainer.logger=none", "trainer.accelerator=cpu", "train.batch_size=128"]
@@ -300,12 +299,7 @@ def main():
                 )
             elif part == "big":
                 out[args.big_key] = big(Path(tmp), args.big_gb, args.big_steps, args.big_test_fraction)
-            out["machine"] = {
-                "cpu": platform.processor() or platform.machine(),
-                "threads": 1,
-                "python": platform.python_version(),
-                "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-            }
+            out["machine"] = machine()
             out_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {out_path}")
 

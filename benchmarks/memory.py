@@ -91,8 +91,19 @@ def write_array(path: Path, rows: int, seed: int = 0, chunk: int = 50_000) -> No
     del out
 
 
-def child(path: str, extra) -> None:
-    """Train on ``path`` in this process and print one JSON line (runs in a fresh interpreter)."""
+def machine() -> dict:
+    """The CPU, the one thread the runs use, Python's version and the machine's memory."""
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": 1,
+        "python": platform.python_version(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def measured_fit(overrides):
+    """``pyro_vae.fit`` on one thread in this process, polling its anonymous memory: the result and the measured
+    fields of its JSON line (peak and post-import anonymous memory, peak RSS, seconds, test loss)."""
     import torch
 
     import pyro_vae
@@ -101,50 +112,34 @@ def child(path: str, extra) -> None:
     base = status_mb("RssAnon")
     with peak_anon(base) as peak:
         t0 = time.perf_counter()
-        r = pyro_vae.fit(None, save=False, overrides=["data=array", f"data.path={path}", *TRAIN, *extra])
+        r = pyro_vae.fit(None, save=False, overrides=overrides)
         seconds = time.perf_counter() - t0
     peak[0] = max(peak[0], status_mb("RssAnon"))
-    print(
-        json.dumps(
-            {
-                "peak_anon_mb": round(peak[0], 1),
-                "anon_after_imports_mb": round(base, 1),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "fit_seconds": round(seconds, 1),
-                "storage": type(r.data.test.x).__name__,
-                "test_loss": round(r.metrics["test_loss"], 2),
-            }
-        )
-    )
+    return r, {
+        "peak_anon_mb": round(peak[0], 1),
+        "anon_after_imports_mb": round(base, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "fit_seconds": round(seconds, 1),
+        "test_loss": round(r.metrics["test_loss"], 2),
+    }
+
+
+def child(path: str, extra) -> None:
+    """Train on ``path`` in this process and print one JSON line (runs in a fresh interpreter)."""
+    r, fields = measured_fit(["data=array", f"data.path={path}", *TRAIN, *extra])
+    print(json.dumps({**fields, "storage": type(r.data.test.x).__name__}))
 
 
 def image_child(root: str, extra) -> None:
     """Train on the image folder ``root`` in this process and print one JSON line."""
     import torch
 
-    import pyro_vae
-
-    torch.set_num_threads(1)
-    base = status_mb("RssAnon")
-    with peak_anon(base) as peak:
-        t0 = time.perf_counter()
-        overrides = ["data=image_folder", f"data.root={root}", "data.channels=3", *TRAIN[1:], *extra]
-        r = pyro_vae.fit(None, save=False, overrides=overrides)
-        seconds = time.perf_counter() - t0
-    peak[0] = max(peak[0], status_mb("RssAnon"))
+    r, fields = measured_fit(["data=image_folder", f"data.root={root}", "data.channels=3", *TRAIN[1:], *extra])
     x = r.data.train.x
+    held_as = str(getattr(x, "dtype", "")) if torch.is_tensor(x) else str(x.file.dtype)
     print(
         json.dumps(
-            {
-                "peak_anon_mb": round(peak[0], 1),
-                "anon_after_imports_mb": round(base, 1),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "fit_seconds": round(seconds, 1),
-                "rows": type(x).__name__,
-                "held_as": str(getattr(x, "dtype", "")) if torch.is_tensor(x) else str(x.file.dtype),
-                "on_disk": bool(getattr(x, "on_disk", False)),
-                "test_loss": round(r.metrics["test_loss"], 2),
-            }
+            {**fields, "rows": type(x).__name__, "held_as": held_as, "on_disk": bool(getattr(x, "on_disk", False))}
         )
     )
 
@@ -271,12 +266,7 @@ def main():
     out[args.label] = {
         "rows": rows_out,
         "train_overrides": TRAIN + extra,
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "threads": 1,
-            "python": platform.python_version(),
-            "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        },
+        "machine": machine(),
     }
     out_path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"wrote {out_path} ({args.label})")
